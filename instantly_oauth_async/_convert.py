@@ -1,0 +1,215 @@
+"""The one ``cattrs`` converter that turns JSON into records and back.
+
+Tolerant where servers drift: unknown fields are ignored, an unknown integer enum value is kept as
+a bare ``int``, ``null`` is accepted wherever a field is optional. Strict where it matters: a
+missing or mistyped required field (a session without ``session_id``) is a
+:class:`~instantly_oauth_async.MalformedResponseError`, and strings are never coerced from numbers.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import types
+import typing
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any, TypeVar
+
+import cattrs
+
+from ._exceptions import ConfigurationError, MalformedResponseError
+from ._models import (
+    Account,
+    AccountStatus,
+    OAuthSession,
+    OAuthStatus,
+    Provider,
+    ProviderCode,
+    SessionStatus,
+    StatusMessage,
+    WarmupStatus,
+)
+
+__all__ = ["coerce_provider", "converter", "parse_datetime", "structure"]
+
+T = TypeVar("T")
+E = TypeVar("E", bound=enum.IntEnum)
+
+converter = cattrs.Converter(forbid_extra_keys=False)
+
+
+def _fail(value: object, what: str) -> MalformedResponseError:
+    # The value's type, never the value: a field may hold something the caller must not log.
+    return MalformedResponseError(f"expected {what}, got {type(value).__name__}")
+
+
+def _structure_str(value: object, _: object) -> str:
+    if not isinstance(value, str):
+        raise _fail(value, "a string")
+    return value
+
+
+def _structure_bool(value: object, _: object) -> bool:
+    if not isinstance(value, bool):
+        raise _fail(value, "a boolean")
+    return value
+
+
+def _structure_float(value: object, _: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _fail(value, "a number")
+    result = float(value)
+    if not math.isfinite(result):
+        raise _fail(value, "a finite number")
+    return result
+
+
+def _structure_int(value: object, _: object) -> int:
+    if isinstance(value, bool):
+        raise _fail(value, "an integer")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    raise _fail(value, "an integer")
+
+
+def parse_datetime(value: str) -> datetime:
+    """Parse an ISO 8601 timestamp into an aware datetime (naive ones are taken as UTC)."""
+    text = value.strip()
+    if text.endswith(("Z", "z")):  # Python 3.10's fromisoformat does not take "Z"
+        text = text[:-1] + "+00:00"
+    parsed = datetime.fromisoformat(text)
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=timezone.utc)
+
+
+def _structure_datetime(value: object, _: object) -> datetime:
+    if not isinstance(value, str):
+        raise _fail(value, "an ISO 8601 timestamp")
+    try:
+        return parse_datetime(value)
+    except ValueError:
+        raise MalformedResponseError("expected an ISO 8601 timestamp") from None
+
+
+def _unstructure_datetime(value: datetime) -> str:
+    return value.isoformat()
+
+
+def _lenient_int_enum(cls: type[E]) -> Callable[[object, object], E | int]:
+    def hook(value: object, _: object) -> E | int:
+        number = _structure_int(value, None)
+        try:
+            return cls(number)
+        except ValueError:
+            return number
+
+    return hook
+
+
+def coerce_provider(value: object) -> Provider:
+    """``Provider`` from a member or its string value, case-insensitively."""
+    if isinstance(value, Provider):
+        return value
+    if isinstance(value, str):
+        try:
+            return Provider(value.strip().lower())
+        except ValueError:
+            pass
+    raise ConfigurationError(
+        f"unknown provider {value!r}: expected one of {', '.join(p.value for p in Provider)}"
+    )
+
+
+def _structure_session_status(value: object, _: object) -> SessionStatus:
+    # The status drives polling; an unknown one is not something to guess about.
+    if not isinstance(value, str):
+        raise _fail(value, "a session status string")
+    try:
+        return SessionStatus(value)
+    except ValueError:
+        raise MalformedResponseError("unknown session status") from None
+
+
+converter.register_structure_hook(str, _structure_str)
+converter.register_structure_hook(bool, _structure_bool)
+converter.register_structure_hook(float, _structure_float)
+converter.register_structure_hook(int, _structure_int)
+converter.register_structure_hook(datetime, _structure_datetime)
+converter.register_unstructure_hook(datetime, _unstructure_datetime)
+converter.register_structure_hook(SessionStatus, _structure_session_status)
+converter.register_structure_hook(Provider, lambda value, _: coerce_provider(value))
+_LENIENT_ENUMS = (AccountStatus, WarmupStatus, ProviderCode)
+
+
+def _lenient_enum_of(tp: Any) -> type[enum.IntEnum] | None:
+    """The IntEnum of a ``E | int`` or ``E | int | None`` annotation, else None."""
+    args = set(typing.get_args(tp))
+    if typing.get_origin(tp) not in (typing.Union, types.UnionType) or int not in args:
+        return None
+    rest = args - {int, type(None)}
+    found = next(iter(rest)) if len(rest) == 1 else None
+    return found if found in _LENIENT_ENUMS else None
+
+
+def _lenient_enum_factory(tp: Any) -> Callable[[object, object], object]:
+    hook = _lenient_int_enum(typing.cast("type[enum.IntEnum]", _lenient_enum_of(tp)))
+    if type(None) not in typing.get_args(tp):
+        return hook
+    return lambda value, cl: None if value is None else hook(value, cl)
+
+
+converter.register_structure_hook_factory(
+    lambda tp: _lenient_enum_of(tp) is not None, _lenient_enum_factory
+)
+
+# ``responseCode`` on the wire, ``response_code`` in Python.
+converter.register_structure_hook(
+    StatusMessage,
+    cattrs.gen.make_dict_structure_fn(
+        StatusMessage, converter, response_code=cattrs.gen.override(rename="responseCode")
+    ),
+)
+converter.register_unstructure_hook(
+    StatusMessage,
+    cattrs.gen.make_dict_unstructure_fn(
+        StatusMessage, converter, response_code=cattrs.gen.override(rename="responseCode")
+    ),
+)
+
+
+def _leaf_message(exc: BaseException) -> str:
+    """A short description of the first failure inside a cattrs error group."""
+    if isinstance(exc, MalformedResponseError):
+        return str(exc)
+    if isinstance(exc, KeyError):
+        return f"missing field {exc.args[0]!r}" if exc.args else "missing field"
+    if isinstance(exc, cattrs.BaseValidationError):
+        for inner in exc.exceptions:
+            message = _leaf_message(inner)
+            note = next((n for n in getattr(inner, "__notes__", ()) if isinstance(n, str)), "")
+            where = note.rsplit("@ attribute ", 1)[1] if "@ attribute " in note else ""
+            if where and where not in message:
+                return f"{message} at {where}"
+            return message
+    return type(exc).__name__
+
+
+def structure(data: Any, cls: type[T]) -> T:
+    """Turn decoded JSON into ``cls``; any failure is a :class:`MalformedResponseError`."""
+    if not isinstance(data, dict):
+        raise MalformedResponseError(f"expected a JSON object for {cls.__name__}")
+    try:
+        return converter.structure(data, cls)
+    except MalformedResponseError:
+        raise
+    except (cattrs.BaseValidationError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise MalformedResponseError(
+            f"malformed {cls.__name__}: {_leaf_message(exc)}"
+        ) from None
+
+
+# Touch the generated hooks once so a broken record definition fails at import, not in production.
+for _record in (OAuthSession, OAuthStatus, Account):
+    converter.get_structure_hook(_record)

@@ -1,0 +1,227 @@
+"""Records the API returns and the values callers pass in.
+
+Every record is an ``attrs`` class, frozen and slotted. JSON goes in and out through the one
+converter in :mod:`instantly_oauth_async._convert`; nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+
+import attrs
+
+__all__ = [
+    "Account",
+    "AccountStatus",
+    "OAuthSession",
+    "OAuthStatus",
+    "Provider",
+    "ProviderCode",
+    "RateLimit",
+    "SessionStatus",
+    "StatusMessage",
+    "Warmup",
+    "WarmupAdvanced",
+    "WarmupStatus",
+]
+
+
+class Provider(str, enum.Enum):
+    """The mailbox provider an OAuth session connects; its value is the URL segment of init."""
+
+    GOOGLE = "google"
+    MICROSOFT = "microsoft"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class SessionStatus(str, enum.Enum):
+    """``status`` of ``GET /api/v2/oauth/session/status/{id}``."""
+
+    PENDING = "pending"
+    SUCCESS = "success"
+    ERROR = "error"
+    EXPIRED = "expired"
+
+    @property
+    def is_terminal(self) -> bool:
+        """Whether the session has ended (the server deletes SUCCESS and ERROR on first read)."""
+        return self is not SessionStatus.PENDING
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class AccountStatus(enum.IntEnum):
+    """``Account.status``, with the meanings the API documents."""
+
+    ACTIVE = 1
+    PAUSED = 2
+    MAINTENANCE = 3  #: temporarily paused for maintenance; resumes by itself shortly
+    CONNECTION_ERROR = -1
+    SOFT_BOUNCE_ERROR = -2
+    SENDING_ERROR = -3
+
+
+class WarmupStatus(enum.IntEnum):
+    """``Account.warmup_status``."""
+
+    PAUSED = 0
+    ACTIVE = 1
+    BANNED = -1
+    SPAM_FOLDER_UNKNOWN = -2
+    PERMANENT_SUSPENSION = -3
+
+
+class ProviderCode(enum.IntEnum):
+    """``Account.provider_code``."""
+
+    CUSTOM_IMAP_SMTP = 1
+    GOOGLE = 2
+    MICROSOFT = 3
+    AWS = 4
+    AIRMAIL = 8
+
+
+def _number(value: object) -> float | None:
+    """``value`` as a float when it is a real number (bools are not), else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+def _integer(value: object) -> int | None:
+    """``value`` when it is an int (bools are not), else None."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+@attrs.frozen
+class RateLimit:
+    """At most ``count`` requests in any window of ``per`` seconds.
+
+    The limiter turns it into a token bucket of capacity ``burst`` whose refill rate is chosen so
+    that ``burst + rate * (per + margin) <= count``, where ``margin = per / 60`` absorbs network
+    jitter: no window of ``per`` seconds, as the server counts it, ever sees more than ``count``.
+    """
+
+    count: int
+    per: float
+    burst: int = 1
+
+    def __attrs_post_init__(self) -> None:
+        count, per, burst = _integer(self.count), _number(self.per), _integer(self.burst)
+        if count is None or count < 1:
+            raise ValueError(f"RateLimit.count must be a positive integer, got {self.count!r}")
+        if per is None or not 0 < per < float("inf"):
+            raise ValueError(
+                f"RateLimit.per must be a positive number of seconds, got {self.per!r}"
+            )
+        if burst is None or not 1 <= burst < count:
+            raise ValueError(
+                f"RateLimit.burst must be an integer from 1 to count-1, got {self.burst!r}"
+            )
+
+    @property
+    def margin(self) -> float:
+        """Seconds added to the window to absorb jitter between our clock and the server's."""
+        return self.per / 60
+
+    @property
+    def refill_rate(self) -> float:
+        """Tokens per second: ``(count - burst) / (per + margin)``."""
+        return (self.count - self.burst) / (self.per + self.margin)
+
+
+@attrs.frozen
+class OAuthSession:
+    """What ``POST /api/v2/oauth/{provider}/init`` returns.
+
+    ``server_date`` is the response's ``Date`` header, when it had one: with ``expires_at`` it
+    tells how long the session lives by the server's own clock, whatever ours says.
+    """
+
+    session_id: str
+    auth_url: str = attrs.field(repr=False)  # long and single-use; kept out of log lines
+    expires_at: datetime
+    provider: Provider
+    server_date: datetime | None = None
+
+
+@attrs.frozen
+class OAuthStatus:
+    """What ``GET /api/v2/oauth/session/status/{id}`` returns (``server_date`` from ``Date``)."""
+
+    status: SessionStatus
+    email: str | None = None
+    name: str | None = None
+    error: str | None = None
+    error_description: str | None = None
+    server_date: datetime | None = None
+
+
+@attrs.frozen
+class WarmupAdvanced:
+    warm_ctd: bool | None = None
+    open_rate: float | None = None
+    important_rate: float | None = None
+    read_emulation: bool | None = None
+    spam_save_rate: float | None = None
+    weekday_only: bool | None = None
+
+
+@attrs.frozen
+class Warmup:
+    limit: float | None = None
+    advanced: WarmupAdvanced | None = None
+    warmup_custom_ftag: str | None = None
+    increment: str | None = None  #: ``"disabled"`` or ``"0"`` to ``"4"``
+    reply_rate: float | None = None
+
+
+@attrs.frozen
+class StatusMessage:
+    code: str | None = None
+    command: str | None = None
+    response: str | None = None
+    e_message: str | None = None
+    response_code: float | None = None  #: ``responseCode`` on the wire
+
+
+@attrs.frozen
+class Account:
+    """``GET /api/v2/accounts/{email}``: every field the API documents.
+
+    Enum fields hold the enum member when the value is known and the bare integer otherwise, so a
+    status the server adds tomorrow does not break parsing today.
+    """
+
+    email: str
+    timestamp_created: datetime
+    timestamp_updated: datetime
+    first_name: str
+    last_name: str
+    organization: str
+    warmup_status: WarmupStatus | int
+    provider_code: ProviderCode | int
+    setup_pending: bool
+    is_managed_account: bool
+    warmup: Warmup | None = None
+    added_by: str | None = None
+    daily_limit: float | None = None
+    modified_by: str | None = None
+    tracking_domain_name: str | None = None
+    tracking_domain_status: str | None = None
+    status: AccountStatus | int | None = None
+    enable_slow_ramp: bool | None = None
+    inbox_placement_test_limit: float | None = None
+    timestamp_last_used: datetime | None = None
+    status_message: StatusMessage | None = None
+    timestamp_warmup_start: datetime | None = None
+    warmup_pool_id: str | None = None
+    dfy_password_changed: bool | None = None
+    stat_warmup_score: float | None = None
+    sending_gap: float | None = None
+    signature: str | None = None
+    autofix_failed: bool | None = None

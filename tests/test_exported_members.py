@@ -1,0 +1,26 @@
+import instantly_oauth_async
+import instantly_oauth_async.testing
+
+
+def test_all_is_complete_and_sorted() -> None:
+    public = {n for n in dir(instantly_oauth_async) if not n.startswith("_")} - {"testing"}
+    exported = set(instantly_oauth_async.__all__) - {"__version__"}
+    assert public == exported
+    assert list(instantly_oauth_async.__all__) == sorted(instantly_oauth_async.__all__)
+
+
+def test_every_exported_exception_derives_from_instantly_error() -> None:
+    for name in instantly_oauth_async.__all__:
+        obj = getattr(instantly_oauth_async, name)
+        if isinstance(obj, type) and issubclass(obj, BaseException):
+            assert issubclass(obj, instantly_oauth_async.InstantlyError), name
+
+
+def test_testing_all_is_complete() -> None:
+    public = {n for n in dir(instantly_oauth_async.testing) if not n.startswith("_")}
+    assert public == set(instantly_oauth_async.testing.__all__)
+
+
+def test_version_is_a_string() -> None:
+    assert isinstance(instantly_oauth_async.__version__, str)
+    assert instantly_oauth_async.__version__

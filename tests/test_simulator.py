@@ -1,0 +1,227 @@
+"""The simulator enforces the documented rules (manual clock: no test here depends on timing)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import aiohttp
+import pytest
+
+from instantly_oauth_async._convert import parse_datetime
+from instantly_oauth_async.testing import Simulator, SimulatorLimits
+
+pytestmark = pytest.mark.anyio
+
+
+class ManualClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+async def msim(clock: ManualClock) -> AsyncIterator[Simulator]:
+    limits = SimulatorLimits(init_per_workspace=5, init_per_ip=8, api_per_second=1000,
+                             abuse_threshold=3, session_ttl=600)
+    async with Simulator(limits=limits, clock=clock, trust_forwarded_for=True) as s:
+        yield s
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+async def call(http: aiohttp.ClientSession, sim: Simulator, key: str, method: str, path: str,
+               *, ip: str = "10.1.1.1") -> tuple[int, dict[str, str], Any]:
+    headers = {"Authorization": f"Bearer {key}", "X-Forwarded-For": ip}
+    async with http.request(method, sim.url + path, headers=headers,
+                            allow_redirects=False) as r:
+        body = await r.json(content_type=None) if r.content_type == "application/json" else None
+        return r.status, dict(r.headers), body
+
+
+async def init(http: aiohttp.ClientSession, sim: Simulator, key: str, provider: str = "google",
+               ip: str = "10.1.1.1") -> tuple[int, dict[str, str], Any]:
+    return await call(http, sim, key, "POST", f"/api/v2/oauth/{provider}/init", ip=ip)
+
+
+async def test_workspace_init_limit_per_sliding_window(msim: Simulator, clock: ManualClock,
+                                                       http: aiohttp.ClientSession) -> None:
+    key = msim.add_workspace().api_key
+    for i in range(5):
+        clock.now += 10
+        assert (await init(http, msim, key))[0] == 200, i
+    status, headers, body = await init(http, msim, key)
+    assert status == 429
+    assert body["statusCode"] == 429 and body["error"] == "Too Many Requests"
+    assert int(headers["Retry-After"]) == 20  # the first of the five leaves the window at +60
+    clock.now += 19.5
+    assert (await init(http, msim, key))[0] == 429
+    clock.now += 0.6
+    assert (await init(http, msim, key))[0] == 200
+
+
+async def test_init_limits_are_per_provider(msim: Simulator, http: aiohttp.ClientSession) -> None:
+    key = msim.add_workspace().api_key
+    for _ in range(5):
+        assert (await init(http, msim, key, "google"))[0] == 200
+    assert (await init(http, msim, key, "google"))[0] == 429
+    assert (await init(http, msim, key, "microsoft"))[0] == 200
+
+
+async def test_ip_limit_is_shared_by_workspaces(msim: Simulator, http: aiohttp.ClientSession
+                                                ) -> None:
+    a, b = msim.add_workspace("a").api_key, msim.add_workspace("b").api_key
+    for _ in range(5):
+        assert (await init(http, msim, a))[0] == 200
+    for _ in range(3):
+        assert (await init(http, msim, b))[0] == 200
+    assert (await init(http, msim, b))[0] == 429  # b has used 3 of 5, but the IP 8 of 8
+    assert (await init(http, msim, b, ip="10.2.2.2"))[0] == 200  # another IP is fine
+
+
+async def test_abuse_earns_escalating_blocks(msim: Simulator, clock: ManualClock,
+                                             http: aiohttp.ClientSession) -> None:
+    key = msim.add_workspace().api_key
+    blocks = []
+    for _ in range(3):
+        for _ in range(5):
+            await init(http, msim, key)
+        for _ in range(3):  # abuse_threshold rejections inside one window
+            status, headers, _ = await init(http, msim, key)
+            assert status == 429
+        blocks.append(int(headers["Retry-After"]))
+        clock.now += 100
+        status, headers, _ = await init(http, msim, key)
+        assert status == 429 and int(headers["Retry-After"]) == blocks[-1] - 100
+        clock.now += blocks[-1]
+    assert blocks == [1800, 7200, 86400]
+
+
+async def test_outage_answers_503_then_recovers(msim: Simulator, clock: ManualClock,
+                                                http: aiohttp.ClientSession) -> None:
+    key = msim.add_workspace().api_key
+    msim.outage("microsoft", seconds=30)
+    status, _, body = await init(http, msim, key, "microsoft")
+    assert status == 503 and body["error"] == "Service Unavailable"
+    assert (await init(http, msim, key, "google"))[0] == 200
+    clock.now += 31
+    assert (await init(http, msim, key, "microsoft"))[0] == 200
+
+
+async def test_sessions_expire_after_ttl(msim: Simulator, clock: ManualClock,
+                                         http: aiohttp.ClientSession) -> None:
+    key = msim.add_workspace().api_key
+    _, _, body = await init(http, msim, key)
+    sid = body["session_id"]
+    clock.now += 599
+    assert (await call(http, msim, key, "GET", f"/api/v2/oauth/session/status/{sid}"))[2] == {
+        "status": "pending"}
+    clock.now += 1
+    _, _, status = await call(http, msim, key, "GET", f"/api/v2/oauth/session/status/{sid}")
+    assert status["status"] == "expired"
+    with pytest.raises(ValueError, match="expired"):
+        msim.complete(sid, "ann@acme.io")
+    async with http.get(body["auth_url"]) as page:
+        assert page.status == 410
+
+
+async def test_error_session_is_deleted_after_first_read(msim: Simulator,
+                                                         http: aiohttp.ClientSession) -> None:
+    key = msim.add_workspace().api_key
+    sid = (await init(http, msim, key))[2]["session_id"]
+    msim.deny(sid)
+    path = f"/api/v2/oauth/session/status/{sid}"
+    first = await call(http, msim, key, "GET", path)
+    assert first[2] == {"status": "error", "error": "access_denied",
+                        "error_description": "User denied access to the application"}
+    assert (await call(http, msim, key, "GET", path))[0] == 404
+
+
+async def test_google_rejects_personal_gmail(msim: Simulator, http: aiohttp.ClientSession) -> None:
+    key = msim.add_workspace().api_key
+    sid = (await init(http, msim, key, "google"))[2]["session_id"]
+    session = msim.complete(sid, "someone@gmail.com")
+    assert session.state == "error"
+    assert session.error_description == "Non GSuite accounts are not allowed"
+    assert "someone@gmail.com" not in msim.accounts
+
+
+async def test_mailbox_of_another_workspace_is_account_exists(
+    msim: Simulator, http: aiohttp.ClientSession
+) -> None:
+    a, b = msim.add_workspace("a").api_key, msim.add_workspace("b").api_key
+    msim.complete((await init(http, msim, a))[2]["session_id"], "ann@acme.io")
+    session = msim.complete((await init(http, msim, b))[2]["session_id"], "ann@acme.io")
+    assert session.error == "account_exists"
+    again = msim.complete((await init(http, msim, a, "microsoft"))[2]["session_id"],
+                          "ann@acme.io")
+    assert again.state == "success"  # reconnecting to its own workspace is fine
+
+
+async def test_standard_limit_per_second(clock: ManualClock, http: aiohttp.ClientSession) -> None:
+    async with Simulator(limits=SimulatorLimits(api_per_second=3, api_per_minute=5),
+                         clock=clock) as s:
+        key = s.add_workspace().api_key
+        codes = [(await call(http, s, key, "GET", "/api/v2/oauth/session/status/x"))[0]
+                 for _ in range(4)]
+        assert codes == [404, 404, 404, 429]
+        clock.now += 1
+        codes = [(await call(http, s, key, "GET", "/api/v2/oauth/session/status/x"))[0]
+                 for _ in range(3)]
+        assert codes == [404, 404, 429]  # now the per-minute window (5) is the one that binds
+
+
+async def test_consent_page_form_connects_the_mailbox(msim: Simulator,
+                                                      http: aiohttp.ClientSession) -> None:
+    key = msim.add_workspace().api_key
+    body = (await init(http, msim, key, "microsoft"))[2]
+    async with http.get(body["auth_url"]) as page:
+        html = await page.text()
+    assert '<form method="post">' in html and 'value="allow"' in html
+    async with http.post(body["auth_url"], data={"email": "bo@corp.io", "name": "Bo Chen",
+                                                 "action": "allow"}) as done:
+        assert "Connected bo@corp.io" in await done.text()
+    path = f"/api/v2/oauth/session/status/{body['session_id']}"
+    assert (await call(http, msim, key, "GET", path))[2] == {
+        "status": "success", "email": "bo@corp.io", "name": "Bo Chen"}
+    _, _, account = await call(http, msim, key, "GET", "/api/v2/accounts/bo@corp.io")
+    assert account["provider_code"] == 3 and account["first_name"] == "Bo"
+
+
+async def test_consent_page_deny(msim: Simulator, http: aiohttp.ClientSession) -> None:
+    key = msim.add_workspace().api_key
+    body = (await init(http, msim, key))[2]
+    async with http.post(body["auth_url"], data={"action": "deny"}) as done:
+        assert "denied" in await done.text()
+    assert msim.sessions[body["session_id"]].error == "access_denied"
+
+
+async def test_date_header_follows_the_servers_skewed_clock(http: aiohttp.ClientSession) -> None:
+    async with Simulator(wall_skew=-3600) as s:
+        key = s.add_workspace().api_key
+        _, headers, body = await init(http, s, key)
+    date = parsedate_to_datetime(headers["Date"])
+    lifetime = (parse_datetime(body["expires_at"]) - date).total_seconds()
+    assert 599 <= lifetime <= 601
+    assert (datetime.now(timezone.utc) - date).total_seconds() > 3500
+
+
+async def test_request_log_never_stores_the_key(msim: Simulator,
+                                                http: aiohttp.ClientSession) -> None:
+    key = msim.add_workspace().api_key
+    await init(http, msim, key)
+    assert msim.requests[-1].had_authorization
+    assert key not in repr(msim.requests)
