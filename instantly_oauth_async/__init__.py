@@ -1,6 +1,8 @@
 """asyncio-native client for connecting Google Workspace and Microsoft mailboxes to Instantly."""
 
+from ._breaker import BreakerPolicy, BreakerTransition, CircuitState
 from ._client import InstantlyClient, __version__
+from ._clock import Clock, SystemClock
 from ._exceptions import (
     APIError,
     BadRequestError,
@@ -19,8 +21,18 @@ from ._exceptions import (
     ResponseTooLargeError,
     ServerError,
     ServiceUnavailableError,
+    SessionCancelledError,
+    StartTimeoutError,
     TransportError,
     UnauthorizedError,
+)
+from ._manager import (
+    DEFAULT_STATUS_LIMIT,
+    ConnectResult,
+    ManagerStats,
+    OAuthManager,
+    PendingConnection,
+    RetryPolicy,
 )
 from ._models import (
     Account,
@@ -36,35 +48,51 @@ from ._models import (
     WarmupAdvanced,
     WarmupStatus,
 )
+from ._store import MemoryStore, Store
 
 __all__ = [
+    "DEFAULT_STATUS_LIMIT",
     "APIError",
     "Account",
     "AccountStatus",
     "BadRequestError",
+    "BreakerPolicy",
+    "BreakerTransition",
     "CircuitOpenError",
+    "CircuitState",
     "ClientStateError",
+    "Clock",
     "ConfigurationError",
+    "ConnectResult",
     "ForbiddenError",
     "IPBlockedError",
     "InstantlyClient",
     "InstantlyError",
     "MalformedResponseError",
+    "ManagerStats",
+    "MemoryStore",
     "NotFoundError",
+    "OAuthManager",
     "OAuthSession",
     "OAuthStatus",
     "OutcomeLostError",
     "PaymentRequiredError",
+    "PendingConnection",
     "Provider",
     "ProviderCode",
     "RateLimit",
     "RateLimitedError",
     "RequestTimeoutError",
     "ResponseTooLargeError",
+    "RetryPolicy",
     "ServerError",
     "ServiceUnavailableError",
+    "SessionCancelledError",
     "SessionStatus",
+    "StartTimeoutError",
     "StatusMessage",
+    "Store",
+    "SystemClock",
     "TransportError",
     "UnauthorizedError",
     "Warmup",

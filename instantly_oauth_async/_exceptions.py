@@ -18,6 +18,8 @@
     │       └── ServiceUnavailableError           503: the provider throttles Instantly
     ├── IPBlockedError                            a 429 block longer than the caller will wait
     ├── CircuitOpenError                          init breaker open past the caller's deadline
+    ├── StartTimeoutError (also TimeoutError)     start() could not get a session in time
+    ├── SessionCancelledError                     pending.cancel() stopped the session's polling
     └── OutcomeLostError                          a one-time terminal answer was lost on the wire
 
 No exception carries the API key: messages are built from status, error code and the server's
@@ -46,6 +48,8 @@ __all__ = [
     "ResponseTooLargeError",
     "ServerError",
     "ServiceUnavailableError",
+    "SessionCancelledError",
+    "StartTimeoutError",
     "TransportError",
     "UnauthorizedError",
 ]
@@ -217,6 +221,14 @@ class CircuitOpenError(InstantlyError):
             f"{provider} init circuit is open after upstream failures; "
             f"next attempt in {retry_after:.1f} s"
         )
+
+
+class StartTimeoutError(InstantlyError, TimeoutError):
+    """``start()`` waited its whole deadline (rate budget, retries) without creating a session."""
+
+
+class SessionCancelledError(InstantlyError):
+    """The session was cancelled with ``PendingConnection.cancel()`` before it finished."""
 
 
 class OutcomeLostError(InstantlyError):

@@ -2,9 +2,10 @@
 
 ``Simulator`` is a real ``aiohttp.web`` server on loopback that enforces the documented limits;
 point an ``InstantlyClient`` or ``OAuthManager`` at ``sim.url`` to test your own code without the
-real API.
+real API. ``FakeClock`` moves only when told to, for tests of anything that waits.
 """
 
+from ._clock import FakeClock
 from ._simulator import (
     CannedResponse,
     Faults,
@@ -17,6 +18,7 @@ from ._simulator import (
 
 __all__ = [
     "CannedResponse",
+    "FakeClock",
     "Faults",
     "LoggedRequest",
     "SimSession",

@@ -216,7 +216,8 @@ class Simulator:
         port: int = 0,
     ) -> None:
         self.limits = limits or SimulatorLimits()
-        self.clock = clock
+        self._base_clock = clock
+        self._offset = 0.0
         #: seconds the server's wall clock runs ahead of the real one (negative: behind)
         self.wall_skew = wall_skew
         self.faults = faults or Faults()
@@ -318,6 +319,16 @@ class Simulator:
     def redirect_all(self, target: str | None) -> None:
         """Answer every API request with a 307 to ``target`` + path (None: stop)."""
         self._redirect_to = target
+
+    def clock(self) -> float:
+        """The server's monotonic time: the injected clock plus every :meth:`advance`."""
+        return self._base_clock() + self._offset
+
+    def advance(self, seconds: float) -> None:
+        """Move the server's time forward (windows, TTLs, blocks and its wall clock alike)."""
+        if seconds < 0:
+            raise ValueError("time does not go backwards")
+        self._offset += seconds
 
     def now_wall(self) -> datetime:
         """The server's wall clock (the real one plus ``wall_skew``, following ``clock``)."""

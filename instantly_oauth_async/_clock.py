@@ -1,0 +1,42 @@
+"""Time as a parameter: everything that waits asks a :class:`Clock`.
+
+The library never reads ``time`` directly outside :class:`SystemClock`, so tests can hand in
+``instantly_oauth_async.testing.FakeClock`` and move time by hand.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Protocol
+
+import anyio
+
+__all__ = ["Clock", "SystemClock"]
+
+
+class Clock(Protocol):
+    """Monotonic seconds, a way to sleep on them, and a cancel scope with a deadline on them."""
+
+    def monotonic(self) -> float: ...
+
+    async def sleep(self, seconds: float) -> None: ...
+
+    def deadline(self, seconds: float) -> anyio.CancelScope:
+        """A cancel scope that cancels itself ``seconds`` from now, by this clock."""
+        ...
+
+
+class SystemClock:
+    """The real clock: ``time.monotonic`` (asyncio's loop time) and ``anyio.sleep``."""
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        await anyio.sleep(max(0.0, seconds))
+
+    def deadline(self, seconds: float) -> anyio.CancelScope:
+        return anyio.CancelScope(deadline=anyio.current_time() + seconds)
+
+    def __repr__(self) -> str:
+        return "SystemClock()"

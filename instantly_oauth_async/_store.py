@@ -1,0 +1,142 @@
+"""Where rate budgets, learned blocks and breaker state live.
+
+:class:`Store` is the small interface the manager talks to; :class:`MemoryStore` keeps everything
+in this process (the default, shared by every manager of the process, so the per-IP budget holds
+across workspaces). ``instantly_oauth_async.redis.RedisStore`` implements the same interface for a
+fleet. Every method is one atomic step: with the memory store no ``await`` happens inside it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+from . import _breaker
+from ._breaker import Admission, BreakerPolicy, BreakerState, BreakerTransition, CircuitState
+from ._clock import Clock, SystemClock
+from ._limiter import Bucket, take
+from ._models import RateLimit
+
+__all__ = ["MemoryStore", "Store", "default_store"]
+
+
+@runtime_checkable
+class Store(Protocol):
+    """Shared state behind the limiter and the breaker. Keys are opaque, namespaced strings."""
+
+    async def take(
+        self, specs: Sequence[tuple[str, RateLimit]], block_keys: Sequence[str]
+    ) -> tuple[float, bool]:
+        """One token from every bucket at once, or none.
+
+        Returns ``(0.0, False)`` when taken; otherwise the seconds to wait and whether a block
+        (rather than an empty bucket) is the reason.
+        """
+        ...
+
+    async def block(self, keys: Sequence[str], seconds: float) -> None:
+        """Hold back every ``take`` naming one of ``keys`` for ``seconds`` (longest block wins)."""
+        ...
+
+    async def blocked_for(self, keys: Sequence[str]) -> float:
+        """Seconds left on the longest block among ``keys``; 0 when none."""
+        ...
+
+    async def breaker_admit(self, key: str, policy: BreakerPolicy) -> Admission: ...
+
+    async def breaker_record(
+        self,
+        key: str,
+        policy: BreakerPolicy,
+        *,
+        success: bool,
+        probe: bool,
+        retry_after: float | None = None,
+    ) -> BreakerTransition | None: ...
+
+    async def breaker_release(self, key: str, *, probe: bool) -> None: ...
+
+    async def breaker_state(self, key: str) -> CircuitState: ...
+
+    async def aclose(self) -> None: ...
+
+
+class MemoryStore:
+    """Everything in this process's memory, timed by ``clock``."""
+
+    def __init__(self, clock: Clock | None = None) -> None:
+        self.clock: Clock = clock or SystemClock()
+        self._buckets: dict[str, Bucket] = {}
+        self._blocks: dict[str, float] = {}
+        self._breakers: dict[str, BreakerState] = {}
+
+    def __repr__(self) -> str:
+        return (
+            f"<MemoryStore buckets={len(self._buckets)} blocks={len(self._blocks)} "
+            f"breakers={len(self._breakers)}>"
+        )
+
+    def _block_left(self, keys: Sequence[str], now: float) -> float:
+        return max((self._blocks.get(key, 0.0) - now for key in keys), default=0.0)
+
+    async def take(
+        self, specs: Sequence[tuple[str, RateLimit]], block_keys: Sequence[str]
+    ) -> tuple[float, bool]:
+        now = self.clock.monotonic()
+        blocked = self._block_left(block_keys, now)
+        if blocked > 0:
+            return blocked, True
+        return take(self._buckets, specs, now), False
+
+    async def block(self, keys: Sequence[str], seconds: float) -> None:
+        until = self.clock.monotonic() + max(0.0, seconds)
+        for key in keys:
+            self._blocks[key] = max(self._blocks.get(key, 0.0), until)
+
+    async def blocked_for(self, keys: Sequence[str]) -> float:
+        return max(0.0, self._block_left(keys, self.clock.monotonic()))
+
+    def _breaker(self, key: str) -> BreakerState:
+        return self._breakers.setdefault(key, BreakerState())
+
+    async def breaker_admit(self, key: str, policy: BreakerPolicy) -> Admission:
+        admission, _ = _breaker.admit(self._breaker(key), policy, self.clock.monotonic())
+        return admission
+
+    async def breaker_record(
+        self,
+        key: str,
+        policy: BreakerPolicy,
+        *,
+        success: bool,
+        probe: bool,
+        retry_after: float | None = None,
+    ) -> BreakerTransition | None:
+        state = self._breaker(key)
+        old, now = state.state, self.clock.monotonic()
+        reason = _breaker.record(
+            state, policy, now, success=success, probe=probe, retry_after=retry_after
+        )
+        if reason is None or state.state is old:
+            return None
+        return BreakerTransition(key, old, state.state, now, reason)
+
+    async def breaker_release(self, key: str, *, probe: bool) -> None:
+        _breaker.release(self._breaker(key), probe=probe)
+
+    async def breaker_state(self, key: str) -> CircuitState:
+        return self._breaker(key).state
+
+    async def aclose(self) -> None:
+        """Nothing to release; present so every store closes the same way."""
+
+
+_DEFAULT: MemoryStore | None = None
+
+
+def default_store() -> MemoryStore:
+    """The process-wide memory store every manager without a ``store=`` shares."""
+    global _DEFAULT  # noqa: PLW0603 - one per process, by design: the IP budget is per process
+    if _DEFAULT is None:
+        _DEFAULT = MemoryStore()
+    return _DEFAULT
