@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from instantly_oauth_async import MemoryStore, RateLimit
 from instantly_oauth_async._limiter import Bucket, FairLimiter, TooLongError, take
 from instantly_oauth_async.testing import FakeClock
+from tests._windows import max_in_window
 
 
 def grant_times(arrivals: list[float], specs: list[tuple[str, RateLimit]]) -> list[float]:
@@ -23,14 +24,6 @@ def grant_times(arrivals: list[float], specs: list[tuple[str, RateLimit]]) -> li
         grants.append(now)
     return grants
 
-
-def max_in_window(times: list[float], width: float) -> int:
-    best, lo = 0, 0
-    for hi, t in enumerate(times):
-        while times[lo] <= t - width:
-            lo += 1
-        best = max(best, hi - lo + 1)
-    return best
 
 
 limits = st.integers(2, 200).flatmap(

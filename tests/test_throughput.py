@@ -13,6 +13,7 @@ import pytest
 
 from instantly_oauth_async import MemoryStore, OAuthManager, OAuthSession, RateLimit
 from instantly_oauth_async.testing import Simulator, SimulatorLimits
+from tests._windows import max_in_window
 
 pytestmark = pytest.mark.anyio
 
@@ -20,15 +21,6 @@ FACTOR = 20
 WINDOW = 60 / FACTOR
 PER_PAIR = 120  # sessions per (workspace, provider)
 
-
-def max_in_window(times: list[float], width: float) -> int:
-    times = sorted(times)
-    best, lo = 0, 0
-    for hi, t in enumerate(times):
-        while times[lo] <= t - width:
-            lo += 1
-        best = max(best, hi - lo + 1)
-    return best
 
 
 async def test_three_workspaces_two_providers_zero_429_and_95_percent_of_allowed_rate() -> None:
