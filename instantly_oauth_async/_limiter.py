@@ -1,16 +1,26 @@
-"""Token buckets: pure arithmetic, plus a first-come-first-served queue in front of a store.
+"""Rate budgets that mirror the server's sliding window, plus a first-come-first-served queue.
 
-Guarantee (proved by the property tests): with capacity ``B = limit.burst`` and refill rate
-``r = (count - B) / (per + margin)``, any interval of length ``L`` sees at most ``B + r * L``
-grants, so any window of ``per + margin`` seconds sees at most ``count``, and so does any window of
-``per`` seconds as the server counts it, even when network jitter shifts arrivals by up to
-``margin``. Burst is 1 by default: a token bucket cannot do better than ``count - burst`` per window
-in steady state, and every token of burst costs a token of sustained rate.
+The server counts requests in a sliding window: at most ``count`` in any ``per`` seconds. A token
+bucket can only approximate that (its steady rate is ``count - burst`` per window, and a waiter
+that wakes late forfeits what the bucket could not hold), so each budget here is the window
+itself: ``count`` slots, and a slot spent on a request comes back ``per + margin`` seconds after
+that request *ended*. A request reaches the server somewhere between the moment it was granted
+and the moment its answer (or its failure) came back; timing the slot from the end therefore
+keeps two requests that share a slot at least ``per + margin`` apart as the server sees them,
+however slow or uneven the network is. Requests that are cheap to get wrong (status polls, whose
+default budget is half the server's) may instead be timed from the grant: ``hold=0``.
+
+Guarantee (the property tests check it for generated arrivals and request durations): for any
+requests ``i`` and window start ``x``, at most ``count`` requests have ``granted < x + per +
+margin`` and ``ended >= x``; so whenever each arrival lies between its grant and its end, no
+server window of ``per`` seconds sees more than ``count``.
 """
 
 from __future__ import annotations
 
 import collections
+import heapq
+import itertools
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -20,51 +30,80 @@ import attrs
 from ._clock import Clock
 from ._models import RateLimit
 
-__all__ = ["Bucket", "FairLimiter", "TooLongError", "take"]
-
-_EPSILON = 1e-9
+__all__ = ["FairLimiter", "Grant", "SlotLog", "TooLongError", "release", "take"]
 
 
 @attrs.define
-class Bucket:
-    """A bucket's state: ``tokens`` as of monotonic time ``stamp``."""
+class SlotLog:
+    """One budget's spent slots: when each released one comes back, and those still held.
 
-    tokens: float
-    stamp: float
+    ``freed`` is a heap of return times; ``held`` maps a lease to the time its slot comes back
+    even if it is never released (a crashed holder must not keep the slot forever).
+    """
 
+    freed: list[float] = attrs.Factory(list)
+    held: dict[str, float] = attrs.Factory(dict)
 
-def refill(bucket: Bucket | None, limit: RateLimit, now: float) -> Bucket:
-    """The bucket as of ``now`` (a new one starts full)."""
-    if bucket is None:
-        return Bucket(float(limit.burst), now)
-    elapsed = max(0.0, now - bucket.stamp)
-    return Bucket(min(float(limit.burst), bucket.tokens + elapsed * limit.refill_rate), now)
+    def prune(self, now: float) -> None:
+        while self.freed and self.freed[0] <= now:
+            heapq.heappop(self.freed)
+        if self.held and min(self.held.values()) <= now:
+            self.held = {lease: until for lease, until in self.held.items() if until > now}
 
+    def wait(self, limit: RateLimit, now: float) -> float:
+        """Seconds until a slot is free (0 when one is); the log must be pruned at ``now``.
 
-def wait_for_token(bucket: Bucket, limit: RateLimit) -> float:
-    """Seconds until ``bucket`` (already refilled) holds one whole token; 0 when it does."""
-    missing = 1.0 - bucket.tokens
-    return 0.0 if missing <= _EPSILON else missing / limit.refill_rate
+        A held slot comes back no sooner than one window after now, so that is when to look again.
+        """
+        if len(self.freed) + len(self.held) < limit.count:
+            return 0.0
+        soonest = self.freed[0] if self.freed else float("inf")
+        if self.held:
+            soonest = min(soonest, now + limit.window)
+        return soonest - now
 
 
 def take(
-    buckets: dict[str, Bucket], specs: Sequence[tuple[str, RateLimit]], now: float
+    logs: dict[str, SlotLog],
+    specs: Sequence[tuple[str, RateLimit]],
+    now: float,
+    lease: str | None = None,
+    hold: float = 0.0,
 ) -> float:
-    """Take one token from every bucket in ``specs`` at once, or from none.
+    """Spend one slot of every budget in ``specs`` at once, or none.
 
-    Returns 0 when taken, else the seconds until all of them could give one. ``buckets`` is
-    updated in place either way (refilled; decremented only when taken).
+    Returns 0 when spent, else the seconds until all of them could give one. With ``lease``, the
+    slots stay held until :func:`release` (or ``hold`` seconds, whichever comes first); without,
+    they are timed from ``now``.
     """
     wait = 0.0
     for key, limit in specs:
-        bucket = refill(buckets.get(key), limit, now)
-        buckets[key] = bucket
-        wait = max(wait, wait_for_token(bucket, limit))
+        log = logs.setdefault(key, SlotLog())
+        log.prune(now)
+        wait = max(wait, log.wait(limit, now))
     if wait > 0:
         return wait
-    for key, _ in specs:
-        buckets[key].tokens = max(0.0, buckets[key].tokens - 1.0)
+    for key, limit in specs:
+        log = logs[key]
+        if lease is None:
+            heapq.heappush(log.freed, now + limit.window)
+        else:
+            log.held[lease] = now + hold + limit.window
     return 0.0
+
+
+def release(
+    logs: dict[str, SlotLog], specs: Sequence[tuple[str, RateLimit]], lease: str, now: float
+) -> None:
+    """The request behind ``lease`` has ended: its slots come back one window from ``now``.
+
+    Even when the hold ran out first (the slot was already given back), the request may have
+    reached the server only now, so the window is counted again from here.
+    """
+    for key, limit in specs:
+        log = logs.setdefault(key, SlotLog())
+        log.held.pop(lease, None)
+        heapq.heappush(log.freed, now + limit.window)
 
 
 class TooLongError(Exception):
@@ -75,33 +114,54 @@ class TooLongError(Exception):
         self.wait = wait
 
 
-class _Taker(Protocol):
-    """What a FairLimiter needs of a store (see ``_store.Store.take``)."""
+class _Store(Protocol):
+    """What a FairLimiter needs of a store (see ``_store.Store``)."""
 
     async def take(
-        self, specs: Sequence[tuple[str, RateLimit]], block_keys: Sequence[str]
+        self,
+        specs: Sequence[tuple[str, RateLimit]],
+        block_keys: Sequence[str],
+        *,
+        lease: str | None = None,
+        hold: float = 0.0,
     ) -> tuple[float, bool]: ...
+
+    async def release(self, specs: Sequence[tuple[str, RateLimit]], lease: str) -> None: ...
+
+
+@attrs.frozen
+class Grant:
+    """One slot of every budget: ``waited`` seconds in the queue; ``lease`` to release, if held."""
+
+    waited: float
+    lease: str | None = None
+
+
+_leases = itertools.count()
 
 
 class FairLimiter:
     """Waiters served first come, first served; only the head of the queue asks the store.
 
-    A waiter cancelled while queued leaves the queue and takes no token. Each grant is one token
-    from every bucket in ``specs``; a key in ``block_keys`` that the store marks blocked holds
+    A waiter cancelled while queued leaves the queue and takes no slot. Each grant is one slot
+    of every budget in ``specs``; a key in ``block_keys`` that the store marks blocked holds
     everyone back until the block ends.
     """
 
     def __init__(
         self,
-        store: _Taker,
+        store: _Store,
         specs: Sequence[tuple[str, RateLimit]],
         block_keys: Sequence[str],
         clock: Clock,
+        *,
+        prefix: str = "",
     ) -> None:
         self._store = store
         self._specs = tuple(specs)
         self._block_keys = tuple(block_keys)
         self._clock = clock
+        self._prefix = prefix
         self._queue: collections.deque[anyio.Event] = collections.deque()
 
     def __repr__(self) -> str:
@@ -112,22 +172,30 @@ class FairLimiter:
     def waiting(self) -> int:
         return len(self._queue)
 
-    async def acquire(self, *, max_block: float = float("inf")) -> float:
-        """Wait for a grant; returns the seconds spent waiting.
+    async def acquire(self, *, max_block: float = float("inf"), hold: float = 0.0) -> Grant:
+        """Wait for a grant.
 
-        Raises :class:`TooLongError` when the store reports a block longer than ``max_block``.
+        With ``hold > 0`` the slots stay spent until :meth:`release` is awaited with the grant
+        (at the latest ``hold`` seconds on): call it when the request has ended, however it
+        ended. Raises :class:`TooLongError` when the store reports a block longer than
+        ``max_block``.
         """
         turn = anyio.Event()
         self._queue.append(turn)
         if self._queue[0] is turn:
             turn.set()
         started = self._clock.monotonic()
+        lease = f"{self._prefix}{next(_leases)}" if hold > 0 else None
         try:
             await turn.wait()
             while True:
-                wait, blocked = await self._store.take(self._specs, self._block_keys)
+                # Shielded: a store on the network may have spent the slot by the time a
+                # cancellation arrives, and the caller must learn of it to release it.
+                with anyio.CancelScope(shield=True):
+                    wait, blocked = await self._store.take(
+                        self._specs, self._block_keys, lease=lease, hold=hold)
                 if wait <= 0:
-                    return self._clock.monotonic() - started
+                    return Grant(self._clock.monotonic() - started, lease)
                 if blocked and wait > max_block:
                     raise TooLongError(wait)
                 await self._clock.sleep(wait)
@@ -138,3 +206,9 @@ class FairLimiter:
                     self._queue[0].set()
             else:
                 self._queue.remove(turn)
+
+    async def release(self, grant: Grant) -> None:
+        """The request made with ``grant`` has ended: its slots start coming back now."""
+        if grant.lease is not None:
+            with anyio.CancelScope(shield=True):
+                await self._store.release(self._specs, grant.lease)

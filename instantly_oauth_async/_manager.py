@@ -2,7 +2,7 @@
 
 ::
 
-    start(provider) ─▶ breaker (per provider) ─▶ limiter (workspace + IP bucket, per provider)
+    start(provider) ─▶ breaker (per provider) ─▶ limiter (workspace + IP budget, per provider)
                     ─▶ InstantlyClient.init_oauth ─▶ PendingConnection
     poll task (one per session) ─▶ shared status budget ─▶ get_oauth_status ─▶ ConnectResult
 """
@@ -14,6 +14,7 @@ import inspect
 import logging
 import math
 import random
+import secrets
 import warnings
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Sequence
@@ -65,7 +66,7 @@ logger = logging.getLogger("instantly_oauth_async")
 
 #: The share of the workspace's standard budget (100/s, 6,000/min) that polling and account
 #: fetches may spend by default: half of each, leaving the rest to the application's other calls.
-DEFAULT_STATUS_LIMIT: Final = (RateLimit(50, per=1, burst=5), RateLimit(3000, per=60))
+DEFAULT_STATUS_LIMIT: Final = (RateLimit(50, per=1), RateLimit(3000, per=60))
 DOCUMENTED_TTL: Final = 600.0
 _RESULT_FIELDS = ("email", "name", "error", "error_description")
 
@@ -261,9 +262,12 @@ class OAuthManager:
             for p in Provider
         }
         self._status_key = f"{namespace}:status:ws:{workspace}"
+        lease_prefix = f"{secrets.token_hex(6)}:"  # leases of this manager, unique in a fleet
+        self._init_hold = float(request_timeout) + 5.0  # a lost release frees the slot after this
         self._init_limiters = {
             p: FairLimiter(
-                store, [(ws, init_limit), (ip, ip_init_limit)], [ws, ip], self._clock
+                store, [(ws, init_limit), (ip, ip_init_limit)], [ws, ip], self._clock,
+                prefix=lease_prefix,
             )
             for p, (ws, ip, _) in self._keys.items()
         }
@@ -413,7 +417,7 @@ class OAuthManager:
 
     async def _init(self, provider: Provider, deadline: float) -> OAuthSession:
         ws_key, ip_key, breaker_key = self._keys[provider]
-        limiter, policy = self._init_limiters[provider], self._breaker_policy
+        policy = self._breaker_policy
         attempt = 0
         while True:
             admission = await self._store.breaker_admit(breaker_key, policy)
@@ -430,18 +434,7 @@ class OAuthManager:
             retry_after: float | None = None
             delay = 0.0
             try:
-                try:
-                    remaining = deadline - self._clock.monotonic()
-                    self._token_wait += await limiter.acquire(
-                        max_block=min(self._max_block_wait, remaining))
-                except TooLongError as exc:
-                    raise _blocked(provider, exc.wait) from None
-                try:
-                    session = await self._client.init_oauth(provider)
-                except BaseException as exc:
-                    self._tally("init", exc)
-                    raise
-                self._tally("init")
+                session = await self._send_init(provider, deadline)
                 verdict = True
                 return session  # noqa: TRY300 - the finally must see the verdict first
             except RateLimitedError as exc:
@@ -469,6 +462,27 @@ class OAuthManager:
             finally:
                 await self._settle(provider, admission.probe, verdict, retry_after)
             await self._clock.sleep(delay)
+
+    async def _send_init(self, provider: Provider, deadline: float) -> OAuthSession:
+        """One init through the limiter (raises IPBlockedError for a block too long to wait)."""
+        limiter = self._init_limiters[provider]
+        try:
+            remaining = deadline - self._clock.monotonic()
+            grant = await limiter.acquire(
+                max_block=min(self._max_block_wait, remaining), hold=self._init_hold)
+        except TooLongError as exc:
+            raise _blocked(provider, exc.wait) from None
+        self._token_wait += grant.waited
+        try:
+            session = await self._client.init_oauth(provider)
+        except BaseException as exc:
+            self._tally("init", exc)
+            raise
+        finally:
+            # The server saw this init at some moment up to now: its slot counts from here.
+            await limiter.release(grant)
+        self._tally("init")
+        return session
 
     async def _settle(
         self, provider: Provider, probe: bool, verdict: bool | None, retry_after: float | None
@@ -536,7 +550,7 @@ class OAuthManager:
         return self._clock.monotonic() + max(0.0, remaining) + self._expiry_grace
 
     async def _status_token(self) -> None:
-        self._token_wait += await self._status_limiter.acquire()
+        self._token_wait += (await self._status_limiter.acquire()).waited
 
     async def _read_status(self, pending: PendingConnection) -> OAuthStatus:
         # pending.cancel() waits for this read: its answer may be one the server gives only once.

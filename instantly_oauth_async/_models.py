@@ -99,39 +99,37 @@ def _integer(value: object) -> int | None:
 
 @attrs.frozen
 class RateLimit:
-    """At most ``count`` requests in any window of ``per`` seconds.
+    """At most ``count`` requests in any window of ``per`` seconds, as the server counts them.
 
-    The limiter turns it into a token bucket of capacity ``burst`` whose refill rate is chosen so
-    that ``burst + rate * (per + margin) <= count``, where ``margin = per / 60`` absorbs network
-    jitter: no window of ``per`` seconds, as the server counts it, ever sees more than ``count``.
+    The limiter keeps ``count`` slots; a slot comes back ``per + margin`` seconds after the
+    request that spent it ended (see ``_limiter``), so nothing the network does can squeeze two
+    windows' worth into one. ``margin`` (default ``per / 200``) covers how the server rounds its
+    own clock; it costs ``margin / (per + margin)`` of the rate.
     """
 
     count: int
     per: float
-    burst: int = 1
+    margin: float = attrs.field(
+        default=attrs.Factory(lambda self: self.per / 200, takes_self=True)
+    )
 
     def __attrs_post_init__(self) -> None:
-        count, per, burst = _integer(self.count), _number(self.per), _integer(self.burst)
+        count, per, margin = _integer(self.count), _number(self.per), _number(self.margin)
         if count is None or count < 1:
             raise ValueError(f"RateLimit.count must be a positive integer, got {self.count!r}")
         if per is None or not 0 < per < float("inf"):
             raise ValueError(
                 f"RateLimit.per must be a positive number of seconds, got {self.per!r}"
             )
-        if burst is None or not 1 <= burst < count:
+        if margin is None or not 0 <= margin <= per:
             raise ValueError(
-                f"RateLimit.burst must be an integer from 1 to count-1, got {self.burst!r}"
+                f"RateLimit.margin must be a number of seconds from 0 to per, got {self.margin!r}"
             )
 
     @property
-    def margin(self) -> float:
-        """Seconds added to the window to absorb jitter between our clock and the server's."""
-        return self.per / 60
-
-    @property
-    def refill_rate(self) -> float:
-        """Tokens per second: ``(count - burst) / (per + margin)``."""
-        return (self.count - self.burst) / (self.per + self.margin)
+    def window(self) -> float:
+        """Seconds a spent slot stays spent after its request ended: ``per + margin``."""
+        return self.per + self.margin
 
 
 @attrs.frozen

@@ -14,7 +14,7 @@ from typing import Protocol, runtime_checkable
 from . import _breaker
 from ._breaker import Admission, BreakerPolicy, BreakerState, BreakerTransition, CircuitState
 from ._clock import Clock, SystemClock
-from ._limiter import Bucket, take
+from ._limiter import SlotLog, release, take
 from ._models import RateLimit
 
 __all__ = ["MemoryStore", "Store", "default_store"]
@@ -25,13 +25,24 @@ class Store(Protocol):
     """Shared state behind the limiter and the breaker. Keys are opaque, namespaced strings."""
 
     async def take(
-        self, specs: Sequence[tuple[str, RateLimit]], block_keys: Sequence[str]
+        self,
+        specs: Sequence[tuple[str, RateLimit]],
+        block_keys: Sequence[str],
+        *,
+        lease: str | None = None,
+        hold: float = 0.0,
     ) -> tuple[float, bool]:
-        """One token from every bucket at once, or none.
+        """One slot of every budget at once, or none.
 
         Returns ``(0.0, False)`` when taken; otherwise the seconds to wait and whether a block
-        (rather than an empty bucket) is the reason.
+        (rather than a full budget) is the reason. With ``lease`` the slots stay held until
+        :meth:`release` names it, or for ``hold`` seconds at most; without, they are timed from
+        now.
         """
+        ...
+
+    async def release(self, specs: Sequence[tuple[str, RateLimit]], lease: str) -> None:
+        """The request that took ``lease`` ended: its slots come back one window from now."""
         ...
 
     async def block(self, keys: Sequence[str], seconds: float) -> None:
@@ -66,13 +77,13 @@ class MemoryStore:
 
     def __init__(self, clock: Clock | None = None) -> None:
         self.clock: Clock = clock or SystemClock()
-        self._buckets: dict[str, Bucket] = {}
+        self._logs: dict[str, SlotLog] = {}
         self._blocks: dict[str, float] = {}
         self._breakers: dict[str, BreakerState] = {}
 
     def __repr__(self) -> str:
         return (
-            f"<MemoryStore buckets={len(self._buckets)} blocks={len(self._blocks)} "
+            f"<MemoryStore budgets={len(self._logs)} blocks={len(self._blocks)} "
             f"breakers={len(self._breakers)}>"
         )
 
@@ -80,13 +91,21 @@ class MemoryStore:
         return max((self._blocks.get(key, 0.0) - now for key in keys), default=0.0)
 
     async def take(
-        self, specs: Sequence[tuple[str, RateLimit]], block_keys: Sequence[str]
+        self,
+        specs: Sequence[tuple[str, RateLimit]],
+        block_keys: Sequence[str],
+        *,
+        lease: str | None = None,
+        hold: float = 0.0,
     ) -> tuple[float, bool]:
         now = self.clock.monotonic()
         blocked = self._block_left(block_keys, now)
         if blocked > 0:
             return blocked, True
-        return take(self._buckets, specs, now), False
+        return take(self._logs, specs, now, lease, hold), False
+
+    async def release(self, specs: Sequence[tuple[str, RateLimit]], lease: str) -> None:
+        release(self._logs, specs, lease, self.clock.monotonic())
 
     async def block(self, keys: Sequence[str], seconds: float) -> None:
         until = self.clock.monotonic() + max(0.0, seconds)

@@ -145,17 +145,17 @@ def test_auth_url_is_kept_out_of_repr() -> None:
 
 
 @pytest.mark.parametrize(
-    ("count", "per", "burst"), [(0, 60, 1), (75, 0, 1), (75, -1, 1), (75, 60, 75), (75, 60, 0),
-                                (True, 60, 1), (75, float("inf"), 1)]
+    ("count", "per", "margin"), [(0, 60, 0), (75, 0, 0), (75, -1, 0), (75, 60, -1), (75, 60, 61),
+                                 (True, 60, 0), (75, float("inf"), 0), (75, 60, float("nan"))]
 )
-def test_rate_limit_rejects_nonsense(count: int, per: float, burst: int) -> None:
+def test_rate_limit_rejects_nonsense(count: int, per: float, margin: float) -> None:
     with pytest.raises(ValueError, match="RateLimit"):
-        RateLimit(count, per, burst)
+        RateLimit(count, per, margin)
 
 
-def test_rate_limit_bucket_never_exceeds_count_in_a_window() -> None:
-    limit = RateLimit(75, per=60)
-    assert limit.burst + limit.refill_rate * (limit.per + limit.margin) <= limit.count + 1e-9
+def test_rate_limit_margin_defaults_to_half_a_percent_of_the_window() -> None:
+    assert RateLimit(75, per=60).window == pytest.approx(60.3)
+    assert RateLimit(75, per=60, margin=0).window == 60
 
 
 # -- round trips ------------------------------------------------------------------------------

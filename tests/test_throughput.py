@@ -1,7 +1,13 @@
 """The issue's acceptance run: two workspaces on two providers and a third sharing the IP budget.
 
 Limits compressed 20x on both sides (a 60 s window lasts 3 s). Every session is completed by its
-person as soon as it exists, so the init limiter is the only thing that paces the run.
+person as soon as it exists and nothing bounds how many are pending, so the init limits are the
+only thing that paces the inits.
+
+Utilisation is measured against the best schedule the limits allow: for saturated demand, the
+server's sliding windows let the k-th init of a provider (counting from 0) happen no sooner than
+a whole number of windows after the first, as the greedy schedule below works out with both the
+workspace and the IP limit. The figure is that ideal span over the span the run took.
 """
 
 from __future__ import annotations
@@ -19,13 +25,31 @@ pytestmark = pytest.mark.anyio
 
 FACTOR = 20
 WINDOW = 60 / FACTOR
-PER_PAIR = 120  # sessions per (workspace, provider)
+PER_PAIR = 250  # sessions per (workspace, provider): several windows' worth for each provider
 
+
+def ideal_span(demand: dict[str, int], per_workspace: int, per_ip: int) -> float:
+    """Seconds from the first init to the last in the best schedule the limits allow.
+
+    Batches one window apart; k windows can carry the demand exactly when no workspace needs
+    more than k of its own batches and the total needs no more than k of the IP's (filling the
+    windows is then a transport problem whose capacities are the same for every window).
+    """
+    own = [-(-n // per_workspace) for n in demand.values()]
+    windows = max([*own, -(-sum(demand.values()) // per_ip)])
+    return (windows - 1) * WINDOW
+
+
+def test_ideal_span_is_whole_windows() -> None:
+    assert ideal_span({"a": 75, "b": 75}, 75, 150) == 0
+    assert ideal_span({"a": 76}, 75, 150) == WINDOW
+    assert ideal_span({"a": 300, "b": 10}, 75, 150) == 3 * WINDOW
+    assert ideal_span({"a": 250, "b": 250, "c": 250}, 75, 150) == 4 * WINDOW
 
 
 async def test_three_workspaces_two_providers_zero_429_and_95_percent_of_allowed_rate() -> None:
     limits = SimulatorLimits().compressed(FACTOR)
-    store = MemoryStore()  # one process: the IP bucket is shared by every manager
+    store = MemoryStore()  # one process: the IP budget is shared by every manager
     async with Simulator(limits=limits) as sim:
         workspaces = [sim.add_workspace(name) for name in ("a", "b", "c")]
         plan = [(workspaces[0], "google"), (workspaces[0], "microsoft"),
@@ -36,6 +60,8 @@ async def test_three_workspaces_two_providers_zero_429_and_95_percent_of_allowed
                 ws.api_key, base_url=sim.url, store=store, poll_interval=0.25,
                 init_limit=RateLimit(75, per=WINDOW),
                 ip_init_limit=RateLimit(150, per=WINDOW),
+                status_limit=(RateLimit(50, per=1 / FACTOR), RateLimit(3000, per=WINDOW)),
+                fetch_account=False,
             )
             for ws in workspaces
         }
@@ -46,39 +72,26 @@ async def test_three_workspaces_two_providers_zero_429_and_95_percent_of_allowed
                 sim.complete(session.session_id, f"{session.session_id[:10]}@{name}.io")
 
             results = [r async for r in managers[key].connect_many(
-                provider, PER_PAIR, on_session=person, max_pending=50)]
+                provider, PER_PAIR, on_session=person, max_pending=PER_PAIR)]
             done[(name, provider)] = sum(r.ok for r in results)
 
         async with AsyncExitStack() as stack:
             for manager in managers.values():
                 await stack.enter_async_context(manager)
-            with anyio.fail_after(60):
+            with anyio.fail_after(90):
                 async with anyio.create_task_group() as group:
                     for ws, provider in plan:
                         group.start_soon(run, ws.api_key, ws.name, provider)
 
     assert done == {(ws.name, p): PER_PAIR for ws, p in plan}
     assert [r for r in sim.requests if r.status == 429] == []
-    for provider, sessions in (("google", 3 * PER_PAIR), ("microsoft", 2 * PER_PAIR)):
-        times = sorted(t for (ws, p), ts in sim.init_times.items() if p == provider for t in ts)
-        assert len(times) == sessions
-        assert max_in_window(times, WINDOW) <= 150
-        # The IP limit (150 per window) binds both providers while every workspace still has
-        # sessions to create: Google has three workspaces behind it, Microsoft two at 75 each.
-        # Measured over that span (first init to the first workspace's last); the whole run is
-        # printed too: its tail has one workspace left alone at its own 75 per window.
-        first_done = min(max(ts) for (_, p), ts in sim.init_times.items() if p == provider)
-        busy = [t for t in times if t <= first_done]
-        allowed = 150 / WINDOW
-        achieved = (len(busy) - 1) / (busy[-1] - busy[0])
-        whole = (len(times) - 1) / (times[-1] - times[0])
-        print(f"{provider}: {achieved:.2f} inits/s while saturated of {allowed:.2f} allowed "
-              f"({achieved / allowed:.1%}); whole run {whole / allowed:.1%}")
-        # The issue's target is 95%, NOT met yet: the default burst-1 buckets reach 89-91% here
-        # when the machine is quiet and less under load, because a head that wakes late forfeits
-        # the capacity it accrued (see CHANGELOG, Known issues). Until reservation-based
-        # scheduling lands, this only guards against gross regressions (such as serialising the
-        # workspaces); the hard guarantees are the zero-429 and window assertions.
-        assert achieved / allowed >= 0.5
     for pair, ts in sim.init_times.items():
         assert max_in_window(ts, WINDOW) <= 75, pair
+    for provider in ("google", "microsoft"):
+        demand = {ws: len(ts) for (ws, p), ts in sim.init_times.items() if p == provider}
+        times = sorted(t for (_, p), ts in sim.init_times.items() if p == provider for t in ts)
+        assert max_in_window(times, WINDOW) <= 150
+        ideal, took = ideal_span(demand, 75, 150), times[-1] - times[0]
+        print(f"{provider}: {len(times)} inits in {took:.2f} s; the limits allow {ideal:.2f} s "
+              f"({ideal / took:.1%} of the allowed rate)")
+        assert ideal / took >= 0.95
