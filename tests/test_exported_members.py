@@ -3,7 +3,7 @@ import instantly_oauth_async.testing
 
 
 def test_all_is_complete_without_duplicates() -> None:
-    public = {n for n in dir(instantly_oauth_async) if not n.startswith("_")} - {"testing"}
+    public = {n for n in dir(instantly_oauth_async) if not n.startswith("_")} - {"testing", "redis"}
     exported = set(instantly_oauth_async.__all__) - {"__version__"}
     assert public == exported
     assert len(instantly_oauth_async.__all__) == len(set(instantly_oauth_async.__all__))
@@ -19,6 +19,14 @@ def test_every_exported_exception_derives_from_instantly_error() -> None:
 def test_testing_all_is_complete() -> None:
     public = {n for n in dir(instantly_oauth_async.testing) if not n.startswith("_")}
     assert public == set(instantly_oauth_async.testing.__all__)
+
+
+def test_redis_module_exports_the_store() -> None:
+    import instantly_oauth_async.redis as fleet  # noqa: PLC0415 - an optional extra
+
+    assert fleet.__all__ == ["RedisStore"]
+    store = fleet.RedisStore.from_url("redis://127.0.0.1:1/0")  # connects on first use only
+    assert isinstance(store, instantly_oauth_async.Store)
 
 
 def test_version_is_a_string() -> None:

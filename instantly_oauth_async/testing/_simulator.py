@@ -37,6 +37,7 @@ from types import TracebackType
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+import anyio
 import attrs
 from aiohttp import web
 
@@ -241,6 +242,7 @@ class Simulator:
         self._outage_count: dict[str, int] = {}
         self._canned: dict[str, deque[CannedResponse]] = {}
         self._redirect_to: str | None = None
+        self._waiters: set[anyio.Event] = set()
         self._runner: web.AppRunner | None = None
         self.url = ""
         self.app = self._make_app()
@@ -464,6 +466,21 @@ class Simulator:
                 user_agent=request.headers.get("User-Agent"), outcome=outcome,
             )
         )
+        for waiter in self._waiters:
+            waiter.set()
+
+    async def wait_for(self, predicate: Callable[[], bool]) -> None:
+        """Return once ``predicate()`` holds, checking it after every request the server logs.
+
+        Bound it with ``anyio.fail_after``.
+        """
+        while not predicate():
+            event = anyio.Event()
+            self._waiters.add(event)
+            try:
+                await event.wait()
+            finally:
+                self._waiters.discard(event)
 
     def _authenticate(self, request: web.Request, scope: str) -> Workspace | web.Response:
         header = request.headers.get("Authorization", "")

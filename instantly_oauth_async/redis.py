@@ -1,0 +1,265 @@
+"""Fleet mode: one budget shared by every process and host through Redis (extra ``redis``).
+
+::
+
+    store = RedisStore.from_url("redis://10.0.0.5:6379/0", fallback_share=0.25)
+    async with OAuthManager(api_key, store=store) as manager: ...
+    await store.aclose()
+
+Shared: the init budgets (workspace and IP, per provider), the status budget, blocks learned from
+429s and the breakers (one half-open probe across the fleet). Each decision is one Lua script,
+timed by Redis ``TIME``; keys are namespaced by API host, provider and a hash of the API key,
+never the key, and expire on their own.
+
+When Redis cannot be reached (refused, or slower than ``timeout``), the store carries on with a
+local log per budget holding ``fallback_share`` of each limit, after first waiting one full
+window, since the fleet may have spent the whole budget just before. With ``fallback_share`` at
+most ``1 / number of processes`` the fleet cannot exceed a limit while Redis is away; the default
+0 sends nothing until Redis is back (polls and inits wait, and resume by themselves). Redis is
+tried again every ``retry_interval`` seconds; on its return, the slots spent locally are written
+into the shared logs before anything else, so the window that straddles the outage still counts
+them. Blocks are kept locally as well, and a breaker falls back to this process's own.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import secrets
+from collections.abc import Sequence
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from . import _limiter, _redis_lua
+from ._breaker import Admission, BreakerPolicy, BreakerTransition, CircuitState
+from ._clock import Clock, SystemClock
+from ._exceptions import ConfigurationError
+from ._models import RateLimit
+from ._store import MemoryStore
+
+__all__ = ["RedisStore"]
+
+logger = logging.getLogger("instantly_oauth_async")
+
+_UNREACHABLE = (RedisError, OSError, TimeoutError)
+
+
+def _policy_args(policy: BreakerPolicy) -> list[str]:
+    return [repr(float(policy.failure_threshold)), repr(policy.cooldown),
+            repr(policy.max_cooldown), repr(policy.probe_timeout)]
+
+
+class RedisStore:
+    """A :class:`~instantly_oauth_async.Store` in Redis, for many processes and hosts."""
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        *,
+        fallback_share: float = 0.0,
+        retry_interval: float = 1.0,
+        clock: Clock | None = None,
+        owns_client: bool = False,
+    ) -> None:
+        if not 0 <= fallback_share <= 1:
+            raise ConfigurationError("fallback_share must be a fraction from 0 to 1")
+        if not 0 < retry_interval < math.inf:
+            raise ConfigurationError("retry_interval must be a positive number of seconds")
+        self._redis = client
+        self._owns = owns_client
+        self._share = float(fallback_share)
+        self._retry_interval = float(retry_interval)
+        self.clock: Clock = clock or SystemClock()
+        self._scripts = {
+            name: client.register_script(getattr(_redis_lua, name))
+            for name in ("TAKE", "RELEASE", "REPLAY", "BLOCK", "BLOCKED_FOR", "BREAKER_ADMIT",
+                         "BREAKER_RECORD", "BREAKER_RELEASE")
+        }
+        self._local = MemoryStore(self.clock)  # blocks and breakers while Redis is away
+        self._logs: dict[str, _limiter.SlotLog] = {}  # slots spent while Redis is away
+        self._local_leases: set[str] = set()
+        self._down_since: float | None = None
+        self._next_try = 0.0
+        self._members = f"{secrets.token_hex(6)}:"
+        self._serial = 0
+        #: ``None`` in production; tests set it to drive the scripts' clock (seconds).
+        self.time_override: float | None = None
+        self.round_trips = 0
+
+    @classmethod
+    def from_url(cls, url: str, *, timeout: float = 0.5, **kwargs: Any) -> RedisStore:
+        """A store on its own connection pool; ``timeout`` bounds every Redis call (seconds)."""
+        client = aioredis.Redis.from_url(
+            url, socket_timeout=timeout, socket_connect_timeout=timeout,
+            retry_on_timeout=False,
+        )
+        return cls(client, owns_client=True, **kwargs)
+
+    def __repr__(self) -> str:
+        state = "degraded" if self._down_since is not None else "shared"
+        return f"<RedisStore {state} fallback_share={self._share:g}>"
+
+    @property
+    def degraded(self) -> bool:
+        """True while Redis is unreachable and this process lives on its fallback share."""
+        return self._down_since is not None
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    def _now_arg(self) -> str:
+        return "" if self.time_override is None else repr(self.time_override)
+
+    async def _run(self, name: str, keys: Sequence[str], args: Sequence[str]) -> Any:
+        """Run one script; None when Redis is unreachable (and the store is then degraded)."""
+        now = self.clock.monotonic()
+        if self._down_since is not None and now < self._next_try:
+            return None
+        try:
+            if self._down_since is not None:
+                await self._recover()
+            self.round_trips += 1
+            return await self._scripts[name](keys=list(keys), args=[*args, self._now_arg()])
+        except _UNREACHABLE as exc:
+            if self._down_since is None:
+                self._down_since = now
+                logger.warning("Redis unreachable (%s); living on a %g share of each budget",
+                               type(exc).__name__, self._share)
+            self._next_try = now + self._retry_interval
+            return None
+
+    async def _recover(self) -> None:
+        """Write the slots spent locally into the shared logs, then leave degraded mode."""
+        now = self.clock.monotonic()
+        keys: list[str] = []
+        args: list[str] = []
+        for key, log in self._logs.items():
+            log.prune(now)
+            times = list(log.freed) + list(log.held.values())
+            if times:
+                keys.append(f"{key}:freed")
+                for until in times:
+                    self._serial += 1
+                    args += [str(len(keys)), repr(until - now), f"{self._members}r{self._serial}"]
+        self.round_trips += 1
+        if keys:
+            await self._scripts["REPLAY"](keys=keys, args=[*args, self._now_arg()])
+        else:
+            await self._redis.ping()
+        logger.warning("Redis reachable again after %.1f s", now - (self._down_since or now))
+        self._down_since = None
+        self._logs.clear()
+        self._local_leases.clear()
+
+    @staticmethod
+    def _slot_keys(specs: Sequence[tuple[str, RateLimit]]) -> list[str]:
+        return [k for key, _ in specs for k in (f"{key}:freed", f"{key}:held")]
+
+    # -- budgets -----------------------------------------------------------------------------
+
+    async def take(
+        self,
+        specs: Sequence[tuple[str, RateLimit]],
+        block_keys: Sequence[str],
+        *,
+        lease: str | None = None,
+        hold: float = 0.0,
+    ) -> tuple[float, bool]:
+        if await self._local.blocked_for(block_keys) > 0:
+            # Learned here (perhaps while Redis was away); the fleet's may be longer.
+            return await self.blocked_for(block_keys), True
+        self._serial += 1
+        args = [str(len(specs)), lease or "", repr(float(hold)), f"{self._members}{self._serial}"]
+        for _, limit in specs:
+            args += [str(limit.count), repr(limit.window)]
+        reply = await self._run("TAKE", [*self._slot_keys(specs), *block_keys], args)
+        if reply is not None:
+            return float(reply[0]), bool(int(reply[1]))
+        return self._take_locally(specs, lease, hold)
+
+    def _take_locally(
+        self, specs: Sequence[tuple[str, RateLimit]], lease: str | None, hold: float
+    ) -> tuple[float, bool]:
+        now = self.clock.monotonic()
+        retry = max(0.0, self._next_try - now) + 1e-3
+        shares = [(key, math.floor(limit.count * self._share), limit) for key, limit in specs]
+        if any(count < 1 for _, count, _ in shares):
+            return retry, False  # no share of this budget: wait for Redis
+        # The fleet may have spent the whole budget just before Redis went away.
+        settled = (self._down_since or now) + max(limit.window for _, limit in specs)
+        if now < settled:
+            return min(settled - now, retry), False
+        local = [(key, RateLimit(count, limit.per, limit.margin)) for key, count, limit in shares]
+        wait = _limiter.take(self._logs, local, now, lease, hold)
+        if wait <= 0 and lease is not None:
+            self._local_leases.add(lease)
+        return (min(wait, retry), False) if wait > 0 else (0.0, False)
+
+    async def release(self, specs: Sequence[tuple[str, RateLimit]], lease: str) -> None:
+        if lease in self._local_leases:
+            self._local_leases.discard(lease)
+            _limiter.release(self._logs, specs, lease, self.clock.monotonic())
+            return
+        args = [lease, *(repr(limit.window) for _, limit in specs)]
+        await self._run("RELEASE", self._slot_keys(specs), args)
+        # Unreachable: the held slot comes back by itself when its hold runs out.
+
+    # -- blocks ------------------------------------------------------------------------------
+
+    async def block(self, keys: Sequence[str], seconds: float) -> None:
+        await self._local.block(keys, seconds)
+        await self._run("BLOCK", keys, [repr(max(0.0, float(seconds)))])
+
+    async def blocked_for(self, keys: Sequence[str]) -> float:
+        local = await self._local.blocked_for(keys)
+        reply = await self._run("BLOCKED_FOR", keys, [])
+        return max(local, float(reply) if reply is not None else 0.0)
+
+    # -- breakers ----------------------------------------------------------------------------
+
+    async def breaker_admit(self, key: str, policy: BreakerPolicy) -> Admission:
+        reply = await self._run("BREAKER_ADMIT", [key], _policy_args(policy))
+        if reply is None:
+            return await self._local.breaker_admit(key, policy)
+        return Admission(bool(int(reply[0])), probe=bool(int(reply[1])), wait=float(reply[2]))
+
+    async def breaker_record(
+        self,
+        key: str,
+        policy: BreakerPolicy,
+        *,
+        success: bool,
+        probe: bool,
+        retry_after: float | None = None,
+    ) -> BreakerTransition | None:
+        args = [*_policy_args(policy), "1" if success else "0", "1" if probe else "0",
+                "" if retry_after is None else repr(float(retry_after))]
+        reply = await self._run("BREAKER_RECORD", [key], args)
+        if reply is None:
+            return await self._local.breaker_record(
+                key, policy, success=success, probe=probe, retry_after=retry_after)
+        old, new, reason = (part.decode() for part in reply)
+        if not reason or old == new:
+            return None
+        return BreakerTransition(
+            key, CircuitState(old), CircuitState(new), self.clock.monotonic(), reason)
+
+    async def breaker_release(self, key: str, *, probe: bool) -> None:
+        if await self._run("BREAKER_RELEASE", [key], ["1" if probe else "0"]) is None:
+            await self._local.breaker_release(key, probe=probe)
+
+    async def breaker_state(self, key: str) -> CircuitState:
+        try:
+            self.round_trips += 1
+            state = await self._redis.hget(key, "state")
+        except _UNREACHABLE:
+            return await self._local.breaker_state(key)
+        if isinstance(state, bytes):
+            state = state.decode()
+        return CircuitState(state) if state else CircuitState.CLOSED
+
+    async def aclose(self) -> None:
+        """Close the connection pool if this store made it (``from_url``)."""
+        if self._owns:
+            await self._redis.aclose()

@@ -1,0 +1,62 @@
+"""One worker of a fleet, run as its own process by tests/test_redis.py.
+
+It bulk-connects ``--count`` mailboxes through a RedisStore and plays the person too: each
+session's consent page is submitted over HTTP. Prints one JSON line of figures at the end.
+The API key comes from INSTANTLY_API_KEY.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+
+import aiohttp
+
+from instantly_oauth_async import OAuthManager, OAuthSession, RateLimit
+from instantly_oauth_async.redis import RedisStore
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--redis", required=True)
+    parser.add_argument("--base-url", required=True)
+    parser.add_argument("--count", type=int, required=True)
+    parser.add_argument("--window", type=float, required=True)
+    parser.add_argument("--share", type=float, default=0.0)
+    parser.add_argument("--name", default="w")
+    args = parser.parse_args()
+    store = RedisStore.from_url(args.redis, fallback_share=args.share, retry_interval=0.2)
+    seen_degraded = False
+    async with aiohttp.ClientSession() as browser:
+        async def person(session: OAuthSession) -> None:
+            nonlocal seen_degraded
+            seen_degraded |= store.degraded
+            email = f"{session.session_id[:12]}@{args.name}.io"
+            data = {"action": "allow", "email": email}
+            async with browser.post(session.auth_url, data=data) as response:
+                response.raise_for_status()
+
+        async with OAuthManager(
+            os.environ["INSTANTLY_API_KEY"], base_url=args.base_url, store=store,
+            poll_interval=0.2, fetch_account=False,
+            init_limit=RateLimit(75, per=args.window),
+            ip_init_limit=RateLimit(150, per=args.window),
+            status_limit=(RateLimit(50, per=args.window / 60), RateLimit(3000, per=args.window)),
+        ) as manager:
+            ok = 0
+            async for result in manager.connect_many(
+                "google", args.count, on_session=person, max_pending=args.count
+            ):
+                ok += result.ok
+            stats = manager.stats()
+    await store.aclose()
+    print(json.dumps({
+        "ok": ok, "rate_limited": stats.rate_limited, "round_trips": store.round_trips,
+        "seen_degraded": seen_degraded, "degraded_at_end": store.degraded,
+    }))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
