@@ -72,12 +72,13 @@ async def test_take_and_release_scripts_match_the_limiter(
     prefix = uuid.uuid4().hex
     specs = [(f"{prefix}:a", a), (f"{prefix}:b", b)]
     logs: dict[str, SlotLog] = {}
-    now, leases = 1000.0, list[tuple[str, float]]()
+    now, leases, serial = 1000.0, list[tuple[str, float]](), 0
     for op, dt, arg, hold in ops:
         now += dt
         store.time_override = now
         if op == "take":
-            lease = f"{prefix}:{len(leases)}" if arg else None
+            lease = f"{prefix}:{serial}" if arg else None
+            serial += 1
             expected = take_slot(logs, specs, now, lease, hold)
             got, blocked = await store.take(specs, [], lease=lease, hold=hold)
             assert not blocked

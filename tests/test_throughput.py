@@ -1,6 +1,6 @@
 """The issue's acceptance run: two workspaces on two providers and a third sharing the IP budget.
 
-Limits compressed 20x on both sides (a 60 s window lasts 3 s). Every session is completed by its
+Limits compressed 10x on both sides (a 60 s window lasts 6 s). Every session is completed by its
 person as soon as it exists and nothing bounds how many are pending, so the init limits are the
 only thing that paces the inits.
 
@@ -23,7 +23,7 @@ from tests._windows import max_in_window
 
 pytestmark = pytest.mark.anyio
 
-FACTOR = 20
+FACTOR = 10
 WINDOW = 60 / FACTOR
 PER_PAIR = 250  # sessions per (workspace, provider): several windows' worth for each provider
 
@@ -47,6 +47,7 @@ def test_ideal_span_is_whole_windows() -> None:
     assert ideal_span({"a": 250, "b": 250, "c": 250}, 75, 150) == 4 * WINDOW
 
 
+@pytest.mark.timeout(150)
 async def test_three_workspaces_two_providers_zero_429_and_95_percent_of_allowed_rate() -> None:
     limits = SimulatorLimits().compressed(FACTOR)
     store = MemoryStore()  # one process: the IP budget is shared by every manager
@@ -78,7 +79,7 @@ async def test_three_workspaces_two_providers_zero_429_and_95_percent_of_allowed
         async with AsyncExitStack() as stack:
             for manager in managers.values():
                 await stack.enter_async_context(manager)
-            with anyio.fail_after(90):
+            with anyio.fail_after(120):
                 async with anyio.create_task_group() as group:
                     for ws, provider in plan:
                         group.start_soon(run, ws.api_key, ws.name, provider)
