@@ -274,6 +274,8 @@ class InstantlyClient:
                 f"response body of {length} bytes exceeds the {self._max_body}-byte cap",
                 status=response.status,
             )
+        if length is not None:
+            return await response.read()  # the common case: one read, the cap already checked
         chunks: list[bytes] = []
         size = 0
         async for chunk in response.content.iter_chunked(64 * 1024):

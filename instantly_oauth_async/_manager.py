@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import hashlib
+import heapq
 import inspect
 import logging
 import math
@@ -142,15 +143,30 @@ class PendingConnection:
     cancels nothing else; :meth:`cancel` stops the session's polling.
     """
 
-    def __init__(self, session: OAuthSession, expected_email: str | None) -> None:
+    __slots__ = ("_cancel_requested", "_deadline", "_done", "_error", "_failures", "_finished",
+                 "_next_at", "_on_finish", "_reading", "_result", "_scope", "expected_email",
+                 "session")
+
+    def __init__(
+        self,
+        session: OAuthSession,
+        expected_email: str | None,
+        on_finish: Callable[[PendingConnection], None] | None = None,
+    ) -> None:
         self.session = session
         self.expected_email = expected_email
-        self._done = anyio.Event()
+        self._finished = False
+        self._done: anyio.Event | None = None  # made when someone first waits: most never do
         self._result: ConnectResult | None = None
         self._error: BaseException | None = None
-        self._scope: anyio.CancelScope | None = None
+        self._on_finish = on_finish
+        self._scope: anyio.CancelScope | None = None  # while a poll step runs
         self._cancel_requested = False
         self._reading = False  # a status read is in flight: cancel() waits for its answer
+        # Poll state, kept here between steps (no task sleeps on a pending session):
+        self._next_at = 0.0
+        self._deadline = math.inf
+        self._failures = 0
 
     def __repr__(self) -> str:
         state = "done" if self.done() else "pending"
@@ -158,11 +174,14 @@ class PendingConnection:
         return f"<PendingConnection {session.session_id} {session.provider.value} {state}>"
 
     def done(self) -> bool:
-        return self._done.is_set()
+        return self._finished
 
     async def result(self) -> ConnectResult:
         """The outcome; raises what the caller must act on (see ``OutcomeLostError``)."""
-        await self._done.wait()
+        if not self._finished:
+            if self._done is None:
+                self._done = anyio.Event()
+            await self._done.wait()
         if self._error is not None:
             raise self._error
         assert self._result is not None  # noqa: S101 - set together with _done
@@ -187,8 +206,12 @@ class PendingConnection:
     ) -> None:
         if self.done():
             return
-        self._result, self._error = result, error
-        self._done.set()
+        self._result, self._error, self._finished = result, error, True
+        if self._done is not None:
+            self._done.set()
+        if self._on_finish is not None:
+            on_finish, self._on_finish = self._on_finish, None
+            on_finish(self)
 
 
 OnSession = Callable[[OAuthSession], Awaitable[object] | object]
@@ -286,6 +309,9 @@ class OAuthManager:
         self._transitions: deque[BreakerTransition] = deque(maxlen=100)
         self._results: Counter[str] = Counter()
         self._token_wait = 0.0
+        self._due: list[tuple[float, int, PendingConnection]] = []
+        self._seq = 0
+        self._wakeup: anyio.Event | None = None
         self._created = 0
 
     def __repr__(self) -> str:
@@ -303,6 +329,7 @@ class OAuthManager:
         group = anyio.create_task_group()
         await group.__aenter__()
         self._group, self._state = group, "opened"
+        group.start_soon(self._scheduler)
         return self
 
     async def __aexit__(
@@ -397,7 +424,7 @@ class OAuthManager:
         :class:`CircuitOpenError` at once (``timeout=0`` means "never wait for the circuit"); a
         server block longer than ``max_block_wait`` raises :class:`IPBlockedError`.
         """
-        group = self._require_open()
+        self._require_open()
         chosen = coerce_provider(provider)
         if expected_email is not None and "@" not in str(expected_email):
             raise ConfigurationError("expected_email must be an email address")
@@ -409,11 +436,8 @@ class OAuthManager:
             session = await self._init(chosen, deadline)
         if scope.cancelled_caught:
             raise StartTimeoutError(f"no {chosen.value} session within {budget:g} s")
-        pending = PendingConnection(session, expected_email)
-        self._pending[session.session_id] = pending
         self._created += 1
-        group.start_soon(self._run, pending, self._clock.monotonic())
-        return pending
+        return self._track(session, expected_email, self._clock.monotonic() + self._poll_interval)
 
     async def _init(self, provider: Provider, deadline: float) -> OAuthSession:
         ws_key, ip_key, breaker_key = self._keys[provider]
@@ -506,32 +530,89 @@ class OAuthManager:
 
         A session this manager already polls gives back its existing ``PendingConnection``.
         """
-        group = self._require_open()
+        self._require_open()
         if not isinstance(session, OAuthSession):
             raise ConfigurationError("resume() takes an OAuthSession")
         existing = self._pending.get(session.session_id)
         if existing is not None:
             return existing
-        pending = PendingConnection(session, expected_email)
+        return self._track(session, expected_email, self._clock.monotonic())
+
+    def _track(self, session: OAuthSession, expected_email: str | None, first_poll: float
+               ) -> PendingConnection:
+        """Register a session and queue its first poll."""
+        pending = PendingConnection(session, expected_email, self._finished)
+        pending._deadline = self._local_deadline(session.expires_at, session.server_date)
         self._pending[session.session_id] = pending
-        group.start_soon(self._run, pending, self._clock.monotonic() - self._poll_interval)
+        self._schedule(pending, first_poll)
         return pending
 
-    async def _run(self, pending: PendingConnection, started: float) -> None:
+    def _finished(self, pending: PendingConnection) -> None:
+        """Bookkeeping for a session that just ended, however it ended."""
+        self._pending.pop(pending.session.session_id, None)
+        error = pending._error
+        if pending._result is not None:
+            self._results[pending._result.status.value] += 1
+        elif isinstance(error, SessionCancelledError):
+            self._results["cancelled"] += 1
+        elif error is not None and not isinstance(error, ClientStateError):
+            self._results[type(error).__name__] += 1
+
+    # Polling: no task per pending session. Sessions wait in a heap by when they are next due;
+    # one scheduler task takes a status token for the earliest due session (first come, first
+    # served with account fetches) and starts a short task for that one read. A session costs
+    # its records and a heap entry while it waits, so 10,000 of them are cheap.
+
+    def _schedule(self, pending: PendingConnection, at: float) -> None:
+        pending._next_at = at
+        self._seq += 1
+        heapq.heappush(self._due, (at, self._seq, pending))
+        if self._due[0][2] is pending and self._wakeup is not None:
+            self._wakeup.set()  # earlier than what the scheduler sleeps towards
+
+    async def _scheduler(self) -> None:
+        group = self._require_open()
+        while True:
+            while self._due and self._due[0][2].done():
+                heapq.heappop(self._due)  # cancelled while it waited
+            if not self._due:
+                await self._sleep_until(math.inf)
+                continue
+            at, _, pending = self._due[0]
+            if at > self._clock.monotonic():
+                await self._sleep_until(at)
+                continue
+            heapq.heappop(self._due)
+            await self._status_token()
+            while pending.done() and self._due and self._due[0][0] <= self._clock.monotonic():
+                pending = heapq.heappop(self._due)[2]  # cancelled meanwhile: the next one due
+            if not pending.done():
+                group.start_soon(self._step, pending)
+
+    async def _sleep_until(self, at: float) -> None:
+        """Until ``at`` or until an earlier session is scheduled, whichever comes first."""
+        wakeup = self._wakeup = anyio.Event()
+        with self._clock.deadline(max(0.0, at - self._clock.monotonic())
+                                  if at < math.inf else 86400.0 * 365):
+            await wakeup.wait()
+
+    async def _step(self, pending: PendingConnection) -> None:
+        """One status read for ``pending`` and what follows from it; reschedules or finishes."""
         try:
             with anyio.CancelScope() as scope:
                 pending._scope = scope
                 if pending._cancel_requested:
                     scope.cancel()
-                result = await self._poll(pending, started)
-                pending._finish(result=result)
-                self._results[result.status.value] += 1
+                result = await self._poll_once(pending)
+            pending._scope = None
             if scope.cancelled_caught:
                 pending._finish(error=SessionCancelledError(
                     f"session {pending.session.session_id} cancelled"))
-                self._results["cancelled"] += 1
+            elif result is None:
+                self._schedule(pending, pending._next_at)
+            else:
+                pending._finish(result=result)
         except InstantlyError as exc:
-            self._results[type(exc).__name__] += 1
             logger.warning("session %s ended with %s", pending.session.session_id,
                            type(exc).__name__)
             pending._finish(error=exc)
@@ -539,9 +620,9 @@ class OAuthManager:
             logger.exception("unexpected error polling session %s", pending.session.session_id)
             pending._finish(error=exc)
         finally:
-            # Every exit resolves the awaiters; here only the manager's own close is left.
-            pending._finish(error=ClientStateError("the OAuthManager closed first"))
-            self._pending.pop(pending.session.session_id, None)
+            pending._scope = None
+            if not pending.done() and self._state == "closed":
+                pending._finish(error=ClientStateError("the OAuthManager closed first"))
 
     def _local_deadline(self, expires_at: datetime, server_date: datetime | None) -> float:
         """When to give up on our own: the server's own lifetime figure, plus the grace."""
@@ -567,44 +648,41 @@ class OAuthManager:
         self._tally("status")
         return status
 
-    async def _poll(self, pending: PendingConnection, started: float) -> ConnectResult:
+    async def _poll_once(self, pending: PendingConnection) -> ConnectResult | None:
+        """Read the status once (the token is already taken); None: poll again at ``_next_at``."""
         session = pending.session
-        deadline = self._local_deadline(session.expires_at, session.server_date)
-        next_at = started + self._poll_interval
-        failures = 0
-        while True:
-            await self._clock.sleep(next_at - self._clock.monotonic())
-            await self._status_token()
-            next_at = self._clock.monotonic() + self._poll_interval
-            try:
-                status = await self._read_status(pending)
-            except NotFoundError:
-                return await self._reconcile(pending, "the status read answered 404")
-            except RateLimitedError as exc:
-                await self._store.block([self._status_key], exc.retry_after or 1.0)
-                continue
-            except (TransportError, ServerError, MalformedResponseError) as exc:
-                failures += 1
-                logger.info("status of %s failed (%s); retrying", session.session_id,
-                            type(exc).__name__)
-                if self._clock.monotonic() > deadline:
-                    return await self._reconcile(pending, "no answer from the server past expiry")
-                next_at = self._clock.monotonic() + min(
-                    self._poll_interval, self._retry.delay(failures, self._rng))
-                continue
-            failures = 0
-            if status.server_date is not None:
-                deadline = self._local_deadline(session.expires_at, status.server_date)
-            if status.status is SessionStatus.PENDING:
-                if pending._cancel_requested and pending._scope is not None:
-                    pending._scope.cancel()  # asked while the read was in flight
-                if self._clock.monotonic() > deadline:
-                    return ConnectResult(
-                        session, SessionStatus.EXPIRED, error="expired",
-                        error_description="still pending well past expires_at",
-                        expected_email=pending.expected_email)
-                continue
-            return await self._conclude(pending, status)
+        now = self._clock.monotonic()
+        pending._next_at = now + self._poll_interval
+        try:
+            status = await self._read_status(pending)
+        except NotFoundError:
+            return await self._reconcile(pending, "the status read answered 404")
+        except RateLimitedError as exc:
+            await self._store.block([self._status_key], exc.retry_after or 1.0)
+            pending._next_at = now  # again as soon as the block allows
+            return None
+        except (TransportError, ServerError, MalformedResponseError) as exc:
+            pending._failures += 1
+            logger.info("status of %s failed (%s); retrying", session.session_id,
+                        type(exc).__name__)
+            if self._clock.monotonic() > pending._deadline:
+                return await self._reconcile(pending, "no answer from the server past expiry")
+            pending._next_at = self._clock.monotonic() + min(
+                self._poll_interval, self._retry.delay(pending._failures, self._rng))
+            return None
+        pending._failures = 0
+        if status.server_date is not None:
+            pending._deadline = self._local_deadline(session.expires_at, status.server_date)
+        if status.status is SessionStatus.PENDING:
+            if pending._cancel_requested and pending._scope is not None:
+                pending._scope.cancel()  # asked while the read was in flight
+            if self._clock.monotonic() > pending._deadline:
+                return ConnectResult(
+                    session, SessionStatus.EXPIRED, error="expired",
+                    error_description="still pending well past expires_at",
+                    expected_email=pending.expected_email)
+            return None
+        return await self._conclude(pending, status)
 
     async def _conclude(self, pending: PendingConnection, status: OAuthStatus) -> ConnectResult:
         fields = {name: getattr(status, name) for name in _RESULT_FIELDS}

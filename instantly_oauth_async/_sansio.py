@@ -6,6 +6,7 @@ gidgethub's ``sansio.decipher_response`` does; the client is the only caller tha
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Mapping
@@ -48,6 +49,11 @@ def parse_http_date(value: str | None) -> datetime | None:
     """An aware UTC datetime from an HTTP date header, or None when absent or unreadable."""
     if not value:
         return None
+    return _parse_http_date(value)
+
+
+@functools.lru_cache(maxsize=4)  # a Date header changes once a second: most answers repeat one
+def _parse_http_date(value: str) -> datetime | None:
     try:
         parsed = parsedate_to_datetime(value.strip())
     except (TypeError, ValueError, IndexError, OverflowError):

@@ -1,0 +1,76 @@
+"""What every benchmark shares: a row of the table, and the arithmetic of sliding windows."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import anyio
+import anyio.abc
+import attrs
+
+
+@attrs.frozen
+class Row:
+    """One line of the table: ``figure`` against ``target`` (None: shown for comparison only)."""
+
+    bench: str
+    what: str
+    figure: str
+    target: str = ""
+    ok: bool | None = None
+
+
+def ideal_span(accepted: int, per_window: int, window: float) -> float:
+    """Seconds from the first to the last of ``accepted`` inits in the best schedule a sliding
+    window of ``per_window`` per ``window`` allows (batches one window apart)."""
+    return (-(-accepted // per_window) - 1) * window
+
+
+def utilisation(times: list[float], per_window: int, window: float) -> float:
+    """The allowed rate achieved: the ideal span over the span taken (1.0 when too few)."""
+    if len(times) <= per_window:
+        return 1.0
+    return ideal_span(len(times), per_window, window) / (max(times) - min(times))
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The ``q``-th percentile (0-100), interpolated; 0.0 for no values."""
+    if not values:
+        return 0.0
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[max(0, min(98, round(q) - 1))]
+
+
+class ServerProcess:
+    """``benchmarks._server`` in a child process: ``async with ServerProcess() as (url, key)``."""
+
+    def __init__(self, *args: str) -> None:
+        self._args = args
+        self._process: anyio.abc.Process | None = None
+
+    async def __aenter__(self) -> tuple[str, str]:
+        root = Path(__file__).parent.parent  # path arithmetic, no I/O
+        self._process = await anyio.open_process(
+            [sys.executable, "-m", "benchmarks._server", *self._args], cwd=root,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None,
+        )
+        assert self._process.stdout is not None
+        line = b""
+        with anyio.fail_after(30):
+            while not line.endswith(b"\n"):
+                line += await self._process.stdout.receive(1)
+        info = json.loads(line)
+        return str(info["url"]), str(info["api_key"])
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._process is not None:
+            assert self._process.stdin is not None
+            await self._process.stdin.aclose()
+            with anyio.fail_after(10):
+                await self._process.wait()
+            await self._process.aclose()

@@ -1,0 +1,52 @@
+"""A simulator in its own process, so the process that measures holds only the client.
+
+``python -m benchmarks._server`` prints one JSON line ``{"url": ..., "api_key": ...}`` and serves
+until its stdin closes. Limits are raised out of the way (``--limits open``) or kept as
+documented and compressed (``--factor F``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import anyio
+from aiohttp import web
+
+from instantly_oauth_async.testing import Simulator, SimulatorLimits
+
+API_KEY = "bench_key_not_a_secret"
+OPEN = 10**9
+
+
+async def serve(factor: float, open_limits: bool) -> None:
+    limits = SimulatorLimits().compressed(factor)
+    if open_limits:
+        limits = SimulatorLimits(init_per_workspace=OPEN, init_per_ip=OPEN, api_per_second=OPEN,
+                                 api_per_minute=OPEN, session_ttl=86400.0)
+    sim = Simulator(limits=limits)
+
+    async def complete(request: web.Request) -> web.Response:
+        """Control channel for benchmarks: a person allows this session."""
+        sid = request.match_info["sid"]
+        sim.complete(sid, f"{sid[:12]}@bench.io")
+        return web.Response(text="ok")
+
+    sim.app.router.add_post("/bench/complete/{sid}", complete)
+    async with sim:
+        sim.add_workspace("bench", api_key=API_KEY)
+        print(json.dumps({"url": sim.url, "api_key": API_KEY}), flush=True)
+        await anyio.to_thread.run_sync(sys.stdin.read)  # until the parent closes our stdin
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--factor", type=float, default=1.0)
+    parser.add_argument("--open", action="store_true")
+    args = parser.parse_args()
+    anyio.run(serve, args.factor, args.open)
+
+
+if __name__ == "__main__":
+    main()
