@@ -471,9 +471,12 @@ class OAuthManager:
                 attempt += 1
                 if attempt >= self._retry.attempts:
                     raise
-            except (ServiceUnavailableError, TransportError, ServerError) as exc:
-                # 503s and failures to get an answer count against the breaker; other 5xx don't.
-                if not isinstance(exc, ServerError) or isinstance(exc, ServiceUnavailableError):
+            except (ServiceUnavailableError, TransportError, ServerError,
+                    MalformedResponseError) as exc:
+                # 503s and failures to get an answer count against the breaker; other 5xx and a
+                # garbled answer don't. A retry after an answer that was lost or garbled leaves
+                # the server an orphan session, which costs one init and nothing else.
+                if isinstance(exc, (ServiceUnavailableError, TransportError)):
                     verdict, retry_after = False, getattr(exc, "retry_after", None)
                 attempt += 1
                 delay = self._retry.delay(attempt, self._rng, retry_after)
@@ -665,7 +668,8 @@ class OAuthManager:
             pending._failures += 1
             logger.info("status of %s failed (%s); retrying", session.session_id,
                         type(exc).__name__)
-            if self._clock.monotonic() > pending._deadline:
+            if (self._clock.monotonic() > pending._deadline
+                    and pending._failures >= self._retry.attempts):
                 return await self._reconcile(pending, "no answer from the server past expiry")
             pending._next_at = self._clock.monotonic() + min(
                 self._poll_interval, self._retry.delay(pending._failures, self._rng))

@@ -110,7 +110,8 @@ class Faults:
     non_json: float = 0.0  #: act, then answer 200 with a body that is not JSON
     slow: float = 0.0  #: wait ``slow_seconds`` before handling
     slow_seconds: float = 0.0
-    rate_limited: float = 0.0  #: a 429 with ``Retry-After: 1`` before acting
+    rate_limited: float = 0.0  #: a 429 with ``Retry-After: rate_limited_after`` before acting
+    rate_limited_after: float = 1.0  #: seconds (compress it with the limits)
     kinds: frozenset[str] = frozenset({"init", "status", "account"})
     seed: int = 0
 
@@ -528,7 +529,8 @@ class Simulator:
                 content_type="text/html",
             )
         if f.rate_limited and self._rng.random() < f.rate_limited:
-            return self._error(429, "Rate limit exceeded", {"Retry-After": "1"})
+            return self._error(429, "Rate limit exceeded",
+                               {"Retry-After": f"{f.rate_limited_after:g}"})
         return None
 
     def _fault_after(self, kind: str) -> str | None:
