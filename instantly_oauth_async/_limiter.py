@@ -30,7 +30,9 @@ import attrs
 from ._clock import Clock
 from ._models import RateLimit
 
-__all__ = ["FairLimiter", "Grant", "SlotLog", "TooLongError", "release", "take"]
+__all__ = [
+    "FairLimiter", "Grant", "SlotLog", "TooLongError", "check", "release", "spend", "take",
+]
 
 
 @attrs.define
@@ -63,6 +65,32 @@ class SlotLog:
         return soonest - now
 
 
+def check(logs: dict[str, SlotLog], specs: Sequence[tuple[str, RateLimit]], now: float) -> float:
+    """Seconds until every budget in ``specs`` could give a slot (0: now); spends nothing."""
+    wait = 0.0
+    for key, limit in specs:
+        log = logs.setdefault(key, SlotLog())
+        log.prune(now)
+        wait = max(wait, log.wait(limit, now))
+    return wait
+
+
+def spend(
+    logs: dict[str, SlotLog],
+    specs: Sequence[tuple[str, RateLimit]],
+    now: float,
+    lease: str | None = None,
+    hold: float = 0.0,
+) -> None:
+    """Record one slot of every budget as spent at ``now``, whatever :func:`check` would say."""
+    for key, limit in specs:
+        log = logs.setdefault(key, SlotLog())
+        if lease is None:
+            heapq.heappush(log.freed, now + limit.window)
+        else:
+            log.held[lease] = now + hold + limit.window
+
+
 def take(
     logs: dict[str, SlotLog],
     specs: Sequence[tuple[str, RateLimit]],
@@ -76,20 +104,10 @@ def take(
     slots stay held until :func:`release` (or ``hold`` seconds, whichever comes first); without,
     they are timed from ``now``.
     """
-    wait = 0.0
-    for key, limit in specs:
-        log = logs.setdefault(key, SlotLog())
-        log.prune(now)
-        wait = max(wait, log.wait(limit, now))
-    if wait > 0:
-        return wait
-    for key, limit in specs:
-        log = logs[key]
-        if lease is None:
-            heapq.heappush(log.freed, now + limit.window)
-        else:
-            log.held[lease] = now + hold + limit.window
-    return 0.0
+    wait = check(logs, specs, now)
+    if wait <= 0:
+        spend(logs, specs, now, lease, hold)
+    return wait
 
 
 def release(

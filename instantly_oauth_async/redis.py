@@ -12,13 +12,15 @@ timed by Redis ``TIME``; keys are namespaced by API host, provider and a hash of
 never the key, and expire on their own.
 
 When Redis cannot be reached (refused, or slower than ``timeout``), the store carries on with a
-local log per budget holding ``fallback_share`` of each limit, after first waiting one full
-window, since the fleet may have spent the whole budget just before. With ``fallback_share`` at
-most ``1 / number of processes`` the fleet cannot exceed a limit while Redis is away; the default
-0 sends nothing until Redis is back (polls and inits wait, and resume by themselves). Redis is
-tried again every ``retry_interval`` seconds; on its return, the slots spent locally are written
-into the shared logs before anything else, so the window that straddles the outage still counts
-them. Blocks are kept locally as well, and a breaker falls back to this process's own.
+local log per budget holding ``fallback_share`` of each limit. It first waits one window plus the
+longest hold it has seen (an init in flight when Redis went away may reach the server that late),
+since the fleet may have spent the whole budget just before. With ``fallback_share`` at most
+``1 / number of processes`` the fleet cannot exceed a limit while Redis is away; the default 0
+sends nothing until Redis is back (polls and inits wait, and resume by themselves). Redis is tried
+again every ``retry_interval`` seconds. On its return, the slots spent locally are written into
+the shared logs before anything else, and for one more window every take must also fit the local
+share: a process that has not noticed the return yet spends only its share, so together they
+still fit. Blocks are kept locally as well, and a breaker falls back to this process's own.
 """
 
 from __future__ import annotations
@@ -79,8 +81,12 @@ class RedisStore:
         }
         self._local = MemoryStore(self.clock)  # blocks and breakers while Redis is away
         self._logs: dict[str, _limiter.SlotLog] = {}  # slots spent while Redis is away
-        self._local_leases: set[str] = set()
+        self._local_leases: set[str] = set()  # spent only in the local logs
+        self._dual_leases: set[str] = set()  # spent in Redis and, after a return, locally too
         self._down_since: float | None = None
+        self._careful_until = 0.0  # after Redis returns: takes must fit the local share too
+        self._max_hold = 0.0
+        self._max_window = 0.0
         self._next_try = 0.0
         self._members = f"{secrets.token_hex(6)}:"
         self._serial = 0
@@ -149,7 +155,9 @@ class RedisStore:
             await self._redis.ping()
         logger.warning("Redis reachable again after %.1f s", now - (self._down_since or now))
         self._down_since = None
-        self._logs.clear()
+        if self._share > 0:  # with no share, nobody spent anything on their own meanwhile
+            self._careful_until = now + self._max_window
+        self._dual_leases |= self._local_leases  # their release goes to both places now
         self._local_leases.clear()
 
     @staticmethod
@@ -157,6 +165,18 @@ class RedisStore:
         return [k for key, _ in specs for k in (f"{key}:freed", f"{key}:held")]
 
     # -- budgets -----------------------------------------------------------------------------
+
+    def _shares(
+        self, specs: Sequence[tuple[str, RateLimit]]
+    ) -> list[tuple[str, RateLimit]] | None:
+        """This process's share of each budget; None when a share rounds down to nothing."""
+        shares = []
+        for key, limit in specs:
+            count = math.floor(limit.count * self._share)
+            if count < 1:
+                return None
+            shares.append((key, RateLimit(count, limit.per, limit.margin)))
+        return shares
 
     async def take(
         self,
@@ -169,29 +189,48 @@ class RedisStore:
         if await self._local.blocked_for(block_keys) > 0:
             # Learned here (perhaps while Redis was away); the fleet's may be longer.
             return await self.blocked_for(block_keys), True
+        self._max_hold = max(self._max_hold, hold)
+        self._max_window = max(self._max_window, *(limit.window for _, limit in specs))
+        now = self.clock.monotonic()
+        careful = self._down_since is None and now < self._careful_until
+        if careful:
+            shares = self._shares(specs)
+            wait = _limiter.check(self._logs, shares, now) if shares else self._retry_interval
+            if wait > 0:
+                return wait, False
+        elif self._down_since is None and self._logs:
+            self._logs.clear()  # the careful window is over
+            self._dual_leases.clear()
         self._serial += 1
         args = [str(len(specs)), lease or "", repr(float(hold)), f"{self._members}{self._serial}"]
         for _, limit in specs:
             args += [str(limit.count), repr(limit.window)]
         reply = await self._run("TAKE", [*self._slot_keys(specs), *block_keys], args)
-        if reply is not None:
-            return float(reply[0]), bool(int(reply[1]))
-        return self._take_locally(specs, lease, hold)
+        if reply is None:
+            return self._take_locally(specs, lease, hold)
+        wait, blocked = float(reply[0]), bool(int(reply[1]))
+        if wait <= 0 and careful:
+            shares = self._shares(specs)
+            if shares:
+                _limiter.spend(self._logs, shares, self.clock.monotonic(), lease, hold)
+                if lease is not None:
+                    self._dual_leases.add(lease)
+        return wait, blocked
 
     def _take_locally(
         self, specs: Sequence[tuple[str, RateLimit]], lease: str | None, hold: float
     ) -> tuple[float, bool]:
         now = self.clock.monotonic()
         retry = max(0.0, self._next_try - now) + 1e-3
-        shares = [(key, math.floor(limit.count * self._share), limit) for key, limit in specs]
-        if any(count < 1 for _, count, _ in shares):
+        shares = self._shares(specs)
+        if shares is None:
             return retry, False  # no share of this budget: wait for Redis
-        # The fleet may have spent the whole budget just before Redis went away.
-        settled = (self._down_since or now) + max(limit.window for _, limit in specs)
+        # The fleet may have spent the whole budget just before Redis went away, and an init
+        # granted then may reach the server up to a hold later.
+        settled = (self._down_since or now) + self._max_hold + self._max_window
         if now < settled:
             return min(settled - now, retry), False
-        local = [(key, RateLimit(count, limit.per, limit.margin)) for key, count, limit in shares]
-        wait = _limiter.take(self._logs, local, now, lease, hold)
+        wait = _limiter.take(self._logs, shares, now, lease, hold)
         if wait <= 0 and lease is not None:
             self._local_leases.add(lease)
         return (min(wait, retry), False) if wait > 0 else (0.0, False)
@@ -201,6 +240,9 @@ class RedisStore:
             self._local_leases.discard(lease)
             _limiter.release(self._logs, specs, lease, self.clock.monotonic())
             return
+        if lease in self._dual_leases:
+            self._dual_leases.discard(lease)
+            _limiter.release(self._logs, specs, lease, self.clock.monotonic())
         args = [lease, *(repr(limit.window) for _, limit in specs)]
         await self._run("RELEASE", self._slot_keys(specs), args)
         # Unreachable: the held slot comes back by itself when its hold runs out.

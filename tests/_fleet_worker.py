@@ -40,7 +40,7 @@ async def main() -> None:
 
         async with OAuthManager(
             os.environ["INSTANTLY_API_KEY"], base_url=args.base_url, store=store,
-            poll_interval=0.2, fetch_account=False,
+            poll_interval=0.2, fetch_account=False, request_timeout=3.0,
             init_limit=RateLimit(75, per=args.window),
             ip_init_limit=RateLimit(150, per=args.window),
             status_limit=(RateLimit(50, per=args.window / 60), RateLimit(3000, per=args.window)),

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
@@ -9,9 +10,40 @@ from instantly_oauth_async.testing import Simulator, SimulatorLimits, Workspace
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    # aiohttp is asyncio-only.
-    return "asyncio"
+def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, object]]:
+    # aiohttp is asyncio-only. Debug mode reports never-retrieved exceptions and unclosed
+    # transports with where they were made; it slows the loop several times over, so the tests
+    # that measure rates (marked ``timing``) run without it.
+    return "asyncio", {"debug": request.node.get_closest_marker("timing") is None}
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if not message.startswith("Executing "):  # debug mode's slow-callback notes
+            self.messages.append(message.splitlines()[0])
+
+
+@pytest.fixture(autouse=True)
+def _nothing_left_behind() -> Iterator[None]:
+    """Fail a test that leaves a task pending, an exception unretrieved, or a client session or
+    connector unclosed: asyncio and aiohttp report those through the event loop's exception
+    handler (the ``asyncio`` logger), which warnings-as-errors does not see."""
+    handler = _Collect()
+    logger = logging.getLogger("asyncio")
+    logger.addHandler(handler)
+    try:
+        yield
+        import gc  # noqa: PLC0415 - only here: collect what the test dropped, so it reports now
+
+        gc.collect()
+    finally:
+        logger.removeHandler(handler)
+    assert handler.messages == [], handler.messages
 
 
 @pytest.fixture

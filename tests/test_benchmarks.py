@@ -12,6 +12,7 @@ from benchmarks.__main__ import BENCHES, main, render
 pytestmark = pytest.mark.anyio
 
 
+@pytest.mark.timing
 @pytest.mark.timeout(240)
 async def test_every_benchmark_runs_in_its_quick_form() -> None:
     rows = await main(True, list(BENCHES))

@@ -225,6 +225,7 @@ def utilisation(times: list[float], per_window: int) -> float:
     return (windows - 1) * WINDOW / (max(times) - min(times))
 
 
+@pytest.mark.timing
 async def test_three_worker_processes_share_one_workspace_budget(
     redis_server: RedisServer,
 ) -> None:
@@ -245,6 +246,7 @@ async def test_three_worker_processes_share_one_workspace_budget(
     assert ratio >= 0.90
 
 
+@pytest.mark.timing
 @pytest.mark.timeout(150)
 async def test_redis_cut_mid_run_keeps_the_limits_and_recovers(
     redis_server: RedisServer,

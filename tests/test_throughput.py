@@ -47,6 +47,7 @@ def test_ideal_span_is_whole_windows() -> None:
     assert ideal_span({"a": 250, "b": 250, "c": 250}, 75, 150) == 4 * WINDOW
 
 
+@pytest.mark.timing
 @pytest.mark.timeout(150)
 async def test_three_workspaces_two_providers_zero_429_and_95_percent_of_allowed_rate() -> None:
     limits = SimulatorLimits().compressed(FACTOR)
