@@ -65,6 +65,15 @@ class FakeClock:
         self.advance(seconds)
         await anyio.wait_all_tasks_blocked()
 
+    async def run_for(self, seconds: float) -> None:
+        """Move time ``seconds`` on, waking each sleeper at its own time (unlike :meth:`jump`,
+        which wakes everything due at the end)."""
+        end = self._now + seconds
+        await anyio.wait_all_tasks_blocked()
+        while (mark := self.next_wakeup) is not None and mark <= end:
+            await self.jump(max(0.0, mark - self._now))
+        await self.jump(max(0.0, end - self._now))
+
     async def run_until_idle(self, *, limit: float = 3600.0) -> None:
         """Jump from wake-up to wake-up until nothing waits on this clock (or ``limit`` passes)."""
         end = self._now + limit
