@@ -1,5 +1,7 @@
 """asyncio-native client for connecting Google Workspace and Microsoft mailboxes to Instantly."""
 
+import logging as _logging
+
 from ._breaker import BreakerPolicy, BreakerTransition, CircuitState
 from ._client import InstantlyClient, __version__
 from ._clock import Clock, SystemClock
@@ -100,3 +102,8 @@ __all__ = [
     "WarmupStatus",
     "__version__",
 ]
+
+# A library logs and leaves the output to the application (Python's logging HOWTO): without
+# this, Python's last-resort handler would print our warnings to stderr.
+_logging.getLogger(__name__).addHandler(_logging.NullHandler())
+

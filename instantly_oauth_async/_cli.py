@@ -1,0 +1,328 @@
+"""``instantly-oauth``: connect mailboxes from a terminal, look sessions up, or run the demo.
+
+The API key comes from ``INSTANTLY_API_KEY`` or ``--api-key-file``, never from an argument that
+would land in shell history. Every failure is one line on stderr and an exit code of its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import random
+import statistics
+import sys
+import time
+import webbrowser
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import aiohttp
+import anyio
+
+from . import __version__
+from ._client import DEFAULT_BASE_URL, InstantlyClient
+from ._exceptions import (
+    ConfigurationError,
+    ForbiddenError,
+    InstantlyError,
+    IPBlockedError,
+    RateLimitedError,
+    TransportError,
+    UnauthorizedError,
+)
+from ._manager import ConnectResult, OAuthManager
+from ._models import OAuthSession, Provider, RateLimit
+from .testing import Simulator, SimulatorLimits
+
+try:
+    from rich.console import Console
+    from rich.live import Live
+    from rich.table import Table
+except ImportError:  # pragma: no cover - the message below says what to install
+    Console = None  # type: ignore[assignment,misc]
+
+#: Exit codes, one per kind of failure (documented in the README's CLI reference).
+OK, NOT_ALL_CONNECTED, USAGE, NO_KEY, AUTH, UNREACHABLE, LIMITED, API, INTERRUPTED = (
+    0, 1, 2, 3, 4, 5, 6, 7, 130)
+
+
+class _Fail(Exception):
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _api_key(args: argparse.Namespace) -> str:
+    if args.api_key_file:
+        try:
+            key = Path(args.api_key_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise _Fail(NO_KEY, f"cannot read --api-key-file: {exc.strerror}") from None
+    else:
+        key = os.environ.get("INSTANTLY_API_KEY", "").strip()
+    if not key:
+        raise _Fail(NO_KEY, "no API key: set INSTANTLY_API_KEY or pass --api-key-file")
+    return key
+
+
+def _explain(exc: BaseException) -> _Fail:
+    """One line for an error, with its exit code; the key never appears (errors never hold it)."""
+    if isinstance(exc, _Fail):
+        return exc
+    if isinstance(exc, (UnauthorizedError, ForbiddenError)):
+        return _Fail(AUTH, f"the API key was refused ({exc})")
+    if isinstance(exc, TransportError):
+        return _Fail(UNREACHABLE, f"cannot reach the API: {exc}")
+    if isinstance(exc, (RateLimitedError, IPBlockedError)):
+        return _Fail(LIMITED, f"rate limited: {exc}")
+    if isinstance(exc, ConfigurationError):
+        return _Fail(USAGE, str(exc))
+    if isinstance(exc, InstantlyError):
+        return _Fail(API, f"{type(exc).__name__}: {exc}")
+    raise exc
+
+
+def _console() -> Any:
+    if Console is None:
+        raise _Fail(USAGE, "the CLI needs rich: pip install 'instantly-oauth-async[cli]'")
+    return Console(stderr=True, highlight=False)
+
+
+# -- connect and the demo share the live view ------------------------------------------------
+
+_boards: list[_Board] = []  # the one running, so Ctrl-C can say what was pending
+
+
+class _Board:
+    """Live counts of pending / connected / denied / expired / failed, and the final table."""
+
+    def __init__(self, total: int) -> None:
+        _boards.append(self)
+        self.total = total
+        self.counts: Counter[str] = Counter()
+        self.created = 0
+        self.durations: list[float] = []
+
+    def line(self) -> str:
+        c = self.counts
+        pending = self.created - sum(c.values())
+        return (f"created {self.created}/{self.total}  pending {pending}  "  # rich markup
+                f"[green]connected {c['connected']}[/]  [yellow]denied {c['denied']}[/]  "
+                f"expired {c['expired']}  [red]failed {c['failed']}[/]")
+
+    def record(self, result: ConnectResult, started: float | None) -> None:
+        status = result.status.value
+        key = {"success": "connected", "expired": "expired"}.get(status, "failed")
+        if status == "error" and result.error == "access_denied":
+            key = "denied"
+        self.counts[key] += 1
+        if key == "connected" and started is not None:
+            self.durations.append(time.monotonic() - started)
+
+    def summary(self) -> Any:
+        table = Table(title="Summary")
+        table.add_column("outcome")
+        table.add_column("sessions", justify="right")
+        for name in ("connected", "denied", "expired", "failed"):
+            table.add_row(name, str(self.counts[name]))
+        return table
+
+
+def _result_json(result: ConnectResult) -> str:
+    return json.dumps({
+        "event": "result", "session_id": result.session.session_id,
+        "status": result.status.value, "email": result.email, "error": result.error,
+        "error_description": result.error_description,
+        "email_mismatch": result.email_mismatch, "reconciled": result.reconciled,
+    })
+
+
+async def _run_connect(
+    manager: OAuthManager, provider: Provider, count: int, emails: list[str] | None,
+    *, as_json: bool, open_browser: bool, on_session: Any = None, console: Any,
+) -> _Board:
+    board = _Board(count)
+    started: dict[str, float] = {}
+
+    async def announce(session: OAuthSession) -> None:
+        board.created += 1
+        started[session.session_id] = time.monotonic()
+        if as_json:
+            print(json.dumps({"event": "session", "session_id": session.session_id,
+                              "auth_url": session.auth_url}), flush=True)
+        elif on_session is None:
+            console.print(f"open to connect: {session.auth_url}", soft_wrap=True)
+        if open_browser:
+            webbrowser.open(session.auth_url)
+        if on_session is not None:
+            await on_session(session)
+
+    live = None if as_json else Live(board.line(), console=console, transient=True,
+                                     auto_refresh=False)
+    with live or contextlib.nullcontext():
+        async for result in manager.connect_many(
+            provider, count, on_session=announce, expected_emails=emails,
+            max_pending=min(count, 100),
+        ):
+            board.record(result, started.get(result.session.session_id))
+            if live is None:
+                print(_result_json(result), flush=True)
+            else:
+                live.update(board.line(), refresh=True)
+    return board
+
+
+async def _connect(args: argparse.Namespace) -> int:
+    console = _console()
+    key = _api_key(args)
+    provider = Provider(args.provider)
+    emails = args.expected_email or None
+    if emails is not None and len(emails) != args.count:
+        raise _Fail(USAGE, f"give --expected-email {args.count} times, once per session")
+    async with OAuthManager(key, base_url=args.base_url) as manager:
+        board = await _run_connect(manager, provider, args.count, emails, as_json=args.json,
+                                   open_browser=args.open, console=console)
+    if not args.json:
+        console.print(board.summary())
+    return OK if board.counts["connected"] == args.count else NOT_ALL_CONNECTED
+
+
+async def _status(args: argparse.Namespace) -> int:
+    async with InstantlyClient(_api_key(args), base_url=args.base_url) as client:
+        status = await client.get_oauth_status(args.session_id)
+    print(json.dumps({"status": status.status.value, "email": status.email,
+                      "error": status.error, "error_description": status.error_description}))
+    return OK
+
+
+async def _account(args: argparse.Namespace) -> int:
+    async with InstantlyClient(_api_key(args), base_url=args.base_url) as client:
+        account = await client.get_account(args.email)
+    print(json.dumps({"email": account.email, "status": account.status,
+                      "provider_code": account.provider_code,
+                      "first_name": account.first_name, "last_name": account.last_name,
+                      "timestamp_created": account.timestamp_created.isoformat(),
+                      "timestamp_updated": account.timestamp_updated.isoformat()}))
+    return OK
+
+
+# -- the demo ----------------------------------------------------------------------------------
+
+DEMO_FACTOR = 40.0  # the simulator's minute lasts 1.5 s, a session 15 s
+
+
+async def _demo(args: argparse.Namespace) -> int:
+    console = _console()
+    rng = random.Random(args.seed)  # noqa: S311 - simulated people, not security
+    window = 60 / DEMO_FACTOR
+    async with Simulator(limits=SimulatorLimits().compressed(DEMO_FACTOR)) as sim, \
+            aiohttp.ClientSession() as browser:
+        workspace = sim.add_workspace("demo")
+        console.print(f"[bold]demo[/]: a simulated Instantly API at {sim.url}, its limits and "
+                      f"lifetimes compressed {DEMO_FACTOR:g}x (a minute lasts {window:g} s); "
+                      f"{args.mailboxes} simulated people, most allow, some deny, a few never "
+                      "come.", soft_wrap=True)
+        group_holder: list[anyio.abc.TaskGroup] = []
+
+        async def person(session: OAuthSession) -> None:
+            choice = rng.choices(["allow", "deny", "away"], [80, 12, 8])[0]
+            if choice == "away":
+                return
+            await anyio.sleep(rng.uniform(1.0, 5.0))  # reading the consent page
+            email = f"user{rng.randrange(10**6)}@demo-company.io"
+            data = {"action": choice, "email": email, "name": "Demo Person"}
+            async with browser.post(session.auth_url, data=data) as response:
+                await response.read()
+
+        async def on_session(session: OAuthSession) -> None:
+            group_holder[0].start_soon(person, session)
+
+        started = time.monotonic()
+        async with OAuthManager(
+            workspace.api_key, base_url=sim.url, poll_interval=0.5, expiry_grace=1.5,
+            init_limit=RateLimit(75, per=window), ip_init_limit=RateLimit(150, per=window),
+            status_limit=(RateLimit(50, per=1 / DEMO_FACTOR), RateLimit(3000, per=window)),
+        ) as manager, anyio.create_task_group() as people:
+            group_holder.append(people)
+            board = await _run_connect(manager, Provider.GOOGLE, args.mailboxes, None,
+                                       as_json=False, open_browser=False,
+                                       on_session=on_session, console=console)
+            people.cancel_scope.cancel()
+        took = time.monotonic() - started
+    inits = sorted(t for ts in sim.init_times.values() for t in ts)
+    rejected = sum(1 for r in sim.requests if r.status == 429)
+    span_minutes = max(inits[-1] - inits[0], window) / window if inits else 1.0
+    console.print(board.summary())
+    durations = board.durations
+    p50 = statistics.median(durations) if durations else 0.0
+    p95 = (statistics.quantiles(durations, n=20)[-1] if len(durations) >= 2
+           else (durations[0] if durations else 0.0))
+    console.print(
+        f"inits: {len(inits)} in {span_minutes:.1f} simulated minutes "
+        f"({len(inits) / span_minutes:.0f}/min against the limit of 75/min); 429s: {rejected}; "
+        f"time to connect p50 {p50:.1f} s, p95 {p95:.1f} s; demo took {took:.0f} s",
+        soft_wrap=True)
+    return OK
+
+
+# -- entry point -------------------------------------------------------------------------------
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="instantly-oauth", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_key(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--api-key-file", help="read the key from this file (else the "
+                       "INSTANTLY_API_KEY environment variable)")
+        p.add_argument("--base-url", default=os.environ.get("INSTANTLY_BASE_URL",
+                                                            DEFAULT_BASE_URL))
+
+    connect = sub.add_parser("connect", help="create sessions and follow them to the end")
+    connect.add_argument("--provider", required=True, choices=[p.value for p in Provider])
+    connect.add_argument("--count", type=int, default=1)
+    connect.add_argument("--expected-email", action="append", metavar="EMAIL")
+    connect.add_argument("--open", action="store_true", help="open each auth URL in a browser")
+    connect.add_argument("--json", action="store_true", help="one JSON object per line")
+    with_key(connect)
+    status = sub.add_parser("status", help="one status read (a final answer is given once)")
+    status.add_argument("session_id")
+    with_key(status)
+    account = sub.add_parser("account", help="look a connected mailbox up")
+    account.add_argument("email")
+    with_key(account)
+    demo = sub.add_parser("demo", help="the whole job against a built-in simulator, no key")
+    demo.add_argument("--mailboxes", type=int, default=150)
+    demo.add_argument("--seed", type=int, default=1)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if getattr(args, "count", 1) < 1 or getattr(args, "mailboxes", 1) < 1:
+        _die(USAGE, "--count and --mailboxes must be at least 1")
+    command = {"connect": _connect, "status": _status, "account": _account,
+               "demo": _demo}[args.command]
+    try:
+        return anyio.run(command, args)
+    except KeyboardInterrupt:
+        state = ""
+        if _boards:
+            board = _boards[-1]
+            pending = board.created - sum(board.counts.values())
+            state = (f"; {pending} sessions were pending (their links work until they expire), "
+                     f"{board.counts['connected']} connected")
+        print(f"instantly-oauth: interrupted{state}", file=sys.stderr)
+        return INTERRUPTED
+    except Exception as exc:  # noqa: BLE001 - every failure becomes one line and a code
+        failure = _explain(exc)
+        _die(failure.code, str(failure))
+
+
+def _die(code: int, message: str) -> NoReturn:
+    print(f"instantly-oauth: {message}", file=sys.stderr)
+    raise SystemExit(code)

@@ -1,0 +1,81 @@
+"""The long soak for leaks (not part of the suite): ``python -m tests.leak_soak --minutes 10``.
+
+Round after round, one manager creates 200 sessions against a simulator in another process;
+70% are allowed through the simulator's control channel, 30% cancelled, and every result is
+awaited. Every 30 s it prints the round, RSS, open file descriptors, tracemalloc's current
+figure, asyncio tasks and pending sessions. Flat is what we want: after the first minute (warm
+caches, the connection pool), the last row should match the second within noise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import random
+import time
+import tracemalloc
+
+import aiohttp
+import anyio
+
+from benchmarks._common import ServerProcess
+from instantly_oauth_async import InstantlyError, OAuthManager, PendingConnection, RateLimit
+
+OPEN = RateLimit(10**6, per=60)
+
+
+def rss_kib() -> int:
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+async def settle(pending: PendingConnection) -> None:
+    with contextlib.suppress(InstantlyError):  # cancelled ones raise SessionCancelledError
+        await pending
+
+
+async def soak(minutes: float) -> None:
+    rng = random.Random(1)  # noqa: S311 - a seeded script, not security
+    tracemalloc.start()
+    end = time.monotonic() + minutes * 60
+    next_report, rounds = 0.0, 0
+    print(f"{'t (s)':>6} {'rounds':>7} {'RSS KiB':>9} {'fds':>5} {'traced KiB':>11} "
+          f"{'tasks':>6} {'pending':>8}")
+    async with ServerProcess("--open") as (url, key), aiohttp.ClientSession() as http, \
+            OAuthManager(key, base_url=url, init_limit=OPEN, ip_init_limit=OPEN,
+                         poll_interval=0.05, status_limit=RateLimit(2000, per=1),
+                         fetch_account=True) as manager:
+        started = time.monotonic()
+        while time.monotonic() < end:  # bounded by --minutes
+            pendings = [await manager.start("google") for _ in range(200)]
+            for p in pendings:
+                if rng.random() < 0.7:
+                    async with http.post(f"{url}/bench/complete/{p.session.session_id}") as r:
+                        r.raise_for_status()
+                else:
+                    p.cancel()
+            for p in pendings:
+                await settle(p)
+            rounds += 1
+            now = time.monotonic() - started
+            if now >= next_report:
+                next_report += 30
+                fds = len(os.listdir("/proc/self/fd"))
+                print(f"{now:6.0f} {rounds:7d} {rss_kib():9d} {fds:5d} "
+                      f"{tracemalloc.get_traced_memory()[0] // 1024:11d} "
+                      f"{len(asyncio.all_tasks()):6d} {manager.stats().pending:8d}", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m tests.leak_soak")
+    parser.add_argument("--minutes", type=float, default=10.0)
+    anyio.run(soak, parser.parse_args().minutes)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""The command line, run as a user would: its own process, against the simulator on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+
+import anyio
+import pytest
+
+from instantly_oauth_async.testing import Simulator
+
+pytestmark = pytest.mark.anyio
+
+
+async def cli(*args: str, key: str | None = None, sim: Simulator | None = None,
+              person: bool = False) -> tuple[int, str, str]:
+    """Run ``python -m instantly_oauth_async ARGS``; with ``person``, allow every session."""
+    env = {k: v for k, v in os.environ.items() if k != "INSTANTLY_API_KEY"}
+    if key is not None:
+        env["INSTANTLY_API_KEY"] = key
+    if sim is not None:
+        env["INSTANTLY_BASE_URL"] = sim.url
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "instantly_oauth_async", *args, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as group:
+            if person and sim is not None:
+                async def allow_all() -> None:
+                    done: set[str] = set()
+                    while True:
+                        await sim.wait_for(lambda: bool(set(sim.sessions) - done))
+                        for sid in set(sim.sessions) - done:
+                            sim.complete(sid, f"{sid[:8]}@acme.io")
+                            done.add(sid)
+
+                group.start_soon(allow_all)
+            out, err = await process.communicate()
+            group.cancel_scope.cancel()
+    return process.returncode or 0, out.decode(), err.decode()
+
+
+async def test_demo_connects_with_zero_429() -> None:
+    code, _, err = await cli("demo", "--mailboxes", "12")
+    assert code == 0, err
+    assert "429s: 0" in err
+    assert "connected" in err
+
+
+async def test_connect_json_prints_sessions_then_results(sim: Simulator) -> None:
+    workspace = sim.add_workspace("acme")
+    code, out, err = await cli("connect", "--provider", "google", "--count", "2", "--json",
+                               key=workspace.api_key, sim=sim, person=True)
+    assert code == 0, err
+    events = [json.loads(line) for line in out.splitlines()]
+    assert [e["event"] for e in events].count("session") == 2
+    results = [e for e in events if e["event"] == "result"]
+    assert [r["status"] for r in results] == ["success", "success"]
+    assert workspace.api_key not in out + err
+
+
+async def test_status_and_account_one_shots(sim: Simulator) -> None:
+    workspace = sim.add_workspace("acme")
+    code, out, err = await cli("connect", "--provider", "microsoft", "--json",
+                               key=workspace.api_key, sim=sim, person=True)
+    assert code == 0, err
+    email = json.loads(out.splitlines()[-1])["email"]
+    code, out, _ = await cli("account", email, key=workspace.api_key, sim=sim)
+    assert code == 0
+    assert json.loads(out)["email"] == email
+    code, _, err = await cli("status", "no-such-session", key=workspace.api_key, sim=sim)
+    assert code == 7
+    assert "NotFoundError" in err
+
+
+@pytest.mark.parametrize(("args", "key", "code", "says"), [
+    (["connect", "--provider", "google"], None, 3, "no API key"),
+    (["connect", "--provider", "yahoo"], "k", 2, "invalid choice"),
+    (["connect", "--provider", "google", "--expected-email", "not-an-email"], "sim", 2, "email"),
+    (["connect", "--provider", "google", "--base-url", "http://127.0.0.1:1"], "k" * 20, 5,
+     "cannot reach"),
+    (["connect", "--provider", "google"], "wrong-key-of-some-length", 4, "refused"),
+])
+async def test_bad_input_is_one_line_and_its_own_exit_code(
+    sim: Simulator, args: list[str], key: str | None, code: int, says: str
+) -> None:
+    if key == "sim":
+        key = sim.add_workspace("acme").api_key
+    got, _, err = await cli(*args, key=key, sim=sim)
+    assert got == code, err
+    assert says in err
+    assert "Traceback" not in err
+    if "invalid choice" not in says:  # argparse prints its usage line first
+        assert len(err.strip().splitlines()) == 1, err
