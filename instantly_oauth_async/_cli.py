@@ -34,7 +34,7 @@ from ._exceptions import (
     TransportError,
     UnauthorizedError,
 )
-from ._manager import ConnectResult, OAuthManager
+from ._manager import ConnectResult, OAuthManager, RetryPolicy
 from ._models import OAuthSession, Provider, RateLimit
 from .testing import Simulator, SimulatorLimits
 
@@ -183,7 +183,9 @@ async def _connect(args: argparse.Namespace) -> int:
     emails = args.expected_email or None
     if emails is not None and len(emails) != args.count:
         raise _Fail(USAGE, f"give --expected-email {args.count} times, once per session")
-    async with OAuthManager(key, base_url=args.base_url) as manager:
+    # A person at a terminal wants to hear about an unreachable API in seconds, not a minute.
+    retry = RetryPolicy(attempts=3, base=0.5, cap=5.0)
+    async with OAuthManager(key, base_url=args.base_url, retry=retry) as manager:
         board = await _run_connect(manager, provider, args.count, emails, as_json=args.json,
                                    open_browser=args.open, console=console)
     if not args.json:
