@@ -329,7 +329,7 @@ class OAuthManager:
         group = anyio.create_task_group()
         await group.__aenter__()
         self._group, self._state = group, "opened"
-        group.start_soon(self._scheduler)
+        group.start_soon(self._scheduler, group)
         return self
 
     async def __aexit__(
@@ -573,8 +573,7 @@ class OAuthManager:
         if self._due[0][2] is pending and self._wakeup is not None:
             self._wakeup.set()  # earlier than what the scheduler sleeps towards
 
-    async def _scheduler(self) -> None:
-        group = self._require_open()
+    async def _scheduler(self, group: anyio.abc.TaskGroup) -> None:
         while True:
             while self._due and self._due[0][2].done():
                 heapq.heappop(self._due)  # cancelled while it waited

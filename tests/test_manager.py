@@ -461,3 +461,10 @@ async def test_using_a_manager_outside_its_block_is_an_error() -> None:
     with pytest.raises(ClientStateError):
         await manager.start("google")
     await manager.aclose()
+
+
+async def test_a_manager_entered_and_left_at_once_closes_cleanly(csim: Simulator) -> None:
+    # The poll scheduler may not have run yet when the block ends: it must not mind.
+    workspace = csim.add_workspace("brief")
+    async with OAuthManager(workspace.api_key, base_url=csim.url):
+        pass
