@@ -762,6 +762,9 @@ class OAuthManager:
     ) -> AsyncIterator[ConnectResult]:
         """Create ``count`` sessions and yield their results as they complete.
 
+        Sessions are created one after another, the i-th with ``expected_emails[i]``, and
+        ``on_session`` is called with each before the next is created.
+
         At most ``max_pending`` sessions wait for people at once, so none is created long before
         someone can act on it. ``on_session`` (sync or async) is called with each new session.
         ``renew_expired`` lets each slot replace an expired session with a new one that many
