@@ -14,17 +14,20 @@ import asyncio
 import json
 import os
 import sys
+from typing import Any
 
 from instantly_oauth_async import OAuthManager, OAuthSession, Provider
 from instantly_oauth_async.redis import RedisStore
 
 
-async def main(provider: str, count: int) -> None:
+async def main(provider: str, count: int, **manager_options: Any) -> None:
     # fallback_share: while Redis is unreachable, this worker may use a third of each budget on
     # its own (right for up to three workers); the default, 0, waits for Redis instead.
     store = RedisStore.from_url(os.environ["REDIS_URL"], fallback_share=1 / 3)
     try:
-        async with OAuthManager(os.environ["INSTANTLY_API_KEY"], store=store) as manager:
+        async with OAuthManager(
+            os.environ["INSTANTLY_API_KEY"], store=store, **manager_options
+        ) as manager:
             def hand_out(session: OAuthSession) -> None:
                 print(json.dumps({"session": session.session_id, "url": session.auth_url}))
 

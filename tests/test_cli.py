@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import sys
+from pathlib import Path
 
 import anyio
 import pytest
@@ -95,3 +97,38 @@ async def test_bad_input_is_one_line_and_its_own_exit_code(
     assert "Traceback" not in err
     if "invalid choice" not in says:  # argparse prints its usage line first
         assert len(err.strip().splitlines()) == 1, err
+
+
+async def test_open_hands_each_auth_url_to_the_browser(
+    sim: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    opened = tmp_path / "opened.txt"
+    browser = tmp_path / "browser.sh"
+    browser.write_text(f'#!/bin/sh\necho "$1" >> {opened}\n', encoding="utf-8")
+    browser.chmod(0o755)
+    monkeypatch.setenv("BROWSER", str(browser))  # webbrowser runs $BROWSER with the URL
+    workspace = sim.add_workspace("acme")
+    code, out, err = await cli("connect", "--provider", "google", "--count", "2", "--open",
+                               "--json", key=workspace.api_key, sim=sim, person=True)
+    assert code == 0, err
+    urls = [json.loads(line)["auth_url"] for line in out.splitlines()
+            if json.loads(line)["event"] == "session"]
+    assert sorted(opened.read_text(encoding="utf-8").split()) == sorted(urls)
+
+
+async def test_ctrl_c_stops_cleanly_and_says_what_was_pending(sim: Simulator) -> None:
+    workspace = sim.add_workspace("acme")
+    env = {**os.environ, "INSTANTLY_API_KEY": workspace.api_key, "INSTANTLY_BASE_URL": sim.url}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "instantly_oauth_async", "connect", "--provider", "google",
+        "--count", "3", "--json", env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    assert process.stdout is not None
+    with anyio.fail_after(30):
+        for _ in range(3):  # the three sessions exist and were handed out
+            assert json.loads(await process.stdout.readline())["event"] == "session"
+        process.send_signal(signal.SIGINT)
+        _, err = await process.communicate()
+    assert process.returncode == 130
+    assert "interrupted; 3 sessions were pending" in err.decode()
+    assert "Traceback" not in err.decode()

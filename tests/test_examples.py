@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
+import anyio
 import pytest
 
+from examples import fleet_worker
 from examples.bulk_worker import bulk_connect
 from instantly_oauth_async import OAuthManager, OAuthSession, RateLimit
 from instantly_oauth_async.testing import Simulator, SimulatorLimits
+from tests._redis import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -44,3 +48,35 @@ async def test_bulk_worker_connects_each_mailbox_and_reports_a_wrong_one() -> No
     assert all(r.ok for r in results)
     assert [r.expected_email for r in results if r.email_mismatch] == [wanted[7]]
     assert by_expected[wanted[7]].email == "other@acme.io"
+
+
+@pytest.mark.anyio
+async def test_fleet_worker_connects_through_redis(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server = RedisServer()
+    server.start()
+    try:
+        async with Simulator(limits=SimulatorLimits().compressed(60)) as sim:
+            workspace = sim.add_workspace("fleet")
+            monkeypatch.setenv("REDIS_URL", server.url)
+            monkeypatch.setenv("INSTANTLY_API_KEY", workspace.api_key)
+
+            async def people() -> None:
+                done: set[str] = set()
+                while True:
+                    await sim.wait_for(lambda: bool(set(sim.sessions) - done))
+                    for sid in set(sim.sessions) - done:
+                        sim.complete(sid, f"{sid[:8]}@fleet.io")
+                        done.add(sid)
+
+            async with anyio.create_task_group() as group:
+                group.start_soon(people)
+                with anyio.fail_after(30):
+                    await fleet_worker.main("google", 5, base_url=sim.url, poll_interval=0.05)
+                group.cancel_scope.cancel()
+    finally:
+        server.close()
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert sum(1 for line in lines if "url" in line) == 5
+    assert [line["status"] for line in lines if "status" in line] == ["success"] * 5
