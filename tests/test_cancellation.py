@@ -38,7 +38,7 @@ async def open_sim() -> AsyncIterator[Simulator]:
         yield simulator
 
 
-async def test_thousands_of_cancelled_waiters_cost_no_slot() -> None:
+async def test_hundreds_of_cancelled_waiters_cost_no_slot() -> None:
     rng = random.Random(3)  # noqa: S311 - a seeded script, not security
     clock = FakeClock()
     store = MemoryStore(clock)
@@ -54,21 +54,21 @@ async def test_thousands_of_cancelled_waiters_cost_no_slot() -> None:
             granted.append((i, clock.monotonic()))
 
     async with anyio.create_task_group() as group:
-        for i in range(2000):
+        for i in range(1000):
             group.start_soon(waiter, i)
         await anyio.wait_all_tasks_blocked()
-        doomed = set(rng.sample(range(10, 2000), 1000))
-        for step in range(40):  # cancel in batches while time moves and grants happen
-            for i in [d for d in doomed if d % 40 == step]:
+        doomed = set(rng.sample(range(10, 1000), 500))
+        for step in range(20):  # cancel in batches while time moves and grants happen
+            for i in [d for d in doomed if d % 20 == step]:
                 scopes[i].cancel()
             await anyio.wait_all_tasks_blocked()
-            await clock.run_for(rng.uniform(0, 0.5))
+            await clock.run_for(rng.uniform(0, 1.0))
         await clock.run_until_idle()
 
     order = [i for i, _ in granted]
     assert order == sorted(order)  # first come, first served
-    assert set(range(2000)) - set(order) <= doomed  # only the cancelled went without
-    assert len(order) >= 1000
+    assert set(range(1000)) - set(order) <= doomed  # only the cancelled went without
+    assert len(order) >= 500
     # Ten per window, none wasted on the cancelled: the n-th grant lands in window n // 10.
     assert [int(t / limit.window + 1e-9) for _, t in granted] == [
         n // 10 for n in range(len(granted))]
