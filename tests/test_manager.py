@@ -132,7 +132,7 @@ async def test_awaiters_share_one_poll_loop(csim: Simulator, make: MakeManager) 
 
 async def test_account_fetch_failure_keeps_the_success(csim: Simulator,
                                                        make: MakeManager) -> None:
-    async with make() as manager:
+    async with make(retry=RetryPolicy(attempts=5, base=0.01, cap=0.05)) as manager:
         pending = await manager.start("google")
         csim.complete(pending.session.session_id, "ann@acme.io")
         for _ in range(5):
