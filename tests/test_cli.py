@@ -13,6 +13,7 @@ import anyio
 import pytest
 
 from instantly_oauth_async.testing import Simulator
+from tests._people import allow_everyone
 
 pytestmark = pytest.mark.anyio
 
@@ -31,15 +32,7 @@ async def cli(*args: str, key: str | None = None, sim: Simulator | None = None,
     with anyio.fail_after(60):
         async with anyio.create_task_group() as group:
             if person and sim is not None:
-                async def allow_all() -> None:
-                    done: set[str] = set()
-                    while True:
-                        await sim.wait_for(lambda: bool(set(sim.sessions) - done))
-                        for sid in set(sim.sessions) - done:
-                            sim.complete(sid, f"{sid[:8]}@acme.io")
-                            done.add(sid)
-
-                group.start_soon(allow_all)
+                group.start_soon(allow_everyone, sim, "acme.io")
             out, err = await process.communicate()
             group.cancel_scope.cancel()
     return process.returncode or 0, out.decode(), err.decode()

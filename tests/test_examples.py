@@ -14,6 +14,7 @@ from examples import fleet_worker
 from examples.bulk_worker import bulk_connect
 from instantly_oauth_async import OAuthManager, OAuthSession, RateLimit
 from instantly_oauth_async.testing import Simulator, SimulatorLimits
+from tests._people import allow_everyone
 from tests._redis import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,16 +63,8 @@ async def test_fleet_worker_connects_through_redis(
             monkeypatch.setenv("REDIS_URL", server.url)
             monkeypatch.setenv("INSTANTLY_API_KEY", workspace.api_key)
 
-            async def people() -> None:
-                done: set[str] = set()
-                while True:
-                    await sim.wait_for(lambda: bool(set(sim.sessions) - done))
-                    for sid in set(sim.sessions) - done:
-                        sim.complete(sid, f"{sid[:8]}@fleet.io")
-                        done.add(sid)
-
             async with anyio.create_task_group() as group:
-                group.start_soon(people)
+                group.start_soon(allow_everyone, sim, "fleet.io")
                 with anyio.fail_after(30):
                     await fleet_worker.main("google", 5, base_url=sim.url, poll_interval=0.05)
                 group.cancel_scope.cancel()

@@ -19,6 +19,7 @@ import redis.asyncio as aioredis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from benchmarks._common import utilisation
 from instantly_oauth_async import OAuthManager, Provider, RateLimit, SessionStatus
 from instantly_oauth_async._breaker import BreakerPolicy, BreakerState, admit, record, release
 from instantly_oauth_async._limiter import SlotLog
@@ -220,11 +221,6 @@ async def collect(processes: list[asyncio.subprocess.Process]) -> list[dict[str,
     return reports
 
 
-def utilisation(times: list[float], per_window: int) -> float:
-    windows = -(-len(times) // per_window)
-    return (windows - 1) * WINDOW / (max(times) - min(times))
-
-
 @pytest.mark.timing
 async def test_three_worker_processes_share_one_workspace_budget(
     redis_server: RedisServer,
@@ -239,7 +235,7 @@ async def test_three_worker_processes_share_one_workspace_budget(
     times = sorted(t for ts in sim.init_times.values() for t in ts)
     assert len(times) == 450
     assert max_in_window(times, WINDOW) <= 75
-    ratio = utilisation(times, 75)
+    ratio = utilisation(times, 75, WINDOW)
     trips = sum(r["round_trips"] for r in reports)
     print(f"fleet of 3: {ratio:.1%} of the allowed init rate; "
           f"{trips} Redis round trips for 450 inits and their polls")
