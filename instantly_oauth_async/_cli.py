@@ -36,7 +36,6 @@ from ._exceptions import (
 )
 from ._manager import ConnectResult, OAuthManager, RetryPolicy
 from ._models import OAuthSession, Provider, RateLimit
-from .testing import Simulator, SimulatorLimits
 
 try:
     from rich.console import Console
@@ -218,6 +217,9 @@ DEMO_FACTOR = 40.0  # the simulator's minute lasts 1.5 s, a session 15 s
 
 
 async def _demo(args: argparse.Namespace) -> int:
+    # Only the demo needs the simulator (and aiohttp.web); the other commands skip the import.
+    from .testing import Simulator, SimulatorLimits  # noqa: PLC0415
+
     console = _console()
     rng = random.Random(args.seed)  # noqa: S311 - simulated people, not security
     window = 60 / DEMO_FACTOR
@@ -228,8 +230,6 @@ async def _demo(args: argparse.Namespace) -> int:
                       f"lifetimes compressed {DEMO_FACTOR:g}x (a minute lasts {window:g} s); "
                       f"{args.mailboxes} simulated people, most allow, some deny, a few never "
                       "come.", soft_wrap=True)
-        group_holder: list[anyio.abc.TaskGroup] = []
-
         async def person(session: OAuthSession) -> None:
             choice = rng.choices(["allow", "deny", "away"], [80, 12, 8])[0]
             if choice == "away":
@@ -240,16 +240,15 @@ async def _demo(args: argparse.Namespace) -> int:
             async with browser.post(session.auth_url, data=data) as response:
                 await response.read()
 
-        async def on_session(session: OAuthSession) -> None:
-            group_holder[0].start_soon(person, session)
-
         started = time.monotonic()
         async with OAuthManager(
             workspace.api_key, base_url=sim.url, poll_interval=0.5, expiry_grace=1.5,
             init_limit=RateLimit(75, per=window), ip_init_limit=RateLimit(150, per=window),
             status_limit=(RateLimit(50, per=1 / DEMO_FACTOR), RateLimit(3000, per=window)),
         ) as manager, anyio.create_task_group() as people:
-            group_holder.append(people)
+            async def on_session(session: OAuthSession) -> None:
+                people.start_soon(person, session)  # each person in their own time
+
             board = await _run_connect(manager, Provider.GOOGLE, args.mailboxes, None,
                                        as_json=False, open_browser=False,
                                        on_session=on_session, console=console)

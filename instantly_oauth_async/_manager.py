@@ -606,7 +606,6 @@ class OAuthManager:
                 if pending._cancel_requested:
                     scope.cancel()
                 result = await self._poll_once(pending)
-            pending._scope = None
             if scope.cancelled_caught:
                 pending._finish(error=SessionCancelledError(
                     f"session {pending.session.session_id} cancelled"))

@@ -193,8 +193,8 @@ class RedisStore:
         self._max_window = max(self._max_window, *(limit.window for _, limit in specs))
         now = self.clock.monotonic()
         careful = self._down_since is None and now < self._careful_until
+        shares = self._shares(specs) if careful else None
         if careful:
-            shares = self._shares(specs)
             wait = _limiter.check(self._logs, shares, now) if shares else self._retry_interval
             if wait > 0:
                 return wait, False
@@ -209,12 +209,10 @@ class RedisStore:
         if reply is None:
             return self._take_locally(specs, lease, hold)
         wait, blocked = float(reply[0]), bool(int(reply[1]))
-        if wait <= 0 and careful:
-            shares = self._shares(specs)
-            if shares:
-                _limiter.spend(self._logs, shares, self.clock.monotonic(), lease, hold)
-                if lease is not None:
-                    self._dual_leases.add(lease)
+        if wait <= 0 and shares:  # granted while careful: count it against the share too
+            _limiter.spend(self._logs, shares, self.clock.monotonic(), lease, hold)
+            if lease is not None:
+                self._dual_leases.add(lease)
         return wait, blocked
 
     def _take_locally(
