@@ -12,6 +12,11 @@ import anyio
 import anyio.abc
 import attrs
 
+from instantly_oauth_async import OAuthManager, PendingConnection, RateLimit
+
+#: Init limits out of the way, for benchmarks that need many sessions and measure something else.
+OPEN = RateLimit(10**6, per=60)
+
 
 @attrs.frozen
 class Row:
@@ -44,6 +49,21 @@ def percentile(values: list[float], q: float) -> float:
     if len(values) == 1:
         return values[0]
     return statistics.quantiles(values, n=100, method="inclusive")[max(0, min(98, round(q) - 1))]
+
+
+async def start_many(manager: OAuthManager, count: int) -> list[PendingConnection]:
+    """``count`` Google sessions, 64 inits in flight at a time."""
+    pending: list[PendingConnection] = []
+    limiter = anyio.CapacityLimiter(64)
+
+    async def one() -> None:
+        async with limiter:
+            pending.append(await manager.start("google"))
+
+    async with anyio.create_task_group() as group:
+        for _ in range(count):
+            group.start_soon(one)
+    return pending
 
 
 class ServerProcess:

@@ -16,9 +16,7 @@ import anyio
 
 from instantly_oauth_async import OAuthManager, PendingConnection, RateLimit
 
-from ._common import Row, ServerProcess, percentile
-
-OPEN = RateLimit(10**6, per=60)
+from ._common import OPEN, Row, ServerProcess, percentile, start_many
 
 
 async def _one_size(url: str, key: str, sessions: int, budget: int, sample: int) -> Row:
@@ -27,16 +25,7 @@ async def _one_size(url: str, key: str, sessions: int, budget: int, sample: int)
     async with OAuthManager(key, base_url=url, init_limit=OPEN, ip_init_limit=OPEN,
                             status_limit=RateLimit(budget, per=1), poll_interval=poll_interval,
                             fetch_account=False) as manager, aiohttp.ClientSession() as http:
-        pending: list[PendingConnection] = []
-        limiter = anyio.CapacityLimiter(64)
-
-        async def one() -> None:
-            async with limiter:
-                pending.append(await manager.start("google"))
-
-        async with anyio.create_task_group() as group:
-            for _ in range(sessions):
-                group.start_soon(one)
+        pending = await start_many(manager, sessions)
         latencies: list[float] = []
         rng = random.Random(sessions)
 

@@ -17,11 +17,9 @@ import tracemalloc
 import aiohttp
 import anyio
 
-from instantly_oauth_async import InstantlyClient, InstantlyError, OAuthManager, RateLimit
+from instantly_oauth_async import InstantlyClient, InstantlyError, OAuthManager
 
-from ._common import Row, ServerProcess, percentile
-
-OPEN = RateLimit(10**6, per=60)
+from ._common import OPEN, Row, ServerProcess, percentile, start_many
 
 
 async def _lag_probe(seconds: float) -> list[float]:
@@ -40,15 +38,7 @@ async def _pending(sessions: int, seconds: float) -> list[Row]:
         before = tracemalloc.get_traced_memory()[0]
         async with OAuthManager(key, base_url=url, init_limit=OPEN, ip_init_limit=OPEN,
                                 fetch_account=False, start_timeout=600) as manager:
-            limiter = anyio.CapacityLimiter(64)
-
-            async def one() -> None:
-                async with limiter:
-                    await manager.start("google")
-
-            async with anyio.create_task_group() as group:
-                for _ in range(sessions):
-                    group.start_soon(one)
+            await start_many(manager, sessions)  # the list goes before the figure is read
             held = tracemalloc.get_traced_memory()[0] - before
             tracemalloc.stop()
             polls_before = sum(manager.stats().requests.get("status", {}).values())

@@ -20,10 +20,8 @@ import tracemalloc
 import aiohttp
 import anyio
 
-from benchmarks._common import ServerProcess
+from benchmarks._common import OPEN, ServerProcess
 from instantly_oauth_async import InstantlyError, OAuthManager, PendingConnection, RateLimit
-
-OPEN = RateLimit(10**6, per=60)
 
 
 def rss_kib() -> int:

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 import anyio
 import pytest
 
+from benchmarks._common import OPEN
 from instantly_oauth_async import (
     ClientStateError,
     MemoryStore,
@@ -25,7 +26,6 @@ from instantly_oauth_async._limiter import FairLimiter
 from instantly_oauth_async.testing import FakeClock, Simulator, SimulatorLimits
 
 pytestmark = pytest.mark.anyio
-OPEN = RateLimit(10**6, per=60)
 BIG = 10**6
 
 
