@@ -24,6 +24,7 @@ async def _one_size(url: str, key: str, sessions: int, budget: int, sample: int)
     cycle = max(sessions / budget, poll_interval)
     async with OAuthManager(key, base_url=url, init_limit=OPEN, ip_init_limit=OPEN,
                             status_limit=RateLimit(budget, per=1), poll_interval=poll_interval,
+                            standard_limit=OPEN,
                             fetch_account=False) as manager, aiohttp.ClientSession() as http:
         pending = await start_many(manager, sessions)
         latencies: list[float] = []

@@ -37,7 +37,8 @@ async def _pending(sessions: int, seconds: float) -> list[Row]:
         tracemalloc.start()
         before = tracemalloc.get_traced_memory()[0]
         async with OAuthManager(key, base_url=url, init_limit=OPEN, ip_init_limit=OPEN,
-                                fetch_account=False, start_timeout=600) as manager:
+                                standard_limit=OPEN, fetch_account=False,
+                                start_timeout=600) as manager:
             await start_many(manager, sessions)  # the list goes before the figure is read
             held = tracemalloc.get_traced_memory()[0] - before
             tracemalloc.stop()

@@ -3,6 +3,7 @@
 import logging as _logging
 
 from ._breaker import BreakerPolicy, BreakerTransition, CircuitState
+from ._budget import DEFAULT_STANDARD_LIMIT, Budget
 from ._client import InstantlyClient, __version__
 from ._clock import Clock, SystemClock
 from ._exceptions import (
@@ -53,6 +54,7 @@ from ._models import (
 from ._store import MemoryStore, Store
 
 __all__ = [
+    "DEFAULT_STANDARD_LIMIT",
     "DEFAULT_STATUS_LIMIT",
     "APIError",
     "Account",
@@ -60,6 +62,7 @@ __all__ = [
     "BadRequestError",
     "BreakerPolicy",
     "BreakerTransition",
+    "Budget",
     "CircuitOpenError",
     "CircuitState",
     "ClientStateError",

@@ -35,7 +35,7 @@ from ._exceptions import (
     UnauthorizedError,
 )
 from ._manager import ConnectResult, OAuthManager, RetryPolicy
-from ._models import OAuthSession, Provider, RateLimit
+from ._models import OAuthSession, Provider
 
 try:
     from rich.console import Console
@@ -243,8 +243,7 @@ async def _demo(args: argparse.Namespace) -> int:
         started = time.monotonic()
         async with OAuthManager(
             workspace.api_key, base_url=sim.url, poll_interval=0.5, expiry_grace=1.5,
-            init_limit=RateLimit(75, per=window), ip_init_limit=RateLimit(150, per=window),
-            status_limit=(RateLimit(50, per=1 / DEMO_FACTOR), RateLimit(3000, per=window)),
+            **sim.limits.manager_limits(),
         ) as manager, anyio.create_task_group() as people:
             async def on_session(session: OAuthSession) -> None:
                 people.start_soon(person, session)  # each person in their own time

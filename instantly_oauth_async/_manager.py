@@ -2,9 +2,13 @@
 
 ::
 
-    start(provider) ─▶ breaker (per provider) ─▶ limiter (workspace + IP budget, per provider)
-                    ─▶ InstantlyClient.init_oauth ─▶ PendingConnection
-    poll task (one per session) ─▶ shared status budget ─▶ get_oauth_status ─▶ ConnectResult
+    start(provider) ─▶ breaker (per provider) ─▶ limiter (workspace + IP init budget, per
+                       provider, and the workspace's standard budget) ─▶ InstantlyClient.init_oauth
+                    ─▶ PendingConnection
+    scheduler (one task) ─▶ status share + standard budget ─▶ get_oauth_status ─▶ ConnectResult
+
+Every request holds its slots from the grant until its response has been read (a lease), so
+no server window overfills however long requests queue or travel.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import attrs
 from yarl import URL
 
 from ._breaker import BreakerPolicy, BreakerTransition, CircuitState
+from ._budget import DEFAULT_STANDARD_LIMIT, Budget, limits_of
 from ._client import DEFAULT_BASE_URL, InstantlyClient
 from ._clock import Clock, SystemClock
 from ._convert import coerce_provider
@@ -50,7 +55,7 @@ from ._exceptions import (
     StartTimeoutError,
     TransportError,
 )
-from ._limiter import FairLimiter, TooLongError
+from ._limiter import FairLimiter, Grant, TooLongError
 from ._models import Account, OAuthSession, OAuthStatus, Provider, RateLimit, SessionStatus
 from ._store import MemoryStore, Store, default_store
 
@@ -66,7 +71,8 @@ __all__ = [
 logger = logging.getLogger("instantly_oauth_async")
 
 #: The share of the workspace's standard budget (100/s, 6,000/min) that polling and account
-#: fetches may spend by default: half of each, leaving the rest to the application's other calls.
+#: fetches may spend by default: half of each, leaving the rest to inits and the application's
+#: other calls.
 DEFAULT_STATUS_LIMIT: Final = (RateLimit(50, per=1), RateLimit(3000, per=60))
 DOCUMENTED_TTL: Final = 600.0
 _RESULT_FIELDS = ("email", "name", "error", "error_description")
@@ -232,7 +238,9 @@ class OAuthManager:
         base_url: str | URL = DEFAULT_BASE_URL,
         init_limit: RateLimit = RateLimit(75, per=60),  # noqa: B008 - frozen, safe to share
         ip_init_limit: RateLimit = RateLimit(150, per=60),  # noqa: B008 - frozen, safe to share
+        standard_limit: RateLimit | Sequence[RateLimit] = DEFAULT_STANDARD_LIMIT,
         status_limit: RateLimit | Sequence[RateLimit] = DEFAULT_STATUS_LIMIT,
+        workspace: str | None = None,
         poll_interval: float = 5.0,
         store: Store | None = None,
         clock: Clock | None = None,
@@ -256,9 +264,10 @@ class OAuthManager:
                 raise ConfigurationError(f"{name} must be a positive number of seconds")
         if not 0 <= expiry_grace < math.inf:
             raise ConfigurationError("expiry_grace must be a non-negative number of seconds")
-        limits = (status_limit,) if isinstance(status_limit, RateLimit) else tuple(status_limit)
-        if not limits or not all(isinstance(x, RateLimit) for x in limits):
-            raise ConfigurationError("status_limit must be a RateLimit or a sequence of them")
+        limits = limits_of("status_limit", status_limit)
+        standard = limits_of("standard_limit", standard_limit)
+        if workspace is not None and not str(workspace).strip():
+            raise ConfigurationError("workspace must be a non-empty string")
         for name, limit in (("init_limit", init_limit), ("ip_init_limit", ip_init_limit)):
             if not isinstance(limit, RateLimit):
                 raise ConfigurationError(f"{name} must be a RateLimit")
@@ -278,27 +287,39 @@ class OAuthManager:
 
         url = URL(self._client.base_url)
         namespace = f"iox:{url.host}:{url.port}"
-        workspace = hashlib.sha256(api_key.strip().encode()).hexdigest()[:16]
+        # Budgets belong to the workspace, shared by all its keys: by default one key is taken
+        # for one workspace; ``workspace=`` names it when several keys or services share one.
+        name = api_key.strip() if workspace is None else f"workspace:{workspace.strip()}"
+        ws_id = hashlib.sha256(name.encode()).hexdigest()[:16]
         self._keys = {
-            p: (f"{namespace}:init:{p.value}:ws:{workspace}", f"{namespace}:init:{p.value}:ip",
+            p: (f"{namespace}:init:{p.value}:ws:{ws_id}", f"{namespace}:init:{p.value}:ip",
                 f"{namespace}:breaker:{p.value}")
             for p in Provider
         }
-        self._status_key = f"{namespace}:status:ws:{workspace}"
+        # A 429 for the standard limit holds back every request of the workspace: this key.
+        self._standard_key = f"{namespace}:std:ws:{ws_id}"
+        standard_specs = [(f"{self._standard_key}:{i}", limit) for i, limit in enumerate(standard)]
         lease_prefix = f"{secrets.token_hex(6)}:"  # leases of this manager, unique in a fleet
-        self._init_hold = float(request_timeout) + 5.0  # a lost release frees the slot after this
+        # A lease a crashed holder never released frees its slots after this many seconds.
+        self._init_hold = float(request_timeout) + 5.0
+        self._status_hold = max(float(request_timeout), float(status_timeout)) + 5.0
         self._init_limiters = {
             p: FairLimiter(
-                store, [(ws, init_limit), (ip, ip_init_limit)], [ws, ip], self._clock,
-                prefix=lease_prefix,
+                store, [(ws, init_limit), (ip, ip_init_limit), *standard_specs],
+                [ws, ip, self._standard_key], self._clock, prefix=lease_prefix,
             )
             for p, (ws, ip, _) in self._keys.items()
         }
+        status_key = f"{namespace}:status:ws:{ws_id}"
         self._status_limiter = FairLimiter(
             store,
-            [(f"{self._status_key}:{i}", limit) for i, limit in enumerate(limits)],
-            [self._status_key],
-            self._clock,
+            [*((f"{status_key}:{i}", limit) for i, limit in enumerate(limits)), *standard_specs],
+            [self._standard_key], self._clock, prefix=lease_prefix,
+        )
+        self._budget = Budget(
+            FairLimiter(store, standard_specs, [self._standard_key], self._clock,
+                        prefix=lease_prefix),
+            hold=self._init_hold,
         )
         self._group: anyio.abc.TaskGroup | None = None
         self._state = "unopened"
@@ -371,8 +392,15 @@ class OAuthManager:
 
     @property
     def client(self) -> InstantlyClient:
-        """The underlying client, for one-off calls that need no limiter."""
+        """The underlying client, for one-off calls that need no limiter (each call still spends
+        the workspace's standard budget on the server: wrap it in ``budget.slot()``)."""
         return self._client
+
+    @property
+    def budget(self) -> Budget:
+        """The workspace's standard budget, for the application's own requests to Instantly:
+        ``async with manager.budget.slot(): ...`` (see :class:`Budget`)."""
+        return self._budget
 
     # -- stats -------------------------------------------------------------------------------
 
@@ -585,11 +613,13 @@ class OAuthManager:
                 await self._sleep_until(at)
                 continue
             heapq.heappop(self._due)
-            await self._status_token()
+            grant = await self._status_slot()
             while pending.done() and self._due and self._due[0][0] <= self._clock.monotonic():
                 pending = heapq.heappop(self._due)[2]  # cancelled meanwhile: the next one due
-            if not pending.done():
-                group.start_soon(self._step, pending)
+            if pending.done():
+                await self._status_limiter.release(grant)  # nobody to spend it on
+            else:
+                group.start_soon(self._step, pending, grant)
 
     async def _sleep_until(self, at: float) -> None:
         """Until ``at`` or until an earlier session is scheduled, whichever comes first."""
@@ -598,14 +628,17 @@ class OAuthManager:
                                   if at < math.inf else 86400.0 * 365):
             await wakeup.wait()
 
-    async def _step(self, pending: PendingConnection) -> None:
-        """One status read for ``pending`` and what follows from it; reschedules or finishes."""
+    async def _step(self, pending: PendingConnection, grant: Grant) -> None:
+        """One status read for ``pending`` and what follows from it; reschedules or finishes.
+
+        ``grant`` is the read's slot, released as soon as the read has ended, however it ended.
+        """
         try:
             with anyio.CancelScope() as scope:
                 pending._scope = scope
                 if pending._cancel_requested:
                     scope.cancel()
-                result = await self._poll_once(pending)
+                result = await self._poll_once(pending, grant)
             if scope.cancelled_caught:
                 pending._finish(error=SessionCancelledError(
                     f"session {pending.session.session_id} cancelled"))
@@ -631,10 +664,13 @@ class OAuthManager:
         remaining = (expires_at - reference).total_seconds()
         return self._clock.monotonic() + max(0.0, remaining) + self._expiry_grace
 
-    async def _status_token(self) -> None:
-        self._token_wait += (await self._status_limiter.acquire()).waited
+    async def _status_slot(self) -> Grant:
+        """A slot of the status share and of the standard budget, held until released."""
+        grant = await self._status_limiter.acquire(hold=self._status_hold)
+        self._token_wait += grant.waited
+        return grant
 
-    async def _read_status(self, pending: PendingConnection) -> OAuthStatus:
+    async def _read_status(self, pending: PendingConnection, grant: Grant) -> OAuthStatus:
         # pending.cancel() waits for this read: its answer may be one the server gives only once.
         # Closing the manager does not wait: it sends nothing more and abandons what is in flight.
         pending._reading = True
@@ -646,20 +682,22 @@ class OAuthManager:
             raise
         finally:
             pending._reading = False
+            # The server saw the read at some moment up to now: its slot counts from here.
+            await self._status_limiter.release(grant)
         self._tally("status")
         return status
 
-    async def _poll_once(self, pending: PendingConnection) -> ConnectResult | None:
-        """Read the status once (the token is already taken); None: poll again at ``_next_at``."""
+    async def _poll_once(self, pending: PendingConnection, grant: Grant) -> ConnectResult | None:
+        """Read the status once with ``grant``; None: poll again at ``_next_at``."""
         session = pending.session
         now = self._clock.monotonic()
         pending._next_at = now + self._poll_interval
         try:
-            status = await self._read_status(pending)
+            status = await self._read_status(pending, grant)
         except NotFoundError:
             return await self._reconcile(pending, "the status read answered 404")
         except RateLimitedError as exc:
-            await self._store.block([self._status_key], exc.retry_after or 1.0)
+            await self._store.block([self._standard_key], exc.retry_after or 1.0)
             pending._next_at = now  # again as soon as the block allows
             return None
         except (TransportError, ServerError, MalformedResponseError) as exc:
@@ -699,25 +737,33 @@ class OAuthManager:
         """The account, or why not; retried (a GET of an account is safe to repeat)."""
         error = "not attempted"
         for attempt in range(1, self._retry.attempts + 1):
-            await self._status_token()
             try:
-                account = await self._client.get_account(email)
+                account = await self._read_account(email)
             except RateLimitedError as exc:
-                self._tally("account", exc)
-                await self._store.block([self._status_key], exc.retry_after or 1.0)
+                await self._store.block([self._standard_key], exc.retry_after or 1.0)
                 error = str(exc)
                 continue
             except (TransportError, ServerError, MalformedResponseError) as exc:
-                self._tally("account", exc)
                 error = f"{type(exc).__name__}: {exc}"
                 await self._clock.sleep(self._retry.delay(attempt, self._rng))
                 continue
             except InstantlyError as exc:
-                self._tally("account", exc)
                 return None, f"{type(exc).__name__}: {exc}"
-            self._tally("account")
             return account, None
         return None, error
+
+    async def _read_account(self, email: str) -> Account:
+        """One account read on a slot of the status share, held until the read has ended."""
+        grant = await self._status_slot()
+        try:
+            account = await self._client.get_account(email)
+        except BaseException as exc:
+            self._tally("account", exc)
+            raise
+        finally:
+            await self._status_limiter.release(grant)
+        self._tally("account")
+        return account
 
     async def _reconcile(self, pending: PendingConnection, why: str) -> ConnectResult:
         """The one-time answer is gone: confirm a success through GET accounts, or say it's lost.

@@ -26,6 +26,8 @@ async def main() -> None:
     parser.add_argument("--window", type=float, required=True)
     parser.add_argument("--share", type=float, default=0.0)
     parser.add_argument("--name", default="w")
+    parser.add_argument("--status-share", type=float, default=0.5,
+                        help="status_limit as a fraction of the standard window (1: all of it)")
     args = parser.parse_args()
     store = RedisStore.from_url(args.redis, fallback_share=args.share, retry_interval=0.2)
     seen_degraded = False
@@ -40,10 +42,12 @@ async def main() -> None:
 
         async with OAuthManager(
             os.environ["INSTANTLY_API_KEY"], base_url=args.base_url, store=store,
-            poll_interval=0.2, fetch_account=False, request_timeout=3.0,
+            poll_interval=0.2, fetch_account=False, request_timeout=3.0, status_timeout=3.0,
             init_limit=RateLimit(75, per=args.window),
             ip_init_limit=RateLimit(150, per=args.window),
-            status_limit=(RateLimit(50, per=args.window / 60), RateLimit(3000, per=args.window)),
+            standard_limit=(RateLimit(100, per=args.window / 60), RateLimit(6000, per=args.window)),
+            status_limit=(RateLimit(round(100 * args.status_share), per=args.window / 60),
+                          RateLimit(round(6000 * args.status_share), per=args.window)),
         ) as manager:
             ok = 0
             async for result in manager.connect_many(

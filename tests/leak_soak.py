@@ -47,6 +47,7 @@ async def soak(minutes: float) -> None:
     async with ServerProcess("--open") as (url, key), aiohttp.ClientSession() as http, \
             OAuthManager(key, base_url=url, init_limit=OPEN, ip_init_limit=OPEN,
                          poll_interval=0.05, status_limit=RateLimit(2000, per=1),
+                         standard_limit=RateLimit(2000, per=1),
                          fetch_account=True) as manager:
         started = time.monotonic()
         while time.monotonic() < end:  # bounded by --minutes

@@ -24,7 +24,6 @@ from instantly_oauth_async import (
     OAuthManager,
     OutcomeLostError,
     PendingConnection,
-    RateLimit,
     RetryPolicy,
     SessionStatus,
 )
@@ -55,8 +54,7 @@ async def test_every_session_resolves_once_with_its_true_outcome() -> None:
         workspace = sim.add_workspace("soak")
         async with OAuthManager(
             workspace.api_key, base_url=sim.url, poll_interval=0.2, expiry_grace=1.0,
-            init_limit=RateLimit(75, per=WINDOW), ip_init_limit=RateLimit(150, per=WINDOW),
-            status_limit=(RateLimit(50, per=1 / FACTOR), RateLimit(3000, per=WINDOW)),
+            **sim.limits.manager_limits(),
             retry=RetryPolicy(attempts=6, base=0.05, cap=0.5), max_block_wait=30,
             request_timeout=2.0, status_timeout=2.0,
         ) as manager:

@@ -17,7 +17,7 @@ from contextlib import AsyncExitStack
 import anyio
 import pytest
 
-from instantly_oauth_async import MemoryStore, OAuthManager, OAuthSession, RateLimit
+from instantly_oauth_async import MemoryStore, OAuthManager, OAuthSession
 from instantly_oauth_async.testing import Simulator, SimulatorLimits
 from tests._windows import max_in_window
 
@@ -60,10 +60,7 @@ async def test_three_workspaces_two_providers_zero_429_and_95_percent_of_allowed
         managers = {
             ws.api_key: OAuthManager(
                 ws.api_key, base_url=sim.url, store=store, poll_interval=0.25,
-                init_limit=RateLimit(75, per=WINDOW),
-                ip_init_limit=RateLimit(150, per=WINDOW),
-                status_limit=(RateLimit(50, per=1 / FACTOR), RateLimit(3000, per=WINDOW)),
-                fetch_account=False,
+                fetch_account=False, **limits.manager_limits(),
             )
             for ws in workspaces
         }

@@ -41,10 +41,13 @@ import anyio
 import attrs
 from aiohttp import web
 
+from .._models import RateLimit
+
 __all__ = [
     "CannedResponse",
     "Faults",
     "LoggedRequest",
+    "Network",
     "SimSession",
     "Simulator",
     "SimulatorLimits",
@@ -81,6 +84,26 @@ class SimulatorLimits:
     block_durations: tuple[float, ...] = (1800.0, 7200.0, 86400.0)
     purge_after: float = 600.0  #: how long an expired session still answers ``expired``
 
+    def manager_limits(self, *, status_share: float = 0.5) -> dict[str, Any]:
+        """``OAuthManager`` keyword arguments that mirror these rules exactly: ``init_limit``,
+        ``ip_init_limit``, ``standard_limit``, and ``status_limit`` as ``status_share`` of the
+        standard budget (1: polling may spend all that inits leave).
+
+        ``OAuthManager(key, base_url=sim.url, **sim.limits.manager_limits())``
+        """
+        if not 0 < status_share <= 1:
+            raise ValueError("status_share must be a fraction above 0, at most 1")
+        standard = (RateLimit(self.api_per_second, per=self.api_second_window),
+                    RateLimit(self.api_per_minute, per=self.api_minute_window))
+        return {
+            "init_limit": RateLimit(self.init_per_workspace, per=self.init_window),
+            "ip_init_limit": RateLimit(self.init_per_ip, per=self.init_window),
+            "standard_limit": standard,
+            "status_limit": tuple(
+                RateLimit(max(1, math.floor(limit.count * status_share)), per=limit.per)
+                for limit in standard),
+        }
+
     def compressed(self, factor: float) -> SimulatorLimits:
         """The same counts with every duration divided by ``factor`` (60 s becomes 60/factor)."""
         return attrs.evolve(
@@ -114,6 +137,25 @@ class Faults:
     rate_limited_after: float = 1.0  #: seconds (compress it with the limits)
     kinds: frozenset[str] = frozenset({"init", "status", "account"})
     seed: int = 0
+
+
+@attrs.define
+class Network:
+    """How long the wire takes, each way, for every API request (consent pages are not delayed).
+
+    A request waits ``latency`` plus a uniform draw from ``[0, jitter]`` seconds before the server
+    sees it (logs it, counts it against a limit, acts on it), and again before its response
+    leaves: so requests that a client sent in order may reach the server bunched or reordered,
+    as they do through a real network. Draws come from an RNG seeded with ``seed``.
+    """
+
+    latency: float = 0.0
+    jitter: float = 0.0
+    seed: int = 0
+
+    def __attrs_post_init__(self) -> None:
+        if not (0 <= self.latency < math.inf and 0 <= self.jitter < math.inf):
+            raise ValueError("latency and jitter must be non-negative numbers of seconds")
 
 
 @attrs.frozen
@@ -213,6 +255,7 @@ class Simulator:
         clock: Callable[[], float] = time.monotonic,
         wall_skew: float = 0.0,
         faults: Faults | None = None,
+        network: Network | None = None,
         trust_forwarded_for: bool = False,
         host: str = "127.0.0.1",
         port: int = 0,
@@ -223,6 +266,9 @@ class Simulator:
         #: seconds the server's wall clock runs ahead of the real one (negative: behind)
         self.wall_skew = wall_skew
         self.faults = faults or Faults()
+        #: delays on the wire for every API request; replace it at any time
+        self.network = network or Network()
+        self._net_rng = random.Random(self.network.seed)
         self.trust_forwarded_for = trust_forwarded_for
         self._host, self._port = host, port
         self._epoch = time.time() - clock()
@@ -294,6 +340,12 @@ class Simulator:
         workspace = Workspace(str(uuid.uuid4()), name, key, frozenset(scopes), paid)
         self.workspaces[key] = workspace
         return workspace
+
+    def add_api_key(self, workspace: Workspace, api_key: str | None = None) -> str:
+        """Another API key of ``workspace``: every limit and session it meets is the workspace's."""
+        key = api_key or f"sim_{secrets.token_urlsafe(24)}"
+        self.workspaces[key] = workspace
+        return key
 
     def revoke(self, workspace: Workspace) -> None:
         workspace.revoked = True
@@ -566,6 +618,13 @@ class Simulator:
             )
         return response
 
+    async def _wire(self) -> None:
+        """One leg of the network's delay (see :class:`Network`)."""
+        net = self.network
+        delay = net.latency + (self._net_rng.uniform(0.0, net.jitter) if net.jitter else 0.0)
+        if delay > 0:
+            await asyncio.sleep(delay)
+
     async def _handle(
         self,
         request: web.Request,
@@ -575,6 +634,21 @@ class Simulator:
         provider: str | None = None,
         *,
         paid_only: bool = False,
+    ) -> web.StreamResponse:
+        await self._wire()  # on its way in: the server sees the request only now
+        response = await self._serve(request, kind, scope, act, provider, paid_only=paid_only)
+        await self._wire()  # on its way back
+        return response
+
+    async def _serve(
+        self,
+        request: web.Request,
+        kind: Kind,
+        scope: str,
+        act: Callable[[Workspace], web.Response],
+        provider: str | None,
+        *,
+        paid_only: bool,
     ) -> web.StreamResponse:
         if self._redirect_to is not None:
             self._log(request, kind, 307, None, provider, outcome="redirect")
