@@ -450,6 +450,7 @@ async def test_api_key_stays_out_of_repr_and_logs(csim: Simulator, make: MakeMan
 
 
 @pytest.mark.parametrize("kwargs", [{"poll_interval": 0}, {"status_limit": []},
+                                    {"standard_limit": []}, {"standard_limit": (100, 1)},
                                     {"init_limit": 75}, {"max_block_wait": -1}])
 def test_bad_arguments_are_configuration_errors(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ConfigurationError):

@@ -1,7 +1,9 @@
-"""The simulator enforces the documented rules (manual clock: no test here depends on timing)."""
+"""The simulator enforces the documented rules (manual clock: no test here depends on timing,
+but the network delay, which only checks a lower bound)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
@@ -10,8 +12,9 @@ from typing import Any
 import aiohttp
 import pytest
 
+from instantly_oauth_async import RateLimit
 from instantly_oauth_async._convert import parse_datetime
-from instantly_oauth_async.testing import Simulator, SimulatorLimits
+from instantly_oauth_async.testing import Network, Simulator, SimulatorLimits
 
 pytestmark = pytest.mark.anyio
 
@@ -225,3 +228,32 @@ async def test_request_log_never_stores_the_key(msim: Simulator,
     await init(http, msim, key)
     assert msim.requests[-1].had_authorization
     assert key not in repr(msim.requests)
+
+
+async def test_the_network_delays_each_request_on_its_way_in_and_out(
+    http: aiohttp.ClientSession,
+) -> None:
+    async with Simulator(network=Network(latency=0.05)) as sim:
+        workspace = sim.add_workspace()
+        sent = time.monotonic()
+        status, _, _ = await init(http, sim, workspace.api_key)
+        answered = time.monotonic()
+    assert status == 200
+    seen = sim.requests[0].at  # the server's clock is time.monotonic here
+    assert seen - sent >= 0.05  # it saw the request only after the inbound leg
+    assert answered - seen >= 0.05  # and its answer took the outbound leg
+
+
+def test_network_delays_must_be_non_negative() -> None:
+    with pytest.raises(ValueError, match="non-negative"):
+        Network(jitter=-0.01)
+
+
+def test_manager_limits_mirror_the_rules_compressed_or_not() -> None:
+    limits = SimulatorLimits().compressed(10).manager_limits(status_share=1)
+    assert limits["init_limit"] == RateLimit(75, per=6.0)
+    assert limits["ip_init_limit"] == RateLimit(150, per=6.0)
+    assert limits["standard_limit"] == (RateLimit(100, per=0.1), RateLimit(6000, per=6.0))
+    assert limits["status_limit"] == limits["standard_limit"]
+    half = SimulatorLimits().manager_limits()["status_limit"]
+    assert half == (RateLimit(50, per=1.0), RateLimit(3000, per=60.0))

@@ -72,6 +72,15 @@ async def test_keys_of_one_named_workspace_share_its_budgets(sim: Simulator) -> 
     assert sum(r.kind == "init" for r in sim.requests) == 2
 
 
+@pytest.mark.parametrize("hold", [0, -1.0, float("inf")])
+async def test_a_caller_slot_needs_a_finite_positive_hold(sim: Simulator, hold: float) -> None:
+    workspace = sim.add_workspace("acme")
+    async with OAuthManager(workspace.api_key, base_url=sim.url) as manager:
+        with pytest.raises(ConfigurationError):
+            async with manager.budget.slot(hold=hold):
+                pass
+
+
 @pytest.mark.parametrize("bad", ["", "  "])
 def test_an_empty_workspace_name_is_refused(bad: str) -> None:
     with pytest.raises(ConfigurationError):
