@@ -13,6 +13,7 @@ import json
 import os
 
 import aiohttp
+import anyio
 
 from instantly_oauth_async import OAuthManager, OAuthSession, RateLimit
 from instantly_oauth_async.redis import RedisStore
@@ -31,14 +32,18 @@ async def main() -> None:
     args = parser.parse_args()
     store = RedisStore.from_url(args.redis, fallback_share=args.share, retry_interval=0.2)
     seen_degraded = False
-    async with aiohttp.ClientSession() as browser:
-        async def person(session: OAuthSession) -> None:
+    async with aiohttp.ClientSession() as browser, anyio.create_task_group() as people:
+        async def act(session: OAuthSession) -> None:
             nonlocal seen_degraded
             seen_degraded |= store.degraded
             email = f"{session.session_id[:12]}@{args.name}.io"
             data = {"action": "allow", "email": email}
             async with browser.post(session.auth_url, data=data) as response:
                 response.raise_for_status()
+
+        def person(session: OAuthSession) -> None:
+            # Each person acts on their own link, as people do: the worker does not wait for them.
+            people.start_soon(act, session)
 
         async with OAuthManager(
             os.environ["INSTANTLY_API_KEY"], base_url=args.base_url, store=store,
