@@ -3,7 +3,7 @@
 import logging as _logging
 
 from ._breaker import BreakerPolicy, BreakerTransition, CircuitState
-from ._budget import DEFAULT_STANDARD_LIMIT, Budget
+from ._budget import DEFAULT_STANDARD_LIMIT, DEFAULT_STATUS_LIMIT, Budget
 from ._client import InstantlyClient, __version__
 from ._clock import Clock, SystemClock
 from ._exceptions import (
@@ -29,14 +29,7 @@ from ._exceptions import (
     TransportError,
     UnauthorizedError,
 )
-from ._manager import (
-    DEFAULT_STATUS_LIMIT,
-    ConnectResult,
-    ManagerStats,
-    OAuthManager,
-    PendingConnection,
-    RetryPolicy,
-)
+from ._manager import OAuthManager
 from ._models import (
     Account,
     AccountStatus,
@@ -45,12 +38,16 @@ from ._models import (
     Provider,
     ProviderCode,
     RateLimit,
+    RetryPolicy,
     SessionStatus,
     StatusMessage,
     Warmup,
     WarmupAdvanced,
     WarmupStatus,
 )
+from ._outcome import ConnectResult
+from ._polling import PendingConnection
+from ._stats import ManagerStats
 from ._store import MemoryStore, Store
 
 __all__ = [

@@ -16,10 +16,13 @@ from ._exceptions import ConfigurationError
 from ._limiter import FairLimiter
 from ._models import RateLimit
 
-__all__ = ["DEFAULT_STANDARD_LIMIT", "Budget", "limits_of"]
+__all__ = ["DEFAULT_STANDARD_LIMIT", "DEFAULT_STATUS_LIMIT", "Budget", "limits_of"]
 
 #: The workspace's standard API limit, as the API documents it.
 DEFAULT_STANDARD_LIMIT: Final = (RateLimit(100, per=1), RateLimit(6000, per=60))
+#: The share of the standard budget that polling and account fetches may spend by default: half
+#: of each, leaving the rest to inits and the application's other calls.
+DEFAULT_STATUS_LIMIT: Final = (RateLimit(50, per=1), RateLimit(3000, per=60))
 
 
 def limits_of(name: str, value: RateLimit | Sequence[RateLimit]) -> tuple[RateLimit, ...]:

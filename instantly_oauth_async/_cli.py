@@ -34,8 +34,9 @@ from ._exceptions import (
     TransportError,
     UnauthorizedError,
 )
-from ._manager import ConnectResult, OAuthManager, RetryPolicy
-from ._models import OAuthSession, Provider
+from ._manager import OAuthManager
+from ._models import OAuthSession, Provider, RetryPolicy
+from ._outcome import ConnectResult
 
 try:
     from rich.console import Console

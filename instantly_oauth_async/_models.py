@@ -7,6 +7,7 @@ converter in :mod:`instantly_oauth_async._convert`; nothing here does I/O.
 from __future__ import annotations
 
 import enum
+import random
 from datetime import datetime
 
 import attrs
@@ -19,6 +20,7 @@ __all__ = [
     "Provider",
     "ProviderCode",
     "RateLimit",
+    "RetryPolicy",
     "SessionStatus",
     "StatusMessage",
     "Warmup",
@@ -130,6 +132,23 @@ class RateLimit:
     def window(self) -> float:
         """Seconds a spent slot stays spent after its request ended: ``per + margin``."""
         return self.per + self.margin
+
+
+@attrs.frozen
+class RetryPolicy:
+    """Jittered exponential backoff for transient failures, bounded in attempts and time.
+
+    The n-th retry waits a random time between half and all of ``min(cap, base * 2**(n-1))``,
+    and at least the server's ``Retry-After`` when it sent one.
+    """
+
+    attempts: int = 5
+    base: float = 0.5
+    cap: float = 30.0
+
+    def delay(self, attempt: int, rng: random.Random, retry_after: float | None = None) -> float:
+        ceiling = min(self.cap, self.base * (2.0 ** min(max(attempt - 1, 0), 30)))
+        return max(ceiling * rng.uniform(0.5, 1.0), min(retry_after or 0.0, self.cap))
 
 
 @attrs.frozen

@@ -6,16 +6,10 @@ real API. ``FakeClock`` moves only when told to, for tests of anything that wait
 """
 
 from ._clock import FakeClock
-from ._simulator import (
-    CannedResponse,
-    Faults,
-    LoggedRequest,
-    Network,
-    SimSession,
-    Simulator,
-    SimulatorLimits,
-    Workspace,
-)
+from ._rules import SimulatorLimits
+from ._sessions import SimSession
+from ._simulator import LoggedRequest, Simulator, Workspace
+from ._wire import CannedResponse, Faults, Network
 
 __all__ = [
     "CannedResponse",

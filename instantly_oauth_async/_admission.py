@@ -1,0 +1,152 @@
+"""Admission of inits for one provider: its breaker, its workspace and IP init limits and the
+standard budget, ``Retry-After`` and long blocks. One method gives a session or raises."""
+
+from __future__ import annotations
+
+import logging
+import random
+from datetime import datetime, timedelta, timezone
+
+import anyio
+
+from ._breaker import BreakerPolicy, BreakerTransition, CircuitState
+from ._client import InstantlyClient
+from ._clock import Clock
+from ._exceptions import (
+    CircuitOpenError,
+    IPBlockedError,
+    MalformedResponseError,
+    RateLimitedError,
+    ServerError,
+    ServiceUnavailableError,
+    TransportError,
+)
+from ._limiter import FairLimiter, TooLongError
+from ._models import OAuthSession, Provider, RetryPolicy
+from ._reads import send_leased
+from ._stats import Tally
+from ._store import Store
+
+__all__ = ["Admission"]
+
+logger = logging.getLogger("instantly_oauth_async")
+
+
+class Admission:
+    """The init gate of one provider: a Microsoft outage never slows Google, as on the server.
+
+    ``limiter`` grants one slot of the provider's workspace and IP init limits and of the
+    standard budget at once, held until the init has ended; a 429 blocks ``block_keys`` for its
+    ``Retry-After`` for every manager sharing the store.
+    """
+
+    def __init__(
+        self,
+        provider: Provider,
+        client: InstantlyClient,
+        store: Store,
+        limiter: FairLimiter,
+        *,
+        block_keys: tuple[str, str],
+        breaker_key: str,
+        breaker: BreakerPolicy,
+        window: float,
+        hold: float,
+        max_block_wait: float,
+        retry: RetryPolicy,
+        rng: random.Random,
+        clock: Clock,
+        tally: Tally,
+    ) -> None:
+        self.provider = provider
+        self._client = client
+        self._store = store
+        self._limiter = limiter
+        self._block_keys = list(block_keys)
+        self._breaker_key = breaker_key
+        self._breaker = breaker
+        self._window = window
+        self._hold = hold
+        self._max_block_wait = max_block_wait
+        self._retry = retry
+        self._rng = rng
+        self._clock = clock
+        self._tally = tally
+
+    async def init(self, deadline: float) -> OAuthSession:
+        """A new session, retried within ``deadline`` (this clock's monotonic seconds)."""
+        provider, attempt = self.provider, 0
+        while True:
+            admission = await self._store.breaker_admit(self._breaker_key, self._breaker)
+            if not admission.allowed:
+                if self._clock.monotonic() + admission.wait > deadline:
+                    raise CircuitOpenError(provider.value, admission.wait)
+                await self._clock.sleep(admission.wait)
+                continue
+            if admission.probe and self._tally.breakers[provider.value] is not \
+                    CircuitState.HALF_OPEN:
+                self._tally.transition(provider, BreakerTransition(
+                    self._breaker_key, CircuitState.OPEN, CircuitState.HALF_OPEN,
+                    self._clock.monotonic(), "cooldown over: one probe"))
+            verdict: bool | None = None  # True: success, False: a breaker failure
+            retry_after: float | None = None
+            delay = 0.0
+            try:
+                session = await self._send(deadline)
+                verdict = True
+                return session  # noqa: TRY300 - the finally must see the verdict first
+            except RateLimitedError as exc:
+                # The limiter waits out the block; every manager sharing the store does too.
+                wait = exc.retry_after if exc.retry_after is not None else self._window
+                await self._store.block(self._block_keys, wait)
+                logger.warning("%s init got 429; holding inits back %.1f s", provider.value, wait)
+                if wait > min(self._max_block_wait, deadline - self._clock.monotonic()):
+                    raise self._blocked(wait) from None
+                attempt += 1
+                if attempt >= self._retry.attempts:
+                    raise
+            except (ServiceUnavailableError, TransportError, ServerError,
+                    MalformedResponseError) as exc:
+                # 503s and failures to get an answer count against the breaker; other 5xx and a
+                # garbled answer don't. A retry after an answer that was lost or garbled leaves
+                # the server an orphan session, which costs one init and nothing else.
+                if isinstance(exc, (ServiceUnavailableError, TransportError)):
+                    verdict, retry_after = False, getattr(exc, "retry_after", None)
+                attempt += 1
+                delay = self._retry.delay(attempt, self._rng, retry_after)
+                if attempt >= self._retry.attempts or (
+                    self._clock.monotonic() + delay > deadline
+                ):
+                    raise
+                logger.info("%s init failed (%s); retry %d in %.2f s", provider.value,
+                            type(exc).__name__, attempt, delay)
+            finally:
+                await self._settle(admission.probe, verdict, retry_after)
+            await self._clock.sleep(delay)
+
+    async def _send(self, deadline: float) -> OAuthSession:
+        """One init through the limiter (raises IPBlockedError for a block too long to wait)."""
+        try:
+            remaining = deadline - self._clock.monotonic()
+            grant = await self._limiter.acquire(
+                max_block=min(self._max_block_wait, remaining), hold=self._hold)
+        except TooLongError as exc:
+            raise self._blocked(exc.wait) from None
+        self._tally.token_wait += grant.waited
+        return await send_leased(self._limiter, grant, self._tally, "init",
+                                 lambda: self._client.init_oauth(self.provider))
+
+    async def _settle(self, probe: bool, verdict: bool | None, retry_after: float | None) -> None:
+        """Report an attempt's outcome to the breaker (None: no verdict, free the probe)."""
+        with anyio.CancelScope(shield=True):
+            if verdict is None:
+                await self._store.breaker_release(self._breaker_key, probe=probe)
+                return
+            transition = await self._store.breaker_record(
+                self._breaker_key, self._breaker, success=verdict, probe=probe,
+                retry_after=retry_after)
+        self._tally.transition(self.provider, transition)
+
+    def _blocked(self, seconds: float) -> IPBlockedError:
+        until = datetime.now(timezone.utc) + timedelta(seconds=seconds)
+        return IPBlockedError(self.provider.value, until, seconds)

@@ -1,0 +1,130 @@
+"""``connect_many``: many sessions with a bound on how many wait at once, renewal of expired
+ones, results as they complete."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Protocol
+
+import anyio
+import anyio.abc
+
+from ._convert import coerce_provider
+from ._exceptions import ConfigurationError, InstantlyError
+from ._models import OAuthSession, Provider, SessionStatus
+from ._outcome import ConnectResult
+from ._polling import PendingConnection
+
+__all__ = ["OnSession", "connect_many"]
+
+logger = logging.getLogger("instantly_oauth_async")
+
+OnSession = Callable[[OAuthSession], Awaitable[object] | object]
+
+
+class _Start(Protocol):
+    async def __call__(
+        self, provider: Provider | str, *, expected_email: str | None = None
+    ) -> PendingConnection: ...
+
+
+async def connect_many(  # noqa: PLR0915 - producer and slots read best side by side
+    start: _Start,
+    require_open: Callable[[], anyio.abc.TaskGroup],
+    provider: Provider | str,
+    count: int,
+    *,
+    on_session: OnSession | None = None,
+    expected_emails: Sequence[str] | None = None,
+    max_pending: int = 100,
+    renew_expired: int = 0,
+) -> AsyncIterator[ConnectResult]:
+    """See ``OAuthManager.connect_many``: ``start`` makes one session, ``require_open`` gives the
+    manager's task group (or raises when it is not open)."""
+    group = require_open()
+    chosen = coerce_provider(provider)
+    if count < 0 or max_pending < 1 or renew_expired < 0:
+        raise ConfigurationError("count >= 0, max_pending >= 1 and renew_expired >= 0")
+    emails = list(expected_emails) if expected_emails is not None else None
+    if emails is not None and len(emails) != count:
+        raise ConfigurationError("expected_emails must hold one address per session")
+    send, receive = anyio.create_memory_object_stream[ConnectResult](math.inf)
+    errors: list[BaseException] = []
+    live: set[PendingConnection] = set()
+    slots = anyio.Semaphore(max_pending)
+    producer_scope = anyio.CancelScope()
+
+    async def slot(pending: PendingConnection) -> None:
+        renewals = renew_expired
+        try:
+            while True:
+                try:
+                    result = await pending.result()
+                except InstantlyError as exc:
+                    errors.append(exc)
+                    return
+                if result.status is SessionStatus.EXPIRED and renewals > 0:
+                    renewals -= 1
+                    live.discard(pending)
+                    try:
+                        email = pending.expected_email
+                        pending = await start(chosen, expected_email=email)
+                        live.add(pending)
+                        await _call(on_session, pending.session)
+                    except Exception as exc:  # noqa: BLE001 - also the caller's callback
+                        errors.append(exc)
+                        await send.send(result)
+                        return
+                    continue
+                await send.send(result)
+                return
+        finally:
+            live.discard(pending)
+            slots.release()
+
+    async def produce() -> None:
+        async with send:
+            with producer_scope:
+                async with anyio.create_task_group() as slots_group:
+                    for index in range(count):
+                        await slots.acquire()
+                        email = emails[index] if emails is not None else None
+                        try:
+                            pending = await start(chosen, expected_email=email)
+                        except InstantlyError as exc:
+                            slots.release()
+                            errors.append(exc)
+                            break
+                        live.add(pending)
+                        slots_group.start_soon(slot, pending)
+                        try:
+                            await _call(on_session, pending.session)
+                        except Exception as exc:  # noqa: BLE001 - the caller's callback
+                            errors.append(exc)
+                            break
+
+    group.start_soon(produce)
+    try:
+        async with receive:
+            async for result in receive:
+                yield result
+    finally:
+        # Stopped early (break, cancellation): stop what this call started, nothing else.
+        producer_scope.cancel()
+        for pending in live:
+            pending.cancel()
+    if errors:
+        for extra in errors[1:]:
+            logger.warning("connect_many: also %s: %s", type(extra).__name__, extra)
+        raise errors[0]
+
+
+async def _call(callback: OnSession | None, session: OAuthSession) -> None:
+    if callback is None:
+        return
+    outcome = callback(session)
+    if inspect.isawaitable(outcome):
+        await outcome

@@ -1,0 +1,144 @@
+"""How a session ended, as a ``ConnectResult``: the account fetch, and the reconciliation of a
+one-time answer that was lost on the wire."""
+
+from __future__ import annotations
+
+import logging
+import random
+from datetime import timedelta
+from typing import Final
+
+import attrs
+
+from ._clock import Clock
+from ._exceptions import (
+    InstantlyError,
+    MalformedResponseError,
+    OutcomeLostError,
+    RateLimitedError,
+    ServerError,
+    TransportError,
+)
+from ._models import Account, OAuthSession, OAuthStatus, RetryPolicy, SessionStatus
+from ._reads import Reads
+
+__all__ = ["DOCUMENTED_TTL", "ConnectResult", "Outcomes"]
+
+logger = logging.getLogger("instantly_oauth_async")
+
+DOCUMENTED_TTL: Final = 600.0
+_RESULT_FIELDS = ("email", "name", "error", "error_description")
+
+
+@attrs.frozen
+class ConnectResult:
+    """How one session ended. ``account`` is fetched on success (None if that fetch failed, and
+    ``account_error`` says why: a failed fetch never turns a success into a failure)."""
+
+    session: OAuthSession
+    status: SessionStatus
+    email: str | None = None
+    name: str | None = None
+    error: str | None = None
+    error_description: str | None = None
+    account: Account | None = None
+    account_error: str | None = None
+    expected_email: str | None = None
+    #: True when the one-time answer was lost and success was confirmed through GET accounts.
+    reconciled: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.status is SessionStatus.SUCCESS
+
+    @property
+    def email_mismatch(self) -> bool:
+        """A mailbox other than ``expected_email`` was connected."""
+        return (
+            self.ok
+            and self.expected_email is not None
+            and self.email is not None
+            and self.email.strip().lower() != self.expected_email.strip().lower()
+        )
+
+
+class Outcomes:
+    """Turns what the server said (or failed to say) into a :class:`ConnectResult`."""
+
+    def __init__(
+        self, reads: Reads, clock: Clock, retry: RetryPolicy, rng: random.Random, *,
+        fetch_account: bool,
+    ) -> None:
+        self._reads = reads
+        self._clock = clock
+        self._retry = retry
+        self._rng = rng
+        self._fetch_account = fetch_account
+
+    async def conclude(
+        self, session: OAuthSession, status: OAuthStatus, expected_email: str | None, *,
+        cancelled: bool,
+    ) -> ConnectResult:
+        """A terminal status as a result; the account is fetched on success unless ``cancelled``."""
+        fields = {name: getattr(status, name) for name in _RESULT_FIELDS}
+        account, account_error = None, None
+        wanted = self._fetch_account and not cancelled
+        if status.status is SessionStatus.SUCCESS and wanted and status.email:
+            account, account_error = await self.account(status.email)
+        return ConnectResult(session, status.status, **fields, account=account,
+                             account_error=account_error, expected_email=expected_email)
+
+    def expired(self, session: OAuthSession, expected_email: str | None) -> ConnectResult:
+        """Given up on our own: still pending well past the session's lifetime."""
+        return ConnectResult(
+            session, SessionStatus.EXPIRED, error="expired",
+            error_description="still pending well past expires_at", expected_email=expected_email)
+
+    async def account(self, email: str) -> tuple[Account | None, str | None]:
+        """The account, or why not; retried (a GET of an account is safe to repeat)."""
+        error = "not attempted"
+        for attempt in range(1, self._retry.attempts + 1):
+            try:
+                account = await self._reads.account(email)
+            except RateLimitedError as exc:
+                await self._reads.hold_back(exc.retry_after)
+                error = str(exc)
+                continue
+            except (TransportError, ServerError, MalformedResponseError) as exc:
+                error = f"{type(exc).__name__}: {exc}"
+                await self._clock.sleep(self._retry.delay(attempt, self._rng))
+                continue
+            except InstantlyError as exc:
+                return None, f"{type(exc).__name__}: {exc}"
+            return account, None
+        return None, error
+
+    async def reconcile(
+        self, session: OAuthSession, expected_email: str | None, why: str
+    ) -> ConnectResult:
+        """The one-time answer is gone: confirm a success through GET accounts, or say it's lost.
+
+        Never reports ERROR, EXPIRED or PENDING: a lost answer may have been a success.
+        """
+        email = expected_email
+        if email is None:
+            raise OutcomeLostError(
+                session.session_id, f"{why}; pass expected_email to let the library reconcile")
+        account, account_error = await self.account(email)
+        if account is None:
+            raise OutcomeLostError(
+                session.session_id, f"{why}; {email} is not connected ({account_error})")
+        # The Date header has whole seconds: an update inside the init's own second may predate
+        # the session, so only a later one counts. Erring this way costs a false "lost", never a
+        # false success (no person completes OAuth within a second).
+        if session.server_date is not None:
+            created = session.server_date + timedelta(seconds=1)
+        else:
+            created = session.expires_at - timedelta(seconds=DOCUMENTED_TTL)
+        if account.timestamp_updated < created:
+            raise OutcomeLostError(
+                session.session_id, f"{why}; {email} was connected before this session, not by it")
+        logger.info("session %s reconciled as success through GET accounts", session.session_id)
+        return ConnectResult(session, SessionStatus.SUCCESS, email=account.email,
+                             name=" ".join(p for p in (account.first_name, account.last_name) if p)
+                             or None, account=account, expected_email=email, reconciled=True)

@@ -1,0 +1,302 @@
+"""Polling: every pending session waits in one heap by when it is next due, and one scheduler
+task reads the earliest due on a slot of the status budget.
+
+No task sleeps on a pending session: it costs its records and a heap entry, so 10,000 of them are
+cheap. The scheduler takes a slot for the earliest due session (first come, first served with
+account reads) and starts a short task for that one read; the session is then rescheduled or
+finished. Deadlines are reckoned from the server's own ``Date``, so a client clock minutes off
+changes nothing.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import math
+import random
+from collections.abc import Callable, Generator
+from datetime import datetime, timezone
+from typing import Any
+
+import anyio
+import anyio.abc
+
+from ._clock import Clock
+from ._exceptions import (
+    ClientStateError,
+    InstantlyError,
+    MalformedResponseError,
+    NotFoundError,
+    RateLimitedError,
+    ServerError,
+    SessionCancelledError,
+    TransportError,
+)
+from ._limiter import Grant
+from ._models import OAuthSession, OAuthStatus, RetryPolicy, SessionStatus
+from ._outcome import ConnectResult, Outcomes
+from ._reads import Reads
+from ._stats import Tally
+
+__all__ = ["PendingConnection", "Poller"]
+
+logger = logging.getLogger("instantly_oauth_async")
+
+
+class PendingConnection:
+    """A session waiting for its person. ``await pending`` or ``await pending.result()``.
+
+    Any number of tasks may await it; they share its one poll loop. Cancelling an awaiter
+    cancels nothing else; :meth:`cancel` stops the session's polling.
+    """
+
+    __slots__ = ("_cancel_requested", "_deadline", "_done", "_error", "_failures", "_finished",
+                 "_next_at", "_on_finish", "_reading", "_result", "_scope", "expected_email",
+                 "session")
+
+    def __init__(
+        self,
+        session: OAuthSession,
+        expected_email: str | None,
+        on_finish: Callable[[PendingConnection], None] | None = None,
+    ) -> None:
+        self.session = session
+        self.expected_email = expected_email
+        self._finished = False
+        self._done: anyio.Event | None = None  # made when someone first waits: most never do
+        self._result: ConnectResult | None = None
+        self._error: BaseException | None = None
+        self._on_finish = on_finish
+        self._scope: anyio.CancelScope | None = None  # while a poll step runs
+        self._cancel_requested = False
+        self._reading = False  # a status read is in flight: cancel() waits for its answer
+        # Poll state, kept here between steps (no task sleeps on a pending session):
+        self._next_at = 0.0
+        self._deadline = math.inf
+        self._failures = 0
+
+    def __repr__(self) -> str:
+        state = "done" if self.done() else "pending"
+        session = self.session
+        return f"<PendingConnection {session.session_id} {session.provider.value} {state}>"
+
+    def done(self) -> bool:
+        return self._finished
+
+    async def result(self) -> ConnectResult:
+        """The outcome; raises what the caller must act on (see ``OutcomeLostError``)."""
+        if not self._finished:
+            if self._done is None:
+                self._done = anyio.Event()
+            await self._done.wait()
+        if self._error is not None:
+            raise self._error
+        assert self._result is not None  # noqa: S101 - set together with _done
+        return self._result
+
+    def __await__(self) -> Generator[Any, None, ConnectResult]:
+        return self.result().__await__()
+
+    def cancel(self) -> None:
+        """Stop polling this session (an in-flight read finishes first: its answer may be the one
+        the server gives only once). Awaiters then get :class:`SessionCancelledError`."""
+        self._cancel_requested = True
+        if self._scope is not None:
+            if not self._reading:
+                self._scope.cancel()
+        elif not self.done():
+            sid = self.session.session_id
+            self._finish(error=SessionCancelledError(f"session {sid} cancelled"))
+
+    def _finish(
+        self, *, result: ConnectResult | None = None, error: BaseException | None = None
+    ) -> None:
+        if self.done():
+            return
+        self._result, self._error, self._finished = result, error, True
+        if self._done is not None:
+            self._done.set()
+        if self._on_finish is not None:
+            on_finish, self._on_finish = self._on_finish, None
+            on_finish(self)
+
+
+class Poller:
+    """The sessions one manager polls, and the one task that schedules their reads."""
+
+    def __init__(
+        self,
+        reads: Reads,
+        outcomes: Outcomes,
+        clock: Clock,
+        tally: Tally,
+        *,
+        retry: RetryPolicy,
+        rng: random.Random,
+        poll_interval: float,
+        expiry_grace: float,
+    ) -> None:
+        self._reads = reads
+        self._outcomes = outcomes
+        self._clock = clock
+        self._tally = tally
+        self._retry = retry
+        self._rng = rng
+        self.poll_interval = poll_interval
+        self._expiry_grace = expiry_grace
+        self.pending: dict[str, PendingConnection] = {}
+        self._due: list[tuple[float, int, PendingConnection]] = []
+        self._seq = 0
+        self._wakeup: anyio.Event | None = None
+        self._closing = False
+
+    # -- sessions in, sessions out -----------------------------------------------------------
+
+    def track(self, session: OAuthSession, expected_email: str | None, first_poll: float
+              ) -> PendingConnection:
+        """Register a session and queue its first poll."""
+        pending = PendingConnection(session, expected_email, self._finished)
+        pending._deadline = self._local_deadline(session.expires_at, session.server_date)
+        self.pending[session.session_id] = pending
+        self._schedule(pending, first_poll)
+        return pending
+
+    def _finished(self, pending: PendingConnection) -> None:
+        """Bookkeeping for a session that just ended, however it ended."""
+        self.pending.pop(pending.session.session_id, None)
+        error = pending._error
+        if pending._result is not None:
+            self._tally.results[pending._result.status.value] += 1
+        elif isinstance(error, SessionCancelledError):
+            self._tally.results["cancelled"] += 1
+        elif error is not None and not isinstance(error, ClientStateError):
+            self._tally.results[type(error).__name__] += 1
+
+    def closing(self) -> None:
+        """The manager is closing: a step that ends from now on finishes its session."""
+        self._closing = True
+
+    def abandon_all(self) -> None:
+        """Every session still pending ends with ``ClientStateError``."""
+        for pending in list(self.pending.values()):
+            pending._finish(error=ClientStateError("the OAuthManager closed first"))
+        self.pending.clear()
+
+    def _local_deadline(self, expires_at: datetime, server_date: datetime | None) -> float:
+        """When to give up on our own: the server's own lifetime figure, plus the grace."""
+        reference = server_date or datetime.now(timezone.utc)
+        remaining = (expires_at - reference).total_seconds()
+        return self._clock.monotonic() + max(0.0, remaining) + self._expiry_grace
+
+    # -- the scheduler -----------------------------------------------------------------------
+
+    def _schedule(self, pending: PendingConnection, at: float) -> None:
+        pending._next_at = at
+        self._seq += 1
+        heapq.heappush(self._due, (at, self._seq, pending))
+        if self._due[0][2] is pending and self._wakeup is not None:
+            self._wakeup.set()  # earlier than what the scheduler sleeps towards
+
+    async def run(self, group: anyio.abc.TaskGroup) -> None:
+        """The scheduler: until cancelled, a slot for the earliest due session, then its read."""
+        while True:
+            while self._due and self._due[0][2].done():
+                heapq.heappop(self._due)  # cancelled while it waited
+            if not self._due:
+                await self._sleep_until(math.inf)
+                continue
+            at, _, pending = self._due[0]
+            if at > self._clock.monotonic():
+                await self._sleep_until(at)
+                continue
+            heapq.heappop(self._due)
+            grant = await self._reads.slot()
+            while pending.done() and self._due and self._due[0][0] <= self._clock.monotonic():
+                pending = heapq.heappop(self._due)[2]  # cancelled meanwhile: the next one due
+            if pending.done():
+                await self._reads.release(grant)  # nobody to spend it on
+            else:
+                group.start_soon(self._step, pending, grant)
+
+    async def _sleep_until(self, at: float) -> None:
+        """Until ``at`` or until an earlier session is scheduled, whichever comes first."""
+        wakeup = self._wakeup = anyio.Event()
+        with self._clock.deadline(max(0.0, at - self._clock.monotonic())
+                                  if at < math.inf else 86400.0 * 365):
+            await wakeup.wait()
+
+    async def _step(self, pending: PendingConnection, grant: Grant) -> None:
+        """One status read for ``pending`` and what follows from it; reschedules or finishes.
+
+        ``grant`` is the read's slot, released as soon as the read has ended, however it ended.
+        """
+        try:
+            with anyio.CancelScope() as scope:
+                pending._scope = scope
+                if pending._cancel_requested:
+                    scope.cancel()
+                result = await self._poll_once(pending, grant)
+            if scope.cancelled_caught:
+                pending._finish(error=SessionCancelledError(
+                    f"session {pending.session.session_id} cancelled"))
+            elif result is None:
+                self._schedule(pending, pending._next_at)
+            else:
+                pending._finish(result=result)
+        except InstantlyError as exc:
+            logger.warning("session %s ended with %s", pending.session.session_id,
+                           type(exc).__name__)
+            pending._finish(error=exc)
+        except Exception as exc:  # a bug of ours must reach the awaiter, not kill the group
+            logger.exception("unexpected error polling session %s", pending.session.session_id)
+            pending._finish(error=exc)
+        finally:
+            pending._scope = None
+            if not pending.done() and self._closing:
+                pending._finish(error=ClientStateError("the OAuthManager closed first"))
+
+    async def _read(self, pending: PendingConnection, grant: Grant) -> OAuthStatus:
+        # pending.cancel() waits for this read: its answer may be one the server gives only once.
+        # Closing the manager does not wait: it sends nothing more and abandons what is in flight.
+        def ended() -> None:
+            pending._reading = False
+
+        pending._reading = True
+        return await self._reads.status(pending.session.session_id, grant, ended=ended)
+
+    async def _poll_once(self, pending: PendingConnection, grant: Grant) -> ConnectResult | None:
+        """Read the status once with ``grant``; None: poll again at ``_next_at``."""
+        session = pending.session
+        now = self._clock.monotonic()
+        pending._next_at = now + self.poll_interval
+        try:
+            status = await self._read(pending, grant)
+        except NotFoundError:
+            return await self._outcomes.reconcile(
+                session, pending.expected_email, "the status read answered 404")
+        except RateLimitedError as exc:
+            await self._reads.hold_back(exc.retry_after)
+            pending._next_at = now  # again as soon as the block allows
+            return None
+        except (TransportError, ServerError, MalformedResponseError) as exc:
+            pending._failures += 1
+            logger.info("status of %s failed (%s); retrying", session.session_id,
+                        type(exc).__name__)
+            if (self._clock.monotonic() > pending._deadline
+                    and pending._failures >= self._retry.attempts):
+                return await self._outcomes.reconcile(
+                    session, pending.expected_email, "no answer from the server past expiry")
+            pending._next_at = self._clock.monotonic() + min(
+                self.poll_interval, self._retry.delay(pending._failures, self._rng))
+            return None
+        pending._failures = 0
+        if status.server_date is not None:
+            pending._deadline = self._local_deadline(session.expires_at, status.server_date)
+        if status.status is SessionStatus.PENDING:
+            if pending._cancel_requested and pending._scope is not None:
+                pending._scope.cancel()  # asked while the read was in flight
+            if self._clock.monotonic() > pending._deadline:
+                return self._outcomes.expired(session, pending.expected_email)
+            return None
+        return await self._outcomes.conclude(
+            session, status, pending.expected_email, cancelled=pending._cancel_requested)

@@ -1,0 +1,93 @@
+"""Status and account reads, each on a leased slot of the status share and the standard budget.
+
+A slot is granted before the read and released when the read has ended, however it ended: the
+server saw the read at some moment in between, so its slot counts from the release (see
+``_limiter``). A 429 on a read holds back every request of the workspace, since the standard
+limit is the workspace's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from ._client import InstantlyClient
+from ._limiter import FairLimiter, Grant
+from ._models import Account, OAuthStatus
+from ._stats import Tally
+from ._store import Store
+
+__all__ = ["Reads", "send_leased"]
+
+T = TypeVar("T")
+
+
+async def send_leased(
+    limiter: FairLimiter, grant: Grant, tally: Tally, endpoint: str,
+    send: Callable[[], Awaitable[T]], *, ended: Callable[[], None] | None = None,
+) -> T:
+    """``send()`` one request on ``grant``: counted in ``tally``, its slots released when it has
+    ended, however it ended (the server saw it at some moment up to then). ``ended`` is called
+    as soon as the request has ended, before the release."""
+    try:
+        answer = await send()
+    except BaseException as exc:
+        tally.answer(endpoint, exc)
+        raise
+    finally:
+        if ended is not None:
+            ended()
+        await limiter.release(grant)
+    tally.answer(endpoint)
+    return answer
+
+
+class Reads:
+    """The reads of one manager; ``slot()`` is also how the poll scheduler paces itself."""
+
+    def __init__(
+        self,
+        client: InstantlyClient,
+        store: Store,
+        limiter: FairLimiter,
+        standard_key: str,
+        tally: Tally,
+        *,
+        hold: float,
+        status_timeout: float,
+    ) -> None:
+        self._client = client
+        self._store = store
+        self._limiter = limiter
+        self._standard_key = standard_key
+        self._tally = tally
+        self._hold = hold
+        self._status_timeout = status_timeout
+
+    async def slot(self) -> Grant:
+        """A slot of the status share and of the standard budget, held until released."""
+        grant = await self._limiter.acquire(hold=self._hold)
+        self._tally.token_wait += grant.waited
+        return grant
+
+    async def release(self, grant: Grant) -> None:
+        """A slot that ends up unused (its session finished while it was granted)."""
+        await self._limiter.release(grant)
+
+    async def status(
+        self, session_id: str, grant: Grant, *, ended: Callable[[], None] | None = None
+    ) -> OAuthStatus:
+        """One status read on ``grant``, released as soon as the read has ended."""
+        return await send_leased(
+            self._limiter, grant, self._tally, "status",
+            lambda: self._client.get_oauth_status(session_id, timeout=self._status_timeout),
+            ended=ended)
+
+    async def account(self, email: str) -> Account:
+        """One account read on a slot of its own, held until the read has ended."""
+        return await send_leased(self._limiter, await self.slot(), self._tally, "account",
+                                 lambda: self._client.get_account(email))
+
+    async def hold_back(self, retry_after: float | None) -> None:
+        """The server answered 429: no request of the workspace goes before ``retry_after``."""
+        await self._store.block([self._standard_key], retry_after or 1.0)
