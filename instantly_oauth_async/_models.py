@@ -12,6 +12,8 @@ from datetime import datetime
 
 import attrs
 
+from ._exceptions import ConfigurationError
+
 __all__ = [
     "Account",
     "AccountStatus",
@@ -118,13 +120,14 @@ class RateLimit:
     def __attrs_post_init__(self) -> None:
         count, per, margin = _integer(self.count), _number(self.per), _number(self.margin)
         if count is None or count < 1:
-            raise ValueError(f"RateLimit.count must be a positive integer, got {self.count!r}")
+            raise ConfigurationError(
+                f"RateLimit.count must be a positive integer, got {self.count!r}")
         if per is None or not 0 < per < float("inf"):
-            raise ValueError(
+            raise ConfigurationError(
                 f"RateLimit.per must be a positive number of seconds, got {self.per!r}"
             )
         if margin is None or not 0 <= margin <= per:
-            raise ValueError(
+            raise ConfigurationError(
                 f"RateLimit.margin must be a number of seconds from 0 to per, got {self.margin!r}"
             )
 

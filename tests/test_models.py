@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from instantly_oauth_async import (
     Account,
     AccountStatus,
+    ConfigurationError,
     MalformedResponseError,
     OAuthSession,
     OAuthStatus,
@@ -149,7 +150,8 @@ def test_auth_url_is_kept_out_of_repr() -> None:
                                  (True, 60, 0), (75, float("inf"), 0), (75, 60, float("nan"))]
 )
 def test_rate_limit_rejects_nonsense(count: int, per: float, margin: float) -> None:
-    with pytest.raises(ValueError, match="RateLimit"):
+    # A ConfigurationError (an InstantlyError), which is still a ValueError for older callers.
+    with pytest.raises(ConfigurationError, match="RateLimit"):
         RateLimit(count, per, margin)
 
 
