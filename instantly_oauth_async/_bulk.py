@@ -13,7 +13,7 @@ import anyio
 import anyio.abc
 
 from ._convert import coerce_provider
-from ._exceptions import ConfigurationError, InstantlyError
+from ._exceptions import ClientStateError, ConfigurationError, InstantlyError
 from ._models import OAuthSession, Provider, SessionStatus
 from ._outcome import ConnectResult
 from ._polling import PendingConnection
@@ -56,8 +56,13 @@ async def connect_many(  # noqa: PLR0915 - producer and slots read best side by 
     live: set[PendingConnection] = set()
     slots = anyio.Semaphore(max_pending)
     producer_scope = anyio.CancelScope()
+    demand = _Demand()
+    created = 0  # sessions made, renewals included
+    settled = 0  # of them: a result sent, or an error kept for the caller
+    produced_all = False
 
     async def slot(pending: PendingConnection) -> None:
+        nonlocal created, settled
         renewals = renew_expired
         try:
             while True:
@@ -65,20 +70,26 @@ async def connect_many(  # noqa: PLR0915 - producer and slots read best side by 
                     result = await pending.result()
                 except InstantlyError as exc:
                     errors.append(exc)
+                    settled += 1
                     return
                 if result.status is SessionStatus.EXPIRED and renewals > 0:
                     renewals -= 1
                     live.discard(pending)
                     try:
                         email = pending.expected_email
+                        await demand.wait()
                         pending = await start(chosen, expected_email=email)
+                        created += 1
+                        settled += 1  # the expired one, replaced
                         live.add(pending)
                         await _call(on_session, pending.session)
                     except Exception as exc:  # noqa: BLE001 - also the caller's callback
                         errors.append(exc)
+                        settled += 1
                         await send.send(result)
                         return
                     continue
+                settled += 1
                 await send.send(result)
                 return
         finally:
@@ -86,11 +97,13 @@ async def connect_many(  # noqa: PLR0915 - producer and slots read best side by 
             slots.release()
 
     async def produce() -> None:
+        nonlocal created, produced_all
         async with send:
             with producer_scope:
                 async with anyio.create_task_group() as slots_group:
                     for index in range(count):
                         await slots.acquire()
+                        await demand.wait()
                         email = emails[index] if emails is not None else None
                         try:
                             pending = await start(chosen, expected_email=email)
@@ -98,6 +111,7 @@ async def connect_many(  # noqa: PLR0915 - producer and slots read best side by 
                             slots.release()
                             errors.append(exc)
                             break
+                        created += 1
                         live.add(pending)
                         slots_group.start_soon(slot, pending)
                         try:
@@ -105,11 +119,19 @@ async def connect_many(  # noqa: PLR0915 - producer and slots read best side by 
                         except Exception as exc:  # noqa: BLE001 - the caller's callback
                             errors.append(exc)
                             break
+                    else:
+                        produced_all = True
 
     group.start_soon(produce)
     try:
         async with receive:
-            async for result in receive:
+            while True:
+                demand.open()  # sessions are made while the caller waits for a result
+                try:
+                    result = await receive.receive()
+                except anyio.EndOfStream:
+                    break
+                demand.close()
                 yield result
     finally:
         # Stopped early (break, cancellation): stop what this call started, nothing else.
@@ -120,6 +142,35 @@ async def connect_many(  # noqa: PLR0915 - producer and slots read best side by 
         for extra in errors[1:]:
             logger.warning("connect_many: also %s: %s", type(extra).__name__, extra)
         raise errors[0]
+    if not produced_all or settled < created:
+        # Only the manager closing under the loop ends it this way.
+        raise ClientStateError(
+            f"the OAuthManager closed before connect_many finished: {created - settled} of the "
+            f"{created} sessions it created have no result, and {count - min(count, created)} "
+            "were never created")
+
+
+class _Demand:
+    """Open while the caller waits for the next result: sessions are made only then, as a
+    generator runs only when asked, so a caller that leaves the loop stops the making at once
+    (at most the init already on its way completes)."""
+
+    def __init__(self) -> None:
+        self._open = False
+        self._event = anyio.Event()
+
+    def open(self) -> None:
+        self._open = True
+        self._event.set()
+
+    def close(self) -> None:
+        if self._open:
+            self._open = False
+            self._event = anyio.Event()
+
+    async def wait(self) -> None:
+        while not self._open:
+            await self._event.wait()
 
 
 async def _call(callback: OnSession | None, session: OAuthSession) -> None:

@@ -29,6 +29,10 @@ message only, never from request headers.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._models import Account
 
 __all__ = [
     "APIError",
@@ -239,6 +243,9 @@ class OutcomeLostError(InstantlyError):
     mailbox from a failed one, so it says so instead of guessing.
     """
 
-    def __init__(self, session_id: str, detail: str) -> None:
+    def __init__(self, session_id: str, detail: str, *, account: Account | None = None) -> None:
         self.session_id = session_id
+        #: The mailbox's account as it stands, when ``expected_email`` named one that is
+        #: connected but the evidence could not tell whether this session connected it.
+        self.account = account
         super().__init__(f"outcome of OAuth session {session_id} was lost: {detail}")

@@ -9,6 +9,7 @@ owns their lifetime. A request's life, one module per stage::
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import math
 import random
@@ -134,11 +135,15 @@ class OAuthManager:
             status_timeout=float(status_timeout))
         self._poller = Poller(
             self._reads, Outcomes(self._reads, self._clock, retry, rng,
-                                  fetch_account=fetch_account),
+                                  fetch_account=fetch_account,
+                                  account_wait=2 * float(request_timeout)),
             self._clock, self._tally, retry=retry, rng=rng,
             poll_interval=float(poll_interval), expiry_grace=float(expiry_grace))
         self._budget = Budget(limiter(standard_specs, [standard_key]), hold=init_hold)
         self._group: anyio.abc.TaskGroup | None = None
+        self._host: asyncio.Task[None] | None = None
+        self._stop: anyio.Event | None = None  # made with the loop, in __aenter__
+        self._closed: anyio.Event | None = None
         self._state = "unopened"
 
     def __repr__(self) -> str:
@@ -152,12 +157,24 @@ class OAuthManager:
     async def __aenter__(self) -> OAuthManager:
         if self._state != "unopened":
             raise ClientStateError("an OAuthManager can be entered only once")
+        self._state = "opening"
         await self._client.__aenter__()
-        group = anyio.create_task_group()
-        await group.__aenter__()
-        self._group, self._state = group, "opened"
-        group.start_soon(self._poller.run, group)
+        # The manager's tasks live in a task of their own, not in the caller's: so any task may
+        # close it, and closing never cancels the code that called aclose().
+        ready, self._stop, self._closed = anyio.Event(), anyio.Event(), anyio.Event()
+        self._host = asyncio.get_running_loop().create_task(self._run(ready))
+        await ready.wait()
+        self._state = "opened"
         return self
+
+    async def _run(self, ready: anyio.Event) -> None:
+        assert self._stop is not None  # noqa: S101 - made before this task
+        async with anyio.create_task_group() as group:
+            self._group = group
+            group.start_soon(self._poller.run, group)
+            ready.set()
+            await self._stop.wait()
+            group.cancel_scope.cancel()
 
     async def __aexit__(
         self,
@@ -168,19 +185,30 @@ class OAuthManager:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Cancel every poll, wait for the tasks to end, close the HTTP session. Idempotent."""
+        """Cancel every poll, wait for the tasks to end, close the HTTP session.
+
+        Idempotent, and safe from any task: a second caller waits for the first to finish.
+        Cancelling the caller does not interrupt the closing.
+        """
         if self._state == "closed":
+            if self._closed is not None:
+                with anyio.CancelScope(shield=True):
+                    await self._closed.wait()
             return
         self._state = "closed"
         self._poller.closing()
-        group, self._group = self._group, None
+        self._group = None
         try:
-            if group is not None:
-                group.cancel_scope.cancel()
-                await group.__aexit__(None, None, None)
+            with anyio.CancelScope(shield=True):
+                if self._host is not None and self._stop is not None:
+                    self._stop.set()
+                    await asyncio.shield(self._host)
         finally:
             self._poller.abandon_all()
-            await self._client.aclose()
+            with anyio.CancelScope(shield=True):
+                await self._client.aclose()
+            if self._closed is not None:
+                self._closed.set()
 
     def __del__(self, _warn: Any = warnings.warn) -> None:
         if getattr(self, "_state", None) == "opened":

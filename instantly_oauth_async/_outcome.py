@@ -67,9 +67,10 @@ class Outcomes:
 
     def __init__(
         self, reads: Reads, clock: Clock, retry: RetryPolicy, rng: random.Random, *,
-        fetch_account: bool,
+        fetch_account: bool, account_wait: float = 60.0,
     ) -> None:
         self._reads = reads
+        self._account_wait = account_wait
         self._clock = clock
         self._retry = retry
         self._rng = rng
@@ -85,6 +86,8 @@ class Outcomes:
         wanted = self._fetch_account and not cancelled
         if status.status is SessionStatus.SUCCESS and wanted and status.email:
             account, account_error = await self.account(status.email)
+        elif status.status is SessionStatus.SUCCESS and self._fetch_account and cancelled:
+            account_error = "not fetched: the session was cancelled"
         return ConnectResult(session, status.status, **fields, account=account,
                              account_error=account_error, expected_email=expected_email)
 
@@ -95,11 +98,15 @@ class Outcomes:
             error_description="still pending well past expires_at", expected_email=expected_email)
 
     async def account(self, email: str) -> tuple[Account | None, str | None]:
-        """The account, or why not; retried (a GET of an account is safe to repeat)."""
+        """The account, or why not; retried (a GET of an account is safe to repeat). Each
+        attempt, its wait for a budget slot included, is bounded by ``account_wait``."""
         error = "not attempted"
         for attempt in range(1, self._retry.attempts + 1):
             try:
-                account = await self._reads.account(email)
+                with self._clock.deadline(self._account_wait) as scope:
+                    account = await self._reads.account(email)
+                if scope.cancelled_caught:
+                    return None, f"no account read within {self._account_wait:g} s"
             except RateLimitedError as exc:
                 await self._reads.hold_back(exc.retry_after)
                 error = str(exc)
@@ -128,16 +135,21 @@ class Outcomes:
         if account is None:
             raise OutcomeLostError(
                 session.session_id, f"{why}; {email} is not connected ({account_error})")
-        # The Date header has whole seconds: an update inside the init's own second may predate
-        # the session, so only a later one counts. Erring this way costs a false "lost", never a
-        # false success (no person completes OAuth within a second).
+        # Only an account *created* during the session's life proves that the session connected
+        # it: an update stamp also moves when anyone edits the account's settings, and a
+        # reconnect of a mailbox connected before cannot be told from such an edit. The Date
+        # header has whole seconds, so only a creation after the init's own second counts:
+        # erring this way costs a false "lost", never a false success.
         if session.server_date is not None:
-            created = session.server_date + timedelta(seconds=1)
+            began = session.server_date + timedelta(seconds=1)
         else:
-            created = session.expires_at - timedelta(seconds=DOCUMENTED_TTL)
-        if account.timestamp_updated < created:
+            began = session.expires_at - timedelta(seconds=DOCUMENTED_TTL)
+        if not began <= account.timestamp_created <= session.expires_at:
+            when = "before" if account.timestamp_created < began else "after"
             raise OutcomeLostError(
-                session.session_id, f"{why}; {email} was connected before this session, not by it")
+                session.session_id,
+                f"{why}; {email} was connected {when} this session began, so its account "
+                "cannot tell whether this session connected it", account=account)
         logger.info("session %s reconciled as success through GET accounts", session.session_id)
         return ConnectResult(session, SessionStatus.SUCCESS, email=account.email,
                              name=" ".join(p for p in (account.first_name, account.last_name) if p)

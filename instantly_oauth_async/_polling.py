@@ -21,19 +21,20 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from ._clock import Clock
+from ._clock import Clock, SystemClock
 from ._exceptions import (
     ClientStateError,
     InstantlyError,
     MalformedResponseError,
     NotFoundError,
+    OutcomeLostError,
     RateLimitedError,
     ServerError,
     SessionCancelledError,
     TransportError,
 )
 from ._limiter import Grant
-from ._models import OAuthSession, OAuthStatus, RetryPolicy, SessionStatus
+from ._models import OAuthSession, RetryPolicy, SessionStatus
 from ._outcome import ConnectResult, Outcomes
 from ._reads import Reads
 from ._stats import Tally
@@ -50,29 +51,35 @@ class PendingConnection:
     cancels nothing else; :meth:`cancel` stops the session's polling.
     """
 
-    __slots__ = ("_cancel_requested", "_deadline", "_done", "_error", "_failures", "_finished",
-                 "_next_at", "_on_finish", "_reading", "_result", "_scope", "expected_email",
-                 "session")
+    __slots__ = ("_cancel_requested", "_clock", "_deadline", "_done", "_error", "_failures",
+                 "_finished", "_in_step", "_next_at", "_on_finish", "_result", "_unsure",
+                 "_watch", "expected_email", "session")
 
     def __init__(
         self,
         session: OAuthSession,
         expected_email: str | None,
         on_finish: Callable[[PendingConnection], None] | None = None,
+        *,
+        clock: Clock | None = None,
     ) -> None:
         self.session = session
         self.expected_email = expected_email
+        self._clock: Clock = clock or SystemClock()
         self._finished = False
         self._done: anyio.Event | None = None  # made when someone first waits: most never do
         self._result: ConnectResult | None = None
         self._error: BaseException | None = None
         self._on_finish = on_finish
-        self._scope: anyio.CancelScope | None = None  # while a poll step runs
         self._cancel_requested = False
-        self._reading = False  # a status read is in flight: cancel() waits for its answer
+        self._in_step = False  # a read, and what follows from its answer, is under way
+        # The last read got no clear answer (lost on the wire, 5xx, garbled): the server may
+        # have given its one-time answer to it, so cancel() waits for one clear answer.
+        self._unsure = False
         # Poll state, kept here between steps (no task sleeps on a pending session):
         self._next_at = 0.0
         self._deadline = math.inf
+        self._watch = 0  # the sequence number of this session's live entry in the deadline heap
         self._failures = 0
 
     def __repr__(self) -> str:
@@ -83,12 +90,23 @@ class PendingConnection:
     def done(self) -> bool:
         return self._finished
 
-    async def result(self) -> ConnectResult:
-        """The outcome; raises what the caller must act on (see ``OutcomeLostError``)."""
+    async def result(self, timeout: float | None = None) -> ConnectResult:  # noqa: ASYNC109
+        """The outcome; raises what the caller must act on (see ``OutcomeLostError``).
+
+        With ``timeout`` (seconds, on the manager's clock), raises the builtin ``TimeoutError``
+        when the session is still pending by then; the session itself goes on.
+        """
         if not self._finished:
             if self._done is None:
                 self._done = anyio.Event()
-            await self._done.wait()
+            if timeout is None:
+                await self._done.wait()
+            else:
+                with self._clock.deadline(max(0.0, float(timeout))):
+                    await self._done.wait()
+                if not self._finished:
+                    raise TimeoutError(
+                        f"session {self.session.session_id} still pending after {timeout:g} s")
         if self._error is not None:
             raise self._error
         assert self._result is not None  # noqa: S101 - set together with _done
@@ -98,15 +116,20 @@ class PendingConnection:
         return self.result().__await__()
 
     def cancel(self) -> None:
-        """Stop polling this session (an in-flight read finishes first: its answer may be the one
-        the server gives only once). Awaiters then get :class:`SessionCancelledError`."""
+        """Stop polling this session; awaiters then get :class:`SessionCancelledError`.
+
+        A read in flight is never interrupted, and once the server has given its one-time
+        answer the session ends with that answer (the account is then not fetched): a
+        connected mailbox is never reported cancelled. When the last read's answer was lost,
+        one more read tells which it was. Otherwise the session ends at once, or as soon as the
+        read in flight answers.
+        """
         self._cancel_requested = True
-        if self._scope is not None:
-            if not self._reading:
-                self._scope.cancel()
-        elif not self.done():
-            sid = self.session.session_id
-            self._finish(error=SessionCancelledError(f"session {sid} cancelled"))
+        if not self.done() and not self._in_step and not self._unsure:
+            self._finish(error=self._cancelled())
+
+    def _cancelled(self) -> SessionCancelledError:
+        return SessionCancelledError(f"session {self.session.session_id} cancelled")
 
     def _finish(
         self, *, result: ConnectResult | None = None, error: BaseException | None = None
@@ -146,8 +169,12 @@ class Poller:
         self._expiry_grace = expiry_grace
         self.pending: dict[str, PendingConnection] = {}
         self._due: list[tuple[float, int, PendingConnection]] = []
+        # Deadlines, so that a session ends by its deadline even when no read can be made:
+        # an entry is live while its sequence number is the session's ``_watch``.
+        self._deadlines: list[tuple[float, int, PendingConnection]] = []
         self._seq = 0
         self._wakeup: anyio.Event | None = None
+        self._reaper_wakeup: anyio.Event | None = None
         self._closing = False
 
     # -- sessions in, sessions out -----------------------------------------------------------
@@ -155,9 +182,9 @@ class Poller:
     def track(self, session: OAuthSession, expected_email: str | None, first_poll: float
               ) -> PendingConnection:
         """Register a session and queue its first poll."""
-        pending = PendingConnection(session, expected_email, self._finished)
-        pending._deadline = self._local_deadline(session.expires_at, session.server_date)
+        pending = PendingConnection(session, expected_email, self._finished, clock=self._clock)
         self.pending[session.session_id] = pending
+        self._set_deadline(pending, self._local_deadline(session.expires_at, session.server_date))
         self._schedule(pending, first_poll)
         return pending
 
@@ -197,8 +224,27 @@ class Poller:
         if self._due[0][2] is pending and self._wakeup is not None:
             self._wakeup.set()  # earlier than what the scheduler sleeps towards
 
+    def _set_deadline(self, pending: PendingConnection, deadline: float) -> None:
+        """Move the session's deadline; the reaper is told only when it comes earlier (a later
+        one is found when the earlier entry is due), so the heap holds about one entry each."""
+        earlier = deadline < pending._deadline
+        pending._deadline = deadline
+        if earlier or not pending._watch:
+            self._watch(pending, deadline)
+
+    def _watch(self, pending: PendingConnection, at: float) -> None:
+        self._seq += 1
+        pending._watch = self._seq
+        heapq.heappush(self._deadlines, (at, self._seq, pending))
+        if self._deadlines[0][2] is pending and self._reaper_wakeup is not None:
+            self._reaper_wakeup.set()
+
     async def run(self, group: anyio.abc.TaskGroup) -> None:
-        """The scheduler: until cancelled, a slot for the earliest due session, then its read."""
+        """The scheduler: until cancelled, a slot for the earliest due session, then its read.
+
+        Beside it, the reaper ends sessions whose deadline passed while no read could be made.
+        """
+        group.start_soon(self._reap)
         while True:
             while self._due and self._due[0][2].done():
                 heapq.heappop(self._due)  # cancelled while it waited
@@ -216,11 +262,43 @@ class Poller:
             if pending.done():
                 await self._reads.release(grant)  # nobody to spend it on
             else:
+                pending._in_step = True  # from here cancel() leaves the ending to the step
                 group.start_soon(self._step, pending, grant)
 
-    async def _sleep_until(self, at: float) -> None:
-        """Until ``at`` or until an earlier session is scheduled, whichever comes first."""
-        wakeup = self._wakeup = anyio.Event()
+    async def _reap(self) -> None:
+        """Ends every session whose deadline passed without a read in flight: the budget or the
+        store gave no slot until then, so nobody can tell what the person did."""
+        while True:
+            heap = self._deadlines
+            while heap and (heap[0][2].done() or heap[0][1] != heap[0][2]._watch):
+                heapq.heappop(heap)  # ended, or superseded by an earlier deadline
+            if not heap:
+                await self._sleep_until(math.inf, reaper=True)
+                continue
+            at, _, pending = heap[0]
+            now = self._clock.monotonic()
+            if at > now:
+                await self._sleep_until(at, reaper=True)
+                continue
+            heapq.heappop(heap)
+            if pending._deadline > at:
+                self._watch(pending, pending._deadline)  # moved later since
+            elif pending._in_step:
+                self._watch(pending, now + self.poll_interval)  # its read decides; look again
+            else:
+                pending._finish(error=OutcomeLostError(
+                    pending.session.session_id,
+                    f"no status read could be made for {self._expiry_grace:g} s past the "
+                    "session's expiry (no slot of the status budget, or the store is "
+                    "unreachable); the person may have connected"))
+
+    async def _sleep_until(self, at: float, *, reaper: bool = False) -> None:
+        """Until ``at`` or until an earlier entry is queued, whichever comes first."""
+        wakeup = anyio.Event()
+        if reaper:
+            self._reaper_wakeup = wakeup
+        else:
+            self._wakeup = wakeup
         with self._clock.deadline(max(0.0, at - self._clock.monotonic())
                                   if at < math.inf else 86400.0 * 365):
             await wakeup.wait()
@@ -229,20 +307,22 @@ class Poller:
         """One status read for ``pending`` and what follows from it; reschedules or finishes.
 
         ``grant`` is the read's slot, released as soon as the read has ended, however it ended.
+        ``pending.cancel()`` never interrupts a step: the read's answer may be one the server
+        gives only once, so the step ends the session with it (or as cancelled when the answer
+        was "pending"). Closing the manager cancels steps outright.
         """
         try:
-            with anyio.CancelScope() as scope:
-                pending._scope = scope
-                if pending._cancel_requested:
-                    scope.cancel()
-                result = await self._poll_once(pending, grant)
-            if scope.cancelled_caught:
-                pending._finish(error=SessionCancelledError(
-                    f"session {pending.session.session_id} cancelled"))
-            elif result is None:
-                self._schedule(pending, pending._next_at)
-            else:
+            if pending._cancel_requested and not pending._unsure:
+                await self._reads.release(grant)
+                pending._finish(error=pending._cancelled())
+                return
+            result = await self._poll_once(pending, grant)
+            if result is not None:
                 pending._finish(result=result)
+            elif pending._cancel_requested and not pending._unsure:
+                pending._finish(error=pending._cancelled())
+            else:
+                self._schedule(pending, pending._next_at)
         except InstantlyError as exc:
             logger.warning("session %s ended with %s", pending.session.session_id,
                            type(exc).__name__)
@@ -251,18 +331,9 @@ class Poller:
             logger.exception("unexpected error polling session %s", pending.session.session_id)
             pending._finish(error=exc)
         finally:
-            pending._scope = None
+            pending._in_step = False
             if not pending.done() and self._closing:
                 pending._finish(error=ClientStateError("the OAuthManager closed first"))
-
-    async def _read(self, pending: PendingConnection, grant: Grant) -> OAuthStatus:
-        # pending.cancel() waits for this read: its answer may be one the server gives only once.
-        # Closing the manager does not wait: it sends nothing more and abandons what is in flight.
-        def ended() -> None:
-            pending._reading = False
-
-        pending._reading = True
-        return await self._reads.status(pending.session.session_id, grant, ended=ended)
 
     async def _poll_once(self, pending: PendingConnection, grant: Grant) -> ConnectResult | None:
         """Read the status once with ``grant``; None: poll again at ``_next_at``."""
@@ -270,8 +341,9 @@ class Poller:
         now = self._clock.monotonic()
         pending._next_at = now + self.poll_interval
         try:
-            status = await self._read(pending, grant)
+            status = await self._reads.status(session.session_id, grant)
         except NotFoundError:
+            pending._unsure = False
             return await self._outcomes.reconcile(
                 session, pending.expected_email, "the status read answered 404")
         except RateLimitedError as exc:
@@ -280,6 +352,7 @@ class Poller:
             return None
         except (TransportError, ServerError, MalformedResponseError) as exc:
             pending._failures += 1
+            pending._unsure = True
             logger.info("status of %s failed (%s); retrying", session.session_id,
                         type(exc).__name__)
             if (self._clock.monotonic() > pending._deadline
@@ -290,11 +363,11 @@ class Poller:
                 self.poll_interval, self._retry.delay(pending._failures, self._rng))
             return None
         pending._failures = 0
+        pending._unsure = False
         if status.server_date is not None:
-            pending._deadline = self._local_deadline(session.expires_at, status.server_date)
+            self._set_deadline(
+                pending, self._local_deadline(session.expires_at, status.server_date))
         if status.status is SessionStatus.PENDING:
-            if pending._cancel_requested and pending._scope is not None:
-                pending._scope.cancel()  # asked while the read was in flight
             if self._clock.monotonic() > pending._deadline:
                 return self._outcomes.expired(session, pending.expected_email)
             return None

@@ -21,13 +21,17 @@ class AccountBook:
 
     def connect(self, workspace_id: str, provider: str, email: str, name: str | None,
                 stamp: str) -> None:
-        """Connect ``email`` to ``workspace_id`` (again: the record is made anew)."""
+        """Connect ``email`` to ``workspace_id``. Connecting it again makes the record anew but
+        keeps ``timestamp_created``, as an account's creation does not move."""
         first, _, last = (name or "").partition(" ")
+        before = self.records.get(email.lower())
+        created = before[1]["timestamp_created"] if before and before[0] == workspace_id \
+            else stamp
         self.records[email.lower()] = (
             workspace_id,
             {
                 "email": email,
-                "timestamp_created": stamp,
+                "timestamp_created": created,
                 "timestamp_updated": stamp,
                 "first_name": first,
                 "last_name": last,
@@ -43,6 +47,10 @@ class AccountBook:
                 "stat_warmup_score": None,
             },
         )
+
+    def touch(self, email: str, stamp: str) -> None:
+        """An unrelated change to the account (its settings edited): only the update stamp."""
+        self.records[email.strip().lower()][1]["timestamp_updated"] = stamp
 
     def lookup(self, workspace_id: str, email: str) -> dict[str, Any] | None:
         """The account as its own workspace sees it; None for anyone else's or none."""

@@ -252,6 +252,11 @@ class Simulator:
         """Make a session expire now."""
         self._book.expire(session_id)
 
+    def touch_account(self, email: str) -> None:
+        """Someone edits the connected account's settings: ``timestamp_updated`` moves to now,
+        nothing else does (KeyError when ``email`` is not connected)."""
+        self._accounts.touch(email, self._stamp())
+
     def pending_sessions(self) -> list[SimSession]:
         return self._book.pending()
 
