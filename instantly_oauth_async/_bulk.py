@@ -59,7 +59,7 @@ async def connect_many(  # noqa: PLR0915 - producer and slots read best side by 
     demand = _Demand()
     created = 0  # sessions made, renewals included
     settled = 0  # of them: a result sent, or an error kept for the caller
-    produced_all = False
+    producer_ended = False
 
     async def slot(pending: PendingConnection) -> None:
         nonlocal created, settled
@@ -68,6 +68,8 @@ async def connect_many(  # noqa: PLR0915 - producer and slots read best side by 
             while True:
                 try:
                     result = await pending.result()
+                except ClientStateError:
+                    return  # the manager closed under the loop: told once, at the end
                 except InstantlyError as exc:
                     errors.append(exc)
                     settled += 1
@@ -97,7 +99,7 @@ async def connect_many(  # noqa: PLR0915 - producer and slots read best side by 
             slots.release()
 
     async def produce() -> None:
-        nonlocal created, produced_all
+        nonlocal created, producer_ended
         async with send:
             with producer_scope:
                 async with anyio.create_task_group() as slots_group:
@@ -119,8 +121,7 @@ async def connect_many(  # noqa: PLR0915 - producer and slots read best side by 
                         except Exception as exc:  # noqa: BLE001 - the caller's callback
                             errors.append(exc)
                             break
-                    else:
-                        produced_all = True
+                    producer_ended = True  # all made, or stopped by an error kept for the caller
 
     group.start_soon(produce)
     try:
@@ -138,16 +139,18 @@ async def connect_many(  # noqa: PLR0915 - producer and slots read best side by 
         producer_scope.cancel()
         for pending in live:
             pending.cancel()
-    if errors:
-        for extra in errors[1:]:
-            logger.warning("connect_many: also %s: %s", type(extra).__name__, extra)
-        raise errors[0]
-    if not produced_all or settled < created:
+    if not producer_ended or settled < created:
         # Only the manager closing under the loop ends it this way.
+        for extra in errors:
+            logger.warning("connect_many: also %s: %s", type(extra).__name__, extra)
         raise ClientStateError(
             f"the OAuthManager closed before connect_many finished: {created - settled} of the "
             f"{created} sessions it created have no result, and {count - min(count, created)} "
             "were never created")
+    if errors:
+        for extra in errors[1:]:
+            logger.warning("connect_many: also %s: %s", type(extra).__name__, extra)
+        raise errors[0]
 
 
 class _Demand:
