@@ -15,6 +15,7 @@ from examples.bulk_worker import bulk_connect
 from instantly_oauth_async import OAuthManager, OAuthSession, RateLimit
 from instantly_oauth_async.testing import Simulator, SimulatorLimits
 from tests._people import allow_everyone
+from tests._processes import child_env, running
 from tests._redis import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -73,3 +74,33 @@ async def test_fleet_worker_connects_through_redis(
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert sum(1 for line in lines if "url" in line) == 5
     assert [line["status"] for line in lines if "status" in line] == ["success"] * 5
+
+
+@pytest.mark.anyio
+async def test_fleet_worker_piped_hands_out_each_auth_url_while_it_runs() -> None:
+    """Piped to another program (stdout a pipe, so block-buffered unless flushed), each auth URL
+    must arrive while the worker runs: the person needs it before the session expires."""
+    server = RedisServer()
+    server.start()
+    try:
+        async with Simulator() as sim:
+            workspace = sim.add_workspace("fleet")
+            env = child_env(REDIS_URL=server.url, INSTANTLY_API_KEY=workspace.api_key,
+                            INSTANTLY_BASE_URL=sim.url)
+            argv = [sys.executable, "examples/fleet_worker.py", "google", "2"]
+            async with running(argv, cwd=ROOT, env=env) as worker:
+                with anyio.fail_after(20):
+                    first = json.loads(await worker.stdout.wait_for('"url"'))
+                assert worker.running  # read while it runs, not flushed at its exit
+                assert sim.sessions[first["session"]].state == "pending"
+                for n in (1, 2):  # each person acts on the link they were handed
+                    with anyio.fail_after(20):
+                        handed = json.loads(await worker.stdout.wait_for('"url"', nth=n))
+                    sim.complete(sim.session_for(handed["url"]).session_id, f"p{n}@fleet.io")
+                with anyio.fail_after(30):
+                    assert await worker.wait() == 0, worker.stderr.text()
+    finally:
+        server.close()
+    lines = [json.loads(line) for line in worker.stdout.lines]
+    assert [line["status"] for line in lines if "status" in line] == ["success"] * 2
+    assert workspace.api_key not in worker.stdout.text() + worker.stderr.text()
