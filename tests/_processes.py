@@ -10,9 +10,9 @@ program), reads both line by line while it runs, and stops it by its PID at the 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import re
+import signal
 import sys
 import textwrap
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -84,7 +84,8 @@ class Output:
             if len(matching) >= nth:
                 return matching[nth - 1]
             if self.closed:
-                raise AssertionError(f"the child closed its output before {nth} x {pattern!r}")
+                last = "\n".join(self.lines[-20:])
+                raise AssertionError(f"output closed before {nth} x {pattern!r}; it ended:\n{last}")
             seen = len(self.lines)
             while len(self.lines) == seen and not self.closed:
                 await self._changed.wait()
@@ -135,12 +136,24 @@ async def running(
 
 
 async def _stop(process: asyncio.subprocess.Process, grace: float) -> None:
-    if process.returncode is None:
-        with contextlib.suppress(ProcessLookupError):  # it may have just exited by itself
-            process.terminate()
-        with anyio.move_on_after(grace):
-            await process.wait()
-    if process.returncode is None:
-        with contextlib.suppress(ProcessLookupError):
-            process.kill()
+    _signal(process, signal.SIGTERM)
+    with anyio.move_on_after(grace):
         await process.wait()
+    if process.returncode is None:
+        _signal(process, signal.SIGKILL)
+        await process.wait()
+
+
+def _signal(process: asyncio.subprocess.Process, number: int) -> None:
+    """Signal the child by its PID unless it has exited already.
+
+    Not ``process.terminate()``: that polls the child first, and a poll that reaps it before
+    asyncio's child watcher does makes the watcher report "Unknown child process".
+    """
+    if process.returncode is not None:
+        return
+    try:  # WNOWAIT: look without reaping; a child that exited stays for asyncio to reap
+        if os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+            os.kill(process.pid, number)
+    except (ChildProcessError, ProcessLookupError):
+        pass  # reaped already: asyncio has its exit code
