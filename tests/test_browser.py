@@ -1,7 +1,8 @@
 """The aiohttp example, end to end in a real headless Chromium (Debian's, driven by Playwright).
 
-The browser clicks Connect, lands on the simulator's consent page in a popup, allows, and the
-app's own page shows "Connected <email>" from its server-sent-events stream.
+The browser signs in (the app's stand-in sign-in), clicks Connect, lands on the simulator's consent
+page in a popup, allows, and the app's own page shows "Connected <email>" from its
+server-sent-events stream.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ pytestmark = pytest.mark.anyio
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+PASSWORD = "a shared secret for the tests"  # the stand-in sign-in's password
 
 
 @pytest.mark.timing  # a browser's own event-loop traffic is slow under asyncio debug mode
@@ -27,7 +29,7 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
 async def test_connect_button_shows_the_connected_mailbox(sim: Simulator) -> None:
     workspace = sim.add_workspace("acme")
     async with OAuthManager(workspace.api_key, base_url=sim.url, poll_interval=0.1) as manager:
-        runner = web.AppRunner(make_app(manager), shutdown_timeout=0.5)
+        runner = web.AppRunner(make_app(manager, password=PASSWORD), shutdown_timeout=0.5)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
@@ -38,6 +40,10 @@ async def test_connect_button_shows_the_connected_mailbox(sim: Simulator) -> Non
                 try:
                     page = await browser.new_page()
                     await page.goto(url)
+                    await page.fill("#user", "ann")
+                    await page.fill("#password", PASSWORD)
+                    await page.click("#sign-in")
+                    await page.wait_for_selector("#connect")
                     async with page.expect_popup() as popup_info:
                         await page.click("#connect")
                     consent = await popup_info.value

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import aiohttp
 import anyio
 import pytest
 
@@ -15,6 +17,7 @@ from examples.bulk_worker import bulk_connect
 from instantly_oauth_async import OAuthManager, OAuthSession, RateLimit
 from instantly_oauth_async.testing import Simulator, SimulatorLimits
 from tests._people import allow_everyone
+from tests._processes import as_installed, child_env, running
 from tests._redis import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -73,3 +76,65 @@ async def test_fleet_worker_connects_through_redis(
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert sum(1 for line in lines if "url" in line) == 5
     assert [line["status"] for line in lines if "status" in line] == ["success"] * 5
+
+
+@pytest.mark.anyio
+async def test_fleet_worker_piped_hands_out_each_auth_url_while_it_runs() -> None:
+    """Piped to another program (stdout a pipe, so block-buffered unless flushed), each auth URL
+    must arrive while the worker runs: the person needs it before the session expires."""
+    server = RedisServer()
+    server.start()
+    try:
+        async with Simulator() as sim:
+            workspace = sim.add_workspace("fleet")
+            env = child_env(REDIS_URL=server.url, INSTANTLY_API_KEY=workspace.api_key,
+                            INSTANTLY_BASE_URL=sim.url)
+            argv = [sys.executable, "examples/fleet_worker.py", "google", "2"]
+            async with running(argv, cwd=ROOT, env=env) as worker:
+                with anyio.fail_after(20):
+                    first = json.loads(await worker.stdout.wait_for('"url"'))
+                assert worker.running  # read while it runs, not flushed at its exit
+                assert sim.sessions[first["session"]].state == "pending"
+                for n in (1, 2):  # each person acts on the link they were handed
+                    with anyio.fail_after(20):
+                        handed = json.loads(await worker.stdout.wait_for('"url"', nth=n))
+                    sim.complete(sim.session_for(handed["url"]).session_id, f"p{n}@fleet.io")
+                with anyio.fail_after(30):
+                    assert await worker.wait() == 0, worker.stderr.text()
+    finally:
+        server.close()
+    lines = [json.loads(line) for line in worker.stdout.lines]
+    assert [line["status"] for line in lines if "status" in line] == ["success"] * 2
+    assert workspace.api_key not in worker.stdout.text() + worker.stderr.text()
+
+
+@pytest.mark.anyio
+async def test_aiohttp_app_runs_from_any_directory_and_wants_a_signed_in_user(
+    tmp_path: Path,
+) -> None:
+    """``APP_PASSWORD=... python path/to/aiohttp_app.py [PORT]`` from a directory of its own,
+    with only the installed library importable; without APP_PASSWORD it says what it needs."""
+    cwd, lib = tmp_path / "cwd", tmp_path / "lib"
+    cwd.mkdir()
+    lib.mkdir()
+    argv = as_installed(lib, "file", str(ROOT / "examples" / "aiohttp_app.py"), "0")
+    async with running(argv, cwd=cwd, env=child_env()) as refused:
+        with anyio.fail_after(30):
+            assert await refused.wait() != 0
+    assert "set APP_PASSWORD" in refused.stderr.text()
+    password = "a shared secret for the tests"
+    async with running(argv, cwd=cwd, env=child_env(APP_PASSWORD=password)) as app:
+        with anyio.fail_after(30):
+            line = await app.stdout.wait_for(r"^http://127\.0\.0\.1:\d+ ")
+        base = line.split()[0]
+        assert re.fullmatch(r"http://127\.0\.0\.1:\d+", base) and not base.endswith(":0")
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+            async with http.post(f"{base}/connect") as answer:
+                assert answer.status == 401
+            form = {"user": "ann", "password": password}
+            async with http.post(f"{base}/login", data=form) as page:
+                assert 'id="connect"' in await page.text()
+            async with http.post(f"{base}/connect") as answer:
+                assert answer.status == 200
+                assert (await answer.json())["auth_url"].startswith("http://127.0.0.1:")
+    assert password not in app.stdout.text() + app.stderr.text()

@@ -1,0 +1,216 @@
+"""What the example web apps do around ``POST /connect``, for both (aiohttp and FastAPI), served on
+loopback against the simulator and driven over HTTP.
+
+Each session spends the workspace's init budget and holds an entry until its result is known, so
+the apps let only a signed-in user connect (the sign-in is a marked stand-in for a real app's),
+give a user who asks again the connection they already have, bound the entries in all, and drop
+each entry as soon as its session is decided, fails or expires.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import socket
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import anyio
+import pytest
+import uvicorn
+from aiohttp import web
+
+from examples import aiohttp_app, fastapi_app
+from instantly_oauth_async import OAuthManager, PendingConnection
+from instantly_oauth_async.testing import Simulator, Workspace
+
+pytestmark = pytest.mark.anyio
+PASSWORD = "a shared secret for the tests"  # the stand-in sign-in's password
+
+
+@dataclass
+class Served:
+    url: str
+    workspace: Workspace
+    registry: Callable[[], Any]  # the app's Connections (FastAPI makes it in its lifespan)
+
+    def inits(self, sim: Simulator) -> int:
+        return sum(1 for r in sim.requests if r.kind == "init")
+
+
+@asynccontextmanager
+async def serve(kind: str, sim: Simulator, *, max_pending: int = 100) -> AsyncIterator[Served]:
+    workspace = sim.add_workspace("acme")
+    if kind == "aiohttp":
+        async with OAuthManager(workspace.api_key, base_url=sim.url, poll_interval=0.05) as m:
+            app = aiohttp_app.make_app(m, password=PASSWORD, max_pending=max_pending)
+            runner = web.AppRunner(app, shutdown_timeout=0.5)
+            await runner.setup()
+            await web.TCPSite(runner, "127.0.0.1", 0).start()
+            try:
+                yield Served(f"http://127.0.0.1:{runner.addresses[0][1]}", workspace,
+                             lambda: app[aiohttp_app.CONNECTIONS])
+            finally:
+                await runner.cleanup()
+        return
+    fast = fastapi_app.make_app(workspace.api_key, base_url=sim.url, password=PASSWORD,
+                                max_pending=max_pending, poll_interval=0.05)
+    server = uvicorn.Server(uvicorn.Config(fast, log_level="warning", lifespan="on"))
+    listener = socket.create_server(("127.0.0.1", 0))  # listening now: requests wait in backlog
+    try:
+        async with anyio.create_task_group() as group:
+            group.start_soon(server.serve, [listener])
+            try:
+                yield Served(f"http://127.0.0.1:{listener.getsockname()[1]}", workspace,
+                             lambda: fast.state.connections)
+            finally:
+                server.should_exit = True
+    finally:
+        listener.close()
+
+
+@pytest.fixture(params=["aiohttp", "fastapi"])
+def kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@asynccontextmanager
+async def signed_in(served: Served, user: str) -> AsyncIterator[aiohttp.ClientSession]:
+    """A browser of ``user``, signed in at the app's stand-in sign-in form."""
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+        form = {"user": user, "password": PASSWORD}
+        async with http.post(f"{served.url}/login", data=form) as page:  # then 303 to /
+            assert page.status == 200
+            assert 'id="connect"' in await page.text()
+        yield http
+
+
+async def connect(http: aiohttp.ClientSession, served: Served) -> dict[str, str]:
+    async with http.post(f"{served.url}/connect") as answer:
+        assert answer.status == 200, await answer.text()
+        body: dict[str, str] = await answer.json()
+        return body
+
+
+def pending_of(served: Served, user: str, session: dict[str, str]) -> PendingConnection:
+    pending = served.registry().get(user, session["session_id"])
+    assert isinstance(pending, PendingConnection)
+    return pending
+
+
+async def test_connect_refuses_who_has_not_signed_in_and_spends_nothing(
+    kind: str, sim: Simulator
+) -> None:
+    async with serve(kind, sim) as served, aiohttp.ClientSession(
+        cookie_jar=aiohttp.CookieJar(unsafe=True)
+    ) as http:
+        async with http.get(f"{served.url}/") as page:  # the sign-in form, no Connect button
+            text = await page.text()
+            assert page.status == 200 and 'id="connect"' not in text and 'name="password"' in text
+        async with http.post(f"{served.url}/connect") as answer:
+            assert answer.status == 401
+        forged = {"user": "ann.0123456789abcdef"}  # a cookie the app did not sign
+        async with http.post(f"{served.url}/connect", cookies=forged) as answer:
+            assert answer.status == 401
+        wrong = {"user": "ann", "password": "guess"}
+        async with http.post(f"{served.url}/login", data=wrong, allow_redirects=False) as page:
+            assert page.status == 403 and "user" not in page.cookies
+        async with http.post(f"{served.url}/connect") as answer:
+            assert answer.status == 401
+        async with http.get(f"{served.url}/events/anything") as stream:
+            assert stream.status == 401
+        assert len(served.registry()) == 0
+    assert served.inits(sim) == 0 and sim.sessions == {}  # no init reached the server
+
+
+async def test_a_user_who_asks_again_gets_the_connection_they_have(
+    kind: str, sim: Simulator
+) -> None:
+    async with serve(kind, sim) as served, signed_in(served, "ann") as ann:
+        async with anyio.create_task_group() as group:  # two tabs at once, then a third
+            answers: list[dict[str, str]] = []
+
+            async def tab() -> None:
+                answers.append(await connect(ann, served))
+
+            group.start_soon(tab)
+            group.start_soon(tab)
+        answers.append(await connect(ann, served))
+        assert len({json.dumps(a, sort_keys=True) for a in answers}) == 1
+        assert served.inits(sim) == 1 and len(sim.sessions) == 1
+        assert len(served.registry()) == 1
+        async with signed_in(served, "bob") as bob:
+            theirs = await connect(bob, served)
+            assert theirs["session_id"] != answers[0]["session_id"]
+            # bob cannot watch ann's session
+            async with bob.get(f"{served.url}/events/{answers[0]['session_id']}") as stream:
+                assert stream.status == 404
+        assert served.inits(sim) == 2 and len(served.registry()) == 2
+
+
+async def test_pending_connections_are_bounded_in_all(kind: str, sim: Simulator) -> None:
+    async with serve(kind, sim, max_pending=1) as served, signed_in(served, "ann") as ann, \
+            signed_in(served, "bob") as bob:
+        session = await connect(ann, served)
+        async with bob.post(f"{served.url}/connect") as answer:
+            assert answer.status == 503  # full: try again later
+        assert served.inits(sim) == 1
+        pending = pending_of(served, "ann", session)
+        sim.complete(session["session_id"], "ann@acme.io")
+        with anyio.fail_after(10):
+            assert (await pending).ok
+        assert len(served.registry()) == 0
+        await connect(bob, served)  # a slot came back
+        assert served.inits(sim) == 2
+
+
+async def test_an_entry_nobody_watches_leaves_when_its_session_is_decided(
+    kind: str, sim: Simulator
+) -> None:
+    async with serve(kind, sim) as served, signed_in(served, "ann") as ann:
+        session = await connect(ann, served)
+        pending = pending_of(served, "ann", session)
+        sim.complete(session["session_id"], "ann@acme.io")
+        with anyio.fail_after(10):
+            result = await pending
+        assert result.ok and result.email == "ann@acme.io"
+        assert len(served.registry()) == 0
+        again = await connect(ann, served)  # decided: asking again starts a new one
+        assert again["session_id"] != session["session_id"]
+
+
+async def test_an_entry_leaves_when_its_session_expires_and_the_stream_says_so(
+    kind: str, sim: Simulator
+) -> None:
+    async with serve(kind, sim) as served, signed_in(served, "ann") as ann:
+        session = await connect(ann, served)
+        with anyio.fail_after(10):
+            async with ann.get(f"{served.url}/events/{session['session_id']}") as stream:
+                assert stream.status == 200  # streaming from here on
+                sim.expire(session["session_id"])
+                body = (await stream.read()).decode()
+        assert json.loads(body.split("data: ", 1)[1]) == {
+            "ok": False, "email": None, "reason": "Session expired"}
+        assert len(served.registry()) == 0
+
+
+async def test_an_entry_leaves_when_its_session_cannot_start(kind: str, sim: Simulator) -> None:
+    async with serve(kind, sim) as served, signed_in(served, "ann") as ann:
+        sim.revoke(served.workspace)  # the API key stops working: the init gets a 401
+        async with ann.post(f"{served.url}/connect") as answer:
+            assert answer.status == 503
+            assert "UnauthorizedError" in await answer.text()
+        assert len(served.registry()) == 0
+
+
+def test_the_copies_in_both_apps_are_the_same() -> None:
+    """Each example is one file, so fastapi_app.py carries a copy of aiohttp_app.py's guard and
+    pages: they must not drift apart."""
+    for name in ("Login", "TooManyPending", "Connections"):
+        copies = {inspect.getsource(getattr(module, name)) for module in (aiohttp_app, fastapi_app)}
+        assert len(copies) == 1, name
+    for name in ("COOKIE", "USER_NAME", "LOGIN_PAGE", "PAGE"):
+        assert getattr(aiohttp_app, name) == getattr(fastapi_app, name), name
