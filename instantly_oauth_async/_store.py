@@ -98,6 +98,13 @@ class Store(Protocol):
 class MemoryStore:
     """Everything in this process's memory, timed by ``clock``.
 
+    Budgets, breakers and the blocks learned from 429s live as long as this object, so at most
+    as long as the process: every manager sharing the store (the process-wide default, or one
+    passed as ``store=``) honours a block another one learned, also one created later, but a
+    restarted process has forgotten it and would send inits into it (which the server may count
+    towards a longer block). To keep blocks across restarts and processes, use
+    ``instantly_oauth_async.redis.RedisStore`` (see docs/LIMITS.md).
+
     Usable as ``async with MemoryStore() as store:`` like every store; closing releases nothing.
     """
 
@@ -140,6 +147,13 @@ class MemoryStore:
 
     async def blocked_for(self, keys: Sequence[str]) -> float:
         return max(0.0, self._block_left(keys, self.clock.monotonic()))
+
+    def blocks_left(self) -> dict[str, float]:
+        """Seconds left on every block still in force, by key (``RedisStore`` writes the blocks
+        it learned while Redis was away back into Redis with this)."""
+        now = self.clock.monotonic()
+        self._blocks = {key: until for key, until in self._blocks.items() if until > now}
+        return {key: until - now for key, until in self._blocks.items()}
 
     def _breaker(self, key: str) -> BreakerState:
         return self._breakers.setdefault(key, BreakerState())

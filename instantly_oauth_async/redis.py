@@ -24,6 +24,10 @@ the shared logs before anything else, and for one more window every take must al
 share: a process that has not noticed the return yet spends only its share, so together they
 still fit. Blocks are kept locally as well, and a breaker falls back to this process's own.
 
+Blocks learned from 429s live in Redis until they end, so every process honours them, also one
+started (or restarted) after the 429. A block learned while Redis was away is written into it
+when Redis is back, together with the slots spent meanwhile.
+
 An outage is not an error. Refused or reset connections, timeouts, and the replies that mean
 "not now" (``BUSY``, ``LOADING``, ``MASTERDOWN``, ``TRYAGAIN``) send the store to its fallback as
 above; ``NOSCRIPT`` (scripts flushed, or Redis restarted) loads the script again. Any other error
@@ -228,7 +232,8 @@ class RedisStore:
             return None
 
     async def _recover(self) -> None:
-        """Write the slots spent locally into the shared logs, then leave degraded mode."""
+        """Write the slots spent and the blocks learned locally into Redis (one atomic step),
+        then leave degraded mode."""
         now = self.clock.monotonic()
         keys: list[str] = []
         args: list[str] = []
@@ -240,6 +245,11 @@ class RedisStore:
                 for until in times:
                     self._serial += 1
                     args += [str(len(keys)), repr(until - now), f"{self._members}r{self._serial}"]
+        # Every block this process knows of: learned while Redis was away, or before a restart
+        # emptied it. The longer block wins, so one Redis already holds is never shortened.
+        for key, left in self._local.blocks_left().items():
+            keys.append(key)
+            args += [str(len(keys)), repr(left), ""]
         self.round_trips += 1
         if keys:
             await self._scripts["REPLAY"](keys=keys, args=[*args, self._now_arg()])

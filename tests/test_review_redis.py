@@ -1,10 +1,14 @@
-"""Issue 12, item 15, against a real redis-server and the simulator over loopback.
+"""Issue 12, items 15 and 17, against a real redis-server and the simulator over loopback.
 
 15: ``RedisStore`` is an async context manager that closes only the client it made; importing
 ``instantly_oauth_async.redis`` without the extra names the extra; a Redis *error* (an ACL
 ``NOPERM``, a wrong password, ``WRONGTYPE``, a command the server lacks) raises
 :class:`StoreError` instead of passing for an outage, while outages (and ``BUSY``, ``NOSCRIPT``)
 still do what they did.
+
+17: a block learned from a 429 outlives the manager and the process that learned it: through
+Redis for every later manager and process (also when it was learned while Redis was away), and
+through one ``MemoryStore`` for every manager of the process that shares it.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import redis.asyncio as aioredis
 
 from instantly_oauth_async import (
     InstantlyError,
+    IPBlockedError,
     MemoryStore,
     OAuthManager,
     Provider,
@@ -290,6 +295,10 @@ async def _answers_busy(client: aioredis.Redis) -> bool:
     return False
 
 
+def _degraded(store: RedisStore) -> bool:
+    return store.degraded  # a call, so that mypy does not narrow the property between asserts
+
+
 async def test_a_busy_server_is_an_outage_not_an_error() -> None:
     """``BUSY`` (another script runs too long) passes: the store lives on its fallback, as when
     Redis is unreachable, and comes back once the script is killed."""
@@ -325,3 +334,111 @@ async def test_a_busy_server_is_an_outage_not_an_error() -> None:
         await probe.aclose()
         await store.aclose()
         server.close()
+
+
+# -- item 17: learned blocks outlive their manager and process --------------------------------
+
+WORKER = textwrap.dedent("""
+    import asyncio, os, sys
+    from instantly_oauth_async import IPBlockedError, OAuthManager
+    from instantly_oauth_async.redis import RedisStore
+
+    async def main():
+        store = RedisStore.from_url(sys.argv[1])
+        try:
+            async with OAuthManager(os.environ["INSTANTLY_API_KEY"], base_url=sys.argv[2],
+                                    store=store) as manager:
+                try:
+                    await manager.start("google", timeout=30)
+                except IPBlockedError as exc:
+                    print(f"blocked {exc.retry_after:.0f}")
+                else:
+                    print("connected")
+        finally:
+            await store.aclose()
+
+    asyncio.run(main())
+""")
+
+
+async def test_a_block_learned_by_another_process_holds_back_new_managers(
+    redis_server: RedisServer, sim: Simulator,
+) -> None:
+    """A process learns a 30-minute block from a 429 and exits. The server then lifts the block,
+    so only what the fleet learned can hold a new manager back: a manager created afterwards in
+    this process, on its own RedisStore, must not send a single init, whatever its workspace."""
+    acme, other = sim.add_workspace("acme"), sim.add_workspace("other")
+    sim.block_ip("google", "127.0.0.1", 1800)
+    env = {**os.environ, "INSTANTLY_API_KEY": acme.api_key, "PYTHONPATH": str(ROOT)}
+    with anyio.fail_after(60):
+        done = await anyio.run_process(
+            [sys.executable, "-c", WORKER, redis_server.url, sim.url], env=env, cwd=ROOT,
+            check=False)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert done.stdout.decode().split()[0] == "blocked"
+    assert [(r.kind, r.status) for r in sim.requests] == [("init", 429)]
+    sim.block_ip("google", "127.0.0.1", 0)  # the server forgets it: only the fleet remembers
+
+    for workspace in (acme, other):  # the block is the IP's: other workspaces honour it too
+        store = RedisStore.from_url(redis_server.url)
+        try:
+            async with OAuthManager(workspace.api_key, base_url=sim.url, store=store) as manager:
+                with anyio.fail_after(20), pytest.raises(IPBlockedError) as caught:
+                    await manager.start(Provider.GOOGLE, timeout=30)
+            assert 1700 < caught.value.retry_after <= 1800
+        finally:
+            await store.aclose()
+    assert _inits(sim) == 1
+
+
+async def test_a_block_learned_while_redis_was_away_reaches_redis_on_its_return(
+    sim: Simulator,
+) -> None:
+    """A 429's block learned while Redis is unreachable lives in that store only; when Redis
+    comes back (here empty, as after a restart) it must be written there, or every other manager
+    of the fleet, and this process after a restart, would send inits into it."""
+    server = RedisServer()
+    server.start()
+    workspace = sim.add_workspace("acme")
+    learner = RedisStore.from_url(server.url, retry_interval=0.05)
+    store = RedisStore.from_url(server.url)
+    manager = OAuthManager(workspace.api_key, base_url=sim.url, store=store)
+    keys = list(manager._admission[Provider.GOOGLE]._block_keys)
+    try:
+        assert await learner.blocked_for(keys) == 0
+        server.stop()
+        await learner.block(keys, 1800)  # what Admission does with a 429's Retry-After
+        assert _degraded(learner)
+        server.start()  # back, and empty
+        learner._next_try = 0.0  # no need to wait out retry_interval here
+        assert await learner.blocked_for(keys) > 1700
+        assert not learner.degraded
+        async with manager:
+            with anyio.fail_after(20), pytest.raises(IPBlockedError) as caught:
+                await manager.start(Provider.GOOGLE, timeout=30)
+        assert caught.value.retry_after > 1700
+        assert _inits(sim) == 0
+    finally:
+        await learner.aclose()
+        await store.aclose()
+        server.close()
+
+
+async def test_managers_sharing_one_memory_store_share_its_blocks(sim: Simulator) -> None:
+    """With the memory store a block lives as long as the store (the process at most): every
+    manager sharing it, created later and of any workspace, honours it."""
+    store = MemoryStore()
+    acme, other = sim.add_workspace("acme"), sim.add_workspace("other")
+    sim.block_ip("google", "127.0.0.1", 1800)
+    async with OAuthManager(acme.api_key, base_url=sim.url, store=store) as first:
+        with anyio.fail_after(20), pytest.raises(IPBlockedError):
+            await first.start(Provider.GOOGLE, timeout=30)
+    assert [(r.kind, r.status) for r in sim.requests] == [("init", 429)]
+    sim.block_ip("google", "127.0.0.1", 0)  # the server forgets it: only the store remembers
+
+    for workspace in (acme, other):
+        async with OAuthManager(workspace.api_key, base_url=sim.url, store=store) as manager:
+            with anyio.fail_after(20), pytest.raises(IPBlockedError) as caught:
+                await manager.start(Provider.GOOGLE, timeout=30)
+        assert 1700 < caught.value.retry_after <= 1800
+    assert _inits(sim) == 1
