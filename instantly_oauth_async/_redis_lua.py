@@ -75,14 +75,22 @@ end
 return 1
 """
 
-#: KEYS: freed keys; ARGV: triples (key index, seconds from now, member); now.
-#: Puts slots spent while Redis was unreachable into the shared logs.
+#: KEYS: freed keys and block keys; ARGV: triples (key index, seconds from now, member); now.
+#: Puts what this process learned while Redis was unreachable into it, in one step: a slot
+#: spent (member: its name, into a freed log) or a block (member '', the longer block winning,
+#: as in BLOCK).
 REPLAY: Final = _NOW + """
 local now = clock(ARGV[#ARGV])
 for i = 1, #ARGV - 1, 3 do
-  local key, seconds = KEYS[tonumber(ARGV[i])], tonumber(ARGV[i + 1])
-  redis.call('ZADD', key, now + seconds, ARGV[i + 2])
-  keep_for(key, seconds)
+  local key, seconds, member = KEYS[tonumber(ARGV[i])], tonumber(ARGV[i + 1]), ARGV[i + 2]
+  if member == '' then
+    if tonumber(redis.call('GET', key) or '0') < now + seconds then
+      redis.call('SET', key, num(now + seconds), 'PX', math.ceil(seconds * 1000) + 1000)
+    end
+  else
+    redis.call('ZADD', key, now + seconds, member)
+    keep_for(key, seconds)
+  end
 end
 return 1
 """

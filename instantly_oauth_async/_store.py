@@ -4,20 +4,43 @@
 in this process (the default, shared by every manager of the process, so the per-IP budget holds
 across workspaces). ``instantly_oauth_async.redis.RedisStore`` implements the same interface for a
 fleet. Every method is one atomic step: with the memory store no ``await`` happens inside it.
+
+A store tells errors from outages. An outage (the store cannot be reached, or not in time) is
+the store's own business: ``RedisStore`` carries on with its fallback. An error that waiting will
+not cure (permission refused, a key of the wrong type, a command the server lacks) raises
+:class:`StoreError` to the caller.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from types import TracebackType
 from typing import Protocol, runtime_checkable
 
 from . import _breaker
 from ._breaker import Admission, BreakerPolicy, BreakerState, BreakerTransition, CircuitState
 from ._clock import Clock, SystemClock
+from ._exceptions import InstantlyError
 from ._limiter import SlotLog, release, take
 from ._models import RateLimit
 
-__all__ = ["MemoryStore", "Store", "default_store"]
+__all__ = ["MemoryStore", "Store", "StoreError", "default_store"]
+
+
+class StoreError(InstantlyError):
+    """The shared store answered with an error that waiting will not cure.
+
+    For ``RedisStore``: the user lacks a permission (ACL ``NOPERM``), the password or user is
+    wrong (``WRONGPASS``), a key holds another type than the library expects (``WRONGTYPE``:
+    another program writes under ``iox:``), or the server lacks a command (an old or locked-down
+    server, a proxy). ``code`` is Redis's error code when it gave one. An outage (refused,
+    reset, slower than the timeout, ``BUSY``, ``LOADING``) is not an error: the store carries
+    on with its fallback share instead. The message never holds a password or an API key.
+    """
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 @runtime_checkable
@@ -73,7 +96,17 @@ class Store(Protocol):
 
 
 class MemoryStore:
-    """Everything in this process's memory, timed by ``clock``."""
+    """Everything in this process's memory, timed by ``clock``.
+
+    Budgets, breakers and the blocks learned from 429s live as long as this object, so at most
+    as long as the process: every manager sharing the store (the process-wide default, or one
+    passed as ``store=``) honours a block another one learned, also one created later, but a
+    restarted process has forgotten it and would send inits into it (which the server may count
+    towards a longer block). To keep blocks across restarts and processes, use
+    ``instantly_oauth_async.redis.RedisStore`` (see docs/LIMITS.md).
+
+    Usable as ``async with MemoryStore() as store:`` like every store; closing releases nothing.
+    """
 
     def __init__(self, clock: Clock | None = None) -> None:
         self.clock: Clock = clock or SystemClock()
@@ -115,6 +148,13 @@ class MemoryStore:
     async def blocked_for(self, keys: Sequence[str]) -> float:
         return max(0.0, self._block_left(keys, self.clock.monotonic()))
 
+    def blocks_left(self) -> dict[str, float]:
+        """Seconds left on every block still in force, by key (``RedisStore`` writes the blocks
+        it learned while Redis was away back into Redis with this)."""
+        now = self.clock.monotonic()
+        self._blocks = {key: until for key, until in self._blocks.items() if until > now}
+        return {key: until - now for key, until in self._blocks.items()}
+
     def _breaker(self, key: str) -> BreakerState:
         return self._breakers.setdefault(key, BreakerState())
 
@@ -148,6 +188,17 @@ class MemoryStore:
 
     async def aclose(self) -> None:
         """Nothing to release; present so every store closes the same way."""
+
+    async def __aenter__(self) -> MemoryStore:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
 
 
 _DEFAULT: MemoryStore | None = None

@@ -2,9 +2,11 @@
 
 ::
 
-    store = RedisStore.from_url("redis://10.0.0.5:6379/0", fallback_share=0.25)
-    async with OAuthManager(api_key, store=store) as manager: ...
-    await store.aclose()
+    async with RedisStore.from_url("redis://10.0.0.5:6379/0", fallback_share=0.25) as store:
+        async with OAuthManager(api_key, store=store) as manager: ...
+
+Leaving the ``async with`` (or ``aclose()``) closes the connection pool the store made with
+``from_url``; a client passed to ``RedisStore(client)`` stays open, its owner's to close.
 
 Shared: the init budgets (workspace and IP, per provider), the status budget, blocks learned from
 429s and the breakers (one half-open probe across the fleet). Each decision is one Lua script,
@@ -21,18 +23,49 @@ again every ``retry_interval`` seconds. On its return, the slots spent locally a
 the shared logs before anything else, and for one more window every take must also fit the local
 share: a process that has not noticed the return yet spends only its share, so together they
 still fit. Blocks are kept locally as well, and a breaker falls back to this process's own.
+
+Blocks learned from 429s live in Redis until they end, so every process honours them, also one
+started (or restarted) after the 429. A block learned while Redis was away is written into it
+when Redis is back, together with the slots spent meanwhile.
+
+An outage is not an error. Refused or reset connections, timeouts, and the replies that mean
+"not now" (``BUSY``, ``LOADING``, ``MASTERDOWN``, ``TRYAGAIN``) send the store to its fallback as
+above; ``NOSCRIPT`` (scripts flushed, or Redis restarted) loads the script again. Any other error
+reply (``NOPERM`` from an ACL, a wrong password, ``WRONGTYPE``, a command the server lacks)
+raises :class:`StoreError` (an ``InstantlyError``, importable from this module) to the caller at
+once, since waiting will not cure it: from ``start()``, ``budget.slot()`` or a poll.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import secrets
 from collections.abc import Sequence
+from types import TracebackType
 from typing import Any
 
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+try:
+    import redis.asyncio as aioredis
+    from redis.exceptions import (
+        AuthenticationError,
+        MasterDownError,
+        NoPermissionError,
+        NoScriptError,
+        OutOfMemoryError,
+        ReadOnlyError,
+        RedisError,
+        TryAgainError,
+    )
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+except ModuleNotFoundError as exc:  # the extra is not installed (or redis-py is too old)
+    if exc.name != "redis" and not (exc.name or "").startswith("redis."):
+        raise  # something redis itself needs: its own message says what
+    raise ModuleNotFoundError(
+        "instantly_oauth_async.redis needs redis-py 5 or later, which the 'redis' extra "
+        "installs: pip install 'instantly-oauth-async[redis]'", name="redis") from exc
 
 from . import _limiter, _redis_lua
 from ._breaker import Admission, BreakerPolicy, BreakerTransition, CircuitState
@@ -41,11 +74,58 @@ from ._exceptions import ConfigurationError
 from ._models import RateLimit
 from ._store import MemoryStore
 
+# Re-exported (``as``: explicit for type checkers) so callers catch it where it is raised;
+# ``__all__`` stays the store alone.
+from ._store import StoreError as StoreError  # noqa: PLC0414
+
 __all__ = ["RedisStore"]
 
 logger = logging.getLogger("instantly_oauth_async")
 
-_UNREACHABLE = (RedisError, OSError, TimeoutError)
+#: Everything a Redis call may raise that the store looks at; :func:`_outage` sorts it.
+_FAILURES = (RedisError, OSError, TimeoutError, asyncio.TimeoutError)
+#: Error replies that mean "not now" rather than "never": a script of someone else's runs too
+#: long, the server loads its data, a replica lost its master, a cluster slot moves.
+_TRANSIENT = frozenset({"BUSY", "LOADING", "MASTERDOWN", "TRYAGAIN"})
+#: The code of a reply redis-py maps to its own class, for versions whose errors carry no
+#: ``status_code`` (it strips the code from the message).
+_CODES: tuple[tuple[type[RedisError], str], ...] = (
+    (NoPermissionError, "NOPERM"), (ReadOnlyError, "READONLY"), (OutOfMemoryError, "OOM"),
+    (NoScriptError, "NOSCRIPT"), (MasterDownError, "MASTERDOWN"), (TryAgainError, "TRYAGAIN"),
+)
+
+
+def _code(exc: BaseException) -> str | None:
+    """Redis's error code (``NOPERM``, ``WRONGTYPE``, ``ERR``...) of a reply, when known."""
+    code = getattr(exc, "status_code", None)
+    if isinstance(code, str) and code:
+        return code
+    first = str(exc).split(" ", 1)[0]
+    if first.isalpha() and first.isupper():
+        return first
+    return next((name for kind, name in _CODES if isinstance(exc, kind)), None)
+
+
+def _outage(exc: BaseException) -> bool:
+    """True: Redis is away or busy for now (carry on without it); False: an error to raise."""
+    if isinstance(exc, AuthenticationError):
+        return False  # a wrong password or user (redis-py files it under connection errors)
+    if isinstance(exc, (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError,
+                        asyncio.TimeoutError)):
+        return True
+    if isinstance(exc, NoScriptError):
+        return True  # flushed again right after redis-py reloaded it: the next try reloads
+    return _code(exc) in _TRANSIENT
+
+
+def _store_error(what: str, exc: BaseException) -> StoreError:
+    """The error to raise for a reply that is not an outage. Redis never echoes a password."""
+    code = _code(exc)
+    detail = " ".join(str(exc).split())[:300] or type(exc).__name__
+    if code and not detail.startswith(code):
+        detail = f"{code} {detail}"
+    return StoreError(
+        f"Redis answered {what} with an error, which waiting will not cure: {detail}", code=code)
 
 
 def _policy_args(policy: BreakerPolicy) -> list[str]:
@@ -107,6 +187,17 @@ class RedisStore:
         state = "degraded" if self._down_since is not None else "shared"
         return f"<RedisStore {state} fallback_share={self._share:g}>"
 
+    async def __aenter__(self) -> RedisStore:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
     @property
     def degraded(self) -> bool:
         """True while Redis is unreachable and this process lives on its fallback share."""
@@ -118,7 +209,10 @@ class RedisStore:
         return "" if self.time_override is None else repr(self.time_override)
 
     async def _run(self, name: str, keys: Sequence[str], args: Sequence[str]) -> Any:
-        """Run one script; None when Redis is unreachable (and the store is then degraded)."""
+        """Run one script; None when Redis is unreachable (and the store is then degraded).
+
+        Raises :class:`StoreError` for an error reply that is not an outage (see the module).
+        """
         now = self.clock.monotonic()
         if self._down_since is not None and now < self._next_try:
             return None
@@ -127,7 +221,9 @@ class RedisStore:
                 await self._recover()
             self.round_trips += 1
             return await self._scripts[name](keys=list(keys), args=[*args, self._now_arg()])
-        except _UNREACHABLE as exc:
+        except _FAILURES as exc:
+            if not _outage(exc):
+                raise _store_error(f"the {name} script", exc) from exc
             if self._down_since is None:
                 self._down_since = now
                 logger.warning("Redis unreachable (%s); living on a %g share of each budget",
@@ -136,7 +232,8 @@ class RedisStore:
             return None
 
     async def _recover(self) -> None:
-        """Write the slots spent locally into the shared logs, then leave degraded mode."""
+        """Write the slots spent and the blocks learned locally into Redis (one atomic step),
+        then leave degraded mode."""
         now = self.clock.monotonic()
         keys: list[str] = []
         args: list[str] = []
@@ -148,6 +245,11 @@ class RedisStore:
                 for until in times:
                     self._serial += 1
                     args += [str(len(keys)), repr(until - now), f"{self._members}r{self._serial}"]
+        # Every block this process knows of: learned while Redis was away, or before a restart
+        # emptied it. The longer block wins, so one Redis already holds is never shortened.
+        for key, left in self._local.blocks_left().items():
+            keys.append(key)
+            args += [str(len(keys)), repr(left), ""]
         self.round_trips += 1
         if keys:
             await self._scripts["REPLAY"](keys=keys, args=[*args, self._now_arg()])
@@ -293,13 +395,16 @@ class RedisStore:
         try:
             self.round_trips += 1
             state = await self._redis.hget(key, "state")
-        except _UNREACHABLE:
+        except _FAILURES as exc:
+            if not _outage(exc):
+                raise _store_error("a breaker read (HGET)", exc) from exc
             return await self._local.breaker_state(key)
         if isinstance(state, bytes):
             state = state.decode()
         return CircuitState(state) if state else CircuitState.CLOSED
 
     async def aclose(self) -> None:
-        """Close the connection pool if this store made it (``from_url``)."""
+        """Close the connection pool if this store made it (``from_url``); a client it was given
+        stays open. Leaving ``async with store:`` does this."""
         if self._owns:
             await self._redis.aclose()

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 
 
 def _die_with_parent() -> None:
@@ -26,9 +27,13 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """``redis-server`` without persistence; :meth:`stop` and :meth:`start` keep the port."""
+    """``redis-server`` without persistence; :meth:`stop` and :meth:`start` keep the port.
 
-    def __init__(self) -> None:
+    ``args`` go to the server's command line as they are (``("--rename-command", "EVALSHA",
+    "")`` makes a server without that command).
+    """
+
+    def __init__(self, args: Sequence[str] = ()) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             msg = "redis-server not found: run ./scripts/check, which installs it"
@@ -36,13 +41,14 @@ class RedisServer:
         self.binary = binary
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.args = tuple(args)
         self._dir = tempfile.TemporaryDirectory(prefix="iox-redis-")
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         self.process = subprocess.Popen(  # noqa: S603 - our own argv
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", self._dir.name, "--loglevel", "warning"],
+             "--appendonly", "no", "--dir", self._dir.name, "--loglevel", "warning", *self.args],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             preexec_fn=_die_with_parent,  # noqa: PLW1509 - one prctl call, no locks taken
         )
