@@ -256,7 +256,13 @@ class Poller:
                 await self._sleep_until(at)
                 continue
             heapq.heappop(self._due)
-            grant = await self._reads.slot()
+            try:
+                grant = await self._reads.slot()
+            except InstantlyError as exc:  # the store refuses (StoreError): waiting won't cure it
+                logger.warning("no slot for session %s: %s", pending.session.session_id,
+                               type(exc).__name__)
+                pending._finish(error=exc)
+                continue
             while pending.done() and self._due and self._due[0][0] <= self._clock.monotonic():
                 pending = heapq.heappop(self._due)[2]  # cancelled meanwhile: the next one due
             if pending.done():

@@ -193,6 +193,28 @@ async def test_a_user_without_evalsha_gets_a_store_error_not_a_stall(
         await admin.acl_deluser(user)
 
 
+async def test_a_store_error_while_polling_reaches_the_awaiter(
+    redis_server: RedisServer, admin: aioredis.Redis, sim: Simulator,
+) -> None:
+    """The poll scheduler's slot for a read hits ``NOPERM``: the due session ends with the
+    StoreError; the manager's task group does not crash under the caller."""
+    user, password = f"iox-{uuid.uuid4().hex[:8]}", secrets.token_urlsafe(18)
+    await admin.acl_setuser(user, enabled=True, passwords=[f"+{password}"], keys=["*"],
+                            channels=["*"], categories=["+@all"], commands=["-evalsha", "-eval"])
+    store = RedisStore.from_url(f"redis://{user}:{password}@127.0.0.1:{redis_server.port}/0")
+    workspace = sim.add_workspace("acme")
+    try:
+        async with OAuthManager(workspace.api_key, base_url=sim.url, store=store,
+                                poll_interval=0.05) as manager:
+            pending = manager.resume(await manager.client.init_oauth("google"))
+            with anyio.fail_after(20), pytest.raises(StoreError):
+                await pending
+            assert manager.stats().pending == 0
+    finally:
+        await store.aclose()
+        await admin.acl_deluser(user)
+
+
 async def test_a_wrong_password_raises_a_store_error(
     redis_server: RedisServer, admin: aioredis.Redis, caplog: pytest.LogCaptureFixture,
 ) -> None:
