@@ -15,6 +15,7 @@ from typing import Final
 from ._exceptions import ConfigurationError
 from ._limiter import FairLimiter
 from ._models import RateLimit
+from ._stats import Tally
 
 __all__ = ["DEFAULT_STANDARD_LIMIT", "DEFAULT_STATUS_LIMIT", "Budget", "limits_of"]
 
@@ -49,9 +50,10 @@ class Budget:
     more than the limit. Send exactly one request per slot, inside the block.
     """
 
-    def __init__(self, limiter: FairLimiter, *, hold: float) -> None:
+    def __init__(self, limiter: FairLimiter, *, hold: float, tally: Tally | None = None) -> None:
         self._limiter = limiter
         self._hold = hold
+        self._tally = tally
 
     def __repr__(self) -> str:
         return f"<Budget waiting={self._limiter.waiting}>"
@@ -74,6 +76,8 @@ class Budget:
         if not 0 < seconds < float("inf"):
             raise ConfigurationError("hold must be a positive number of seconds")
         grant = await self._limiter.acquire(hold=seconds)
+        if self._tally is not None:
+            self._tally.waited("caller", None, grant.waited)
         try:
             yield
         finally:

@@ -15,7 +15,7 @@ import math
 import random
 import secrets
 import warnings
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -31,6 +31,7 @@ from ._budget import DEFAULT_STANDARD_LIMIT, DEFAULT_STATUS_LIMIT, Budget, limit
 from ._client import DEFAULT_BASE_URL, InstantlyClient
 from ._clock import Clock, SystemClock
 from ._convert import coerce_provider
+from ._events import Hook, Hooks
 from ._exceptions import ClientStateError, ConfigurationError, StartTimeoutError
 from ._limiter import FairLimiter
 from ._models import OAuthSession, Provider, RateLimit, RetryPolicy
@@ -74,6 +75,7 @@ class OAuthManager:
         status_timeout: float = 120.0,
         session: aiohttp.ClientSession | None = None,
         seed: int | None = None,
+        hooks: Iterable[Hook] = (),
     ) -> None:
         self._client = InstantlyClient(
             api_key, base_url=base_url, session=session, timeout=request_timeout
@@ -97,7 +99,7 @@ class OAuthManager:
             store = default_store() if clock is None else MemoryStore(self._clock)
         self._start_timeout = float(start_timeout)
         rng = random.Random(seed)  # noqa: S311 - backoff jitter, not security
-        self._tally = Tally()
+        self._tally = Tally(Hooks(hooks))
 
         # Keys: budgets belong to the workspace, shared by all its keys (by default one key is
         # taken for one workspace; ``workspace=`` names it when several share one). A 429 for
@@ -139,7 +141,8 @@ class OAuthManager:
                                   account_wait=2 * float(request_timeout)),
             self._clock, self._tally, retry=retry, rng=rng,
             poll_interval=float(poll_interval), expiry_grace=float(expiry_grace))
-        self._budget = Budget(limiter(standard_specs, [standard_key]), hold=init_hold)
+        self._budget = Budget(limiter(standard_specs, [standard_key]), hold=init_hold,
+                              tally=self._tally)
         self._group: anyio.abc.TaskGroup | None = None
         self._host: asyncio.Task[None] | None = None
         self._stop: anyio.Event | None = None  # made with the loop, in __aenter__
@@ -266,7 +269,7 @@ class OAuthManager:
             session = await self._admission[chosen].init(deadline)
         if scope.cancelled_caught:
             raise StartTimeoutError(f"no {chosen.value} session within {budget:g} s")
-        self._tally.created += 1
+        self._tally.started(chosen)
         first_poll = self._clock.monotonic() + self._poller.poll_interval
         return self._poller.track(session, expected_email, first_poll)
 

@@ -22,6 +22,7 @@ import anyio
 import anyio.abc
 
 from ._clock import Clock, SystemClock
+from ._events import Outcome
 from ._exceptions import (
     ClientStateError,
     InstantlyError,
@@ -51,9 +52,9 @@ class PendingConnection:
     cancels nothing else; :meth:`cancel` stops the session's polling.
     """
 
-    __slots__ = ("_cancel_requested", "_clock", "_deadline", "_done", "_error", "_failures",
-                 "_finished", "_in_step", "_next_at", "_on_finish", "_result", "_unsure",
-                 "_watch", "expected_email", "session")
+    __slots__ = ("_born", "_cancel_requested", "_clock", "_deadline", "_done", "_error",
+                 "_failures", "_finished", "_in_step", "_next_at", "_on_finish", "_polls",
+                 "_result", "_unsure", "_watch", "expected_email", "session")
 
     def __init__(
         self,
@@ -66,6 +67,8 @@ class PendingConnection:
         self.session = session
         self.expected_email = expected_email
         self._clock: Clock = clock or SystemClock()
+        self._born = self._clock.monotonic()
+        self._polls = 0  # status reads sent
         self._finished = False
         self._done: anyio.Event | None = None  # made when someone first waits: most never do
         self._result: ConnectResult | None = None
@@ -191,13 +194,23 @@ class Poller:
     def _finished(self, pending: PendingConnection) -> None:
         """Bookkeeping for a session that just ended, however it ended."""
         self.pending.pop(pending.session.session_id, None)
-        error = pending._error
-        if pending._result is not None:
-            self._tally.results[pending._result.status.value] += 1
+        error, result = pending._error, pending._result
+        outcome: Outcome
+        label: str | None
+        if result is not None:
+            outcome = label = result.status.value  # type: ignore[assignment]
         elif isinstance(error, SessionCancelledError):
-            self._tally.results["cancelled"] += 1
-        elif error is not None and not isinstance(error, ClientStateError):
-            self._tally.results[type(error).__name__] += 1
+            outcome = label = "cancelled"
+        elif isinstance(error, ClientStateError):
+            outcome, label = "closed", None
+        elif isinstance(error, OutcomeLostError):
+            outcome, label = "lost", type(error).__name__
+        else:
+            outcome, label = "failed", type(error).__name__
+        self._tally.resolved(
+            pending.session.provider, outcome, label,
+            latency=self._clock.monotonic() - pending._born, polls=pending._polls,
+            reconciled=result is not None and result.reconciled)
 
     def closing(self) -> None:
         """The manager is closing: a step that ends from now on finishes its session."""
@@ -347,7 +360,9 @@ class Poller:
         now = self._clock.monotonic()
         pending._next_at = now + self.poll_interval
         try:
-            status = await self._reads.status(session.session_id, grant)
+            pending._polls += 1
+            status = await self._reads.status(session.session_id, grant,
+                                              provider=session.provider.value)
         except NotFoundError:
             pending._unsure = False
             return await self._outcomes.reconcile(

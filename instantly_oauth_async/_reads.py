@@ -8,10 +8,12 @@ limit is the workspace's.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from ._client import InstantlyClient
+from ._events import Operation
 from ._limiter import FairLimiter, Grant
 from ._models import Account, OAuthStatus
 from ._stats import Tally
@@ -23,22 +25,22 @@ T = TypeVar("T")
 
 
 async def send_leased(
-    limiter: FairLimiter, grant: Grant, tally: Tally, endpoint: str,
-    send: Callable[[], Awaitable[T]], *, ended: Callable[[], None] | None = None,
+    limiter: FairLimiter, grant: Grant, tally: Tally, endpoint: Operation,
+    send: Callable[[], Awaitable[T]], *, provider: str | None = None, attempt: int = 1,
 ) -> T:
     """``send()`` one request on ``grant``: counted in ``tally``, its slots released when it has
-    ended, however it ended (the server saw it at some moment up to then). ``ended`` is called
-    as soon as the request has ended, before the release."""
+    ended, however it ended (the server saw it at some moment up to then)."""
+    began = time.perf_counter()
     try:
         answer = await send()
     except BaseException as exc:
-        tally.answer(endpoint, exc)
+        tally.answer(endpoint, exc, provider=provider, duration=time.perf_counter() - began,
+                     attempt=attempt)
         raise
     finally:
-        if ended is not None:
-            ended()
         await limiter.release(grant)
-    tally.answer(endpoint)
+    tally.answer(endpoint, provider=provider, duration=time.perf_counter() - began,
+                 attempt=attempt)
     return answer
 
 
@@ -67,21 +69,20 @@ class Reads:
     async def slot(self) -> Grant:
         """A slot of the status share and of the standard budget, held until released."""
         grant = await self._limiter.acquire(hold=self._hold)
-        self._tally.token_wait += grant.waited
+        self._tally.waited("read", None, grant.waited)
         return grant
 
     async def release(self, grant: Grant) -> None:
         """A slot that ends up unused (its session finished while it was granted)."""
         await self._limiter.release(grant)
 
-    async def status(
-        self, session_id: str, grant: Grant, *, ended: Callable[[], None] | None = None
-    ) -> OAuthStatus:
+    async def status(self, session_id: str, grant: Grant, *, provider: str | None = None
+                     ) -> OAuthStatus:
         """One status read on ``grant``, released as soon as the read has ended."""
         return await send_leased(
             self._limiter, grant, self._tally, "status",
             lambda: self._client.get_oauth_status(session_id, timeout=self._status_timeout),
-            ended=ended)
+            provider=provider)
 
     async def account(self, email: str) -> Account:
         """One account read on a slot of its own, held until the read has ended."""

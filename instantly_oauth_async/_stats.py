@@ -1,4 +1,9 @@
-"""What a manager counts for ``stats()``: answers by endpoint, breaker states, outcomes, waits."""
+"""What a manager counts for ``stats()`` (answers by endpoint, breaker states, outcomes, waits),
+and where each of those moments is told to the hooks and to the ``instantly_oauth_async`` logger.
+
+Every stage reports to one :class:`Tally`; the Tally builds an event only when a hook listens,
+and a log record only when the logger is enabled for its level, so an uninstrumented manager pays
+a counter and two checks per moment."""
 
 from __future__ import annotations
 
@@ -8,6 +13,19 @@ from collections import Counter, deque
 import attrs
 
 from ._breaker import BreakerTransition, CircuitState
+from ._events import (
+    BreakerChanged,
+    BudgetName,
+    BudgetWaited,
+    DenyReason,
+    Hooks,
+    InitDenied,
+    Operation,
+    Outcome,
+    RequestFinished,
+    SessionResolved,
+    SessionStarted,
+)
 from ._exceptions import APIError, MalformedResponseError
 from ._models import Provider
 
@@ -34,7 +52,8 @@ class ManagerStats:
 class Tally:
     """The counters behind :class:`ManagerStats`, fed by every stage of a request's life."""
 
-    def __init__(self) -> None:
+    def __init__(self, hooks: Hooks | None = None) -> None:
+        self.hooks = hooks or Hooks()
         self.requests: dict[str, Counter[int]] = {}
         self.rate_limited = 0
         self.breakers = dict.fromkeys((p.value for p in Provider), CircuitState.CLOSED)
@@ -43,7 +62,10 @@ class Tally:
         self.token_wait = 0.0
         self.created = 0
 
-    def answer(self, endpoint: str, exc: BaseException | None = None) -> None:
+    def answer(
+        self, endpoint: Operation, exc: BaseException | None = None, *,
+        provider: str | None = None, duration: float = 0.0, attempt: int = 1,
+    ) -> None:
         """One request to ``endpoint`` ended: with its answer, or with ``exc``."""
         status = 200
         if isinstance(exc, APIError):
@@ -55,14 +77,76 @@ class Tally:
         if status == 429:
             self.rate_limited += 1
         self.requests.setdefault(endpoint, Counter())[status] += 1
+        level = logging.WARNING if status == 429 else logging.DEBUG
+        if not self.hooks and not logger.isEnabledFor(level):
+            return
+        error_type = None if exc is None else type(exc).__name__
+        retry_after = getattr(exc, "retry_after", None)
+        if self.hooks:
+            self.hooks.emit(RequestFinished(
+                endpoint, provider, status or None, error_type, duration, attempt,
+                retry_after if isinstance(retry_after, (int, float)) else None))
+        logger.log(level, "%s %s in %.3f s", endpoint, error_type or status, duration,
+                   extra={"iox_event": "request_finished", "operation": endpoint,
+                          "provider": provider, "status": status or None,
+                          "error_type": error_type, "duration": duration, "attempt": attempt,
+                          "retry_after": retry_after})
+
+    def waited(self, budget: BudgetName, provider: str | None, seconds: float, *,
+               granted: bool = True) -> None:
+        """A request waited ``seconds`` for its slots (``granted``: and got them)."""
+        if granted:
+            self.token_wait += seconds
+        if self.hooks:
+            self.hooks.emit(BudgetWaited(budget, provider, seconds, granted))
+        if seconds >= 1.0 and logger.isEnabledFor(logging.DEBUG):
+            logger.debug("waited %.3f s for the %s budget", seconds, budget,
+                         extra={"iox_event": "budget_waited", "budget": budget,
+                                "provider": provider, "seconds": seconds, "granted": granted})
+
+    def denied(self, provider: Provider, reason: DenyReason) -> None:
+        """``start()`` gave up before sending an init."""
+        if self.hooks:
+            self.hooks.emit(InitDenied(provider.value, reason))
+        logger.warning("%s init denied: %s", provider.value, reason,
+                       extra={"iox_event": "init_denied", "provider": provider.value,
+                              "reason": reason})
+
+    def started(self, provider: Provider) -> None:
+        self.created += 1
+        if self.hooks:
+            self.hooks.emit(SessionStarted(provider.value))
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("%s session started", provider.value,
+                         extra={"iox_event": "session_started", "provider": provider.value})
+
+    def resolved(self, provider: Provider, outcome: Outcome, label: str | None, *,
+                 latency: float, polls: int, reconciled: bool) -> None:
+        """A session ended; ``label`` is what ``stats().results`` counts it as (None: not)."""
+        if label is not None:
+            self.results[label] += 1
+        if self.hooks:
+            self.hooks.emit(SessionResolved(provider.value, outcome, latency, polls, reconciled))
+        level = logging.WARNING if outcome in ("lost", "failed") else logging.INFO
+        if logger.isEnabledFor(level):
+            logger.log(level, "%s session ended: %s after %.1f s, %d polls", provider.value,
+                       outcome, latency, polls,
+                       extra={"iox_event": "session_resolved", "provider": provider.value,
+                              "outcome": outcome, "latency": latency, "polls": polls,
+                              "reconciled": reconciled})
 
     def transition(self, provider: Provider, transition: BreakerTransition | None) -> None:
         if transition is None:
             return
         self.breakers[provider.value] = transition.new
         self.transitions.append(transition)
+        if self.hooks:
+            self.hooks.emit(BreakerChanged(provider.value, transition.old.value,
+                                           transition.new.value))
         logger.warning("%s init breaker %s -> %s (%s)", provider.value, transition.old.value,
-                       transition.new.value, transition.reason)
+                       transition.new.value, transition.reason,
+                       extra={"iox_event": "breaker_changed", "provider": provider.value,
+                              "old": transition.old.value, "new": transition.new.value})
 
     def snapshot(self, pending: int) -> ManagerStats:
         return ManagerStats(
