@@ -262,7 +262,9 @@ class InstantlyClient:
             elapsed = (time.perf_counter() - started) * 1000
             logger.debug("%s %s -> %d in %.1f ms", method, path, status, elapsed)
             date = response_headers.get("Date")
-            return decipher_response(status, response_headers, body), date
+            data = decipher_response(status, response_headers, body, method=method,
+                                     url=str(url), secrets=(self._key.reveal(),))
+            return data, date
         # Raised outside the except block: no __context__ keeps aiohttp's request_info alive.
         logger.debug("%s %s -> %s", method, path, type(failure).__name__)
         raise failure

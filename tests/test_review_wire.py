@@ -1,0 +1,122 @@
+"""Issue 12, items 9 to 14: the wire, the parse, the errors and ``start(timeout=0)``.
+
+Every test talks HTTP over loopback to the simulator (or to an aiohttp app of its own); none waits
+for time to pass: a ``FakeClock`` stands still unless told to move, so a call that should raise
+at once and instead waits would hang into ``anyio.fail_after`` and fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import pickle
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from instantly_oauth_async import (
+    InstantlyClient,
+    MemoryStore,
+    NotFoundError,
+    OAuthManager,
+    RateLimit,
+    RateLimitedError,
+    RequestTimeoutError,
+    StartTimeoutError,
+)
+from instantly_oauth_async._exceptions import redact_url
+from instantly_oauth_async.testing import (
+    CannedResponse,
+    Faults,
+    Simulator,
+    SimulatorLimits,
+    Workspace,
+)
+
+pytestmark = pytest.mark.anyio
+
+FACTOR = 20  # a 60 s window lasts 3 s: an ordinary 429 asks for at most 3 s
+MiB = 1 << 20
+
+
+@pytest.fixture
+async def csim() -> AsyncIterator[Simulator]:
+    async with Simulator(limits=SimulatorLimits().compressed(FACTOR)) as simulator:
+        yield simulator
+
+
+MakeManager = Callable[..., OAuthManager]
+
+
+@pytest.fixture
+def make(csim: Simulator) -> MakeManager:
+    def factory(**kwargs: Any) -> OAuthManager:
+        options: dict[str, Any] = {
+            "base_url": csim.url,
+            "init_limit": RateLimit(75, per=60 / FACTOR),
+            "ip_init_limit": RateLimit(150, per=60 / FACTOR),
+            "poll_interval": 0.05,
+            "seed": 1,
+        }
+        options.update(kwargs)
+        if "clock" not in options:
+            options.setdefault("store", MemoryStore())
+        return OAuthManager(csim.add_workspace().api_key, **options)
+
+    return factory
+
+
+def inits(sim: Simulator) -> list[int]:
+    return [r.status for r in sim.requests if r.kind == "init"]
+
+
+# -- item 14: timeouts that are timeouts, errors that name their request ------------------------
+
+
+@pytest.mark.parametrize("cls", [StartTimeoutError, RequestTimeoutError])
+def test_timeout_errors_are_the_builtin_and_the_asyncio_timeout(cls: type[Exception]) -> None:
+    assert issubclass(cls, TimeoutError)
+    assert issubclass(cls, asyncio.TimeoutError)  # a class of its own on 3.10
+
+
+async def test_a_request_timeout_is_caught_as_a_timeout(sim: Simulator,
+                                                        workspace: Workspace) -> None:
+    sim.faults = Faults(slow=1.0, slow_seconds=2.0)
+    async with InstantlyClient(workspace.api_key, base_url=sim.url, timeout=0.1) as client:
+        with pytest.raises(asyncio.TimeoutError):
+            await client.get_oauth_status("x")
+        with pytest.raises(TimeoutError):
+            await client.get_oauth_status("x")
+
+
+async def test_api_error_names_its_request_and_keeps_redacted_headers(
+    client: InstantlyClient, sim: Simulator, workspace: Workspace
+) -> None:
+    key = workspace.api_key
+    sim.enqueue("init", CannedResponse(429, "{}", (
+        ("Retry-After", "5"), ("X-Request-Id", "r-1"), ("Set-Cookie", "sid=abc; Secure"),
+        ("X-Echo", f"Bearer {key}"), ("Authorization", "Bearer elsewhere"))))
+    with pytest.raises(RateLimitedError) as info:
+        await client.init_oauth("google")
+    error = info.value
+    assert (error.method, error.url) == ("POST", f"{sim.url}/api/v2/oauth/google/init")
+    assert error.headers["X-Request-Id"] == "r-1" and error.headers["retry-after"] == "5"
+    assert error.headers["Set-Cookie"] == "<redacted>"
+    assert error.headers["X-Echo"] == "<redacted>"  # any value holding the key
+    assert error.headers["Authorization"] == "<redacted>"
+    copy = pickle.loads(pickle.dumps(error))  # noqa: S301 - our own object, just made
+    assert (type(copy), copy.retry_after, copy.url, dict(copy.headers)) == (
+        RateLimitedError, 5, error.url, dict(error.headers))
+    for text in (str(error), repr(error), repr(vars(error)), repr(vars(copy))):
+        assert key not in text and "sid=abc" not in text
+
+    with pytest.raises(NotFoundError) as found:
+        await client.get_account("ann+x@acme.io")
+    assert found.value.method == "GET"
+    assert found.value.url == f"{sim.url}/api/v2/accounts/ann%2Bx%40acme.io"
+
+
+def test_error_urls_lose_credentials_query_values_and_fragment() -> None:
+    assert redact_url("https://u:pw@api.example/a%2Fb?token=t0p&x=1#frag") == (
+        "https://api.example/a%2Fb?token=redacted&x=redacted")
+    assert redact_url(None) is None
