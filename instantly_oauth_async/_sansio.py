@@ -150,6 +150,10 @@ def decipher_response(
     non-JSON bodies (an HTML page from a proxy) map to the same exception class for the status.
     An :class:`APIError` carries ``method``, ``url`` and the response's headers, redacted (any
     header value holding one of ``secrets`` too).
+
+    A ``Retry-After`` given as an HTTP date is measured against the response's own ``Date``
+    header when it has a readable one: both come from the server's clock, so a client clock
+    minutes off changes nothing. Without it, against ``now`` (default: this host's clock).
     """
     data = _decode_json(body, status)
     if 200 <= status < 300:
@@ -166,7 +170,8 @@ def decipher_response(
     if status in (429, 503):
         getall = getattr(headers, "getall", None)
         raw = getall("Retry-After", None) if getall is not None else headers.get("Retry-After")
-        retry_after = parse_retry_after(raw, now=now)
+        server_now = parse_http_date(headers.get("Date"))
+        retry_after = parse_retry_after(raw, now=server_now or now)
         limited = RateLimitedError if status == 429 else ServiceUnavailableError
         raise limited(status, error, message, retry_after=retry_after, method=method, url=url,
                       headers=pairs, secrets=secrets)

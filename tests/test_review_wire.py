@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import pickle
 from collections.abc import AsyncIterator, Callable
+from datetime import datetime, timedelta, timezone
+from email.utils import format_datetime
 from typing import Any
 
 import pytest
@@ -25,6 +27,7 @@ from instantly_oauth_async import (
     StartTimeoutError,
 )
 from instantly_oauth_async._exceptions import redact_url
+from instantly_oauth_async._sansio import decipher_response
 from instantly_oauth_async.testing import (
     CannedResponse,
     Faults,
@@ -68,6 +71,33 @@ def make(csim: Simulator) -> MakeManager:
 
 def inits(sim: Simulator) -> list[int]:
     return [r.status for r in sim.requests if r.kind == "init"]
+
+
+# -- item 13: an HTTP-date Retry-After is read on the server's clock ----------------------------
+
+
+async def test_http_date_retry_after_is_measured_against_the_servers_date() -> None:
+    async with Simulator(wall_skew=-300.0) as sim:  # the server's clock is 5 min behind ours
+        workspace = sim.add_workspace()
+        until = format_datetime(sim.now_wall() + timedelta(seconds=1800), usegmt=True)
+        sim.enqueue("init", CannedResponse(429, "{}", (("Retry-After", until),)))
+        async with InstantlyClient(workspace.api_key, base_url=sim.url) as client:
+            with pytest.raises(RateLimitedError) as info:
+                await client.init_oauth("google")
+    assert info.value.retry_after is not None
+    assert 1799 <= info.value.retry_after <= 1800  # not 1,500: whole seconds on both headers
+
+
+def test_retry_after_date_is_read_against_the_date_header_else_the_local_clock() -> None:
+    now = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)
+    headers = {"Retry-After": "Mon, 23 Nov 2026 12:00:30 GMT"}
+    with pytest.raises(RateLimitedError) as info:
+        decipher_response(429, headers, b"", now=now)
+    assert info.value.retry_after == 30
+    headers["Date"] = "Mon, 23 Nov 2026 11:59:00 GMT"  # the server is a minute behind
+    with pytest.raises(RateLimitedError) as info:
+        decipher_response(429, headers, b"", now=now)
+    assert info.value.retry_after == 90
 
 
 # -- item 14: timeouts that are timeouts, errors that name their request ------------------------
