@@ -245,6 +245,8 @@ class InstantlyClient:
                 url,
                 headers=headers,
                 allow_redirects=False,
+                # A borrowed session may raise on 4xx/5xx by itself: the status is ours to map.
+                raise_for_status=False,
                 timeout=aiohttp.ClientTimeout(total=timeout or self._timeout),
             ) as response:
                 body = await self._read_capped(response)

@@ -14,9 +14,11 @@ from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
 from typing import Any
 
+import aiohttp
 import pytest
 
 from instantly_oauth_async import (
+    APIError,
     InstantlyClient,
     MemoryStore,
     NotFoundError,
@@ -24,7 +26,9 @@ from instantly_oauth_async import (
     RateLimit,
     RateLimitedError,
     RequestTimeoutError,
+    ServiceUnavailableError,
     StartTimeoutError,
+    UnauthorizedError,
 )
 from instantly_oauth_async._exceptions import redact_url
 from instantly_oauth_async._sansio import decipher_response
@@ -71,6 +75,28 @@ def make(csim: Simulator) -> MakeManager:
 
 def inits(sim: Simulator) -> list[int]:
     return [r.status for r in sim.requests if r.kind == "init"]
+
+
+# -- item 12: a borrowed session that raises for status changes nothing --------------------------
+
+
+@pytest.mark.parametrize(("canned", "expected"), [
+    (CannedResponse(401, '{"statusCode":401,"error":"Unauthorized","message":"Invalid API key"}'),
+     UnauthorizedError),
+    (CannedResponse(429, "{}", (("Retry-After", "7"),)), RateLimitedError),
+    (CannedResponse(503, "{}"), ServiceUnavailableError),
+])
+async def test_borrowed_session_that_raises_for_status_still_gives_typed_errors(
+    sim: Simulator, workspace: Workspace, canned: CannedResponse, expected: type[APIError]
+) -> None:
+    sim.enqueue("init", canned)
+    async with aiohttp.ClientSession(raise_for_status=True) as http, \
+            InstantlyClient(workspace.api_key, base_url=sim.url, session=http) as client:
+        with pytest.raises(expected) as info:
+            await client.init_oauth("google")
+    assert info.value.status == canned.status
+    if isinstance(info.value, RateLimitedError):
+        assert info.value.retry_after == 7
 
 
 # -- item 13: an HTTP-date Retry-After is read on the server's clock ----------------------------
