@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import pickle
+import zlib
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
-from typing import Any
+from typing import Any, ClassVar
 
 import aiohttp
 import pytest
@@ -26,10 +27,12 @@ from instantly_oauth_async import (
     RateLimit,
     RateLimitedError,
     RequestTimeoutError,
+    ResponseTooLargeError,
     ServiceUnavailableError,
     StartTimeoutError,
     UnauthorizedError,
 )
+from instantly_oauth_async._client import DEFAULT_MAX_BODY
 from instantly_oauth_async._exceptions import redact_url
 from instantly_oauth_async._sansio import decipher_response
 from instantly_oauth_async.testing import (
@@ -75,6 +78,53 @@ def make(csim: Simulator) -> MakeManager:
 
 def inits(sim: Simulator) -> list[int]:
     return [r.status for r in sim.requests if r.kind == "init"]
+
+
+# -- item 10: the body cap counts decoded bytes --------------------------------------------------
+
+
+def gzip_of_zeros(size: int) -> bytes:
+    """A gzip stream of ``size`` zero bytes, built a MiB at a time (about 1 KiB per MiB)."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)
+    block = b"\0" * MiB
+    parts = [packer.compress(block) for _ in range(size // MiB)]
+    return b"".join([*parts, packer.flush()])
+
+
+class _Recorded(aiohttp.ClientResponse):
+    """A real response that remembers itself, so the test can count what was decoded."""
+
+    seen: ClassVar[list[aiohttp.ClientResponse]] = []
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _Recorded.seen.append(self)
+
+
+async def test_gzip_bomb_is_cut_off_once_the_decoded_bytes_pass_the_cap(
+    sim: Simulator, workspace: Workspace
+) -> None:
+    bomb = gzip_of_zeros(64 * MiB)
+    assert len(bomb) < DEFAULT_MAX_BODY // 8  # its Content-Length is far under the cap
+    sim.enqueue("account", CannedResponse(200, bomb, (("Content-Encoding", "gzip"),)))
+    _Recorded.seen.clear()
+    async with aiohttp.ClientSession(response_class=_Recorded) as http, \
+            InstantlyClient(workspace.api_key, base_url=sim.url, session=http) as client:
+        with pytest.raises(ResponseTooLargeError) as info:
+            await client.get_account("ann@acme.io")
+    assert info.value.status == 200
+    (response,) = _Recorded.seen
+    decoded = response.content.total_bytes
+    # The cap, then one 64 KiB read and what aiohttp decodes ahead of it (its 128 KiB buffer and
+    # one 64 KiB step): 256 KiB past the cap as measured, against the whole 64 MiB before.
+    assert DEFAULT_MAX_BODY < decoded <= DEFAULT_MAX_BODY + 6 * 64 * 1024, decoded
+
+
+async def test_a_small_gzip_answer_still_parses(client: InstantlyClient, sim: Simulator) -> None:
+    packer = zlib.compressobj(6, zlib.DEFLATED, 31)
+    body = packer.compress(b'{"status": "pending"}') + packer.flush()
+    sim.enqueue("status", CannedResponse(200, body, (("Content-Encoding", "gzip"),)))
+    assert (await client.get_oauth_status("abc")).status.value == "pending"
 
 
 # -- item 12: a borrowed session that raises for status changes nothing --------------------------
