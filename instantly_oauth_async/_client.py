@@ -198,12 +198,13 @@ class InstantlyClient:
         Sent once: this method never retries, since every attempt spends the init rate budget.
         """
         chosen = coerce_provider(provider)
-        data, date = await self._request("POST", f"/api/v2/oauth/{chosen.value}/init")
+        data, date, status = await self._request("POST", f"/api/v2/oauth/{chosen.value}/init")
         if isinstance(data, dict):
             data = {**data, "provider": chosen.value}
-        session = structure(data, OAuthSession)
+        session = structure(data, OAuthSession, status=status)
         if not session.session_id or not session.auth_url:
-            raise MalformedResponseError("init response has an empty session_id or auth_url")
+            raise MalformedResponseError("init response has an empty session_id or auth_url",
+                                         status=status)
         return _with_date(session, date)
 
     async def get_oauth_status(
@@ -215,26 +216,27 @@ class InstantlyClient:
         on that read, and a later call raises :class:`NotFoundError`.
         """
         sid = _require_text(session_id, "session_id")
-        data, date = await self._request(
+        data, date, status = await self._request(
             "GET", f"/api/v2/oauth/session/status/{encode_segment(sid)}", timeout=timeout
         )
-        return _with_date(structure(data, OAuthStatus), date)
+        return _with_date(structure(data, OAuthStatus, status=status), date)
 
     async def get_account(self, email: str, *, timeout: float | None = None) -> Account:
         """``GET /api/v2/accounts/{email}``: the connected mailbox's account record."""
         address = _require_text(email, "email")
         if "@" not in address:
             raise ConfigurationError("email must be an email address")
-        data, _ = await self._request(
+        data, _, status = await self._request(
             "GET", f"/api/v2/accounts/{encode_segment(address)}", timeout=timeout
         )
-        return structure(data, Account)
+        return structure(data, Account, status=status)
 
     # -- the one place that does I/O ---------------------------------------------------------
 
     async def _request(
         self, method: str, path: str, *, timeout: float | None = None
-    ) -> tuple[Any, str | None]:
+    ) -> tuple[Any, str | None, int]:
+        """Decoded JSON of a 2xx answer, its ``Date`` header and its status; else raises."""
         session = self._open()
         url = URL(f"{self._base}{path}", encoded=True)
         headers = {
@@ -273,7 +275,7 @@ class InstantlyClient:
             date = response_headers.get("Date")
             data = decipher_response(status, response_headers, body, method=method,
                                      url=str(url), secrets=(self._key.reveal(),))
-            return data, date
+            return data, date, status
         # Raised outside the except block: no __context__ keeps aiohttp's request_info alive.
         logger.debug("%s %s -> %s", method, path, type(failure).__name__)
         raise failure

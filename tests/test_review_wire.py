@@ -8,7 +8,9 @@ at once and instead waits would hang into ``anyio.fail_after`` and fail.
 from __future__ import annotations
 
 import asyncio
+import json
 import pickle
+import sys
 import zlib
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta, timezone
@@ -17,6 +19,8 @@ from typing import Any, ClassVar
 
 import aiohttp
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from instantly_oauth_async import (
     APIError,
@@ -33,6 +37,7 @@ from instantly_oauth_async import (
     UnauthorizedError,
 )
 from instantly_oauth_async._client import DEFAULT_MAX_BODY
+from instantly_oauth_async._convert import parse_datetime
 from instantly_oauth_async._exceptions import redact_url
 from instantly_oauth_async._sansio import decipher_response
 from instantly_oauth_async.testing import (
@@ -125,6 +130,78 @@ async def test_a_small_gzip_answer_still_parses(client: InstantlyClient, sim: Si
     body = packer.compress(b'{"status": "pending"}') + packer.flush()
     sim.enqueue("status", CannedResponse(200, body, (("Content-Encoding", "gzip"),)))
     assert (await client.get_oauth_status("abc")).status.value == "pending"
+
+
+# -- item 11: an answer that came but cannot be read is not retried; timestamps on every Python --
+
+UNREADABLE = json.dumps({"session_id": 5, "auth_url": "https://x", "expires_at": "2026-01-14"})
+
+
+async def test_init_answer_with_two_fraction_digits_parses_on_every_python(
+    client: InstantlyClient, sim: Simulator
+) -> None:
+    body = {"session_id": "s1", "auth_url": "https://x", "expires_at": "2026-01-14T12:30:00.12Z"}
+    sim.enqueue("init", CannedResponse(200, json.dumps(body)))
+    session = await client.init_oauth("google")
+    assert session.expires_at == datetime(2026, 1, 14, 12, 30, 0, 120000, tzinfo=timezone.utc)
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("2026-01-14T12:30:00.12Z", datetime(2026, 1, 14, 12, 30, 0, 120000, tzinfo=timezone.utc)),
+    ("2026-01-14T12:30:00.1234Z", datetime(2026, 1, 14, 12, 30, 0, 123400, tzinfo=timezone.utc)),
+    ("2026-01-14T12:30:00+0000", datetime(2026, 1, 14, 12, 30, tzinfo=timezone.utc)),
+    ("2026-01-14T12:30:00Z", datetime(2026, 1, 14, 12, 30, tzinfo=timezone.utc)),
+    ("2026-01-14t12:30:00.000z", datetime(2026, 1, 14, 12, 30, tzinfo=timezone.utc)),
+    ("2026-01-14 12:30:00.9999999-05:30",
+     datetime(2026, 1, 14, 12, 30, 0, 999999, tzinfo=timezone(-timedelta(hours=5, minutes=30)))),
+    ("2026-01-14T12:30", datetime(2026, 1, 14, 12, 30, tzinfo=timezone.utc)),
+    ("2026-01-14", datetime(2026, 1, 14, tzinfo=timezone.utc)),
+])
+def test_timestamp_forms_the_api_may_send_parse_alike(text: str, expected: datetime) -> None:
+    parsed = parse_datetime(text)
+    assert parsed == expected and parsed.utcoffset() == expected.utcoffset()
+
+
+@pytest.mark.parametrize("text", ["2026-01-14T12:30:00+24:00", "2026-01-14T12:30:00+05:61",
+                                  "2026-13-01T00:00:00Z", "2026-01-14T25:00:00Z", "soon", ""])
+def test_impossible_timestamps_are_value_errors(text: str) -> None:
+    with pytest.raises(ValueError):  # noqa: PT011 - the converter maps any to MalformedResponse
+        parse_datetime(text)
+
+
+def _offset_spellings(minutes: int) -> list[str]:
+    sign = "-" if minutes < 0 else "+"
+    hours, rest = divmod(abs(minutes), 60)
+    spellings = [f"{sign}{hours:02d}:{rest:02d}", f"{sign}{hours:02d}{rest:02d}"]
+    if rest == 0:
+        spellings.append(f"{sign}{hours:02d}")
+    if minutes == 0:
+        spellings += ["Z", "z", "-00:00"]
+    return spellings
+
+
+@given(
+    moment=st.datetimes(min_value=datetime(1971, 1, 1), max_value=datetime(9998, 12, 31)),
+    digits=st.integers(0, 12),
+    extra=st.integers(0, 999_999),
+    offset=st.integers(-(23 * 60 + 59), 23 * 60 + 59) | st.just(0),
+    separator=st.sampled_from(["T", "t", " "]),
+    data=st.data(),
+)
+def test_every_fraction_length_and_offset_spelling_parses_alike(  # noqa: PLR0917 - given
+    moment: datetime, digits: int, extra: int, offset: int, separator: str, data: st.DataObject,
+) -> None:
+    spelling = data.draw(st.sampled_from(_offset_spellings(offset)))
+    fraction = (f"{moment.microsecond:06d}" + f"{extra:06d}")[:digits]
+    text = (f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}{separator}"
+            f"{moment.hour:02d}:{moment.minute:02d}:{moment.second:02d}"
+            f"{'.' + fraction if fraction else ''}{spelling}")
+    zone = timezone(timedelta(minutes=offset))
+    expected = moment.replace(microsecond=int(fraction[:6].ljust(6, "0") or 0), tzinfo=zone)
+    parsed = parse_datetime(text)
+    assert parsed == expected and parsed.utcoffset() == expected.utcoffset(), text
+    if sys.version_info >= (3, 11) and separator != "t" and spelling != "z":
+        assert parsed == datetime.fromisoformat(text)  # the same reading as 3.11's own
 
 
 # -- item 12: a borrowed session that raises for status changes nothing --------------------------
