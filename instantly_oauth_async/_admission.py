@@ -105,11 +105,16 @@ class Admission:
                 attempt += 1
                 if attempt >= self._retry.attempts:
                     raise
-            except (ServiceUnavailableError, TransportError, ServerError,
-                    MalformedResponseError) as exc:
-                # 503s and failures to get an answer count against the breaker; other 5xx and a
-                # garbled answer don't. A retry after an answer that was lost or garbled leaves
-                # the server an orphan session, which costs one init and nothing else.
+            except MalformedResponseError as exc:
+                # An answer came and cannot be read: the init was spent on the server, and the
+                # same answer would come again. No retry, and no breaker failure.
+                logger.warning("%s init answer could not be read (%s); not retried",
+                               provider.value, type(exc).__name__)
+                raise
+            except (ServiceUnavailableError, TransportError, ServerError) as exc:
+                # 503s and failures to get an answer count against the breaker; other 5xx don't.
+                # A retry after an answer that was lost leaves the server an orphan session,
+                # which costs one init and nothing else.
                 if isinstance(exc, (ServiceUnavailableError, TransportError)):
                     verdict, retry_after = False, getattr(exc, "retry_after", None)
                 attempt += 1

@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from instantly_oauth_async import (
     APIError,
     InstantlyClient,
+    MalformedResponseError,
     MemoryStore,
     NotFoundError,
     OAuthManager,
@@ -32,10 +33,12 @@ from instantly_oauth_async import (
     RateLimitedError,
     RequestTimeoutError,
     ResponseTooLargeError,
+    RetryPolicy,
     ServiceUnavailableError,
     StartTimeoutError,
     UnauthorizedError,
 )
+from instantly_oauth_async._breaker import CircuitState
 from instantly_oauth_async._client import DEFAULT_MAX_BODY
 from instantly_oauth_async._convert import parse_datetime
 from instantly_oauth_async._exceptions import redact_url
@@ -135,6 +138,21 @@ async def test_a_small_gzip_answer_still_parses(client: InstantlyClient, sim: Si
 # -- item 11: an answer that came but cannot be read is not retried; timestamps on every Python --
 
 UNREADABLE = json.dumps({"session_id": 5, "auth_url": "https://x", "expires_at": "2026-01-14"})
+
+
+async def test_unreadable_init_answer_is_raised_at_once_and_not_retried(
+    csim: Simulator, make: MakeManager
+) -> None:
+    for _ in range(5):
+        csim.enqueue("init", CannedResponse(200, UNREADABLE))
+    async with make(retry=RetryPolicy(attempts=5, base=0.01)) as manager:
+        with pytest.raises(MalformedResponseError) as info:
+            await manager.start("google")
+        stats = manager.stats()
+    assert inits(csim) == [200]  # one init spent, not five
+    assert info.value.status == 200  # an answer that came, not one that was lost
+    assert stats.requests["init"] == {200: 1}
+    assert stats.breakers["google"] is CircuitState.CLOSED and stats.transitions == ()
 
 
 async def test_init_answer_with_two_fraction_digits_parses_on_every_python(
