@@ -1,9 +1,17 @@
 """Admission of inits for one provider: its breaker, its workspace and IP init limits and the
-standard budget, ``Retry-After`` and long blocks. One method gives a session or raises."""
+standard budget, ``Retry-After`` and long blocks. One method gives a session or raises.
+
+A 429 is one of two things. An ordinary one (the workspace or IP init limit, the standard limit)
+asks to wait at most one window: it is waited out when the caller's deadline allows, else
+``start()`` ends with :class:`StartTimeoutError`. One that asks for longer than a window can only
+be an IP block (30 min, 2 h, 24 h): :class:`IPBlockedError` when it is longer than
+``max_block_wait`` or than the caller's time left.
+"""
 
 from __future__ import annotations
 
 import logging
+import math
 import random
 from datetime import datetime, timedelta, timezone
 
@@ -19,6 +27,7 @@ from ._exceptions import (
     RateLimitedError,
     ServerError,
     ServiceUnavailableError,
+    StartTimeoutError,
     TransportError,
 )
 from ._limiter import FairLimiter, TooLongError
@@ -66,6 +75,9 @@ class Admission:
         self._breaker_key = breaker_key
         self._breaker = breaker
         self._window = window
+        # The server's Retry-After is whole seconds rounded up: an ordinary 429 asks for at most
+        # this; anything longer is a block.
+        self._longest_wait = float(math.ceil(window))
         self._hold = hold
         self._max_block_wait = max_block_wait
         self._retry = retry
@@ -74,7 +86,11 @@ class Admission:
         self._tally = tally
 
     async def init(self, deadline: float) -> OAuthSession:
-        """A new session, retried within ``deadline`` (this clock's monotonic seconds)."""
+        """A new session, retried within ``deadline`` (this clock's monotonic seconds).
+
+        An answer that arrived but cannot be read is raised at once, never retried: the server
+        spent the init, and a parse failure would repeat.
+        """
         provider, attempt = self.provider, 0
         while True:
             admission = await self._store.breaker_admit(self._breaker_key, self._breaker)
@@ -97,11 +113,10 @@ class Admission:
                 return session  # noqa: TRY300 - the finally must see the verdict first
             except RateLimitedError as exc:
                 # The limiter waits out the block; every manager sharing the store does too.
-                wait = exc.retry_after if exc.retry_after is not None else self._window
-                await self._store.block(self._block_keys, wait)
-                logger.warning("%s init got 429; holding inits back %.1f s", provider.value, wait)
-                if wait > min(self._max_block_wait, deadline - self._clock.monotonic()):
-                    raise self._blocked(wait) from None
+                hold = exc.retry_after if exc.retry_after is not None else self._window
+                await self._store.block(self._block_keys, hold)
+                logger.warning("%s init got 429; holding inits back %.1f s", provider.value, hold)
+                self._refuse_long_wait(hold, deadline, exc)
                 attempt += 1
                 if attempt >= self._retry.attempts:
                     raise
@@ -129,14 +144,36 @@ class Admission:
                 await self._settle(admission.probe, verdict, retry_after)
             await self._clock.sleep(delay)
 
+    def _refuse_long_wait(self, seconds: float, deadline: float, cause: BaseException | None
+                          ) -> None:
+        """Raise when a wait of ``seconds`` that a 429 asked for is not to be waited.
+
+        Longer than one window, it is an IP block: :class:`IPBlockedError` past
+        ``max_block_wait`` or the time left. An ordinary 429's wait (the workspace or IP init
+        limit, the standard limit) past the time left: :class:`StartTimeoutError`.
+        """
+        left = deadline - self._clock.monotonic()
+        if seconds > self._longest_wait:
+            if seconds > min(self._max_block_wait, left):
+                raise self._blocked(seconds) from None
+            return
+        if seconds > left:
+            raise StartTimeoutError(
+                f"no {self.provider.value} session in time: the init limit asks to wait "
+                f"{seconds:.1f} s, {max(left, 0.0):.1f} s were left"
+            ) from cause
+
     async def _send(self, deadline: float) -> OAuthSession:
-        """One init through the limiter (raises IPBlockedError for a block too long to wait)."""
+        """One init through the limiter (raises for a block or a hold-back too long to wait)."""
+        remaining = deadline - self._clock.monotonic()
         try:
-            remaining = deadline - self._clock.monotonic()
             grant = await self._limiter.acquire(
-                max_block=min(self._max_block_wait, remaining), hold=self._hold)
+                max_block=min(max(self._max_block_wait, self._longest_wait), remaining),
+                hold=self._hold)
         except TooLongError as exc:
-            raise self._blocked(exc.wait) from None
+            self._refuse_long_wait(exc.wait, deadline, None)
+            raise StartTimeoutError(  # not reached: the limiter waits what is allowed
+                f"no {self.provider.value} session in time") from None
         self._tally.token_wait += grant.waited
         return await send_leased(self._limiter, grant, self._tally, "init",
                                  lambda: self._client.init_oauth(self.provider))

@@ -222,9 +222,11 @@ class OAuthManager:
         """Create a session within the limits and start polling it.
 
         ``timeout`` (default ``start_timeout``) bounds the whole call: waiting for the rate budget,
-        retries, and an open circuit. When the circuit stays open past it, raises
-        :class:`CircuitOpenError` at once (``timeout=0`` means "never wait for the circuit"); a
-        server block longer than ``max_block_wait`` raises :class:`IPBlockedError`.
+        an ordinary 429's ``Retry-After``, retries, and an open circuit; past it, raises
+        :class:`StartTimeoutError` (or :class:`CircuitOpenError` at once when the circuit stays
+        open past it; ``timeout=0`` means "never wait for the circuit"). A server block (a 429
+        asking for more than one init window) longer than ``max_block_wait`` or than the time
+        left raises :class:`IPBlockedError`.
         """
         self._require_open()
         chosen = coerce_provider(provider)

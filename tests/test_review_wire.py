@@ -18,6 +18,7 @@ from email.utils import format_datetime
 from typing import Any, ClassVar
 
 import aiohttp
+import anyio
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -25,6 +26,7 @@ from hypothesis import strategies as st
 from instantly_oauth_async import (
     APIError,
     InstantlyClient,
+    IPBlockedError,
     MalformedResponseError,
     MemoryStore,
     NotFoundError,
@@ -45,6 +47,7 @@ from instantly_oauth_async._exceptions import redact_url
 from instantly_oauth_async._sansio import decipher_response
 from instantly_oauth_async.testing import (
     CannedResponse,
+    FakeClock,
     Faults,
     Simulator,
     SimulatorLimits,
@@ -269,6 +272,37 @@ def test_retry_after_date_is_read_against_the_date_header_else_the_local_clock()
     with pytest.raises(RateLimitedError) as info:
         decipher_response(429, headers, b"", now=now)
     assert info.value.retry_after == 90
+
+
+# -- item 14: an ordinary 429 is not an IP block -------------------------------------------------
+
+
+async def test_ordinary_429_longer_than_the_time_left_is_a_start_timeout_not_an_ip_block(
+    csim: Simulator, make: MakeManager
+) -> None:
+    async with make(clock=FakeClock()) as manager:
+        with anyio.fail_after(10):
+            csim.enqueue("init", CannedResponse(429, "{}", (("Retry-After", "3"),)))
+            with pytest.raises(StartTimeoutError) as info:
+                await manager.start("google", timeout=1)
+            assert isinstance(info.value.__cause__, RateLimitedError)
+            with pytest.raises(StartTimeoutError):  # the hold-back it left: raised at once too
+                await manager.start("google", timeout=1)
+            with pytest.raises(StartTimeoutError):
+                await manager.start("google", timeout=0)
+    assert not isinstance(info.value, IPBlockedError)
+    assert inits(csim) == [429]
+
+
+async def test_a_block_longer_than_the_time_left_is_an_ip_block(
+    csim: Simulator, make: MakeManager
+) -> None:
+    async with make(clock=FakeClock()) as manager:
+        with anyio.fail_after(10):
+            csim.enqueue("init", CannedResponse(429, "{}", (("Retry-After", "60"),)))
+            with pytest.raises(IPBlockedError) as info:  # 60 s > one 3 s window: a block
+                await manager.start("google", timeout=10)
+    assert info.value.retry_after == 60
 
 
 # -- item 14: timeouts that are timeouts, errors that name their request ------------------------
