@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import secrets
 from datetime import datetime, timedelta, timezone
 
 import anyio
@@ -30,7 +31,7 @@ from ._exceptions import (
     StartTimeoutError,
     TransportError,
 )
-from ._limiter import FairLimiter, TooLongError
+from ._limiter import FairLimiter, Grant, TooLongError
 from ._models import OAuthSession, Provider, RetryPolicy
 from ._reads import send_leased
 from ._stats import Tally
@@ -85,17 +86,19 @@ class Admission:
         self._clock = clock
         self._tally = tally
 
-    async def init(self, deadline: float) -> OAuthSession:
+    async def init(self, deadline: float, *, wait: bool = True) -> OAuthSession:
         """A new session, retried within ``deadline`` (this clock's monotonic seconds).
 
-        An answer that arrived but cannot be read is raised at once, never retried: the server
-        spent the init, and a parse failure would repeat.
+        With ``wait=False`` nothing waits: the init goes now if the circuit admits it and a slot
+        of every budget is free, else this raises at once (the request itself still runs to its
+        own timeout). An answer that arrived but cannot be read is raised at once, never retried:
+        the server spent the init, and a parse failure would repeat.
         """
         provider, attempt = self.provider, 0
         while True:
             admission = await self._store.breaker_admit(self._breaker_key, self._breaker)
             if not admission.allowed:
-                if self._clock.monotonic() + admission.wait > deadline:
+                if not wait or self._clock.monotonic() + admission.wait > deadline:
                     raise CircuitOpenError(provider.value, admission.wait)
                 await self._clock.sleep(admission.wait)
                 continue
@@ -108,7 +111,7 @@ class Admission:
             retry_after: float | None = None
             delay = 0.0
             try:
-                session = await self._send(deadline)
+                session = await self._send(deadline, wait=wait)
                 verdict = True
                 return session  # noqa: TRY300 - the finally must see the verdict first
             except RateLimitedError as exc:
@@ -116,7 +119,7 @@ class Admission:
                 hold = exc.retry_after if exc.retry_after is not None else self._window
                 await self._store.block(self._block_keys, hold)
                 logger.warning("%s init got 429; holding inits back %.1f s", provider.value, hold)
-                self._refuse_long_wait(hold, deadline, exc)
+                self._refuse_long_wait(hold, deadline, exc, wait=wait)
                 attempt += 1
                 if attempt >= self._retry.attempts:
                     raise
@@ -144,15 +147,15 @@ class Admission:
                 await self._settle(admission.probe, verdict, retry_after)
             await self._clock.sleep(delay)
 
-    def _refuse_long_wait(self, seconds: float, deadline: float, cause: BaseException | None
-                          ) -> None:
+    def _refuse_long_wait(self, seconds: float, deadline: float, cause: BaseException | None,
+                          *, wait: bool = True) -> None:
         """Raise when a wait of ``seconds`` that a 429 asked for is not to be waited.
 
         Longer than one window, it is an IP block: :class:`IPBlockedError` past
         ``max_block_wait`` or the time left. An ordinary 429's wait (the workspace or IP init
         limit, the standard limit) past the time left: :class:`StartTimeoutError`.
         """
-        left = deadline - self._clock.monotonic()
+        left = deadline - self._clock.monotonic() if wait else 0.0
         if seconds > self._longest_wait:
             if seconds > min(self._max_block_wait, left):
                 raise self._blocked(seconds) from None
@@ -163,20 +166,47 @@ class Admission:
                 f"{seconds:.1f} s, {max(left, 0.0):.1f} s were left"
             ) from cause
 
-    async def _send(self, deadline: float) -> OAuthSession:
+    async def _send(self, deadline: float, *, wait: bool = True) -> OAuthSession:
         """One init through the limiter (raises for a block or a hold-back too long to wait)."""
-        remaining = deadline - self._clock.monotonic()
-        try:
-            grant = await self._limiter.acquire(
-                max_block=min(max(self._max_block_wait, self._longest_wait), remaining),
-                hold=self._hold)
-        except TooLongError as exc:
-            self._refuse_long_wait(exc.wait, deadline, None)
-            raise StartTimeoutError(  # not reached: the limiter waits what is allowed
-                f"no {self.provider.value} session in time") from None
+        if wait:
+            remaining = deadline - self._clock.monotonic()
+            try:
+                grant = await self._limiter.acquire(
+                    max_block=min(max(self._max_block_wait, self._longest_wait), remaining),
+                    hold=self._hold)
+            except TooLongError as exc:
+                self._refuse_long_wait(exc.wait, deadline, None)
+                raise StartTimeoutError(  # not reached: the limiter waits what is allowed
+                    f"no {self.provider.value} session in time") from None
+        else:
+            grant = await self._take_now()
         self._tally.token_wait += grant.waited
         return await send_leased(self._limiter, grant, self._tally, "init",
                                  lambda: self._client.init_oauth(self.provider))
+
+    async def _take_now(self) -> Grant:
+        """A slot of every budget now, or a raise at once: never queued, never slept.
+
+        ``FairLimiter`` has no way to ask without waiting, so this asks its store directly, with
+        the same budgets and blocks; the grant is released through the limiter as usual. It
+        never goes ahead of a caller already queued.
+        """
+        limiter = self._limiter
+        if limiter.waiting:
+            raise StartTimeoutError(
+                f"no {self.provider.value} session without waiting: {limiter.waiting} "
+                "earlier callers wait for the init budget")
+        lease = f"{secrets.token_hex(8)}:now" if self._hold > 0 else None
+        with anyio.CancelScope(shield=True):  # a store on the network may spend the slot
+            wait, blocked = await self._store.take(
+                limiter._specs, limiter._block_keys, lease=lease, hold=self._hold)
+        if wait <= 0:
+            return Grant(0.0, lease)
+        if blocked:
+            self._refuse_long_wait(wait, self._clock.monotonic(), None, wait=False)
+        raise StartTimeoutError(
+            f"no {self.provider.value} session without waiting: the init budget has a slot "
+            f"again in {wait:.1f} s")
 
     async def _settle(self, probe: bool, verdict: bool | None, retry_after: float | None) -> None:
         """Report an attempt's outcome to the breaker (None: no verdict, free the probe)."""

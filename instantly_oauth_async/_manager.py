@@ -224,9 +224,11 @@ class OAuthManager:
         ``timeout`` (default ``start_timeout``) bounds the whole call: waiting for the rate budget,
         an ordinary 429's ``Retry-After``, retries, and an open circuit; past it, raises
         :class:`StartTimeoutError` (or :class:`CircuitOpenError` at once when the circuit stays
-        open past it; ``timeout=0`` means "never wait for the circuit"). A server block (a 429
-        asking for more than one init window) longer than ``max_block_wait`` or than the time
-        left raises :class:`IPBlockedError`.
+        open past it). ``timeout=0`` never waits: the init is sent at once if the circuit is
+        closed and a slot of every budget is free (the request then runs to its own
+        ``request_timeout``), else this raises at once. A server block (a 429 asking for more than
+        one init window) longer than ``max_block_wait`` or than the time left raises
+        :class:`IPBlockedError`.
         """
         self._require_open()
         chosen = coerce_provider(provider)
@@ -236,10 +238,13 @@ class OAuthManager:
         if not budget >= 0:
             raise ConfigurationError("timeout must be a non-negative number of seconds")
         deadline = self._clock.monotonic() + budget
-        with self._clock.deadline(budget) as scope:
-            session = await self._admission[chosen].init(deadline)
-        if scope.cancelled_caught:
-            raise StartTimeoutError(f"no {chosen.value} session within {budget:g} s")
+        if budget == 0:
+            session = await self._admission[chosen].init(deadline, wait=False)
+        else:
+            with self._clock.deadline(budget) as scope:
+                session = await self._admission[chosen].init(deadline)
+            if scope.cancelled_caught:
+                raise StartTimeoutError(f"no {chosen.value} session within {budget:g} s")
         self._tally.created += 1
         first_poll = self._clock.monotonic() + self._poller.poll_interval
         return self._poller.track(session, expected_email, first_poll)

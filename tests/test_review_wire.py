@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 
 from instantly_oauth_async import (
     APIError,
+    CircuitOpenError,
     InstantlyClient,
     IPBlockedError,
     MalformedResponseError,
@@ -40,7 +41,7 @@ from instantly_oauth_async import (
     StartTimeoutError,
     UnauthorizedError,
 )
-from instantly_oauth_async._breaker import CircuitState
+from instantly_oauth_async._breaker import BreakerPolicy, CircuitState
 from instantly_oauth_async._client import DEFAULT_MAX_BODY
 from instantly_oauth_async._convert import parse_datetime
 from instantly_oauth_async._exceptions import redact_url
@@ -49,6 +50,7 @@ from instantly_oauth_async.testing import (
     CannedResponse,
     FakeClock,
     Faults,
+    Network,
     Simulator,
     SimulatorLimits,
     Workspace,
@@ -89,6 +91,63 @@ def make(csim: Simulator) -> MakeManager:
 
 def inits(sim: Simulator) -> list[int]:
     return [r.status for r in sim.requests if r.kind == "init"]
+
+
+# -- item 9: start(timeout=0) sends when it need not wait, and raises at once when it must ------
+
+
+async def test_start_with_timeout_zero_sends_the_init_and_returns_a_session(
+    csim: Simulator, make: MakeManager
+) -> None:
+    async with make() as manager:
+        with anyio.fail_after(10):
+            pending = await manager.start("google", timeout=0)
+        assert pending.session.session_id in csim.sessions
+    assert inits(csim) == [200]
+
+
+async def test_start_with_timeout_zero_lets_a_slow_init_run_to_its_request_timeout() -> None:
+    # The request takes 2 x 50 ms on the wire: a zero deadline must not cut it.
+    async with Simulator(network=Network(latency=0.05)) as sim:
+        key = sim.add_workspace().api_key
+        async with OAuthManager(key, base_url=sim.url, store=MemoryStore()) as manager:
+            with anyio.fail_after(10):
+                pending = await manager.start("microsoft", timeout=0)
+        assert pending.session.session_id in sim.sessions
+
+
+async def test_start_with_timeout_zero_raises_at_once_when_the_budget_is_spent(
+    csim: Simulator, make: MakeManager
+) -> None:
+    clock = FakeClock()  # never moved: any wait would hang into fail_after
+    async with make(clock=clock, init_limit=RateLimit(1, per=60)) as manager:
+        with anyio.fail_after(10):
+            await manager.start("google", timeout=0)
+            with pytest.raises(StartTimeoutError):
+                await manager.start("google", timeout=0)
+            other = await manager.start("microsoft", timeout=0)  # its own budget
+        assert clock.monotonic() == 0
+    assert other.session.session_id
+    assert inits(csim) == [200, 200]
+
+
+async def test_start_with_timeout_zero_raises_at_once_into_a_block_or_an_open_circuit(
+    csim: Simulator, make: MakeManager
+) -> None:
+    policy = BreakerPolicy(failure_threshold=1, cooldown=60)
+    async with make(clock=FakeClock(), breaker=policy) as manager:
+        with anyio.fail_after(10):
+            csim.enqueue("init", CannedResponse(429, "{}", (("Retry-After", "1800"),)))
+            with pytest.raises(IPBlockedError):
+                await manager.start("google", timeout=0)
+            with pytest.raises(IPBlockedError):  # the block is known: nothing is sent
+                await manager.start("google", timeout=0)
+            csim.outage("microsoft", count=1)
+            with pytest.raises(ServiceUnavailableError):
+                await manager.start("microsoft", timeout=0)
+            with pytest.raises(CircuitOpenError):
+                await manager.start("microsoft", timeout=0)
+    assert inits(csim) == [429, 503]
 
 
 # -- item 10: the body cap counts decoded bytes --------------------------------------------------
