@@ -40,6 +40,7 @@ logger = logging.getLogger("instantly_oauth_async")
 DEFAULT_BASE_URL: Final = "https://api.instantly.ai"
 DEFAULT_TIMEOUT: Final = 30.0
 DEFAULT_MAX_BODY: Final = 1 << 20  # 1 MiB: an Account is a few KiB
+_READ_CHUNK: Final = 64 * 1024  # the decoded body is read this much at a time, up to the cap
 
 try:
     __version__ = version("instantly-oauth-async")
@@ -117,7 +118,11 @@ class InstantlyClient:
     Use it as an async context manager, or call :meth:`aclose` when done. Pass ``session`` to
     borrow an ``aiohttp.ClientSession`` you own: the client then never closes it. Redirects are
     never followed (the API does not redirect, and a redirect must not carry the key elsewhere);
-    bodies over ``max_body_size`` bytes raise :class:`ResponseTooLargeError`.
+    bodies over ``max_body_size`` bytes raise :class:`ResponseTooLargeError`: the cap counts the
+    decoded bytes, so a small gzip body that would inflate past it is cut off once the cap is
+    passed (aiohttp decodes at most a few 64 KiB chunks ahead of the read). An error status is
+    always mapped to the library's own exceptions, even on a borrowed session made with
+    ``raise_for_status=True``.
     """
 
     def __init__(
@@ -193,12 +198,13 @@ class InstantlyClient:
         Sent once: this method never retries, since every attempt spends the init rate budget.
         """
         chosen = coerce_provider(provider)
-        data, date = await self._request("POST", f"/api/v2/oauth/{chosen.value}/init")
+        data, date, status = await self._request("POST", f"/api/v2/oauth/{chosen.value}/init")
         if isinstance(data, dict):
             data = {**data, "provider": chosen.value}
-        session = structure(data, OAuthSession)
+        session = structure(data, OAuthSession, status=status)
         if not session.session_id or not session.auth_url:
-            raise MalformedResponseError("init response has an empty session_id or auth_url")
+            raise MalformedResponseError("init response has an empty session_id or auth_url",
+                                         status=status)
         return _with_date(session, date)
 
     async def get_oauth_status(
@@ -210,26 +216,27 @@ class InstantlyClient:
         on that read, and a later call raises :class:`NotFoundError`.
         """
         sid = _require_text(session_id, "session_id")
-        data, date = await self._request(
+        data, date, status = await self._request(
             "GET", f"/api/v2/oauth/session/status/{encode_segment(sid)}", timeout=timeout
         )
-        return _with_date(structure(data, OAuthStatus), date)
+        return _with_date(structure(data, OAuthStatus, status=status), date)
 
     async def get_account(self, email: str, *, timeout: float | None = None) -> Account:
         """``GET /api/v2/accounts/{email}``: the connected mailbox's account record."""
         address = _require_text(email, "email")
         if "@" not in address:
             raise ConfigurationError("email must be an email address")
-        data, _ = await self._request(
+        data, _, status = await self._request(
             "GET", f"/api/v2/accounts/{encode_segment(address)}", timeout=timeout
         )
-        return structure(data, Account)
+        return structure(data, Account, status=status)
 
     # -- the one place that does I/O ---------------------------------------------------------
 
     async def _request(
         self, method: str, path: str, *, timeout: float | None = None
-    ) -> tuple[Any, str | None]:
+    ) -> tuple[Any, str | None, int]:
+        """Decoded JSON of a 2xx answer, its ``Date`` header and its status; else raises."""
         session = self._open()
         url = URL(f"{self._base}{path}", encoded=True)
         headers = {
@@ -245,6 +252,10 @@ class InstantlyClient:
                 url,
                 headers=headers,
                 allow_redirects=False,
+                # A borrowed session may raise on 4xx/5xx by itself: the status is ours to map.
+                raise_for_status=False,
+                # aiohttp decodes at most this much ahead of our reads: the cap stays tight.
+                read_bufsize=_READ_CHUNK,
                 timeout=aiohttp.ClientTimeout(total=timeout or self._timeout),
             ) as response:
                 body = await self._read_capped(response)
@@ -262,27 +273,35 @@ class InstantlyClient:
             elapsed = (time.perf_counter() - started) * 1000
             logger.debug("%s %s -> %d in %.1f ms", method, path, status, elapsed)
             date = response_headers.get("Date")
-            return decipher_response(status, response_headers, body), date
+            data = decipher_response(status, response_headers, body, method=method,
+                                     url=str(url), secrets=(self._key.reveal(),))
+            return data, date, status
         # Raised outside the except block: no __context__ keeps aiohttp's request_info alive.
         logger.debug("%s %s -> %s", method, path, type(failure).__name__)
         raise failure
 
     async def _read_capped(self, response: aiohttp.ClientResponse) -> bytes:
+        """The decoded body, refused past ``max_body_size`` decoded bytes.
+
+        A plain body whose ``Content-Length`` is over the cap is refused before reading. Any other
+        is read from the decoded stream a chunk at a time, and the read stops as soon as the
+        count passes the cap: a compressed ``Content-Length`` says nothing of what it inflates to.
+        """
+        encoding = response.headers.get("Content-Encoding", "").strip().lower()
         length = response.content_length
-        if length is not None and length > self._max_body:
+        if length is not None and length > self._max_body and encoding in ("", "identity"):
             raise ResponseTooLargeError(
                 f"response body of {length} bytes exceeds the {self._max_body}-byte cap",
                 status=response.status,
             )
-        if length is not None:
-            return await response.read()  # the common case: one read, the cap already checked
         chunks: list[bytes] = []
         size = 0
-        async for chunk in response.content.iter_chunked(64 * 1024):
+        async for chunk in response.content.iter_chunked(_READ_CHUNK):
             size += len(chunk)
             if size > self._max_body:
                 raise ResponseTooLargeError(
-                    f"response body exceeds the {self._max_body}-byte cap", status=response.status
+                    f"response body exceeds the {self._max_body}-byte cap once decoded",
+                    status=response.status,
                 )
             chunks.append(chunk)
         return b"".join(chunks)

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import enum
 import math
+import re
 import types
 import typing
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
 
 import cattrs
@@ -75,13 +76,52 @@ def _structure_int(value: object, _: object) -> int:
     raise _fail(value, "an integer")
 
 
+# RFC 3339 and the ISO 8601 extended forms around it, as ``datetime.fromisoformat`` reads them
+# from Python 3.11 on: any number of fractional digits (after "." or ","), an offset written "Z",
+# "z", "+HH", "+HHMM", "+HH:MM" or with seconds, "T", "t" or a space between date and time, and
+# minutes or seconds left out. Python 3.10's fromisoformat takes only 3 or 6 fractional digits and
+# "+HH:MM", so the common forms are parsed here, the same way on every Python.
+_TIMESTAMP = re.compile(
+    r"""
+    (?P<year>\d{4})-(?P<month>\d{2})-(?P<day>\d{2})
+    (?:[Tt ]
+        (?P<hour>\d{2})(?::(?P<minute>\d{2})(?::(?P<second>\d{2})(?:[.,](?P<fraction>\d+))?)?)?
+        (?:(?P<utc>[Zz])
+          |(?P<sign>[+-])(?P<off_h>\d{2})(?::?(?P<off_m>\d{2})(?::?(?P<off_s>\d{2}))?)?
+        )?
+    )?
+    """,
+    re.VERBOSE | re.ASCII,
+)
+
+
 def parse_datetime(value: str) -> datetime:
-    """Parse an ISO 8601 timestamp into an aware datetime (naive ones are taken as UTC)."""
+    """Parse an ISO 8601 / RFC 3339 timestamp into an aware datetime (naive ones are UTC).
+
+    Reads every form the API writes (``2026-01-14T12:30:00.000Z``) and its relatives (``.12Z``,
+    ``.1234567+00:00``, ``+0000``, ``z``) alike on Python 3.10 to 3.13; fractional digits past
+    the sixth are dropped, as ``datetime.fromisoformat`` does. Raises ``ValueError`` otherwise.
+    """
     text = value.strip()
-    if text.endswith(("Z", "z")):  # Python 3.10's fromisoformat does not take "Z"
-        text = text[:-1] + "+00:00"
-    parsed = datetime.fromisoformat(text)
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=timezone.utc)
+    match = _TIMESTAMP.fullmatch(text)
+    if match is None:  # another ISO 8601 form (basic, week dates): what this Python can read
+        parsed = datetime.fromisoformat(text)
+        return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=timezone.utc)
+    part = match.group
+    tz = timezone.utc
+    if part("sign"):
+        minutes, seconds = int(part("off_m") or 0), int(part("off_s") or 0)
+        if minutes > 59 or seconds > 59:
+            raise ValueError("offset minutes and seconds run from 0 to 59")
+        offset = timedelta(hours=int(part("off_h")), minutes=minutes, seconds=seconds)
+        tz = timezone(-offset if part("sign") == "-" else offset)  # ValueError past 24 h
+    fraction = (part("fraction") or "")[:6]
+    return datetime(
+        int(part("year")), int(part("month")), int(part("day")),
+        int(part("hour") or 0), int(part("minute") or 0), int(part("second") or 0),
+        int(fraction.ljust(6, "0")) if fraction else 0,
+        tzinfo=tz,
+    )
 
 
 def _structure_datetime(value: object, _: object) -> datetime:
@@ -89,7 +129,7 @@ def _structure_datetime(value: object, _: object) -> datetime:
         raise _fail(value, "an ISO 8601 timestamp")
     try:
         return parse_datetime(value)
-    except ValueError:
+    except (ValueError, OverflowError):
         raise MalformedResponseError("expected an ISO 8601 timestamp") from None
 
 
@@ -196,17 +236,23 @@ def _leaf_message(exc: BaseException) -> str:
     return type(exc).__name__
 
 
-def structure(data: Any, cls: type[T]) -> T:
-    """Turn decoded JSON into ``cls``; any failure is a :class:`MalformedResponseError`."""
+def structure(data: Any, cls: type[T], *, status: int | None = None) -> T:
+    """Turn decoded JSON into ``cls``; any failure is a :class:`MalformedResponseError`.
+
+    ``status`` is the HTTP status of the answer the JSON came in, kept on the error: an answer
+    that arrived but cannot be read is not one that was lost.
+    """
     if not isinstance(data, dict):
-        raise MalformedResponseError(f"expected a JSON object for {cls.__name__}")
+        raise MalformedResponseError(f"expected a JSON object for {cls.__name__}", status=status)
     try:
         return converter.structure(data, cls)
-    except MalformedResponseError:
-        raise
-    except (cattrs.BaseValidationError, KeyError, TypeError, ValueError, AttributeError) as exc:
+    except MalformedResponseError as exc:
         raise MalformedResponseError(
-            f"malformed {cls.__name__}: {_leaf_message(exc)}"
+            str(exc), status=exc.status if status is None else status) from None
+    except (cattrs.BaseValidationError, KeyError, TypeError, ValueError, AttributeError,
+            OverflowError) as exc:
+        raise MalformedResponseError(
+            f"malformed {cls.__name__}: {_leaf_message(exc)}", status=status
         ) from None
 
 

@@ -4,10 +4,12 @@
     ├── ConfigurationError (also ValueError)      bad argument: base URL, provider, email, limit
     ├── ClientStateError (also RuntimeError)      used before open or after close
     ├── TransportError                            no HTTP answer: refused, reset, DNS
-    │   └── RequestTimeoutError                   no answer in time
+    │   └── RequestTimeoutError                   no answer in time (also TimeoutError)
     ├── MalformedResponseError                    an answer we cannot read: not JSON, wrong shape
     │   └── ResponseTooLargeError                 body over the size cap
-    ├── APIError                                  the server answered with an error status
+    ├── APIError                                  the server answered with an error status:
+    │   │                                         ``status``, ``error``, ``message``, ``method``,
+    │   │                                         ``url`` and ``headers`` (secrets redacted)
     │   ├── BadRequestError                       400 and other 4xx not listed below
     │   ├── UnauthorizedError                     401: missing, invalid or revoked key
     │   ├── PaymentRequiredError                  402: no active paid plan
@@ -16,20 +18,34 @@
     │   ├── RateLimitedError                      429: ``retry_after`` seconds, when sent
     │   └── ServerError                           5xx
     │       └── ServiceUnavailableError           503: the provider throttles Instantly
-    ├── IPBlockedError                            a 429 block longer than the caller will wait
+    ├── IPBlockedError                            the server blocked this IP's inits (a 429 asking
+    │                                             for more than one init window) for longer than
+    │                                             the caller will wait
     ├── CircuitOpenError                          init breaker open past the caller's deadline
-    ├── StartTimeoutError (also TimeoutError)     start() could not get a session in time
+    ├── StartTimeoutError (also TimeoutError)     start() could not get a session in time (rate
+    │                                             budget, an ordinary 429's wait, retries)
     ├── SessionCancelledError                     pending.cancel() stopped the session's polling
     └── OutcomeLostError                          a one-time terminal answer was lost on the wire
 
+``StartTimeoutError`` and ``RequestTimeoutError`` are the builtin ``TimeoutError`` and
+``asyncio.TimeoutError`` on every supported Python (on 3.10 those are two different classes).
+
 No exception carries the API key: messages are built from status, error code and the server's
-message only, never from request headers.
+message only, never from request headers. ``APIError.headers`` are the response's, with
+credentials (``Authorization``, cookies, tokens) and any value holding the key replaced by
+``<redacted>``; ``APIError.url`` has no user, password, query values or fragment.
 """
 
 from __future__ import annotations
 
+import asyncio
+import sys
+from collections.abc import Iterable, Mapping
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
 
 if TYPE_CHECKING:
     from ._models import Account
@@ -83,8 +99,16 @@ class TransportError(InstantlyError):
         self.maybe_sent = maybe_sent
 
 
-class RequestTimeoutError(TransportError):
-    """No answer within the client's timeout."""
+if sys.version_info >= (3, 11):
+    _Timeout = TimeoutError  # asyncio.TimeoutError is the builtin since 3.11
+else:
+
+    class _Timeout(TimeoutError, asyncio.TimeoutError):
+        """Both timeouts at once: on 3.10 ``asyncio.TimeoutError`` is a class of its own."""
+
+
+class RequestTimeoutError(TransportError, _Timeout):
+    """No answer within the client's timeout; also ``TimeoutError`` and ``asyncio.TimeoutError``."""
 
 
 class MalformedResponseError(InstantlyError):
@@ -99,17 +123,85 @@ class ResponseTooLargeError(MalformedResponseError):
     """The response body exceeded the client's size cap."""
 
 
+REDACTED = "<redacted>"
+
+_HeadersLike = Mapping[str, str] | Iterable[tuple[str, str]] | None
+
+#: A header whose name holds one of these carries a credential, whatever its value says
+#: (``Authorization``, ``Proxy-Authorization``, ``Set-Cookie``, ``X-Api-Key``, ``X-Auth-Token``).
+_SECRET_NAME_PARTS = ("auth", "cookie", "token", "secret", "passw", "api-key", "apikey", "api_key",
+                      "session", "credential")
+
+
+def redact_headers(headers: _HeadersLike, secrets: Iterable[str] = ()) -> CIMultiDictProxy[str]:
+    """A read-only copy of ``headers`` with every credential replaced by ``<redacted>``.
+
+    A header is a credential when its name says so (``Authorization``, ``Set-Cookie``, any name
+    holding ``token``, ``secret``, ``session``, ...) or when its value holds one of ``secrets``.
+    Repeated headers are kept, in order.
+    """
+    if headers is None:
+        pairs: Iterable[tuple[str, str]] = ()
+    elif isinstance(headers, Mapping):
+        pairs = headers.items()
+    else:
+        pairs = headers
+    hidden = [s for s in secrets if s]
+    clean: CIMultiDict[str] = CIMultiDict()
+    for name, value in pairs:
+        lowered = str(name).lower()
+        text = str(value)
+        if any(part in lowered for part in _SECRET_NAME_PARTS) or any(
+                secret in text for secret in hidden):
+            text = REDACTED
+        clean.add(str(name), text)
+    return CIMultiDictProxy(clean)
+
+
+def redact_url(url: str | URL | None) -> str | None:
+    """``url`` without user, password or fragment, and with every query value redacted."""
+    if url is None:
+        return None
+    try:
+        parsed = url if isinstance(url, URL) else URL(str(url), encoded=True)
+    except (TypeError, ValueError):
+        return REDACTED
+    if parsed.user is None and parsed.password is None and not parsed.query_string \
+            and not parsed.fragment:
+        return str(parsed)
+    parsed = parsed.with_user(None).with_fragment(None)
+    if parsed.query_string:
+        parsed = parsed.with_query([(key, "redacted") for key in parsed.query])
+    return str(parsed)
+
+
 class APIError(InstantlyError):
     """The server answered with an error status.
 
     ``status`` is the HTTP status, ``error`` the short error name of the body (``"Not Found"``) and
-    ``message`` the server's human-readable message, when the body had them.
+    ``message`` the server's human-readable message, when the body had them. ``method`` and
+    ``url`` name the request, ``headers`` are the response's (a read-only case-insensitive
+    multidict); all three are ``None`` or empty when the error was built by hand. Credentials are
+    redacted on the way in (see :func:`redact_headers` and :func:`redact_url`).
     """
 
-    def __init__(self, status: int, error: str | None = None, message: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        error: str | None = None,
+        message: str | None = None,
+        *,
+        method: str | None = None,
+        url: str | URL | None = None,
+        headers: _HeadersLike = None,
+        secrets: Iterable[str] = (),
+    ) -> None:
         self.status = status
         self.error = error
         self.message = message
+        self.method = method
+        self.url = redact_url(url)
+        self.headers = redact_headers(headers, secrets)
         super().__init__(self._describe())
 
     def _describe(self) -> str:
@@ -120,7 +212,20 @@ class APIError(InstantlyError):
         return f"{text}: {self.message}" if self.message else text
 
     def __reduce__(self) -> tuple[object, ...]:
-        return (type(self), (self.status, self.error, self.message))
+        state = {**self.__dict__, "headers": list(self.headers.items())}
+        return (_rebuild_api_error, (type(self), self.status, self.error, self.message, state))
+
+
+def _rebuild_api_error(
+    cls: type[APIError], status: int, error: str | None, message: str | None,
+    state: dict[str, Any],
+) -> APIError:
+    """Unpickle an :class:`APIError` of any class: its fields, then every attribute it had."""
+    error_obj = cls(status, error, message)
+    headers = state.get("headers")
+    error_obj.__dict__.update(state)
+    error_obj.headers = CIMultiDictProxy(CIMultiDict(headers or ()))
+    return error_obj
 
 
 class BadRequestError(APIError):
@@ -157,13 +262,14 @@ class RateLimitedError(_RetryAfterMixin, APIError):
         message: str | None = None,
         *,
         retry_after: float | None = None,
+        method: str | None = None,
+        url: str | URL | None = None,
+        headers: _HeadersLike = None,
+        secrets: Iterable[str] = (),
     ) -> None:
         self.retry_after = retry_after
-        super().__init__(status, error, message)
-
-    def __reduce__(self) -> tuple[object, ...]:
-        return (_rebuild_retry_after, (type(self), self.status, self.error, self.message,
-                                       self.retry_after))
+        super().__init__(status, error, message, method=method, url=url, headers=headers,
+                         secrets=secrets)
 
 
 class ServerError(APIError):
@@ -180,23 +286,14 @@ class ServiceUnavailableError(_RetryAfterMixin, ServerError):
         message: str | None = None,
         *,
         retry_after: float | None = None,
+        method: str | None = None,
+        url: str | URL | None = None,
+        headers: _HeadersLike = None,
+        secrets: Iterable[str] = (),
     ) -> None:
         self.retry_after = retry_after
-        super().__init__(status, error, message)
-
-    def __reduce__(self) -> tuple[object, ...]:
-        return (_rebuild_retry_after, (type(self), self.status, self.error, self.message,
-                                       self.retry_after))
-
-
-def _rebuild_retry_after(
-    cls: type[RateLimitedError | ServiceUnavailableError],
-    status: int,
-    error: str | None,
-    message: str | None,
-    retry_after: float | None,
-) -> APIError:
-    return cls(status, error, message, retry_after=retry_after)
+        super().__init__(status, error, message, method=method, url=url, headers=headers,
+                         secrets=secrets)
 
 
 class IPBlockedError(InstantlyError):
@@ -227,8 +324,12 @@ class CircuitOpenError(InstantlyError):
         )
 
 
-class StartTimeoutError(InstantlyError, TimeoutError):
-    """``start()`` waited its whole deadline (rate budget, retries) without creating a session."""
+class StartTimeoutError(InstantlyError, _Timeout):
+    """``start()`` could not create a session within its deadline: the rate budget, an ordinary
+    429's ``Retry-After`` or the retries would take longer than the time left.
+
+    Also ``TimeoutError`` and ``asyncio.TimeoutError``, the same on Python 3.10 to 3.13.
+    """
 
 
 class SessionCancelledError(InstantlyError):
@@ -240,12 +341,22 @@ class OutcomeLostError(InstantlyError):
 
     The server deletes a finished session on its first read; when that response is lost on the
     wire, later reads get 404. Without ``expected_email`` the library cannot tell a connected
-    mailbox from a failed one, so it says so instead of guessing.
+    mailbox from a failed one, so it says so instead of guessing. Also raised when no status read
+    could be made before the session's deadline (the budget or the store gave no slot).
     """
 
     def __init__(self, session_id: str, detail: str, *, account: Account | None = None) -> None:
         self.session_id = session_id
+        self.detail = detail
         #: The mailbox's account as it stands, when ``expected_email`` named one that is
         #: connected but the evidence could not tell whether this session connected it.
         self.account = account
         super().__init__(f"outcome of OAuth session {session_id} was lost: {detail}")
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild_outcome_lost, (self.session_id, self.detail, self.account))
+
+
+def _rebuild_outcome_lost(session_id: str, detail: str, account: Account | None
+                          ) -> OutcomeLostError:
+    return OutcomeLostError(session_id, detail, account=account)

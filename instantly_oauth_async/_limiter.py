@@ -225,6 +225,20 @@ class FairLimiter:
             else:
                 self._queue.remove(turn)
 
+    async def take_now(self, *, hold: float = 0.0) -> tuple[Grant | None, float, bool]:
+        """A grant now, never queued and never slept: ``(grant, 0, False)``, or ``(None, wait,
+        blocked)`` with how long the store says to wait. Never goes ahead of a queued waiter
+        (then ``wait`` is ``inf``)."""
+        if self._queue:
+            return None, float("inf"), False
+        lease = f"{self._prefix}{next(_leases)}" if hold > 0 else None
+        with anyio.CancelScope(shield=True):  # a store on the network may spend the slot
+            wait, blocked = await self._store.take(
+                self._specs, self._block_keys, lease=lease, hold=hold)
+        if wait <= 0:
+            return Grant(0.0, lease), 0.0, False
+        return None, wait, blocked
+
     async def release(self, grant: Grant) -> None:
         """The request made with ``grant`` has ended: its slots start coming back now."""
         if grant.lease is not None:

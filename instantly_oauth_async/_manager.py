@@ -32,7 +32,13 @@ from ._client import DEFAULT_BASE_URL, InstantlyClient
 from ._clock import Clock, SystemClock
 from ._convert import coerce_provider
 from ._events import Hook, Hooks
-from ._exceptions import ClientStateError, ConfigurationError, StartTimeoutError
+from ._exceptions import (
+    CircuitOpenError,
+    ClientStateError,
+    ConfigurationError,
+    IPBlockedError,
+    StartTimeoutError,
+)
 from ._limiter import FairLimiter
 from ._models import OAuthSession, Provider, RateLimit, RetryPolicy
 from ._outcome import ConnectResult, Outcomes
@@ -253,9 +259,13 @@ class OAuthManager:
         """Create a session within the limits and start polling it.
 
         ``timeout`` (default ``start_timeout``) bounds the whole call: waiting for the rate budget,
-        retries, and an open circuit. When the circuit stays open past it, raises
-        :class:`CircuitOpenError` at once (``timeout=0`` means "never wait for the circuit"); a
-        server block longer than ``max_block_wait`` raises :class:`IPBlockedError`.
+        an ordinary 429's ``Retry-After``, retries, and an open circuit; past it, raises
+        :class:`StartTimeoutError` (or :class:`CircuitOpenError` at once when the circuit stays
+        open past it). ``timeout=0`` never waits: the init is sent at once if the circuit is
+        closed and a slot of every budget is free (the request then runs to its own
+        ``request_timeout``), else this raises at once. A server block (a 429 asking for more than
+        one init window) longer than ``max_block_wait`` or than the time left raises
+        :class:`IPBlockedError`.
         """
         self._require_open()
         chosen = coerce_provider(provider)
@@ -265,13 +275,27 @@ class OAuthManager:
         if not budget >= 0:
             raise ConfigurationError("timeout must be a non-negative number of seconds")
         deadline = self._clock.monotonic() + budget
-        with self._clock.deadline(budget) as scope:
-            session = await self._admission[chosen].init(deadline)
-        if scope.cancelled_caught:
-            raise StartTimeoutError(f"no {chosen.value} session within {budget:g} s")
+        try:
+            session = await self._init(chosen, budget, deadline)
+        except CircuitOpenError:
+            self._tally.denied(chosen, "breaker_open")
+            raise
+        except IPBlockedError:
+            self._tally.denied(chosen, "blocked")
+            raise
+        except StartTimeoutError:
+            self._tally.denied(chosen, "budget" if budget == 0 else "deadline")
+            raise
         self._tally.started(chosen)
         first_poll = self._clock.monotonic() + self._poller.poll_interval
         return self._poller.track(session, expected_email, first_poll)
+
+    async def _init(self, provider: Provider, budget: float, deadline: float) -> OAuthSession:
+        if budget == 0:
+            return await self._admission[provider].init(deadline, wait=False)
+        with self._clock.deadline(budget):
+            return await self._admission[provider].init(deadline)
+        raise StartTimeoutError(f"no {provider.value} session within {budget:g} s")
 
     def resume(self, session: OAuthSession, *, expected_email: str | None = None
                ) -> PendingConnection:

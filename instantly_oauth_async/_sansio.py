@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -139,12 +139,21 @@ def decipher_response(
     body: bytes,
     *,
     now: datetime | None = None,
+    method: str | None = None,
+    url: str | None = None,
+    secrets: Iterable[str] = (),
 ) -> Any:
     """Decoded JSON of a 2xx response; a typed exception for anything else.
 
     ``headers`` is any mapping with case-insensitive ``get`` (and ``getall`` for repeated headers,
     as aiohttp's ``CIMultiDictProxy`` has). Error bodies ``{statusCode, error, message}`` and
     non-JSON bodies (an HTML page from a proxy) map to the same exception class for the status.
+    An :class:`APIError` carries ``method``, ``url`` and the response's headers, redacted (any
+    header value holding one of ``secrets`` too).
+
+    A ``Retry-After`` given as an HTTP date is measured against the response's own ``Date``
+    header when it has a readable one: both come from the server's clock, so a client clock
+    minutes off changes nothing. Without it, against ``now`` (default: this host's clock).
     """
     data = _decode_json(body, status)
     if 200 <= status < 300:
@@ -156,16 +165,22 @@ def decipher_response(
             f"unexpected redirect ({status}); redirects are not followed", status=status
         )
     error, message = _error_fields(None if data is _NOT_JSON else data)
+    items = getattr(headers, "items", None)
+    pairs: list[tuple[str, str]] | None = list(items()) if items is not None else None
     if status in (429, 503):
         getall = getattr(headers, "getall", None)
         raw = getall("Retry-After", None) if getall is not None else headers.get("Retry-After")
-        retry_after = parse_retry_after(raw, now=now)
-        cls = RateLimitedError if status == 429 else ServiceUnavailableError
-        raise cls(status, error, message, retry_after=retry_after)
+        server_now = parse_http_date(headers.get("Date"))
+        retry_after = parse_retry_after(raw, now=server_now or now)
+        limited = RateLimitedError if status == 429 else ServiceUnavailableError
+        raise limited(status, error, message, retry_after=retry_after, method=method, url=url,
+                      headers=pairs, secrets=secrets)
     if status in _BY_STATUS:
-        raise _BY_STATUS[status](status, error, message)
-    if status >= 500:
-        raise ServerError(status, error, message)
-    if 400 <= status < 500:
-        raise BadRequestError(status, error, message)
-    raise MalformedResponseError(f"unexpected HTTP status {status}", status=status)
+        cls = _BY_STATUS[status]
+    elif status >= 500:
+        cls = ServerError
+    elif 400 <= status < 500:
+        cls = BadRequestError
+    else:
+        raise MalformedResponseError(f"unexpected HTTP status {status}", status=status)
+    raise cls(status, error, message, method=method, url=url, headers=pairs, secrets=secrets)

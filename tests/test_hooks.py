@@ -37,7 +37,7 @@ def test_a_coroutine_function_is_refused_at_registration() -> None:
 
     for bad in (hook, AsyncCallable()):
         with pytest.raises(ConfigurationError, match="coroutine function"):
-            OAuthManager("key", hooks=[bad])  # type: ignore[list-item]
+            OAuthManager("key", hooks=[bad])
     with pytest.raises(ConfigurationError, match="callable"):
         OAuthManager("key", hooks=["not a hook"])  # type: ignore[list-item]
 

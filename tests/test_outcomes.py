@@ -257,3 +257,11 @@ async def test_closing_inside_a_nested_task_group_does_not_cancel_the_caller(
         await anyio.lowlevel.checkpoint()
         reached.append("after aclose")
     assert reached == ["after the group", "after aclose"]
+
+
+def test_a_lost_outcome_survives_pickling_with_its_account() -> None:
+    import pickle  # noqa: PLC0415 - only this test
+
+    exc = OutcomeLostError("sess-1", "the status read answered 404", account=None)
+    again = pickle.loads(pickle.dumps(exc))  # noqa: S301 - our own bytes
+    assert (again.session_id, again.account, str(again)) == ("sess-1", None, str(exc))
