@@ -6,6 +6,16 @@ from ._breaker import BreakerPolicy, BreakerTransition, CircuitState
 from ._budget import DEFAULT_STANDARD_LIMIT, DEFAULT_STATUS_LIMIT, Budget
 from ._client import InstantlyClient, __version__
 from ._clock import Clock, SystemClock
+from ._events import (
+    BreakerChanged,
+    BudgetWaited,
+    Event,
+    Hook,
+    InitDenied,
+    RequestFinished,
+    SessionResolved,
+    SessionStarted,
+)
 from ._exceptions import (
     APIError,
     BadRequestError,
@@ -48,7 +58,7 @@ from ._models import (
 from ._outcome import ConnectResult
 from ._polling import PendingConnection
 from ._stats import ManagerStats
-from ._store import MemoryStore, Store
+from ._store import MemoryStore, Store, StoreError
 
 __all__ = [
     "DEFAULT_STANDARD_LIMIT",
@@ -57,17 +67,22 @@ __all__ = [
     "Account",
     "AccountStatus",
     "BadRequestError",
+    "BreakerChanged",
     "BreakerPolicy",
     "BreakerTransition",
     "Budget",
+    "BudgetWaited",
     "CircuitOpenError",
     "CircuitState",
     "ClientStateError",
     "Clock",
     "ConfigurationError",
     "ConnectResult",
+    "Event",
     "ForbiddenError",
+    "Hook",
     "IPBlockedError",
+    "InitDenied",
     "InstantlyClient",
     "InstantlyError",
     "MalformedResponseError",
@@ -84,16 +99,20 @@ __all__ = [
     "ProviderCode",
     "RateLimit",
     "RateLimitedError",
+    "RequestFinished",
     "RequestTimeoutError",
     "ResponseTooLargeError",
     "RetryPolicy",
     "ServerError",
     "ServiceUnavailableError",
     "SessionCancelledError",
+    "SessionResolved",
+    "SessionStarted",
     "SessionStatus",
     "StartTimeoutError",
     "StatusMessage",
     "Store",
+    "StoreError",
     "SystemClock",
     "TransportError",
     "UnauthorizedError",

@@ -75,6 +75,8 @@ class RequestFinished:
     duration: float
     attempt: int = 1
     retry_after: float | None = None
+    server_address: str = ""  #: the API's host and port, as OpenTelemetry's HTTP metrics want
+    server_port: int = 0
 
 
 @attrs.frozen(slots=True)
@@ -89,20 +91,26 @@ class BreakerChanged:
 
 @attrs.frozen(slots=True)
 class SessionStarted:
-    """``start()`` created a session."""
+    """A session began to be polled: created by ``start()``, or given to ``resume()``
+    (``resumed``). ``key`` pairs it with its :class:`SessionResolved`: a number unique within
+    the manager, not the session's id; never make it a metric attribute."""
 
     provider: str
+    key: int
+    resumed: bool = False
 
 
 @attrs.frozen(slots=True)
 class SessionResolved:
-    """A session ended: ``latency`` from its creation to its end, ``polls`` status reads sent."""
+    """A session ended: ``latency`` from when it began to be polled to its end, ``polls`` status
+    reads sent. Every :class:`SessionStarted` is followed by exactly one of these."""
 
     provider: str
     outcome: Outcome
     latency: float
     polls: int
     reconciled: bool
+    key: int = 0
 
 
 Event: TypeAlias = (

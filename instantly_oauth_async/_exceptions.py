@@ -25,7 +25,11 @@
     ├── StartTimeoutError (also TimeoutError)     start() could not get a session in time (rate
     │                                             budget, an ordinary 429's wait, retries)
     ├── SessionCancelledError                     pending.cancel() stopped the session's polling
-    └── OutcomeLostError                          a one-time terminal answer was lost on the wire
+    ├── OutcomeLostError                          the outcome cannot be known: a one-time answer
+    │                                             lost on the wire, or no read possible by the
+    │                                             deadline; ``account`` when one is connected
+    └── StoreError (in ``_store``)                the shared store answered an error that waiting
+                                                  will not cure (ACL, wrong type, old server)
 
 ``StartTimeoutError`` and ``RequestTimeoutError`` are the builtin ``TimeoutError`` and
 ``asyncio.TimeoutError`` on every supported Python (on 3.10 those are two different classes).

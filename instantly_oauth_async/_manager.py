@@ -105,12 +105,12 @@ class OAuthManager:
             store = default_store() if clock is None else MemoryStore(self._clock)
         self._start_timeout = float(start_timeout)
         rng = random.Random(seed)  # noqa: S311 - backoff jitter, not security
-        self._tally = Tally(Hooks(hooks))
+        url = URL(self._client.base_url)
+        self._tally = Tally(Hooks(hooks), server=(url.host or "", url.port or 0))
 
         # Keys: budgets belong to the workspace, shared by all its keys (by default one key is
         # taken for one workspace; ``workspace=`` names it when several share one). A 429 for
         # the standard limit holds back every request of the workspace: the standard key.
-        url = URL(self._client.base_url)
         namespace = f"iox:{url.host}:{url.port}"
         name = api_key.strip() if workspace is None else f"workspace:{workspace.strip()}"
         ws_id = hashlib.sha256(name.encode()).hexdigest()[:16]
@@ -286,7 +286,7 @@ class OAuthManager:
         except StartTimeoutError:
             self._tally.denied(chosen, "budget" if budget == 0 else "deadline")
             raise
-        self._tally.started(chosen)
+        self._tally.created += 1
         first_poll = self._clock.monotonic() + self._poller.poll_interval
         return self._poller.track(session, expected_email, first_poll)
 
@@ -309,7 +309,7 @@ class OAuthManager:
         existing = self._poller.pending.get(session.session_id)
         if existing is not None:
             return existing
-        return self._poller.track(session, expected_email, self._clock.monotonic())
+        return self._poller.track(session, expected_email, self._clock.monotonic(), resumed=True)
 
     def connect_many(
         self,

@@ -53,8 +53,8 @@ class PendingConnection:
     """
 
     __slots__ = ("_born", "_cancel_requested", "_clock", "_deadline", "_done", "_error",
-                 "_failures", "_finished", "_in_step", "_next_at", "_on_finish", "_polls",
-                 "_result", "_unsure", "_watch", "expected_email", "session")
+                 "_failures", "_finished", "_in_step", "_key", "_next_at", "_on_finish",
+                 "_polls", "_result", "_unsure", "_watch", "expected_email", "session")
 
     def __init__(
         self,
@@ -69,6 +69,7 @@ class PendingConnection:
         self._clock: Clock = clock or SystemClock()
         self._born = self._clock.monotonic()
         self._polls = 0  # status reads sent
+        self._key = 0  # pairs the hooks' SessionStarted with its SessionResolved
         self._finished = False
         self._done: anyio.Event | None = None  # made when someone first waits: most never do
         self._result: ConnectResult | None = None
@@ -182,10 +183,11 @@ class Poller:
 
     # -- sessions in, sessions out -----------------------------------------------------------
 
-    def track(self, session: OAuthSession, expected_email: str | None, first_poll: float
-              ) -> PendingConnection:
+    def track(self, session: OAuthSession, expected_email: str | None, first_poll: float, *,
+              resumed: bool = False) -> PendingConnection:
         """Register a session and queue its first poll."""
         pending = PendingConnection(session, expected_email, self._finished, clock=self._clock)
+        pending._key = self._tally.started(session.provider, resumed=resumed)
         self.pending[session.session_id] = pending
         self._set_deadline(pending, self._local_deadline(session.expires_at, session.server_date))
         self._schedule(pending, first_poll)
@@ -210,7 +212,7 @@ class Poller:
         self._tally.resolved(
             pending.session.provider, outcome, label,
             latency=self._clock.monotonic() - pending._born, polls=pending._polls,
-            reconciled=result is not None and result.reconciled)
+            reconciled=result is not None and result.reconciled, key=pending._key)
 
     def closing(self) -> None:
         """The manager is closing: a step that ends from now on finishes its session."""

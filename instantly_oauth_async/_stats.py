@@ -7,6 +7,7 @@ a counter and two checks per moment."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections import Counter, deque
 
@@ -52,8 +53,11 @@ class ManagerStats:
 class Tally:
     """The counters behind :class:`ManagerStats`, fed by every stage of a request's life."""
 
-    def __init__(self, hooks: Hooks | None = None) -> None:
+    def __init__(self, hooks: Hooks | None = None, *, server: tuple[str, int] = ("", 0)
+                 ) -> None:
         self.hooks = hooks or Hooks()
+        self._server = server
+        self._keys = itertools.count(1)
         self.requests: dict[str, Counter[int]] = {}
         self.rate_limited = 0
         self.breakers = dict.fromkeys((p.value for p in Provider), CircuitState.CLOSED)
@@ -85,7 +89,7 @@ class Tally:
         if self.hooks:
             self.hooks.emit(RequestFinished(
                 endpoint, provider, status or None, error_type, duration, attempt,
-                retry_after if isinstance(retry_after, (int, float)) else None))
+                retry_after if isinstance(retry_after, (int, float)) else None, *self._server))
         logger.log(level, "%s %s in %.3f s", endpoint, error_type or status, duration,
                    extra={"iox_event": "request_finished", "operation": endpoint,
                           "provider": provider, "status": status or None,
@@ -112,21 +116,25 @@ class Tally:
                        extra={"iox_event": "init_denied", "provider": provider.value,
                               "reason": reason})
 
-    def started(self, provider: Provider) -> None:
-        self.created += 1
+    def started(self, provider: Provider, *, resumed: bool = False) -> int:
+        """A session began to be polled; returns its key for :meth:`resolved`."""
+        key = next(self._keys)
         if self.hooks:
-            self.hooks.emit(SessionStarted(provider.value))
+            self.hooks.emit(SessionStarted(provider.value, key, resumed))
         if logger.isEnabledFor(logging.DEBUG):
-            logger.debug("%s session started", provider.value,
-                         extra={"iox_event": "session_started", "provider": provider.value})
+            logger.debug("%s session %s", provider.value, "resumed" if resumed else "started",
+                         extra={"iox_event": "session_started", "provider": provider.value,
+                                "resumed": resumed})
+        return key
 
     def resolved(self, provider: Provider, outcome: Outcome, label: str | None, *,
-                 latency: float, polls: int, reconciled: bool) -> None:
+                 latency: float, polls: int, reconciled: bool, key: int = 0) -> None:
         """A session ended; ``label`` is what ``stats().results`` counts it as (None: not)."""
         if label is not None:
             self.results[label] += 1
         if self.hooks:
-            self.hooks.emit(SessionResolved(provider.value, outcome, latency, polls, reconciled))
+            self.hooks.emit(SessionResolved(provider.value, outcome, latency, polls, reconciled,
+                                            key))
         level = logging.WARNING if outcome in ("lost", "failed") else logging.INFO
         if logger.isEnabledFor(level):
             logger.log(level, "%s session ended: %s after %.1f s, %d polls", provider.value,

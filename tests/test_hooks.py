@@ -53,7 +53,7 @@ def test_a_raising_hook_is_logged_once_a_minute_and_swallowed(
     hooks = Hooks([broken, seen.append])
     with caplog.at_level(logging.ERROR, logger="instantly_oauth_async"):
         for _ in range(3):
-            hooks.emit(SessionStarted("google"))
+            hooks.emit(SessionStarted("google", 1))
     assert len(seen) == 3  # the next hook still ran, every time
     assert [r.getMessage() for r in caplog.records].count(
         "hook test_a_raising_hook_is_logged_once_a_minute_and_swallowed.<locals>.broken raised "
@@ -80,9 +80,11 @@ async def test_a_scripted_session_tells_its_story_and_no_secret(csim: Simulator)
     assert finished[1].error_type == "RateLimitedError" and finished[1].retry_after == 0
     assert all(e.duration > 0 for e in finished)
     started = [e for e in events if isinstance(e, SessionStarted)]
-    assert started == [SessionStarted("google")]
+    assert len(started) == 1 and started[0].provider == "google" and not started[0].resumed
     resolved = [e for e in events if isinstance(e, SessionResolved)]
-    assert len(resolved) == 1
+    assert len(resolved) == 1 and resolved[0].key == started[0].key
+    assert {(e.server_address, e.server_port) for e in finished} == {
+        ("127.0.0.1", int(csim.url.rsplit(":", 1)[1]))}
     assert (resolved[0].outcome, resolved[0].polls, resolved[0].reconciled) == ("success", 2, False)
     waits = [e for e in events if isinstance(e, BudgetWaited)]
     assert {e.budget for e in waits} == {"init", "read"} and all(e.granted for e in waits)
