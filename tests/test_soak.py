@@ -21,6 +21,7 @@ import pytest
 from instantly_oauth_async import (
     ConnectResult,
     InstantlyError,
+    MalformedResponseError,
     OAuthManager,
     OutcomeLostError,
     PendingConnection,
@@ -120,7 +121,13 @@ async def test_every_session_resolves_once_with_its_true_outcome() -> None:
         tally[expected] += 1
         tally["reconciled"] += got.reconciled
     assert set(outcomes) == set(truth)
-    assert len(start_failures) <= SESSIONS // 50, start_failures
+    # An init answer that came but cannot be read is raised, never retried (the server spent the
+    # init, and the same answer would come again): each of those is a non-JSON init answer in
+    # the server's log, one for one. Every other start failure is rare.
+    unreadable = [e for e in start_failures if isinstance(e, MalformedResponseError)]
+    garbled_inits = [r for r in sim.requests if r.kind == "init" and r.outcome == "non-json"]
+    assert len(unreadable) == len(garbled_inits), (unreadable, garbled_inits)
+    assert len(start_failures) - len(unreadable) <= SESSIONS // 50, start_failures
     limit_429 = [r for r in sim.requests if r.status == 429 and r.outcome != "fault"]
     assert limit_429 == []
     for times in sim.init_times.values():
