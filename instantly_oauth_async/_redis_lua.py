@@ -199,3 +199,156 @@ if ARGV[1] == '1' and redis.call('HGET', KEYS[1], 'state') == 'half_open' then
 end
 return 1
 """
+
+# -- the session registry (RedisRegistry, issue 14) ---------------------------------------------
+#
+# Every key of a namespace carries the namespace as its hash tag (``iox:reg:{<ns>}:...``), so a
+# script touches one cluster slot. KEYS[1]: the lapse index (sorted set: undecided session ->
+# lease end, 0 once released); KEYS[2]: the meta hash (undecided session -> 'created forget');
+# then entry hashes: d data, c created, o owner ('' = none), f fence, l lease end, x outcome
+# (absent while undecided), r rank, g forget at (retention's end, by the store's clock). Every
+# reply starts with the time the script used; an entry follows as d, c, o, f, l, decided (0/1),
+# x, r. An entry past g is gone, whether or not Redis has expired the key yet (PEXPIRE, one
+# second later, does the cleaning): so retention keeps to the scripts' clock, also when the
+# tests drive it.
+_REG: Final = _NOW + """
+local lapse, meta = KEYS[1], KEYS[2]
+local function forget_ms(seconds) return math.ceil(seconds * 1000) + 1000 end
+local function live(key, sid, now)
+  local e = redis.call('HMGET', key, 'd', 'c', 'o', 'f', 'l', 'x', 'r', 'g')
+  if not e[1] then return nil end
+  if tonumber(e[8]) <= now then
+    redis.call('DEL', key)
+    redis.call('ZREM', lapse, sid)
+    redis.call('HDEL', meta, sid)
+    return nil
+  end
+  return e
+end
+local function answer(now, e)
+  if e == nil then return {num(now)} end
+  local decided = '0'
+  if e[6] then decided = '1' end
+  return {num(now), e[1], e[2], e[3], e[4], e[5], decided, e[6] or '', e[7] or '0'}
+end
+"""
+
+#: KEYS: lapse, meta, entry; ARGV: session, data, owner, lease, retention; now.
+REG_REGISTER: Final = _REG + """
+local sid = ARGV[1]
+local now = clock(ARGV[6])
+local e = live(KEYS[3], sid, now)
+if e == nil then
+  local lease, retention = tonumber(ARGV[4]), tonumber(ARGV[5])
+  e = {ARGV[2], num(now), ARGV[3], '1', num(now + lease), false, false, num(now + retention)}
+  redis.call('HSET', KEYS[3], 'd', e[1], 'c', e[2], 'o', e[3], 'f', e[4], 'l', e[5], 'g', e[8])
+  redis.call('PEXPIRE', KEYS[3], forget_ms(retention))
+  redis.call('ZADD', lapse, e[5], sid)
+  redis.call('HSET', meta, sid, e[2] .. ' ' .. e[8])
+  keep_for(lapse, retention)
+  keep_for(meta, retention)
+end
+return answer(now, e)
+"""
+
+#: KEYS: lapse, meta, entry; ARGV: session; now.
+REG_GET: Final = _REG + """
+local now = clock(ARGV[2])
+return answer(now, live(KEYS[3], ARGV[1], now))
+"""
+
+#: KEYS: lapse, meta, entry; ARGV: session, owner, lease, channel; now.
+REG_CLAIM: Final = _REG + """
+local sid, owner = ARGV[1], ARGV[2]
+local now = clock(ARGV[5])
+local e = live(KEYS[3], sid, now)
+if e == nil or e[6] then return {num(now)} end
+if e[3] ~= '' and e[3] ~= owner and tonumber(e[5]) > now then return {num(now)} end
+e[3], e[4], e[5] = owner, tostring(tonumber(e[4]) + 1), num(now + tonumber(ARGV[3]))
+redis.call('HSET', KEYS[3], 'o', e[3], 'f', e[4], 'l', e[5])
+redis.call('ZADD', lapse, e[5], sid)
+redis.call('PUBLISH', ARGV[4], sid)
+return answer(now, e)
+"""
+
+#: KEYS: lapse, meta, entry_1, ...; ARGV: owner, lease, session_1, fence_1, ...; now.
+#: Returns the time, then the sessions no longer ours (their leases are left alone).
+REG_RENEW: Final = _REG + """
+local owner, lease = ARGV[1], tonumber(ARGV[2])
+local now = clock(ARGV[#ARGV])
+local lost = {num(now)}
+for i = 3, #KEYS do
+  local sid, fence = ARGV[2 * i - 3], tonumber(ARGV[2 * i - 2])
+  local e = live(KEYS[i], sid, now)
+  if e == nil or e[6] or e[3] ~= owner or tonumber(e[4]) ~= fence or tonumber(e[5]) <= now then
+    lost[#lost + 1] = sid
+  else
+    local untilv = num(now + lease)
+    redis.call('HSET', KEYS[i], 'l', untilv)
+    redis.call('ZADD', lapse, untilv, sid)
+  end
+end
+return lost
+"""
+
+#: KEYS: lapse, meta, entry_1, ...; ARGV: owner, channel, session_1, fence_1, ...; now.
+REG_RELEASE: Final = _REG + """
+local owner, channel = ARGV[1], ARGV[2]
+local now = clock(ARGV[#ARGV])
+for i = 3, #KEYS do
+  local sid, fence = ARGV[2 * i - 3], tonumber(ARGV[2 * i - 2])
+  local e = live(KEYS[i], sid, now)
+  if e ~= nil and not e[6] and e[3] == owner and tonumber(e[4]) == fence then
+    redis.call('HSET', KEYS[i], 'o', '', 'l', '0')
+    redis.call('ZADD', lapse, '0', sid)
+    redis.call('PUBLISH', channel, sid)
+  end
+end
+return {num(now)}
+"""
+
+#: KEYS: lapse, meta, entry; ARGV: session, outcome, rank, fence ('' = unfenced), retention,
+#: channel; now. First writer wins; a higher rank replaces a lower one; a stale fence is refused.
+REG_DECIDE: Final = _REG + """
+local sid, rank, fence = ARGV[1], tonumber(ARGV[3]), ARGV[4]
+local now = clock(ARGV[7])
+local e = live(KEYS[3], sid, now)
+if e == nil then return {num(now)} end
+if fence ~= '' and tonumber(fence) ~= tonumber(e[4]) then return answer(now, e) end
+if e[6] and rank <= tonumber(e[7]) then return answer(now, e) end
+local retention = tonumber(ARGV[5])
+e[3], e[5], e[6], e[7], e[8] = '', '0', ARGV[2], ARGV[3], num(now + retention)
+redis.call('HSET', KEYS[3], 'o', '', 'l', '0', 'x', e[6], 'r', e[7], 'g', e[8])
+redis.call('PEXPIRE', KEYS[3], forget_ms(retention))
+redis.call('ZREM', lapse, sid)
+redis.call('HDEL', meta, sid)
+redis.call('PUBLISH', ARGV[6], sid)
+return answer(now, e)
+"""
+
+#: KEYS: lapse, meta; ARGV: limit, scan; now. Looks at the ``scan`` longest-lapsed sessions,
+#: drops the ones past their retention, and returns up to ``limit`` of the rest, oldest first.
+REG_ORPHANS: Final = _REG + """
+local limit, scan = tonumber(ARGV[1]), tonumber(ARGV[2])
+local now = clock(ARGV[3])
+local due = redis.call('ZRANGEBYSCORE', lapse, '-inf', num(now), 'LIMIT', 0, scan)
+local found = {}
+for _, sid in ipairs(due) do
+  local m = redis.call('HGET', meta, sid)
+  local created, forget
+  if m then created, forget = string.match(m, '^(%S+) (%S+)$') end
+  if not created or tonumber(forget) <= now then
+    redis.call('ZREM', lapse, sid)
+    redis.call('HDEL', meta, sid)
+  else
+    found[#found + 1] = {tonumber(created), sid}
+  end
+end
+table.sort(found, function(a, b)
+  if a[1] ~= b[1] then return a[1] < b[1] end
+  return a[2] < b[2]
+end)
+local r = {num(now)}
+for i = 1, math.min(limit, #found) do r[#r + 1] = found[i][2] end
+return r
+"""

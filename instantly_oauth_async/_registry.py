@@ -19,6 +19,10 @@ both):
   is refused. Decided entries are kept ``retention`` seconds, then forgotten.
 - ``wait`` returns when the entry may have changed, or after ``within`` seconds: waiters
   re-read, so a dropped notification costs at most one ``within``.
+
+A remote registry that cannot reach its store raises :class:`RegistryUnavailableError` (retry
+the step later); one that gets an error waiting will not cure raises ``StoreError``. Neither
+falls back to this process's memory: a lease or an outcome the fleet cannot see is no registry.
 """
 
 from __future__ import annotations
@@ -31,10 +35,23 @@ import anyio
 import attrs
 
 from ._clock import Clock
+from ._exceptions import InstantlyError
 
-__all__ = ["ANSWER", "EXPIRED", "LOST", "Entry", "MemoryRegistry", "Registry"]
+__all__ = ["ANSWER", "EXPIRED", "LOST", "Entry", "MemoryRegistry", "Registry",
+           "RegistryUnavailableError"]
 
 LOST, EXPIRED, ANSWER = 1, 2, 3  # outcome precedence ranks
+
+
+class RegistryUnavailableError(InstantlyError):
+    """The registry's store could not be reached: refused, reset, slower than its timeout, or
+    busy for now (``BUSY``, ``LOADING``, ``MASTERDOWN``, ``TRYAGAIN``).
+
+    The step may or may not have happened. Every step may be repeated: ``register`` returns the
+    entry already there, a repeated ``claim`` by the same owner bumps the fence once more (the
+    owner holds the newer one), and ``renew``, ``release`` and ``decide`` are idempotent. So
+    retry it later; the registry keeps no local copy meanwhile.
+    """
 
 
 @attrs.frozen

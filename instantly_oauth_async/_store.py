@@ -23,6 +23,7 @@ from ._clock import Clock, SystemClock
 from ._exceptions import InstantlyError
 from ._limiter import SlotLog, release, take
 from ._models import RateLimit
+from ._registry import MemoryRegistry
 
 __all__ = ["MemoryStore", "Store", "StoreError", "default_store"]
 
@@ -113,6 +114,12 @@ class MemoryStore:
         self._logs: dict[str, SlotLog] = {}
         self._blocks: dict[str, float] = {}
         self._breakers: dict[str, BreakerState] = {}
+        self._registry = MemoryRegistry(self.clock)
+
+    @property
+    def registry(self) -> MemoryRegistry:
+        """The session registry of the managers sharing this store, timed by its clock."""
+        return self._registry
 
     def __repr__(self) -> str:
         return (

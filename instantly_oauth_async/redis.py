@@ -39,10 +39,11 @@ once, since waiting will not cure it: from ``start()``, ``budget.slot()`` or a p
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -67,18 +68,22 @@ except ModuleNotFoundError as exc:  # the extra is not installed (or redis-py is
         "instantly_oauth_async.redis needs redis-py 5 or later, which the 'redis' extra "
         "installs: pip install 'instantly-oauth-async[redis]'", name="redis") from exc
 
+import anyio
+
 from . import _limiter, _redis_lua
 from ._breaker import Admission, BreakerPolicy, BreakerTransition, CircuitState
 from ._clock import Clock, SystemClock
-from ._exceptions import ConfigurationError
+from ._exceptions import ClientStateError, ConfigurationError
 from ._models import RateLimit
+from ._registry import Entry
+from ._registry import RegistryUnavailableError as RegistryUnavailableError  # noqa: PLC0414
 from ._store import MemoryStore
 
-# Re-exported (``as``: explicit for type checkers) so callers catch it where it is raised;
-# ``__all__`` stays the store alone.
+# Re-exported (``as``: explicit for type checkers) so callers catch them where they are raised;
+# ``__all__`` stays the store and the registry.
 from ._store import StoreError as StoreError  # noqa: PLC0414
 
-__all__ = ["RedisStore"]
+__all__ = ["RedisRegistry", "RedisStore"]
 
 logger = logging.getLogger("instantly_oauth_async")
 
@@ -173,6 +178,7 @@ class RedisStore:
         #: ``None`` in production; tests set it to drive the scripts' clock (seconds).
         self.time_override: float | None = None
         self.round_trips = 0
+        self._registry: RedisRegistry | None = None
 
     @classmethod
     def from_url(cls, url: str, *, timeout: float = 0.5, **kwargs: Any) -> RedisStore:
@@ -197,6 +203,16 @@ class RedisStore:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+    @property
+    def registry(self) -> RedisRegistry:
+        """The fleet's session registry on this store's client, made at first use and closed
+        with the store. It has no fallback: while Redis is away its steps raise
+        ``RegistryUnavailableError``."""
+        if self._registry is None:
+            self._registry = RedisRegistry(self._redis, clock=self.clock,
+                                           retry_interval=self._retry_interval)
+        return self._registry
 
     @property
     def degraded(self) -> bool:
@@ -405,6 +421,341 @@ class RedisStore:
 
     async def aclose(self) -> None:
         """Close the connection pool if this store made it (``from_url``); a client it was given
-        stays open. Leaving ``async with store:`` does this."""
+        stays open. Leaving ``async with store:`` does this, and closes the registry too."""
+        if self._registry is not None:
+            await self._registry.aclose()
         if self._owns:
             await self._redis.aclose()
+
+
+# -- the session registry ----------------------------------------------------------------------
+
+#: How long the first call in a namespace waits for Redis to confirm the subscription to the
+#: namespace's channel (seconds); past it the call goes on, and waiters rely on ``within``.
+_CONFIRM_WITHIN = 2.0
+#: The longest the listener reads without a message before it reads again (seconds).
+_IDLE_READ = 30.0
+#: ``orphans`` looks at this many lapsed sessions at most (longest lapsed first), then returns the
+#: oldest of them: one script stays short however many sessions a dead process left behind.
+_ORPHAN_SCAN = 1000
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _entry(session_id: str, reply: Sequence[Any]) -> Entry | None:
+    """The entry in a script's reply (after the time), or None when the reply holds none."""
+    if len(reply) < 9:
+        return None
+    data, created, owner, fence, lease, decided, outcome, rank = (_text(x) for x in reply[1:9])
+    return Entry(session_id, data, float(created), owner or None, int(fence), float(lease),
+                 outcome if decided == "1" else None, int(rank))
+
+
+class RedisRegistry:
+    """The session registry of a fleet (see :class:`~instantly_oauth_async._registry.Registry`)
+    in Redis: use ``RedisStore(...).registry``, which closes it with the store.
+
+    Each step is one Lua script on the keys of one namespace, timed by Redis ``TIME``. Every key
+    of a namespace ``ns`` carries it as a hash tag, ``iox:reg:{ns}:...`` (so ``ns`` may not hold
+    braces): the scripts work on Redis Cluster, each in one slot. An entry is a hash that
+    expires on its own ``retention`` after it is registered, and again after it is decided; the
+    undecided ones are also indexed by lease end (for :meth:`orphans`).
+
+    :meth:`now` is the last reading of Redis's clock (each script returns the time it used)
+    advanced by this process's monotonic clock since, the reading taken to be halfway through
+    its round trip. It is only for judging leases against the store's clock: it is not a wall
+    clock, and it raises ``ClientStateError`` before the first step.
+
+    :meth:`wait` listens on one subscription per registry (one connection): the first step in a
+    namespace subscribes to the namespace's channel, on which ``claim``, ``release`` and
+    ``decide`` publish the session's id, and waits (up to 2 s) for Redis to confirm; from then on
+    every change in that namespace wakes its waiters. Pub/sub may drop messages (a reconnect,
+    a slow consumer): the waiters of a namespace wake whenever its subscription is confirmed
+    again, and a lost message otherwise costs a waiter its ``within``.
+
+    Errors: when Redis cannot be reached every step raises
+    :class:`~instantly_oauth_async._registry.RegistryUnavailableError` (retry it), never falling
+    back to memory; an error waiting will not cure raises :class:`StoreError`, also from the
+    subscription (an ACL without the ``iox:reg:*`` channels). ``wait`` does not raise for an
+    outage: it returns after ``within``, and the subscription is tried again every
+    ``retry_interval`` seconds.
+    """
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        *,
+        clock: Clock | None = None,
+        retry_interval: float = 1.0,
+        prefix: str = "iox:reg:",
+    ) -> None:
+        if "{" in prefix or "}" in prefix:
+            raise ConfigurationError("the registry's key prefix may not hold braces")
+        self._redis = client
+        self._clock: Clock = clock or SystemClock()
+        self._retry_interval = float(retry_interval)
+        self._prefix = prefix
+        self._scripts = {
+            name: client.register_script(getattr(_redis_lua, name))
+            for name in ("REG_REGISTER", "REG_GET", "REG_CLAIM", "REG_RENEW", "REG_RELEASE",
+                         "REG_DECIDE", "REG_ORPHANS")
+        }
+        self._reading: tuple[float, float] | None = None  # (Redis's time, our clock then)
+        self._names: dict[str, tuple[str, str, str, str]] = {}
+        # The subscription: channel -> namespace, set once Redis first confirmed it (or gave up).
+        self._channels: dict[str, str] = {}
+        self._confirmed: dict[str, anyio.Event] = {}
+        self._unsent: set[str] = set()  # channels whose SUBSCRIBE failed: the listener sends them
+        self._waiters: dict[str, dict[str, set[anyio.Event]]] = {}
+        self._pubsub: aioredis.client.PubSub | None = None
+        self._listener: asyncio.Task[None] | None = None
+        self._lock = anyio.Lock()
+        self._refused: tuple[str, str | None] | None = None  # the subscription's error, if any
+        self._closed = False
+        #: ``None`` in production; tests set it to drive the scripts' clock (seconds).
+        self.time_source: Callable[[], float] | None = None
+        self.round_trips = 0
+
+    def __repr__(self) -> str:
+        return f"<RedisRegistry namespaces={len(self._channels)}>"
+
+    def now(self) -> float:
+        if self._reading is None:
+            raise ClientStateError("the registry has not read Redis's clock yet: call a step first")
+        store_time, local = self._reading
+        return store_time + (self._clock.monotonic() - local)
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    def _ns(self, ns: str) -> tuple[str, str, str, str]:
+        """Entry key prefix, lapse index, meta hash and channel of a namespace."""
+        names = self._names.get(ns)
+        if names is None:
+            if not ns or "{" in ns or "}" in ns:
+                raise ConfigurationError("a registry namespace is a non-empty string, no braces")
+            tag = f"{self._prefix}{{{ns}}}"
+            names = self._names[ns] = (f"{tag}:e:", f"{tag}:lapse", f"{tag}:meta",
+                                       f"{tag}:events")
+        return names
+
+    async def _run(self, ns: str, name: str, keys: Sequence[str], args: Sequence[str]
+                   ) -> list[Any]:
+        await self._watch(ns)
+        now_arg = "" if self.time_source is None else repr(float(self.time_source()))
+        sent = self._clock.monotonic()
+        try:
+            self.round_trips += 1
+            reply = await self._scripts[name](keys=list(keys), args=[*args, now_arg])
+        except _FAILURES as exc:
+            if not _outage(exc):
+                raise _store_error(f"the registry's {name} script", exc) from exc
+            raise RegistryUnavailableError(
+                f"Redis could not be reached for the registry's {name} step "
+                f"({type(exc).__name__}); it may or may not have happened: retry it") from exc
+        self._reading = (float(reply[0]), (sent + self._clock.monotonic()) / 2)
+        return list(reply)
+
+    async def _watch(self, ns: str) -> None:
+        """Subscribe to the namespace's channel at its first step; raise a refused subscription."""
+        if self._closed:
+            raise ClientStateError("the registry is closed (its store was closed)")
+        channel = self._ns(ns)[3]
+        confirmed = self._confirmed.get(channel)
+        if confirmed is None:
+            confirmed = self._confirmed[channel] = anyio.Event()
+            self._channels[channel] = ns
+            await self._subscribe(channel)
+        if not confirmed.is_set():
+            with anyio.move_on_after(_CONFIRM_WITHIN):
+                await confirmed.wait()
+        if self._refused is not None:
+            detail, code = self._refused
+            raise StoreError(detail, code=code)
+
+    async def _subscribe(self, channel: str) -> None:
+        if self._listener is None:  # it connects, and subscribes to every channel wanted
+            self._listener = asyncio.get_running_loop().create_task(
+                self._listen(), name="instantly-oauth-async registry listener")
+            return
+        async with self._lock:
+            if self._pubsub is None:
+                return  # the listener is connecting again: it subscribes to this one too
+            try:
+                await self._pubsub.subscribe(channel)
+            except _FAILURES:
+                # The listener will find the connection broken, or send it after its next read.
+                self._unsent.add(channel)
+                self._confirmed[channel].set()
+
+    async def _listen(self) -> None:
+        """The one reader of the subscription: wakes waiters, and reconnects after a failure."""
+        while True:
+            try:
+                async with self._lock:
+                    if self._pubsub is None:
+                        self._unsent.clear()
+                        self._pubsub = self._redis.pubsub()
+                        await self._pubsub.subscribe(*self._channels)
+                    elif self._unsent:
+                        unsent, self._unsent = self._unsent, set()
+                        await self._pubsub.subscribe(*unsent)
+                    pubsub = self._pubsub
+                message = await pubsub.get_message(timeout=_IDLE_READ)
+            except _FAILURES as exc:
+                await self._lost(exc)
+                continue
+            if message is not None:
+                self._dispatch(message)
+
+    async def _lost(self, exc: BaseException) -> None:
+        if _outage(exc):
+            logger.debug("registry subscription lost (%s); again in %g s",
+                         type(exc).__name__, self._retry_interval)
+        else:
+            error = _store_error("the registry's subscription", exc)
+            if self._refused is None:
+                logger.warning("%s; waiters fall back to their timeout", error)
+            self._refused = (str(error), error.code)
+        for event in self._confirmed.values():
+            event.set()  # nobody waits for a confirmation that is not coming
+        pubsub, self._pubsub = self._pubsub, None
+        if pubsub is not None:
+            with contextlib.suppress(*_FAILURES):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await self._clock.sleep(self._retry_interval)
+
+    def _dispatch(self, message: dict[str, Any]) -> None:
+        kind, channel = _text(message.get("type")), _text(message.get("channel"))
+        ns = self._channels.get(channel)
+        if ns is None:
+            return
+        if kind == "subscribe":  # first subscribed, or again after a reconnect: all re-read
+            self._refused = None
+            self._confirmed[channel].set()
+            self._wake(ns, None)
+        elif kind == "message":
+            self._wake(ns, _text(message.get("data")))
+
+    def _wake(self, ns: str, session_id: str | None) -> None:
+        sessions = self._waiters.get(ns)
+        if not sessions:
+            return
+        for sid in list(sessions) if session_id is None else [session_id]:
+            for event in sessions.pop(sid, ()):
+                event.set()
+        if not sessions:
+            del self._waiters[ns]
+
+    async def aclose(self) -> None:
+        """Stop listening and close the subscription's connection (``RedisStore.aclose`` does
+        this); waiters wake, and later steps raise ``ClientStateError``."""
+        self._closed = True
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.cancel()
+            await asyncio.wait({listener})
+        pubsub, self._pubsub = self._pubsub, None
+        if pubsub is not None:
+            with contextlib.suppress(*_FAILURES):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+        for ns in list(self._waiters):
+            self._wake(ns, None)
+        if listener is not None and not listener.cancelled():
+            listener.result()  # it only ends by cancellation: anything else is a bug to show
+
+    # -- the steps ---------------------------------------------------------------------------
+
+    async def register(self, ns: str, session_id: str, data: str, *, owner: str, lease: float,
+                       retention: float) -> Entry:
+        entry_key, lapse, meta, _ = self._ns(ns)
+        reply = await self._run(ns, "REG_REGISTER", [lapse, meta, entry_key + session_id],
+                                [session_id, data, _owner(owner), _seconds(lease),
+                                 _seconds(retention)])
+        entry = _entry(session_id, reply)
+        assert entry is not None  # noqa: S101 - the script always answers with one
+        return entry
+
+    async def get(self, ns: str, session_id: str) -> Entry | None:
+        entry_key, lapse, meta, _ = self._ns(ns)
+        reply = await self._run(ns, "REG_GET", [lapse, meta, entry_key + session_id],
+                                [session_id])
+        return _entry(session_id, reply)
+
+    async def claim(self, ns: str, session_id: str, owner: str, *, lease: float) -> Entry | None:
+        entry_key, lapse, meta, channel = self._ns(ns)
+        reply = await self._run(ns, "REG_CLAIM", [lapse, meta, entry_key + session_id],
+                                [session_id, _owner(owner), _seconds(lease), channel])
+        return _entry(session_id, reply)
+
+    async def renew(self, ns: str, owner: str, fences: Mapping[str, int], *, lease: float
+                    ) -> list[str]:
+        """All of ``owner``'s leases in ``ns`` in one script: a heartbeat per process."""
+        if not fences:
+            return []
+        entry_key, lapse, meta, _ = self._ns(ns)
+        args = [_owner(owner), _seconds(lease)]
+        for session_id, fence in fences.items():
+            args += [session_id, str(int(fence))]
+        reply = await self._run(ns, "REG_RENEW",
+                                [lapse, meta, *(entry_key + sid for sid in fences)], args)
+        return [_text(sid) for sid in reply[1:]]
+
+    async def release(self, ns: str, owner: str, fences: Mapping[str, int]) -> None:
+        if not fences:
+            return
+        entry_key, lapse, meta, channel = self._ns(ns)
+        args = [_owner(owner), channel]
+        for session_id, fence in fences.items():
+            args += [session_id, str(int(fence))]
+        await self._run(ns, "REG_RELEASE", [lapse, meta, *(entry_key + sid for sid in fences)],
+                        args)
+
+    async def decide(self, ns: str, session_id: str, outcome: str, rank: int, *,
+                     fence: int | None, retention: float) -> Entry | None:
+        entry_key, lapse, meta, channel = self._ns(ns)
+        reply = await self._run(
+            ns, "REG_DECIDE", [lapse, meta, entry_key + session_id],
+            [session_id, outcome, str(int(rank)), "" if fence is None else str(int(fence)),
+             _seconds(retention), channel])
+        return _entry(session_id, reply)
+
+    async def orphans(self, ns: str, *, limit: int = 100) -> list[str]:
+        """Undecided sessions whose lease ran out, oldest first (among the longest-lapsed
+        thousand, when more lapsed)."""
+        if limit <= 0:
+            return []
+        _, lapse, meta, _ = self._ns(ns)
+        reply = await self._run(ns, "REG_ORPHANS", [lapse, meta],
+                                [str(int(limit)), str(max(int(limit), _ORPHAN_SCAN))])
+        return [_text(sid) for sid in reply[1:]]
+
+    async def wait(self, ns: str, session_id: str, within: float) -> None:
+        event = anyio.Event()
+        self._waiters.setdefault(ns, {}).setdefault(session_id, set()).add(event)
+        try:
+            with self._clock.deadline(within if within < math.inf else 86400.0):
+                await self._watch(ns)
+                await event.wait()
+        finally:
+            sessions = self._waiters.get(ns, {})
+            waiting = sessions.get(session_id)
+            if waiting is not None:
+                waiting.discard(event)
+                if not waiting:
+                    del sessions[session_id]
+            if not sessions:
+                self._waiters.pop(ns, None)
+
+
+def _owner(owner: str) -> str:
+    if not owner:
+        raise ConfigurationError("a registry owner is a non-empty string")
+    return owner
+
+
+def _seconds(seconds: float) -> str:
+    if not 0 < seconds < math.inf:
+        raise ConfigurationError("leases and retention are a positive, finite number of seconds")
+    return repr(float(seconds))

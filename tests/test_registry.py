@@ -1,20 +1,37 @@
 """The registry's contract, the same for every implementation (issue 14): registration claims,
-one claimer wins, fences refuse stale owners, outcomes keep their precedence, waiters wake."""
+one claimer wins, fences refuse stale owners, outcomes keep their precedence, waiters wake.
+
+The contract tests run against :class:`MemoryRegistry` and against ``RedisRegistry`` on a real
+redis-server, whose scripts then take their time from the test's :class:`FakeClock` (a fixed
+epoch plus the fake clock's reading, through ``time_source``): time moves only when the test
+moves it, in Redis as in memory. The tests after them are Redis's own, on real time.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import secrets
+from collections.abc import AsyncIterator, Iterator
 
 import anyio
 import pytest
+import redis.asyncio as aioredis
 
+from instantly_oauth_async import ClientStateError, MemoryStore
 from instantly_oauth_async._registry import ANSWER, EXPIRED, LOST, MemoryRegistry, Registry
+from instantly_oauth_async.redis import (
+    RedisRegistry,
+    RedisStore,
+    RegistryUnavailableError,
+    StoreError,
+)
 from instantly_oauth_async.testing import FakeClock
+from tests._redis import RedisServer
 
 pytestmark = pytest.mark.anyio
 
 NS = "iox:test:reg:ws1"
 DAY = 86400.0
+EPOCH = 1_800_000_000.0  # the Redis scripts' time when the fake clock reads 0
 
 
 @pytest.fixture
@@ -22,9 +39,26 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
-@pytest.fixture(params=["memory"])
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture(params=["memory", "redis"])
 async def registry(request: pytest.FixtureRequest, clock: FakeClock) -> AsyncIterator[Registry]:
-    yield MemoryRegistry(clock)  # noqa: PT022 - the Redis registry will need its teardown
+    if request.param == "memory":
+        yield MemoryRegistry(clock)
+        return
+    server: RedisServer = request.getfixturevalue("redis_server")
+    async with RedisStore.from_url(server.url, clock=clock) as store:
+        await store._redis.flushdb()
+        store.registry.time_source = lambda: EPOCH + clock.monotonic()
+        yield store.registry
 
 
 async def test_register_claims_for_the_starter(registry: Registry) -> None:
