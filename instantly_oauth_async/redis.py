@@ -28,6 +28,10 @@ Blocks learned from 429s live in Redis until they end, so every process honours 
 started (or restarted) after the 429. A block learned while Redis was away is written into it
 when Redis is back, together with the slots spent meanwhile.
 
+``store.registry`` is the fleet's session registry (:class:`RedisRegistry`, issue 14), which has
+no fallback: while Redis is away its steps raise ``RegistryUnavailableError`` (importable from
+this module), to be retried.
+
 An outage is not an error. Refused or reset connections, timeouts, and the replies that mean
 "not now" (``BUSY``, ``LOADING``, ``MASTERDOWN``, ``TRYAGAIN``) send the store to its fallback as
 above; ``NOSCRIPT`` (scripts flushed, or Redis restarted) loads the script again. Any other error
@@ -80,10 +84,10 @@ from ._registry import RegistryUnavailableError as RegistryUnavailableError  # n
 from ._store import MemoryStore
 
 # Re-exported (``as``: explicit for type checkers) so callers catch them where they are raised;
-# ``__all__`` stays the store and the registry.
+# ``__all__`` stays the store alone (its registry is ``store.registry``).
 from ._store import StoreError as StoreError  # noqa: PLC0414
 
-__all__ = ["RedisRegistry", "RedisStore"]
+__all__ = ["RedisStore"]
 
 logger = logging.getLogger("instantly_oauth_async")
 
@@ -513,6 +517,7 @@ class RedisRegistry:
         self._listener: asyncio.Task[None] | None = None
         self._lock = anyio.Lock()
         self._refused: tuple[str, str | None] | None = None  # the subscription's error, if any
+        self._failures = 0  # in a row, since the subscription last worked
         self._closed = False
         #: ``None`` in production; tests set it to drive the scripts' clock (seconds).
         self.time_source: Callable[[], float] | None = None
@@ -607,12 +612,12 @@ class RedisRegistry:
                 await self._lost(exc)
                 continue
             if message is not None:
+                self._failures = 0
                 self._dispatch(message)
 
     async def _lost(self, exc: BaseException) -> None:
         if _outage(exc):
-            logger.debug("registry subscription lost (%s); again in %g s",
-                         type(exc).__name__, self._retry_interval)
+            logger.debug("registry subscription lost (%s)", type(exc).__name__)
         else:
             error = _store_error("the registry's subscription", exc)
             if self._refused is None:
@@ -624,7 +629,9 @@ class RedisRegistry:
         if pubsub is not None:
             with contextlib.suppress(*_FAILURES):
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
-        await self._clock.sleep(self._retry_interval)
+        self._failures += 1
+        if self._failures > 1:  # the first time straight away: a cut connection, Redis still up
+            await self._clock.sleep(self._retry_interval)
 
     def _dispatch(self, message: dict[str, Any]) -> None:
         kind, channel = _text(message.get("type")), _text(message.get("channel"))
