@@ -518,6 +518,7 @@ class RedisRegistry:
         self._lock = anyio.Lock()
         self._refused: tuple[str, str | None] | None = None  # the subscription's error, if any
         self._failures = 0  # in a row, since the subscription last worked
+        self._pinged = False  # a PING is out, and nothing came since
         self._closed = False
         #: ``None`` in production; tests set it to drive the scripts' clock (seconds).
         self.time_source: Callable[[], float] | None = None
@@ -585,8 +586,10 @@ class RedisRegistry:
                 self._listen(), name="instantly-oauth-async registry listener")
             return
         async with self._lock:
-            if self._pubsub is None:
-                return  # the listener is connecting again: it subscribes to this one too
+            if self._pubsub is None:  # the listener connects: it subscribes to this one too,
+                if self._failures:  # but Redis is away: no confirmation to wait for
+                    self._confirmed[channel].set()
+                return
             try:
                 await self._pubsub.subscribe(channel)
             except _FAILURES:
@@ -595,7 +598,10 @@ class RedisRegistry:
                 self._confirmed[channel].set()
 
     async def _listen(self) -> None:
-        """The one reader of the subscription: wakes waiters, and reconnects after a failure."""
+        """The one reader of the subscription: wakes waiters, and reconnects after a failure.
+
+        After ``_IDLE_READ`` seconds without a message it sends a PING; a second silence in a
+        row means a connection that died without a word (no reset): it connects again."""
         while True:
             try:
                 async with self._lock:
@@ -608,12 +614,20 @@ class RedisRegistry:
                         await self._pubsub.subscribe(*unsent)
                     pubsub = self._pubsub
                 message = await pubsub.get_message(timeout=_IDLE_READ)
+                silent = message is None and self._pinged
+                if message is None and not self._pinged:
+                    self._pinged = True
+                    await pubsub.ping()
             except _FAILURES as exc:
                 await self._lost(exc)
                 continue
-            if message is not None:
-                self._failures = 0
-                self._dispatch(message)
+            if silent:
+                await self._lost(TimeoutError("no answer to a PING on the subscription"))
+                continue
+            if message is None:
+                continue
+            self._failures, self._pinged = 0, False
+            self._dispatch(message)
 
     async def _lost(self, exc: BaseException) -> None:
         if _outage(exc):
@@ -625,7 +639,7 @@ class RedisRegistry:
             self._refused = (str(error), error.code)
         for event in self._confirmed.values():
             event.set()  # nobody waits for a confirmation that is not coming
-        pubsub, self._pubsub = self._pubsub, None
+        pubsub, self._pubsub, self._pinged = self._pubsub, None, False
         if pubsub is not None:
             with contextlib.suppress(*_FAILURES):
                 await pubsub.aclose()  # type: ignore[no-untyped-call]

@@ -9,13 +9,17 @@ moves it, in Redis as in memory. The tests after them are Redis's own, on real t
 
 from __future__ import annotations
 
+import functools
+import os
 import secrets
+import signal
 from collections.abc import AsyncIterator, Iterator
 
 import anyio
 import pytest
 import redis.asyncio as aioredis
 
+import instantly_oauth_async.redis as fleet
 from instantly_oauth_async import ClientStateError, MemoryStore
 from instantly_oauth_async._registry import ANSWER, EXPIRED, LOST, MemoryRegistry, Registry
 from instantly_oauth_async.redis import (
@@ -329,6 +333,40 @@ async def test_an_outage_raises_a_retryable_error_and_waiters_time_out() -> None
             assert await registry.get(ns, "s1") is None
             again = await registry.register(ns, "s1", "{}", owner="b", lease=60, retention=600)
             assert again.owner == "b"
+    finally:
+        spare.close()
+
+
+async def test_a_subscription_gone_silent_is_noticed_and_made_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A connection that dies without a reset (here: the server stopped with SIGSTOP) answers
+    no PING: the listener connects again, and waiters hear decisions again once it is back."""
+    monkeypatch.setattr(fleet, "_IDLE_READ", 0.05)
+    spare = RedisServer()
+    spare.start()
+    assert spare.process is not None
+    ns = _ns()
+    try:
+        async with RedisStore.from_url(spare.url, retry_interval=0.05) as store:
+            registry = store.registry
+            await registry.register(ns, "s1", "{}", owner="a", lease=60, retention=600)
+            with anyio.fail_after(1):
+                await registry.wait(ns, "s1", within=0.3)  # idle reads and a PING answered
+            assert registry._failures == 0
+            os.kill(spare.process.pid, signal.SIGSTOP)
+            try:
+                with anyio.fail_after(5):
+                    while registry._failures == 0:  # noqa: ASYNC110 - no event to await
+                        await anyio.sleep(0.01)  # bounded: two silent idle reads
+            finally:
+                os.kill(spare.process.pid, signal.SIGCONT)
+            async with anyio.create_task_group() as group:
+                group.start_soon(functools.partial(
+                    registry.decide, ns, "s1", "success", ANSWER, fence=1, retention=600))
+                with anyio.fail_after(3):
+                    while (entry := await registry.get(ns, "s1")) is None or not entry.decided:
+                        await registry.wait(ns, "s1", within=5)
     finally:
         spare.close()
 
