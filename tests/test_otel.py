@@ -165,9 +165,11 @@ async def test_a_scripted_run_records_exact_metrics_and_one_span_per_session(
     handler_span = traces.get_tracer("app").start_span("handler")
     async with OAuthManager(
         workspace.api_key, base_url=csim.url, store=MemoryStore(),
-        **csim.limits.manager_limits(), poll_interval=0.05, expiry_grace=1.0,
+        **csim.limits.manager_limits(), poll_interval=0.1, expiry_grace=1.0,
         breaker=BreakerPolicy(failure_threshold=2, cooldown=0.3),
-        retry=RetryPolicy(attempts=2, base=0.01), hooks=[hook, events.append],
+        # retry: a read without an answer is read again min(poll_interval, 0.1-0.2 s) later,
+        # time enough to end the fault below before then
+        retry=RetryPolicy(attempts=2, base=0.2), hooks=[hook, events.append],
     ) as manager:
         # success, after a 429 on its first status read; started inside the app's own span
         csim.enqueue("status", CannedResponse(429, "{}", (("Retry-After", "0"),)))
@@ -379,15 +381,19 @@ def test_the_default_is_the_global_providers_and_no_sdk_is_a_no_op() -> None:
         "tracing = TracerProvider(); tracing.add_span_processor(SimpleSpanProcessor(exporter))\n"
         "trace.set_tracer_provider(tracing)\n"
         "hook = OpenTelemetryHook(spans=True)\n"
-        "hook(SessionStarted('google', 7))\n"
+        "hook(SessionStarted('google', 7, resumed=True))\n"
         "hook(SessionResolved('google', 'lost', 1.0, 3, False, 7))\n"
         "names = [m.name for r in reader.get_metrics_data().resource_metrics\n"
         "         for s in r.scope_metrics for m in s.metrics]\n"
-        "spans = [(s.name, s.status.status_code.name) for s in exporter.get_finished_spans()]\n"
+        "spans = [(s.name, s.status.status_code.name, dict(s.attributes))\n"
+        "         for s in exporter.get_finished_spans()]\n"
         "print(json.dumps({'names': sorted(names), 'spans': spans}))\n")
     assert found == {
         "names": ["instantly.oauth.session.active", "instantly.oauth.session.duration"],
-        "spans": [["instantly.oauth.session", "ERROR"]],
+        "spans": [["instantly.oauth.session", "ERROR", {
+            "instantly.provider": "google", "instantly.session.resumed": True,
+            "instantly.session.outcome": "lost", "instantly.session.polls": 3,
+            "instantly.session.reconciled": False}]],
     }
 
 
