@@ -34,8 +34,8 @@ the span's status to ERROR. The span's parent is whatever span was current when 
 started (``start()`` or ``resume()`` inside a request handler's span, say).
 
 Like every hook, it runs inline and must never break a request: its body is wrapped, and a
-failure is logged (at most once a minute) to the ``instantly_oauth_async.otel`` logger. Give each
-manager its own hook when ``spans=True``: sessions are paired by a key unique within one manager.
+failure is logged (at most once a minute) to the ``instantly_oauth_async.otel`` logger. One hook
+may serve several managers: sessions are paired by a key unique within the process.
 """
 
 from __future__ import annotations

@@ -235,7 +235,7 @@ async def test_a_scripted_run_records_exact_metrics_and_one_span_per_session(
         http("status", "microsoft", 200, None, port): 1,
         http("status", "google", 404, "404", port): 1,
         http("status", "google", None, "TransportError", port): 1,
-        http("account", None, 200, None, port): 1,
+        http("account", "google", 200, None, port): 1,  # the session's provider
     }
     # the simulator saw exactly those requests, with those answers
     api = [r for r in csim.requests if r.kind in ("init", "status", "account")]
