@@ -7,25 +7,100 @@ Every worker draws on the same init budgets (75/min per workspace, 150/min per I
 status budget, learned blocks and breakers, so adding workers never adds 429s. Each auth URL goes
 to stdout as one JSON line for whatever delivers it to the person, flushed at once (piped, stdout
 is block-buffered); results follow as they come. INSTANTLY_BASE_URL points it at another API host.
+
+``--metrics-port 9464`` (``pip install prometheus-client``) serves the worker's figures for
+Prometheus at ``http://127.0.0.1:9464/metrics`` while it runs, through a hook of the manager:
+requests by operation and status, sessions ended by outcome, sessions being polled, init denials,
+breaker transitions and budget waits. It listens on loopback only (a scraper on the same host, or
+a sidecar); port 0 picks a free port. The address goes to stderr as ``metrics: URL``.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from instantly_oauth_async import OAuthManager, OAuthSession, Provider
+from instantly_oauth_async import (
+    BreakerChanged,
+    BudgetWaited,
+    Event,
+    Hook,
+    InitDenied,
+    OAuthManager,
+    OAuthSession,
+    Provider,
+    RequestFinished,
+    SessionResolved,
+    SessionStarted,
+)
 from instantly_oauth_async.redis import RedisStore
 
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
-async def main(provider: str, count: int, **manager_options: Any) -> None:
+#: The HTTP semantic conventions' buckets for request durations, in seconds.
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10)
+
+
+def prometheus_hook(registry: CollectorRegistry) -> Hook:
+    """A hook of the manager that keeps Prometheus metrics in ``registry``. Every label comes
+    from a closed set (operations, status codes, providers, outcomes): never a session id, an
+    email or a URL, so the number of series stays small."""
+    from prometheus_client import Counter, Gauge, Histogram  # noqa: PLC0415 - an optional extra
+
+    requests = Histogram(
+        "instantly_request_duration_seconds", "Requests to the Instantly API (status 0: no answer)",
+        ["operation", "status"], buckets=DURATION_BUCKETS, registry=registry)
+    sessions = Counter("instantly_sessions_resolved", "Sessions ended, by outcome",
+                       ["provider", "outcome"], registry=registry)
+    active = Gauge("instantly_sessions_active", "Sessions being polled", ["provider"],
+                   registry=registry)
+    denials = Counter("instantly_init_denials", "start() calls that sent no init",
+                      ["provider", "reason"], registry=registry)
+    breaker = Counter("instantly_breaker_transitions", "Circuit breaker changes",
+                      ["provider", "old", "new"], registry=registry)
+    waited = Counter("instantly_budget_wait_seconds", "Seconds spent waiting for rate budget",
+                     ["budget"], registry=registry)
+    for provider in Provider:  # present from the first scrape, at zero
+        active.labels(provider.value)
+
+    def hook(event: Event) -> None:  # runs inline, where the event happens: quick, no I/O
+        if isinstance(event, RequestFinished):
+            requests.labels(event.operation, str(event.status or 0)).observe(event.duration)
+        elif isinstance(event, BudgetWaited):
+            waited.labels(event.budget).inc(event.seconds)
+        elif isinstance(event, SessionStarted):
+            active.labels(event.provider).inc()
+        elif isinstance(event, SessionResolved):
+            active.labels(event.provider).dec()
+            sessions.labels(event.provider, event.outcome).inc()
+        elif isinstance(event, InitDenied):
+            denials.labels(event.provider, event.reason).inc()
+        elif isinstance(event, BreakerChanged):
+            breaker.labels(event.provider, event.old, event.new).inc()
+
+    return hook
+
+
+async def main(provider: str, count: int, *, metrics_port: int | None = None,
+               **manager_options: Any) -> None:
     # fallback_share: while Redis is unreachable, this worker may use a third of each budget on
     # its own (right for up to three workers); the default, 0, waits for Redis instead.
     store = RedisStore.from_url(os.environ["REDIS_URL"], fallback_share=1 / 3)
+    metrics_server = None
     try:
+        if metrics_port is not None:
+            from prometheus_client import CollectorRegistry, start_http_server  # noqa: PLC0415
+
+            registry = CollectorRegistry()
+            manager_options["hooks"] = [prometheus_hook(registry)]
+            metrics_server, _ = start_http_server(metrics_port, "127.0.0.1", registry)
+            print(f"metrics: http://127.0.0.1:{metrics_server.server_port}/metrics",
+                  file=sys.stderr, flush=True)
         if "INSTANTLY_BASE_URL" in os.environ:  # another API host (a proxy, or a simulator)
             manager_options.setdefault("base_url", os.environ["INSTANTLY_BASE_URL"])
         async with OAuthManager(
@@ -45,7 +120,16 @@ async def main(provider: str, count: int, **manager_options: Any) -> None:
                       flush=True)
     finally:
         await store.aclose()
+        if metrics_server is not None:
+            metrics_server.shutdown()
+            metrics_server.server_close()
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1], int(sys.argv[2])))
+    parser = argparse.ArgumentParser(description="A worker of a fleet (see its docstring).")
+    parser.add_argument("provider", choices=[p.value for p in Provider])
+    parser.add_argument("count", type=int)
+    parser.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on "
+                        "127.0.0.1:PORT (0: a free port) while the worker runs")
+    args = parser.parse_args()
+    asyncio.run(main(args.provider, args.count, metrics_port=args.metrics_port))

@@ -2,6 +2,8 @@
 
 The API key comes from ``INSTANTLY_API_KEY`` or ``--api-key-file``, never from an argument that
 would land in shell history. Every failure is one line on stderr and an exit code of its own.
+``-v`` shows the library's log at INFO on stderr, ``-vv`` at DEBUG; ``--log-format json`` makes
+each record one JSON object per line, with its structured fields (``iox_event`` and the rest).
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import os
 import random
 import statistics
@@ -17,6 +20,7 @@ import time
 import webbrowser
 from collections import Counter
 from collections.abc import Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -270,12 +274,76 @@ async def _demo(args: argparse.Namespace) -> int:
     return OK
 
 
+# -- logging -----------------------------------------------------------------------------------
+
+#: A LogRecord's own attributes; anything else on a record came through ``extra=``.
+_RECORD_FIELDS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+
+
+class _Stderr:
+    """Whatever ``sys.stderr`` is at each write: rich's live view swaps it for a proxy that
+    prints above the view, so log lines and the view do not garble each other."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record: ``time`` (UTC, ISO 8601), ``level``, ``logger``,
+    ``message``, then the record's structured fields (``iox_event``, ``operation``, ...)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(
+                timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        out.update((key, value) for key, value in vars(record).items()
+                   if key not in _RECORD_FIELDS and not key.startswith("_"))
+        if record.exc_info:
+            out["exc_info"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
+def _configure_logging(verbosity: int, log_format: str) -> None:
+    """``-v``: the library's records at INFO on stderr; ``-vv``: at DEBUG. None without."""
+    if verbosity <= 0:
+        return
+    handler = logging.StreamHandler(_Stderr())
+    handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(
+        "%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    library = logging.getLogger("instantly_oauth_async")
+    library.addHandler(handler)
+    library.setLevel(logging.INFO if verbosity == 1 else logging.DEBUG)
+
+
 # -- entry point -------------------------------------------------------------------------------
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="instantly-oauth", description=__doc__)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    # -v and --log-format go before the command or after it; after it, they add to (-v) or
+    # replace (--log-format) what came before (SUPPRESS: a subcommand sets only what it got).
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="the library's log on stderr: -v INFO, -vv DEBUG")
+    parser.add_argument("--log-format", choices=["text", "json"], default="text",
+                        help="json: one object per line with the structured fields")
+    logs = argparse.ArgumentParser(add_help=False)
+    logs.add_argument("-v", "--verbose", action="count", dest="more_verbose",
+                      default=argparse.SUPPRESS,
+                      help="the library's log on stderr: -v INFO, -vv DEBUG")
+    logs.add_argument("--log-format", choices=["text", "json"], default=argparse.SUPPRESS,
+                      help="json: one object per line with the structured fields")
     sub = parser.add_subparsers(dest="command", required=True)
+    add_parser = sub.add_parser
+
+    def command(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        return add_parser(name, parents=[logs], **kwargs)
 
     def with_key(p: argparse.ArgumentParser) -> None:
         p.add_argument("--api-key-file", help="read the key from this file (else the "
@@ -283,20 +351,20 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--base-url", default=os.environ.get("INSTANTLY_BASE_URL",
                                                             DEFAULT_BASE_URL))
 
-    connect = sub.add_parser("connect", help="create sessions and follow them to the end")
+    connect = command("connect", help="create sessions and follow them to the end")
     connect.add_argument("--provider", required=True, choices=[p.value for p in Provider])
     connect.add_argument("--count", type=int, default=1)
     connect.add_argument("--expected-email", action="append", metavar="EMAIL")
     connect.add_argument("--open", action="store_true", help="open each auth URL in a browser")
     connect.add_argument("--json", action="store_true", help="one JSON object per line")
     with_key(connect)
-    status = sub.add_parser("status", help="one status read (a final answer is given once)")
+    status = command("status", help="one status read (a final answer is given once)")
     status.add_argument("session_id")
     with_key(status)
-    account = sub.add_parser("account", help="look a connected mailbox up")
+    account = command("account", help="look a connected mailbox up")
     account.add_argument("email")
     with_key(account)
-    demo = sub.add_parser("demo", help="the whole job against a built-in simulator, no key")
+    demo = command("demo", help="the whole job against a built-in simulator, no key")
     demo.add_argument("--mailboxes", type=int, default=150)
     demo.add_argument("--seed", type=int, default=1)
     return parser
@@ -306,6 +374,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if getattr(args, "count", 1) < 1 or getattr(args, "mailboxes", 1) < 1:
         _die(USAGE, "--count and --mailboxes must be at least 1")
+    _configure_logging(args.verbose + getattr(args, "more_verbose", 0), args.log_format)
     command = {"connect": _connect, "status": _status, "account": _account,
                "demo": _demo}[args.command]
     try:

@@ -175,6 +175,13 @@ class InstantlyClient:
                 connector=aiohttp.TCPConnector(limit=100, limit_per_host=100),
                 auto_decompress=True,
             )
+            # aiohttp resends an idempotent request by itself when a reused keep-alive
+            # connection drops (RFC 9112 9.3.1). Here that is a second request on one slot of
+            # the budget, and a second status read that finds the one-time answer consumed:
+            # every request is sent once, and a failure reaches our own retry logic.
+            # (A borrowed session keeps its own setting.)
+            if hasattr(self._session, "_retry_connection"):
+                self._session._retry_connection = False
         self._state = _State.OPENED
         return self._session
 

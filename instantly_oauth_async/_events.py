@@ -93,7 +93,7 @@ class BreakerChanged:
 class SessionStarted:
     """A session began to be polled: created by ``start()``, or given to ``resume()``
     (``resumed``). ``key`` pairs it with its :class:`SessionResolved`: a number unique within
-    the manager, not the session's id; never make it a metric attribute."""
+    the process, not the session's id; never make it a metric attribute."""
 
     provider: str
     key: int

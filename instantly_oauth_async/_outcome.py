@@ -85,7 +85,8 @@ class Outcomes:
         account, account_error = None, None
         wanted = self._fetch_account and not cancelled
         if status.status is SessionStatus.SUCCESS and wanted and status.email:
-            account, account_error = await self.account(status.email)
+            account, account_error = await self.account(status.email,
+                                                        provider=session.provider.value)
         elif status.status is SessionStatus.SUCCESS and self._fetch_account and cancelled:
             account_error = "not fetched: the session was cancelled"
         return ConnectResult(session, status.status, **fields, account=account,
@@ -97,14 +98,15 @@ class Outcomes:
             session, SessionStatus.EXPIRED, error="expired",
             error_description="still pending well past expires_at", expected_email=expected_email)
 
-    async def account(self, email: str) -> tuple[Account | None, str | None]:
+    async def account(self, email: str, *, provider: str | None = None
+                      ) -> tuple[Account | None, str | None]:
         """The account, or why not; retried (a GET of an account is safe to repeat). Each
         attempt, its wait for a budget slot included, is bounded by ``account_wait``."""
         error = "not attempted"
         for attempt in range(1, self._retry.attempts + 1):
             try:
                 with self._clock.deadline(self._account_wait) as scope:
-                    account = await self._reads.account(email)
+                    account = await self._reads.account(email, provider=provider)
                 if scope.cancelled_caught:
                     return None, f"no account read within {self._account_wait:g} s"
             except RateLimitedError as exc:
@@ -131,7 +133,7 @@ class Outcomes:
         if email is None:
             raise OutcomeLostError(
                 session.session_id, f"{why}; pass expected_email to let the library reconcile")
-        account, account_error = await self.account(email)
+        account, account_error = await self.account(email, provider=session.provider.value)
         if account is None:
             raise OutcomeLostError(
                 session.session_id, f"{why}; {email} is not connected ({account_error})")

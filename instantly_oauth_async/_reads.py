@@ -84,10 +84,10 @@ class Reads:
             lambda: self._client.get_oauth_status(session_id, timeout=self._status_timeout),
             provider=provider)
 
-    async def account(self, email: str) -> Account:
+    async def account(self, email: str, *, provider: str | None = None) -> Account:
         """One account read on a slot of its own, held until the read has ended."""
         return await send_leased(self._limiter, await self.slot(), self._tally, "account",
-                                 lambda: self._client.get_account(email))
+                                 lambda: self._client.get_account(email), provider=provider)
 
     async def hold_back(self, retry_after: float | None) -> None:
         """The server answered 429: no request of the workspace goes before ``retry_after``."""

@@ -32,6 +32,10 @@ from ._models import Provider
 
 __all__ = ["ManagerStats", "Tally"]
 
+# Session keys are unique in the process, so one hook shared by several managers pairs each
+# SessionStarted with its own SessionResolved.
+_KEYS = itertools.count(1)
+
 logger = logging.getLogger("instantly_oauth_async")
 
 
@@ -57,7 +61,7 @@ class Tally:
                  ) -> None:
         self.hooks = hooks or Hooks()
         self._server = server
-        self._keys = itertools.count(1)
+        self._keys = _KEYS
         self.requests: dict[str, Counter[int]] = {}
         self.rate_limited = 0
         self.breakers = dict.fromkeys((p.value for p in Provider), CircuitState.CLOSED)

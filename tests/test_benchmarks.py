@@ -5,6 +5,9 @@ Tiny sizes: the figures mean nothing here, only that every row still runs and pr
 
 from __future__ import annotations
 
+import logging
+import re
+
 import pytest
 
 from benchmarks.__main__ import BENCHES, main, render
@@ -20,3 +23,17 @@ async def test_every_benchmark_runs_in_its_quick_form() -> None:
     table = render(rows)
     assert "OAuthManager" in table
     assert "never finished" in table  # aiolimiter's burst earns 429s and then a block
+
+
+async def test_the_hooks_row_runs_in_its_quick_form_and_leaves_logging_as_it_was() -> None:
+    """Row 7 alone (seconds, so not ``timing``): its four rows, and the library's logger left
+    as it found it (the logging variant turns DEBUG on only for its own blocks)."""
+    library = logging.getLogger("instantly_oauth_async")
+    handlers, level = list(library.handlers), library.level
+    rows = await main(True, ["7"])
+    assert [row.bench for row in rows] == ["7 hooks"] * 4
+    assert [row.target for row in rows] == ["<= 1.03", "<= 1.03", "", ""]
+    assert all(re.fullmatch(r"ratio \d+\.\d{3}; CPU [+-]\d+ us/read", r.figure) for r in rows[:3])
+    assert "OpenTelemetry" in rows[1].what and "null stream" in rows[2].what
+    assert re.fullmatch(r"no-op \d+\.\d\d us, OpenTelemetry \d+\.\d us per read", rows[3].figure)
+    assert (library.handlers, library.level) == (handlers, level)

@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import sys
+from collections import Counter
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import anyio
@@ -125,3 +128,45 @@ async def test_ctrl_c_stops_cleanly_and_says_what_was_pending(sim: Simulator) ->
     assert process.returncode == 130
     assert "interrupted; 3 sessions were pending" in err.decode()
     assert "Traceback" not in err.decode()
+
+
+async def test_vv_json_logs_one_object_per_line_with_the_structured_fields(
+    sim: Simulator,
+) -> None:
+    """``-vv --log-format json`` (before the command): every record of the library at DEBUG
+    and up, one JSON object per line on stderr; neither the key nor an auth URL in any of it."""
+    workspace = sim.add_workspace("acme")
+    code, out, err = await cli("-vv", "--log-format", "json", "connect", "--provider", "google",
+                               "--count", "2", "--json", key=workspace.api_key, sim=sim,
+                               person=True)
+    assert code == 0, err
+    records = [json.loads(line) for line in err.splitlines()]
+    assert records and all({"time", "level", "logger", "message"} <= set(r) for r in records)
+    assert all(datetime.fromisoformat(r["time"]).utcoffset() == timedelta(0) for r in records)
+    assert {r["level"] for r in records} == {"DEBUG", "INFO"}
+    assert {r["logger"] for r in records} == {"instantly_oauth_async"}
+    finished = Counter((r["operation"], r["status"]) for r in records
+                       if r.get("iox_event") == "request_finished")
+    api = Counter((r.kind, r.status) for r in sim.requests if r.kind != "consent")
+    assert finished == api and finished[("init", 200)] == 2
+    resolved = [r for r in records if r.get("iox_event") == "session_resolved"]
+    assert [(r["level"], r["outcome"], r["provider"]) for r in resolved] == [
+        ("INFO", "success", "google")] * 2
+    assert all(isinstance(r["latency"], float) and r["polls"] >= 1 for r in resolved)
+    urls = [json.loads(line)["auth_url"] for line in out.splitlines()
+            if json.loads(line)["event"] == "session"]
+    assert len(urls) == 2
+    secrets = [workspace.api_key, *urls, *(url.rsplit("/", 1)[1] for url in urls)]
+    assert not [s for s in secrets if s in err]
+    assert workspace.api_key not in out
+
+
+async def test_one_v_after_the_command_logs_text_at_info(sim: Simulator) -> None:
+    workspace = sim.add_workspace("acme")
+    code, out, err = await cli("connect", "--provider", "microsoft", "--json", "-v",
+                               key=workspace.api_key, sim=sim, person=True)
+    assert code == 0, err
+    # at INFO, the one session's end and nothing else (its requests are DEBUG)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO instantly_oauth_async: "
+                        r"microsoft session ended: success after \d+\.\d s, \d+ polls\n", err), err
+    assert workspace.api_key not in out + err

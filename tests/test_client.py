@@ -365,3 +365,18 @@ async def test_api_key_never_appears_in_reprs_logs_or_exceptions(
     texts += [r.getMessage() for r in caplog.records]
     assert caplog.records, "DEBUG logging produced nothing to check"
     assert not [t for t in texts if key in t]
+
+
+async def test_a_read_lost_on_a_reused_connection_is_sent_once(client: InstantlyClient,
+                                                                sim: Simulator) -> None:
+    """aiohttp resends an idempotent request by itself when a reused keep-alive connection
+    drops; the server then sees two reads on one slot of the budget, and the second one finds
+    the one-time answer gone. The library sends each request once and reports the failure."""
+    session = await client.init_oauth("google")
+    assert (await client.get_oauth_status(session.session_id)).status.value == "pending"
+    sim.complete(session.session_id, "ann@acme.io")
+    sim.faults = Faults(reset_after=1.0, kinds=frozenset({"status"}))
+    with pytest.raises(TransportError):
+        await client.get_oauth_status(session.session_id)  # on the connection reused
+    reads = [r for r in sim.requests if r.kind == "status"]
+    assert [r.outcome for r in reads] == ["", "acted-then-reset"]

@@ -6,16 +6,18 @@ import json
 import re
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import aiohttp
 import anyio
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from examples import fleet_worker
 from examples.bulk_worker import bulk_connect
 from instantly_oauth_async import OAuthManager, OAuthSession, RateLimit
-from instantly_oauth_async.testing import Simulator, SimulatorLimits
+from instantly_oauth_async.testing import CannedResponse, Simulator, SimulatorLimits
 from tests._people import allow_everyone
 from tests._processes import as_installed, child_env, running
 from tests._redis import RedisServer
@@ -106,6 +108,80 @@ async def test_fleet_worker_piped_hands_out_each_auth_url_while_it_runs() -> Non
     lines = [json.loads(line) for line in worker.stdout.lines]
     assert [line["status"] for line in lines if "status" in line] == ["success"] * 2
     assert workspace.api_key not in worker.stdout.text() + worker.stderr.text()
+
+
+def scraped(text: str) -> dict[str, Counter[tuple[str, ...]]]:
+    """The fleet worker's figures from one Prometheus scrape: each sample's value by its label
+    values, in the order of the labels' names (operation, status; outcome, provider)."""
+    figures: dict[str, Counter[tuple[str, ...]]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = tuple(value for _, value in sorted(sample.labels.items()))
+            figures.setdefault(sample.name, Counter())[labels] += int(sample.value)
+    return figures
+
+
+@pytest.mark.anyio
+async def test_fleet_worker_metrics_agree_with_the_simulator_while_it_runs() -> None:
+    """``fleet_worker.py --metrics-port 0``: scraped while it runs, its requests by operation and
+    status are the simulator's own log, its sessions by outcome what the people did."""
+    server = RedisServer()
+    server.start()
+    try:
+        async with Simulator() as sim:
+            workspace = sim.add_workspace("fleet")
+            sim.enqueue("status", CannedResponse(429, "{}", (("Retry-After", "0"),)))
+            env = child_env(REDIS_URL=server.url, INSTANTLY_API_KEY=workspace.api_key,
+                            INSTANTLY_BASE_URL=sim.url)
+            argv = [sys.executable, "examples/fleet_worker.py", "google", "4",
+                    "--metrics-port", "0"]
+            async with running(argv, cwd=ROOT, env=env) as worker, \
+                    aiohttp.ClientSession() as http:
+                with anyio.fail_after(20):
+                    line = await worker.stderr.wait_for(r"^metrics: ")
+                    handed = [json.loads(await worker.stdout.wait_for('"url"', nth=n))
+                              for n in range(1, 5)]
+                url = line.removeprefix("metrics: ")
+                assert re.fullmatch(r"http://127\.0\.0\.1:\d+/metrics", url)
+                ids = [sim.session_for(h["url"]).session_id for h in handed]
+                sim.complete(ids[0], "p0@fleet.io")
+                sim.complete(ids[1], "p1@fleet.io")
+                sim.deny(ids[2])  # and the fourth person has not come yet
+                with anyio.fail_after(30):
+                    await worker.stdout.wait_for('"status"', nth=3)
+                # The fourth session is polled every 5 s; a scrape taken while one of its reads
+                # is on the wire lags the simulator by that read: scrape again (bounded).
+                api: Counter[tuple[str, ...]] = Counter()
+                with anyio.fail_after(10):
+                    for _ in range(100):
+                        async with http.get(url) as response:
+                            assert response.status == 200
+                            text = await response.text()
+                        figures = scraped(text)
+                        api = Counter((r.kind, str(r.status)) for r in sim.requests
+                                      if r.kind in ("init", "status", "account"))
+                        requests = figures["instantly_request_duration_seconds_count"]
+                        if requests == api:
+                            break
+                        await anyio.sleep(0.05)
+                assert requests == api, (requests, api)
+                assert api[("init", "200")] == 4 and api[("status", "429")] == 1
+                assert api[("account", "200")] == 2
+                assert +figures["instantly_sessions_resolved_total"] == {
+                    ("success", "google"): 2, ("error", "google"): 1}
+                assert figures["instantly_sessions_active"] == {
+                    ("google",): 1, ("microsoft",): 0}
+                assert "# TYPE instantly_init_denials_total counter" in text  # and no sample:
+                assert "instantly_init_denials_total" not in figures
+                secrets = [workspace.api_key, *ids, *(h["url"] for h in handed), "fleet.io"]
+                assert not [s for s in secrets if s in text]
+                sim.complete(ids[3], "p3@fleet.io")
+                with anyio.fail_after(30):
+                    assert await worker.wait() == 0, worker.stderr.text()
+    finally:
+        server.close()
+    statuses = [json.loads(line)["status"] for line in worker.stdout.lines if '"status"' in line]
+    assert sorted(statuses) == ["error", "success", "success", "success"]
 
 
 @pytest.mark.anyio
