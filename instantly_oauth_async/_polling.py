@@ -34,10 +34,12 @@ from ._exceptions import (
     SessionCancelledError,
     TransportError,
 )
+from ._fleet import Fleet, decode_outcome, decode_session
 from ._limiter import Grant
 from ._models import OAuthSession, RetryPolicy, SessionStatus
 from ._outcome import ConnectResult, Outcomes
 from ._reads import Reads
+from ._registry import Entry
 from ._stats import Tally
 
 __all__ = ["PendingConnection", "Poller"]
@@ -162,7 +164,10 @@ class Poller:
         rng: random.Random,
         poll_interval: float,
         expiry_grace: float,
+        fleet: Fleet | None = None,
     ) -> None:
+        self._fleet = fleet
+        self._group: anyio.abc.TaskGroup | None = None
         self._reads = reads
         self._outcomes = outcomes
         self._clock = clock
@@ -259,7 +264,10 @@ class Poller:
 
         Beside it, the reaper ends sessions whose deadline passed while no read could be made.
         """
+        self._group = group
         group.start_soon(self._reap)
+        if self._fleet is not None:
+            group.start_soon(self._beat, self._fleet)
         while True:
             while self._due and self._due[0][2].done():
                 heapq.heappop(self._due)  # cancelled while it waited
@@ -307,7 +315,7 @@ class Poller:
             elif pending._in_step:
                 self._watch(pending, now + self.poll_interval)  # its read decides; look again
             else:
-                pending._finish(error=OutcomeLostError(
+                await self._conclude(pending, None, OutcomeLostError(
                     pending.session.session_id,
                     f"no status read could be made for {self._expiry_grace:g} s past the "
                     "session's expiry (no slot of the status budget, or the store is "
@@ -337,9 +345,17 @@ class Poller:
                 await self._reads.release(grant)
                 pending._finish(error=pending._cancelled())
                 return
+            fleet = self._fleet
+            if fleet is not None and not fleet.may_read(pending.session.session_id):
+                await self._reads.release(grant)  # no lease with time to spare: no read
+                if pending.session.session_id in fleet.fences:
+                    self._schedule(pending, self._clock.monotonic() + self.poll_interval)
+                else:
+                    self.watch(pending)  # another manager polls it now
+                return
             result = await self._poll_once(pending, grant)
             if result is not None:
-                pending._finish(result=result)
+                await self._conclude(pending, result, None)
             elif pending._cancel_requested and not pending._unsure:
                 pending._finish(error=pending._cancelled())
             else:
@@ -347,7 +363,7 @@ class Poller:
         except InstantlyError as exc:
             logger.warning("session %s ended with %s", pending.session.session_id,
                            type(exc).__name__)
-            pending._finish(error=exc)
+            await self._conclude(pending, None, exc)
         except Exception as exc:  # a bug of ours must reach the awaiter, not kill the group
             logger.exception("unexpected error polling session %s", pending.session.session_id)
             pending._finish(error=exc)
@@ -355,6 +371,71 @@ class Poller:
             pending._in_step = False
             if not pending.done() and self._closing:
                 pending._finish(error=ClientStateError("the OAuthManager closed first"))
+
+    async def _conclude(self, pending: PendingConnection, result: ConnectResult | None,
+                        error: BaseException | None) -> None:
+        """Write the outcome ahead (first writer wins), then resolve with what was stored."""
+        if self._fleet is not None:
+            try:
+                result, error = await self._fleet.write(pending.session.session_id, result,
+                                                        error)
+            except InstantlyError as exc:  # the registry is away: ours, unshared, still stands
+                logger.warning("outcome of %s not stored: %s", pending.session.session_id,
+                               type(exc).__name__)
+        pending._finish(result=result, error=error)
+
+    # -- the fleet: heartbeat, adoption, watchers ---------------------------------------------
+
+    async def _beat(self, fleet: Fleet) -> None:
+        """One renew for every lease this manager holds, every third of a lease; adoption of
+        the workspace's orphans every other beat (and once at start)."""
+        beat = 0
+        while True:
+            try:
+                if beat % 2 == 0:
+                    for entry in await fleet.adopt():
+                        self.adopted(entry)
+                for session_id in await fleet.renew():
+                    lost = self.pending.get(session_id)
+                    if lost is not None and not lost._in_step:
+                        self.watch(lost)
+            except InstantlyError as exc:
+                logger.warning("registry heartbeat failed: %s", type(exc).__name__)
+            beat += 1
+            await self._clock.sleep(fleet.lease / 3)
+
+    def adopted(self, entry: Entry) -> None:
+        session, expected_email = decode_session(entry.data)
+        existing = self.pending.get(session.session_id)
+        if existing is not None:
+            if existing.done() or existing._in_step:
+                return
+            self._schedule(existing, self._clock.monotonic())  # it was watching: poll again
+            return
+        self.track(session, expected_email, self._clock.monotonic(), resumed=True)
+
+    def watch(self, pending: PendingConnection) -> None:
+        """Wait on the registry for the outcome another manager writes; no API budget spent."""
+        if self._group is not None and self._fleet is not None and not pending.done():
+            self._group.start_soon(self._watch_registry, pending, self._fleet)
+
+    async def _watch_registry(self, pending: PendingConnection, fleet: Fleet) -> None:
+        session_id = pending.session.session_id
+        while not pending.done():
+            if session_id in fleet.fences and self.pending.get(session_id) is pending:
+                return  # adopted again by this manager: the scheduler has this very handle
+            try:
+                entry = await fleet.registry.get(fleet.ns, session_id)
+            except InstantlyError:
+                entry = None
+            if entry is not None and entry.outcome is not None:
+                stored = decode_outcome(entry.outcome, session_id)
+                if isinstance(stored, ConnectResult):
+                    pending._finish(result=stored)
+                else:
+                    pending._finish(error=stored)
+                return
+            await fleet.registry.wait(fleet.ns, session_id, within=self.poll_interval)
 
     async def _poll_once(self, pending: PendingConnection, grant: Grant) -> ConnectResult | None:
         """Read the status once with ``grant``; None: poll again at ``_next_at``."""

@@ -1,0 +1,148 @@
+"""The manager's side of the session registry: sessions registered before ``start()`` returns,
+the lease of the one poller of each, the heartbeat that renews them, adoption of orphans,
+outcomes written ahead of any future, and watchers that wait on the registry, not the API.
+
+Work in progress (issue 14): see docs/FLEET-PLAN.md.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from ._convert import converter
+from ._exceptions import InstantlyError, OutcomeLostError
+from ._models import Account, OAuthSession, SessionStatus
+from ._outcome import ConnectResult
+from ._registry import ANSWER, EXPIRED, LOST, Entry, Registry
+
+__all__ = ["Fleet", "UnknownSessionError", "decode_outcome", "decode_session",
+           "encode_outcome", "encode_session"]
+
+logger = logging.getLogger("instantly_oauth_async")
+
+
+class UnknownSessionError(InstantlyError):
+    """``attach()`` was given a session id the registry does not know (never registered in this
+    workspace, or decided longer ago than the retention)."""
+
+    def __init__(self, session_id: str) -> None:
+        self.session_id = session_id
+        super().__init__(f"no session {session_id} in this workspace's registry")
+
+
+def encode_session(session: OAuthSession, expected_email: str | None) -> str:
+    return json.dumps({"session": converter.unstructure(session),
+                       "expected_email": expected_email})
+
+
+def decode_session(data: str) -> tuple[OAuthSession, str | None]:
+    raw = json.loads(data)
+    return converter.structure(raw["session"], OAuthSession), raw.get("expected_email")
+
+
+def encode_outcome(result: ConnectResult | None, error: BaseException | None
+                   ) -> tuple[str, int] | None:
+    """The outcome as the registry stores it, with its precedence; None: nothing to store (a
+    cancellation, the manager closing, a bug: the lease lapses and another manager goes on)."""
+    if result is not None:
+        rank = EXPIRED if result.status is SessionStatus.EXPIRED else ANSWER
+        return json.dumps({"result": converter.unstructure(result)}), rank
+    if isinstance(error, OutcomeLostError):
+        account = None if error.account is None else converter.unstructure(error.account)
+        return json.dumps({"lost": error.detail, "account": account}), LOST
+    return None
+
+
+def decode_outcome(outcome: str, session_id: str) -> ConnectResult | OutcomeLostError:
+    raw = json.loads(outcome)
+    if "result" in raw:
+        result: ConnectResult = converter.structure(raw["result"], ConnectResult)
+        return result
+    account = raw.get("account")
+    return OutcomeLostError(
+        session_id, raw.get("lost", "lost"),
+        account=None if account is None else converter.structure(account, Account))
+
+
+class Fleet:
+    """The leases this manager holds in one workspace's registry, by session id."""
+
+    def __init__(self, registry: Registry, ns: str, owner: str, *, lease: float,
+                 retention: float, read_margin: float) -> None:
+        self.registry = registry
+        self.ns = ns
+        self.owner = owner
+        self.lease = lease
+        self.retention = retention
+        self._read_margin = read_margin
+        self.fences: dict[str, int] = {}
+        self._until: dict[str, float] = {}
+
+    def __repr__(self) -> str:
+        return f"<Fleet leases={len(self.fences)} lease={self.lease:g}s>"
+
+    def _hold(self, entry: Entry) -> None:
+        self.fences[entry.session_id] = entry.fence
+        self._until[entry.session_id] = entry.lease_until
+
+    def drop(self, session_id: str) -> None:
+        self.fences.pop(session_id, None)
+        self._until.pop(session_id, None)
+
+    async def register(self, session: OAuthSession, expected_email: str | None) -> None:
+        entry = await self.registry.register(
+            self.ns, session.session_id, encode_session(session, expected_email),
+            owner=self.owner, lease=self.lease, retention=self.retention)
+        if entry.owner == self.owner and not entry.decided:
+            self._hold(entry)
+
+    def may_read(self, session_id: str) -> bool:
+        """True while this manager's lease has more time left than a read can take."""
+        until = self._until.get(session_id)
+        return until is not None and until - self.registry.now() > self._read_margin
+
+    async def write(self, session_id: str, result: ConnectResult | None,
+                    error: BaseException | None
+                    ) -> tuple[ConnectResult | None, BaseException | None]:
+        """Store the outcome ahead of any future; what to resolve with (the stored winner)."""
+        encoded = encode_outcome(result, error)
+        fence = self.fences.get(session_id)
+        self.drop(session_id)
+        if encoded is None:
+            return result, error
+        entry = await self.registry.decide(self.ns, session_id, *encoded, fence=fence,
+                                           retention=self.retention)
+        if entry is None or entry.outcome is None:
+            return result, error  # unknown to the registry, or fenced out: ours stands alone
+        stored = decode_outcome(entry.outcome, session_id)
+        return (stored, None) if isinstance(stored, ConnectResult) else (None, stored)
+
+    async def renew(self) -> list[str]:
+        """One step renewing every lease held; the ids whose lease was lost."""
+        if not self.fences:
+            return []
+        began = self.registry.now()
+        lost = await self.registry.renew(self.ns, self.owner, dict(self.fences), lease=self.lease)
+        for session_id in self.fences:
+            if session_id not in lost:
+                self._until[session_id] = began + self.lease  # it ends no earlier than this
+        for session_id in lost:
+            self.drop(session_id)
+        return lost
+
+    async def adopt(self, limit: int = 100) -> list[Entry]:
+        """Claim the workspace's orphans (exactly one claimer wins each)."""
+        won = []
+        for session_id in await self.registry.orphans(self.ns, limit=limit):
+            entry = await self.registry.claim(self.ns, session_id, self.owner, lease=self.lease)
+            if entry is not None:
+                self._hold(entry)
+                won.append(entry)
+        return won
+
+    async def release_all(self) -> None:
+        if self.fences:
+            fences, self.fences = dict(self.fences), {}
+            self._until.clear()
+            await self.registry.release(self.ns, self.owner, fences)
