@@ -54,7 +54,7 @@ class PendingConnection:
     cancels nothing else; :meth:`cancel` stops the session's polling.
     """
 
-    __slots__ = ("_born", "_cancel_requested", "_clock", "_deadline", "_done", "_error",
+    __slots__ = ("_born", "_cancel_requested", "_clock", "_deadline", "_done", "_due_seq", "_error",
                  "_failures", "_finished", "_in_step", "_key", "_next_at", "_on_finish",
                  "_polls", "_result", "_unsure", "_watch", "expected_email", "session")
 
@@ -84,6 +84,7 @@ class PendingConnection:
         self._unsure = False
         # Poll state, kept here between steps (no task sleeps on a pending session):
         self._next_at = 0.0
+        self._due_seq = 0  # the sequence number of its live entry in the due heap; 0: none
         self._deadline = math.inf
         self._watch = 0  # the sequence number of this session's live entry in the deadline heap
         self._failures = 0
@@ -167,6 +168,7 @@ class Poller:
         fleet: Fleet | None = None,
     ) -> None:
         self._fleet = fleet
+        self._registered: set[str] = set()  # resumed sessions offered to the registry
         self._group: anyio.abc.TaskGroup | None = None
         self._reads = reads
         self._outcomes = outcomes
@@ -201,6 +203,7 @@ class Poller:
     def _finished(self, pending: PendingConnection) -> None:
         """Bookkeeping for a session that just ended, however it ended."""
         self.pending.pop(pending.session.session_id, None)
+        self._registered.discard(pending.session.session_id)
         error, result = pending._error, pending._result
         outcome: Outcome
         label: str | None
@@ -240,6 +243,7 @@ class Poller:
     def _schedule(self, pending: PendingConnection, at: float) -> None:
         pending._next_at = at
         self._seq += 1
+        pending._due_seq = self._seq  # any older entry of it is stale from now on
         heapq.heappush(self._due, (at, self._seq, pending))
         if self._due[0][2] is pending and self._wakeup is not None:
             self._wakeup.set()  # earlier than what the scheduler sleeps towards
@@ -269,8 +273,8 @@ class Poller:
         if self._fleet is not None:
             group.start_soon(self._beat, self._fleet)
         while True:
-            while self._due and self._due[0][2].done():
-                heapq.heappop(self._due)  # cancelled while it waited
+            while self._due and not self._live(self._due[0]):
+                heapq.heappop(self._due)  # cancelled while it waited, or rescheduled since
             if not self._due:
                 await self._sleep_until(math.inf)
                 continue
@@ -279,6 +283,7 @@ class Poller:
                 await self._sleep_until(at)
                 continue
             heapq.heappop(self._due)
+            pending._due_seq = 0
             try:
                 grant = await self._reads.slot()
             except InstantlyError as exc:  # the store refuses (StoreError): waiting won't cure it
@@ -287,12 +292,19 @@ class Poller:
                 pending._finish(error=exc)
                 continue
             while pending.done() and self._due and self._due[0][0] <= self._clock.monotonic():
-                pending = heapq.heappop(self._due)[2]  # cancelled meanwhile: the next one due
+                entry = heapq.heappop(self._due)  # cancelled meanwhile: the next one due
+                if self._live(entry):
+                    pending, pending._due_seq = entry[2], 0
             if pending.done():
                 await self._reads.release(grant)  # nobody to spend it on
             else:
                 pending._in_step = True  # from here cancel() leaves the ending to the step
                 group.start_soon(self._step, pending, grant)
+
+    @staticmethod
+    def _live(entry: tuple[float, int, PendingConnection]) -> bool:
+        pending = entry[2]
+        return not pending.done() and entry[1] == pending._due_seq
 
     async def _reap(self) -> None:
         """Ends every session whose deadline passed without a read in flight: the budget or the
@@ -346,7 +358,12 @@ class Poller:
                 pending._finish(error=pending._cancelled())
                 return
             fleet = self._fleet
-            if fleet is not None and not fleet.may_read(pending.session.session_id):
+            sid = pending.session.session_id
+            if fleet is not None and sid not in fleet.fences and sid not in self._registered:
+                # resume(): a session the registry may not know yet; it is ours if nobody's
+                self._registered.add(sid)
+                await fleet.register(pending.session, pending.expected_email)
+            if fleet is not None and not fleet.may_read(sid):
                 await self._reads.release(grant)  # no lease with time to spare: no read
                 if pending.session.session_id in fleet.fences:
                     self._schedule(pending, self._clock.monotonic() + self.poll_interval)
@@ -408,9 +425,8 @@ class Poller:
         session, expected_email = decode_session(entry.data)
         existing = self.pending.get(session.session_id)
         if existing is not None:
-            if existing.done() or existing._in_step:
-                return
-            self._schedule(existing, self._clock.monotonic())  # it was watching: poll again
+            if not (existing.done() or existing._in_step or existing._due_seq):
+                self._schedule(existing, self._clock.monotonic())  # it was watching: poll again
             return
         self.track(session, expected_email, self._clock.monotonic(), resumed=True)
 
