@@ -14,7 +14,7 @@ from ._convert import converter
 from ._exceptions import InstantlyError, OutcomeLostError
 from ._models import Account, OAuthSession, SessionStatus
 from ._outcome import ConnectResult
-from ._registry import ANSWER, EXPIRED, LOST, Entry, Registry
+from ._registry import ANSWER, EXPIRED, LOST, Entry, Registry, RegistryUnavailableError
 
 __all__ = ["Fleet", "UnknownSessionError", "decode_outcome", "decode_session",
            "encode_outcome", "encode_session"]
@@ -78,6 +78,7 @@ class Fleet:
         self._read_margin = read_margin
         self.fences: dict[str, int] = {}
         self._until: dict[str, float] = {}
+        self._unregistered: dict[str, str] = {}  # started while the store was away
 
     def __repr__(self) -> str:
         return f"<Fleet leases={len(self.fences)} lease={self.lease:g}s>"
@@ -89,11 +90,22 @@ class Fleet:
     def drop(self, session_id: str) -> None:
         self.fences.pop(session_id, None)
         self._until.pop(session_id, None)
+        self._unregistered.pop(session_id, None)
 
     async def register(self, session: OAuthSession, expected_email: str | None) -> None:
-        entry = await self.registry.register(
-            self.ns, session.session_id, encode_session(session, expected_email),
-            owner=self.owner, lease=self.lease, retention=self.retention)
+        """Register (and hold) a new session. While the registry's store is away, the session
+        is held locally and registered when the store is back (:meth:`renew` does it): nobody
+        else can adopt what the registry does not know."""
+        data = encode_session(session, expected_email)
+        try:
+            entry = await self.registry.register(
+                self.ns, session.session_id, data, owner=self.owner, lease=self.lease,
+                retention=self.retention)
+        except RegistryUnavailableError:
+            self._unregistered[session.session_id] = data
+            self.fences[session.session_id] = 1
+            self._until[session.session_id] = self.registry.now() + self.lease
+            return
         if entry.owner == self.owner and not entry.decided:
             self._hold(entry)
 
@@ -119,11 +131,29 @@ class Fleet:
         return (stored, None) if isinstance(stored, ConnectResult) else (None, stored)
 
     async def renew(self) -> list[str]:
-        """One step renewing every lease held; the ids whose lease was lost."""
+        """One step renewing every lease held; the ids whose lease was lost.
+
+        While the store is away, the leases held are extended locally: no other manager can
+        claim them either, unless the network is split so that it reaches the store and this
+        one does not (the same hole as the budgets' fallback; see docs/FLEET-PLAN.md).
+        """
         if not self.fences:
             return []
         began = self.registry.now()
-        lost = await self.registry.renew(self.ns, self.owner, dict(self.fences), lease=self.lease)
+        try:
+            for session_id, data in list(self._unregistered.items()):
+                entry = await self.registry.register(
+                    self.ns, session_id, data, owner=self.owner, lease=self.lease,
+                    retention=self.retention)
+                del self._unregistered[session_id]
+                if entry.owner != self.owner or entry.decided:
+                    self.drop(session_id)
+            lost = await self.registry.renew(self.ns, self.owner, dict(self.fences),
+                                             lease=self.lease)
+        except RegistryUnavailableError:
+            for session_id in self.fences:
+                self._until[session_id] = began + self.lease
+            return []
         for session_id in self.fences:
             if session_id not in lost:
                 self._until[session_id] = began + self.lease  # it ends no earlier than this

@@ -408,16 +408,19 @@ class Poller:
         the workspace's orphans every other beat (and once at start)."""
         beat = 0
         while True:
-            try:
-                if beat % 2 == 0:
-                    for entry in await fleet.adopt():
-                        self.adopted(entry)
+            try:  # the renew first: it must not wait on an adoption that fails
                 for session_id in await fleet.renew():
                     lost = self.pending.get(session_id)
                     if lost is not None and not lost._in_step:
                         self.watch(lost)
             except InstantlyError as exc:
                 logger.warning("registry heartbeat failed: %s", type(exc).__name__)
+            try:
+                if beat % 2 == 0:
+                    for entry in await fleet.adopt():
+                        self.adopted(entry)
+            except InstantlyError as exc:
+                logger.info("adoption skipped: %s", type(exc).__name__)
             beat += 1
             await self._clock.sleep(fleet.lease / 3)
 
