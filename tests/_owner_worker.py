@@ -1,6 +1,6 @@
 """An owner of sessions, run as its own process by tests/test_fleet_processes.py: it starts
 ``--count`` sessions through a RedisStore, prints each session id on its own line (flushed), then
-polls them until it is killed."""
+"ready", then each outcome as it learns it ("result <id> <status>"), until it is killed."""
 
 from __future__ import annotations
 
@@ -26,10 +26,15 @@ async def main() -> None:
         poll_interval=0.1, fetch_account=False, session_lease=args.lease,
         status_timeout=args.lease / 4,
     ) as manager:
+        pendings = []
         for _ in range(args.count):
             pending = await manager.start("google")
+            pendings.append(pending)
             print(pending.session.session_id, flush=True)
         print("ready", flush=True)
+        for pending in pendings:  # then each outcome, as this owner learns it
+            result = await pending
+            print("result", result.session.session_id, result.status.value, flush=True)
         await anyio.sleep(3600)  # until killed
 
 
