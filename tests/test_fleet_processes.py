@@ -29,7 +29,7 @@ def redis_server() -> Iterator[RedisServer]:
     try:
         yield server
     finally:
-        server.stop()
+        server.close()
 
 
 async def test_sessions_of_an_owner_killed_9_are_adopted_and_resolved_once(
