@@ -28,7 +28,6 @@ from ._exceptions import (
     InstantlyError,
     MalformedResponseError,
     NotFoundError,
-    OutcomeLostError,
     RateLimitedError,
     ServerError,
     SessionCancelledError,
@@ -36,7 +35,7 @@ from ._exceptions import (
 )
 from ._limiter import Grant
 from ._models import OAuthSession, RetryPolicy, SessionStatus
-from ._outcome import ConnectResult, Outcomes
+from ._outcome import ConnectResult, OutcomeLostError, Outcomes
 from ._reads import Reads
 from ._stats import Tally
 
