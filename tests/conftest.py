@@ -60,6 +60,14 @@ async def fast_sim() -> AsyncIterator[Simulator]:
 
 
 @pytest.fixture
+async def csim() -> AsyncIterator[Simulator]:
+    """Limits as documented, durations compressed 20x: a 60 s window lasts 3 s, a session lives
+    30 s."""
+    async with Simulator(limits=SimulatorLimits().compressed(20)) as simulator:
+        yield simulator
+
+
+@pytest.fixture
 def workspace(sim: Simulator) -> Workspace:
     return sim.add_workspace("acme")
 
