@@ -7,6 +7,7 @@ import pytest
 
 from instantly_oauth_async import InstantlyClient
 from instantly_oauth_async.testing import Simulator, SimulatorLimits, Workspace
+from tests._redis import RedisServer
 
 
 @pytest.fixture
@@ -44,6 +45,17 @@ def _nothing_left_behind() -> Iterator[None]:
     finally:
         logger.removeHandler(handler)
     assert handler.messages == [], handler.messages
+
+
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[RedisServer]:
+    """A real redis-server on a free loopback port, one per test module, stopped by its PID."""
+    server = RedisServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()
 
 
 @pytest.fixture
