@@ -172,11 +172,12 @@ class Outcomes:
         else:
             began = session.expires_at - timedelta(seconds=DOCUMENTED_TTL)
         if not began <= account.timestamp_created <= session.expires_at:
-            when = "before" if account.timestamp_created < began else "after"
+            when = "before this session began" if account.timestamp_created < began \
+                else "after this session expired"
             raise OutcomeLostError(
                 session.session_id,
-                f"{why}; {email} was connected {when} this session began, so its account "
-                "cannot tell whether this session connected it", account=account)
+                f"{why}; {email} was connected {when}, so its account cannot tell whether "
+                "this session connected it", account=account)
         logger.info("session %s reconciled as success through GET accounts", session.session_id)
         return ConnectResult(session, SessionStatus.SUCCESS, email=account.email,
                              name=" ".join(p for p in (account.first_name, account.last_name) if p)
