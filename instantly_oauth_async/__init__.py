@@ -27,7 +27,6 @@ from ._exceptions import (
     IPBlockedError,
     MalformedResponseError,
     NotFoundError,
-    OutcomeLostError,
     PaymentRequiredError,
     RateLimitedError,
     RequestTimeoutError,
@@ -55,7 +54,7 @@ from ._models import (
     WarmupAdvanced,
     WarmupStatus,
 )
-from ._outcome import ConnectResult
+from ._outcome import ConnectResult, OutcomeLostError
 from ._polling import PendingConnection
 from ._stats import ManagerStats
 from ._store import MemoryStore, Store, StoreError

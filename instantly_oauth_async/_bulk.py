@@ -141,12 +141,10 @@ async def connect_many(  # noqa: PLR0915 - producer and slots read best side by 
             pending.cancel()
     if not producer_ended or settled < created:
         # Only the manager closing under the loop ends it this way.
-        for extra in errors:
-            logger.warning("connect_many: also %s: %s", type(extra).__name__, extra)
-        raise ClientStateError(
+        errors.insert(0, ClientStateError(
             f"the OAuthManager closed before connect_many finished: {created - settled} of the "
             f"{created} sessions it created have no result, and {count - min(count, created)} "
-            "were never created")
+            "were never created"))
     if errors:
         for extra in errors[1:]:
             logger.warning("connect_many: also %s: %s", type(extra).__name__, extra)

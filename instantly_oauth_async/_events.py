@@ -30,6 +30,7 @@ __all__ = [
     "RequestFinished",
     "SessionResolved",
     "SessionStarted",
+    "Throttle",
 ]
 
 logger = logging.getLogger("instantly_oauth_async")
@@ -122,6 +123,24 @@ Hook: TypeAlias = Callable[[Event], object]
 _REPORT_EVERY = 60.0  # seconds between two log lines about one failing hook
 
 
+class Throttle:
+    """Yes at most once every ``every`` seconds per key: how often a failing hook is logged."""
+
+    __slots__ = ("_every", "_last")
+
+    def __init__(self, every: float = _REPORT_EVERY) -> None:
+        self._every = every
+        self._last: dict[object, float] = {}
+
+    def allow(self, key: object = None) -> bool:
+        now = time.monotonic()
+        last = self._last.get(key)
+        if last is not None and now - last < self._every:
+            return False
+        self._last[key] = now
+        return True
+
+
 class Hooks:
     """The hooks of one manager. ``bool(hooks)`` is False without any, so a call site builds an
     event only when someone listens: ``if hooks: hooks.emit(RequestFinished(...))``."""
@@ -140,7 +159,7 @@ class Hooks:
                     "synchronous (start a task from it if it must await)")
             checked.append(hook)
         self._hooks = tuple(checked)
-        self._reported: dict[int, float] = {}
+        self._reported = Throttle()
 
     def __bool__(self) -> bool:
         return bool(self._hooks)
@@ -157,11 +176,8 @@ class Hooks:
                 self._report(hook, event, exc)
 
     def _report(self, hook: Hook, event: Event, exc: Exception) -> None:
-        now = time.monotonic()
-        last = self._reported.get(id(hook))
-        if last is not None and now - last < _REPORT_EVERY:
+        if not self._reported.allow(id(hook)):
             return
-        self._reported[id(hook)] = now
         logger.error("hook %s raised on %s (reported at most once a minute)",
                      _name(hook), type(event).__name__, exc_info=exc)
 

@@ -25,7 +25,7 @@
     ├── StartTimeoutError (also TimeoutError)     start() could not get a session in time (rate
     │                                             budget, an ordinary 429's wait, retries)
     ├── SessionCancelledError                     pending.cancel() stopped the session's polling
-    ├── OutcomeLostError                          the outcome cannot be known: a one-time answer
+    ├── OutcomeLostError (in ``_outcome``)        the outcome cannot be known: a one-time answer
     │                                             lost on the wire, or no read possible by the
     │                                             deadline; ``account`` when one is connected
     ├── StoreError (in ``_store``)                the shared store answered an error that waiting
@@ -48,13 +48,10 @@ import asyncio
 import sys
 from collections.abc import Iterable, Mapping
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
-
-if TYPE_CHECKING:
-    from ._models import Account
 
 __all__ = [
     "APIError",
@@ -67,7 +64,6 @@ __all__ = [
     "InstantlyError",
     "MalformedResponseError",
     "NotFoundError",
-    "OutcomeLostError",
     "PaymentRequiredError",
     "RateLimitedError",
     "RequestTimeoutError",
@@ -340,29 +336,3 @@ class StartTimeoutError(InstantlyError, _Timeout):
 
 class SessionCancelledError(InstantlyError):
     """The session was cancelled with ``PendingConnection.cancel()`` before it finished."""
-
-
-class OutcomeLostError(InstantlyError):
-    """The session's one-time terminal answer was lost and could not be reconciled.
-
-    The server deletes a finished session on its first read; when that response is lost on the
-    wire, later reads get 404. Without ``expected_email`` the library cannot tell a connected
-    mailbox from a failed one, so it says so instead of guessing. Also raised when no status read
-    could be made before the session's deadline (the budget or the store gave no slot).
-    """
-
-    def __init__(self, session_id: str, detail: str, *, account: Account | None = None) -> None:
-        self.session_id = session_id
-        self.detail = detail
-        #: The mailbox's account as it stands, when ``expected_email`` named one that is
-        #: connected but the evidence could not tell whether this session connected it.
-        self.account = account
-        super().__init__(f"outcome of OAuth session {session_id} was lost: {detail}")
-
-    def __reduce__(self) -> tuple[object, ...]:
-        return (_rebuild_outcome_lost, (self.session_id, self.detail, self.account))
-
-
-def _rebuild_outcome_lost(session_id: str, detail: str, account: Account | None
-                          ) -> OutcomeLostError:
-    return OutcomeLostError(session_id, detail, account=account)

@@ -207,11 +207,7 @@ class FairLimiter:
         try:
             await turn.wait()
             while True:
-                # Shielded: a store on the network may have spent the slot by the time a
-                # cancellation arrives, and the caller must learn of it to release it.
-                with anyio.CancelScope(shield=True):
-                    wait, blocked = await self._store.take(
-                        self._specs, self._block_keys, lease=lease, hold=hold)
+                wait, blocked = await self._take(lease, hold)
                 if wait <= 0:
                     return Grant(self._clock.monotonic() - started, lease)
                 if blocked and wait > max_block:
@@ -232,12 +228,18 @@ class FairLimiter:
         if self._queue:
             return None, float("inf"), False
         lease = f"{self._prefix}{next(_leases)}" if hold > 0 else None
-        with anyio.CancelScope(shield=True):  # a store on the network may spend the slot
-            wait, blocked = await self._store.take(
-                self._specs, self._block_keys, lease=lease, hold=hold)
+        wait, blocked = await self._take(lease, hold)
         if wait <= 0:
             return Grant(0.0, lease), 0.0, False
         return None, wait, blocked
+
+    async def _take(self, lease: str | None, hold: float) -> tuple[float, bool]:
+        """One ask of the store, shielded: a store on the network may have spent the slot by
+        the time a cancellation arrives, and the caller must learn of it to release it."""
+        with anyio.CancelScope(shield=True):
+            wait, blocked = await self._store.take(
+                self._specs, self._block_keys, lease=lease, hold=hold)
+        return wait, blocked
 
     async def release(self, grant: Grant) -> None:
         """The request made with ``grant`` has ended: its slots start coming back now."""

@@ -14,7 +14,6 @@ from ._clock import Clock
 from ._exceptions import (
     InstantlyError,
     MalformedResponseError,
-    OutcomeLostError,
     RateLimitedError,
     ServerError,
     TransportError,
@@ -22,12 +21,38 @@ from ._exceptions import (
 from ._models import Account, OAuthSession, OAuthStatus, RetryPolicy, SessionStatus
 from ._reads import Reads
 
-__all__ = ["DOCUMENTED_TTL", "ConnectResult", "Outcomes"]
+__all__ = ["DOCUMENTED_TTL", "ConnectResult", "OutcomeLostError", "Outcomes"]
 
 logger = logging.getLogger("instantly_oauth_async")
 
 DOCUMENTED_TTL: Final = 600.0
 _RESULT_FIELDS = ("email", "name", "error", "error_description")
+
+
+class OutcomeLostError(InstantlyError):
+    """The session's one-time terminal answer was lost and could not be reconciled.
+
+    The server deletes a finished session on its first read; when that response is lost on the
+    wire, later reads get 404. Without ``expected_email`` the library cannot tell a connected
+    mailbox from a failed one, so it says so instead of guessing. Also raised when no status read
+    could be made before the session's deadline (the budget or the store gave no slot).
+    """
+
+    def __init__(self, session_id: str, detail: str, *, account: Account | None = None) -> None:
+        self.session_id = session_id
+        self.detail = detail
+        #: The mailbox's account as it stands, when ``expected_email`` named one that is
+        #: connected but the evidence could not tell whether this session connected it.
+        self.account = account
+        super().__init__(f"outcome of OAuth session {session_id} was lost: {detail}")
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild_outcome_lost, (self.session_id, self.detail, self.account))
+
+
+def _rebuild_outcome_lost(session_id: str, detail: str, account: Account | None
+                          ) -> OutcomeLostError:
+    return OutcomeLostError(session_id, detail, account=account)
 
 
 @attrs.frozen
@@ -147,11 +172,12 @@ class Outcomes:
         else:
             began = session.expires_at - timedelta(seconds=DOCUMENTED_TTL)
         if not began <= account.timestamp_created <= session.expires_at:
-            when = "before" if account.timestamp_created < began else "after"
+            when = "before this session began" if account.timestamp_created < began \
+                else "after this session expired"
             raise OutcomeLostError(
                 session.session_id,
-                f"{why}; {email} was connected {when} this session began, so its account "
-                "cannot tell whether this session connected it", account=account)
+                f"{why}; {email} was connected {when}, so its account cannot tell whether "
+                "this session connected it", account=account)
         logger.info("session %s reconciled as success through GET accounts", session.session_id)
         return ConnectResult(session, SessionStatus.SUCCESS, email=account.email,
                              name=" ".join(p for p in (account.first_name, account.last_name) if p)

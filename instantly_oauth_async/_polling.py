@@ -28,7 +28,6 @@ from ._exceptions import (
     InstantlyError,
     MalformedResponseError,
     NotFoundError,
-    OutcomeLostError,
     RateLimitedError,
     ServerError,
     SessionCancelledError,
@@ -37,7 +36,7 @@ from ._exceptions import (
 from ._fleet import Fleet, decode_outcome, decode_session
 from ._limiter import Grant
 from ._models import OAuthSession, RetryPolicy, SessionStatus
-from ._outcome import ConnectResult, Outcomes
+from ._outcome import ConnectResult, OutcomeLostError, Outcomes
 from ._reads import Reads
 from ._registry import Entry
 from ._stats import Tally

@@ -41,7 +41,6 @@ may serve several managers: sessions are paired by a key unique within the proce
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
@@ -56,6 +55,7 @@ from ._events import (
     RequestFinished,
     SessionResolved,
     SessionStarted,
+    Throttle,
 )
 
 __all__ = [
@@ -83,7 +83,6 @@ SESSION_DURATION_BUCKETS: Final = (
 _METHODS: Final = {"init": "POST", "status": "GET", "account": "GET"}
 _ERROR_OUTCOMES: Final = frozenset({"lost", "failed"})
 _CACHE_LIMIT: Final = 512  # attribute sets are from closed sets; the bound is only a backstop
-_REPORT_EVERY: Final = 60.0
 
 Attributes = Mapping[str, Any]
 
@@ -130,7 +129,7 @@ class OpenTelemetryHook:
         self._spans: dict[int, trace.Span] = {}
         self._request_attrs: dict[tuple[Any, ...], Attributes] = {}
         self._other_attrs: dict[tuple[Any, ...], Attributes] = {}
-        self._reported = -_REPORT_EVERY
+        self._reported = Throttle()  # a failure is logged at most once a minute
         self._handlers: dict[type, Callable[[Any], None]] = {
             RequestFinished: self._request,
             BudgetWaited: self._waited,
@@ -217,12 +216,9 @@ class OpenTelemetryHook:
 
     def _report(self, event: Event, exc: Exception) -> None:
         try:
-            now = time.monotonic()
-            if now - self._reported < _REPORT_EVERY:
-                return
-            self._reported = now
-            logger.warning("OpenTelemetryHook failed on %s (reported at most once a minute)",
-                           type(event).__name__, exc_info=exc)
+            if self._reported.allow():
+                logger.warning("OpenTelemetryHook failed on %s (reported at most once a minute)",
+                               type(event).__name__, exc_info=exc)
         except Exception:  # noqa: BLE001, S110 - not even a broken logging set-up gets through
             pass
 

@@ -7,6 +7,7 @@ import pytest
 
 from instantly_oauth_async import InstantlyClient
 from instantly_oauth_async.testing import Simulator, SimulatorLimits, Workspace
+from tests._redis import RedisServer
 
 
 @pytest.fixture
@@ -46,6 +47,17 @@ def _nothing_left_behind() -> Iterator[None]:
     assert handler.messages == [], handler.messages
 
 
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[RedisServer]:
+    """A real redis-server on a free loopback port, one per test module, stopped by its PID."""
+    server = RedisServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
 @pytest.fixture
 async def sim() -> AsyncIterator[Simulator]:
     async with Simulator() as simulator:
@@ -56,6 +68,14 @@ async def sim() -> AsyncIterator[Simulator]:
 async def fast_sim() -> AsyncIterator[Simulator]:
     """Limits as documented, durations compressed 60x: a 60 s window lasts 1 s."""
     async with Simulator(limits=SimulatorLimits().compressed(60)) as simulator:
+        yield simulator
+
+
+@pytest.fixture
+async def csim() -> AsyncIterator[Simulator]:
+    """Limits as documented, durations compressed 20x: a 60 s window lasts 3 s, a session lives
+    30 s."""
+    async with Simulator(limits=SimulatorLimits().compressed(20)) as simulator:
         yield simulator
 
 

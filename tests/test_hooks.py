@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
 
 import attrs
 import pytest
@@ -18,15 +17,9 @@ from instantly_oauth_async._events import (
     SessionResolved,
     SessionStarted,
 )
-from instantly_oauth_async.testing import CannedResponse, Simulator, SimulatorLimits
+from instantly_oauth_async.testing import CannedResponse, Simulator
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-async def csim() -> AsyncIterator[Simulator]:
-    async with Simulator(limits=SimulatorLimits().compressed(20)) as simulator:
-        yield simulator
 
 
 def test_a_coroutine_function_is_refused_at_registration() -> None:

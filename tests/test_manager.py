@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -35,12 +35,6 @@ from instantly_oauth_async.testing import CannedResponse, Faults, Simulator, Sim
 pytestmark = pytest.mark.anyio
 
 FACTOR = 20  # a 60 s window lasts 3 s; a session lives 30 s
-
-
-@pytest.fixture
-async def csim() -> AsyncIterator[Simulator]:
-    async with Simulator(limits=SimulatorLimits().compressed(FACTOR)) as simulator:
-        yield simulator
 
 
 MakeManager = Callable[..., OAuthManager]

@@ -9,7 +9,7 @@ import logging
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -47,7 +47,7 @@ from instantly_oauth_async.otel import (
     SESSION_DURATION_BUCKETS,
     OpenTelemetryHook,
 )
-from instantly_oauth_async.testing import CannedResponse, Faults, Simulator, SimulatorLimits
+from instantly_oauth_async.testing import CannedResponse, Faults, Simulator
 
 pytestmark = pytest.mark.anyio
 
@@ -59,12 +59,6 @@ UNITS = {
     "instantly.oauth.session.duration": "s",
     "instantly.oauth.session.active": "{session}",
 }
-
-
-@pytest.fixture
-async def csim() -> AsyncIterator[Simulator]:
-    async with Simulator(limits=SimulatorLimits().compressed(20)) as simulator:
-        yield simulator
 
 
 class Metrics:

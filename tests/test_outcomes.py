@@ -5,7 +5,7 @@ manager from any task. Each test failed on the code before its fix."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -29,12 +29,6 @@ from instantly_oauth_async.testing import Faults, Network, Simulator, SimulatorL
 pytestmark = pytest.mark.anyio
 
 FACTOR = 20  # a 60 s window lasts 3 s; a session lives 30 s
-
-
-@pytest.fixture
-async def csim() -> AsyncIterator[Simulator]:
-    async with Simulator(limits=SimulatorLimits().compressed(FACTOR)) as simulator:
-        yield simulator
 
 
 MakeManager = Callable[..., OAuthManager]

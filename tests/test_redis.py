@@ -9,7 +9,7 @@ import json
 import os
 import sys
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -33,16 +33,6 @@ from tests._windows import max_in_window
 pytestmark = pytest.mark.anyio
 FIXTURE_REUSE = HealthCheck.function_scoped_fixture  # the store is reused; keys are per example
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import textwrap
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
@@ -45,16 +45,6 @@ from tests._redis import RedisServer
 pytestmark = pytest.mark.anyio
 ROOT = Path(__file__).resolve().parent.parent
 EXTRA_HINT = "pip install 'instantly-oauth-async[redis]'"
-
-
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 @pytest.fixture

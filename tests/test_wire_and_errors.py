@@ -12,7 +12,7 @@ import json
 import pickle
 import sys
 import zlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
 from typing import Any, ClassVar
@@ -52,7 +52,6 @@ from instantly_oauth_async.testing import (
     Faults,
     Network,
     Simulator,
-    SimulatorLimits,
     Workspace,
 )
 
@@ -60,12 +59,6 @@ pytestmark = pytest.mark.anyio
 
 FACTOR = 20  # a 60 s window lasts 3 s: an ordinary 429 asks for at most 3 s
 MiB = 1 << 20
-
-
-@pytest.fixture
-async def csim() -> AsyncIterator[Simulator]:
-    async with Simulator(limits=SimulatorLimits().compressed(FACTOR)) as simulator:
-        yield simulator
 
 
 MakeManager = Callable[..., OAuthManager]
