@@ -11,9 +11,9 @@ import json
 import logging
 
 from ._convert import converter
-from ._exceptions import InstantlyError, OutcomeLostError
+from ._exceptions import InstantlyError
 from ._models import Account, OAuthSession, SessionStatus
-from ._outcome import ConnectResult
+from ._outcome import ConnectResult, OutcomeLostError
 from ._registry import ANSWER, EXPIRED, LOST, Entry, Registry, RegistryUnavailableError
 
 __all__ = ["Fleet", "UnknownSessionError", "decode_outcome", "decode_session",
