@@ -122,7 +122,11 @@ class OAuthManager:
         # Keys: budgets belong to the workspace, shared by all its keys (by default one key is
         # taken for one workspace; ``workspace=`` names it when several share one). A 429 for
         # the standard limit holds back every request of the workspace: the standard key.
-        namespace = f"iox:{url.host}:{url.port}"
+        # Every budget, block and breaker key of one API server shares one hash tag, so each
+        # script touches one Redis Cluster slot (an init takes the workspace's and the IP's keys
+        # at once, and the IP's are shared by every workspace sending from this host).
+        server = f"{url.host}:{url.port}"
+        namespace = f"iox:{{{server}}}"
         name = api_key.strip() if workspace is None else f"workspace:{workspace.strip()}"
         ws_id = hashlib.sha256(name.encode()).hexdigest()[:16]
         standard_key = f"{namespace}:std:ws:{ws_id}"
@@ -154,7 +158,7 @@ class OAuthManager:
             status_timeout=float(status_timeout))
         registry = getattr(store, "registry", None)
         self._fleet = None if registry is None else Fleet(
-            registry, f"{namespace}:{ws_id}", lease_prefix.rstrip(":"),
+            registry, f"iox:{server}:{ws_id}", lease_prefix.rstrip(":"),
             lease=float(session_lease), retention=float(retention),
             # Renewed every third of a lease, a lease keeps over 2/3 of it; a read needs its
             # timeout and a tenth of a lease to spare (under 0.6 of it, as checked above).
