@@ -52,6 +52,13 @@ async def run(*, quick: bool) -> list[Row]:
     rejected = sum(1 for r in sim.requests if r.status == 429)
     ratio = utilisation(times, 75, window)
     trips = sum(int(str(r["round_trips"])) for r in reports)
+    by: dict[str, int] = {}
+    for r in reports:
+        for k, v in dict(r.get("steps", {})).items():  # type: ignore[call-overload]
+            by[k] = by.get(k, 0) + int(v)
+    if os.environ.get("IOX_TRIPS"):
+        print("trips by script:", dict(sorted(by.items())), "inits", len(times),
+              "polls", sum(1 for r in sim.requests if r.kind == "status"), file=sys.stderr)
     polls = sum(1 for r in sim.requests if r.kind == "status")
     return [Row("5 fleet", f"{workers} processes, one workspace, Redis: {len(times)} inits, "
                 f"{rejected} x 429", f"{ratio:.1%} of allowed", ">= 95%, 0 x 429",

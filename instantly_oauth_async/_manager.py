@@ -134,8 +134,9 @@ class OAuthManager:
         status_specs = [(f"{namespace}:status:ws:{ws_id}:{i}", lim) for i, lim in enumerate(limits)]
         lease_prefix = f"{secrets.token_hex(6)}:"  # leases of this manager, unique in a fleet
 
-        def limiter(specs: list[tuple[str, RateLimit]], blocks: list[str]) -> FairLimiter:
-            return FairLimiter(store, specs, blocks, self._clock, prefix=lease_prefix)
+        def limiter(specs: list[tuple[str, RateLimit]], blocks: list[str],
+                    gate: tuple[str, BreakerPolicy] | None = None) -> FairLimiter:
+            return FairLimiter(store, specs, blocks, self._clock, prefix=lease_prefix, gate=gate)
 
         # A lease a crashed holder never released frees its slots after its hold.
         init_hold = float(request_timeout) + 5.0
@@ -143,11 +144,12 @@ class OAuthManager:
         for p in Provider:
             ws_key = f"{namespace}:init:{p.value}:ws:{ws_id}"
             ip_key = f"{namespace}:init:{p.value}:ip"
+            breaker_key = f"{namespace}:breaker:{p.value}"
             self._admission[p] = Admission(
                 p, self._client, store,
                 limiter([(ws_key, init_limit), (ip_key, ip_init_limit), *standard_specs],
-                        [ws_key, ip_key, standard_key]),
-                block_keys=(ws_key, ip_key), breaker_key=f"{namespace}:breaker:{p.value}",
+                        [ws_key, ip_key, standard_key], gate=(breaker_key, breaker)),
+                block_keys=(ws_key, ip_key), breaker_key=breaker_key,
                 breaker=breaker, window=init_limit.per, hold=init_hold,
                 max_block_wait=float(max_block_wait), retry=retry, rng=rng, clock=self._clock,
                 tally=self._tally)

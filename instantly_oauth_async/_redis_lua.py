@@ -23,34 +23,81 @@ local function keep_for(key, seconds)
 end
 """
 
-#: KEYS: freed_1, held_1, ..., freed_n, held_n, then the block keys.
-#: ARGV: n, lease ('' = time the slots from now), hold, member, then count_i, window_i; now.
+#: KEYS: freed_1, held_1, ..., freed_n, held_n, the fleet's queue (sorted set: asker -> the time
+#: it first asked), its due index (asker -> when it must ask again to keep its place), then the
+#: block keys. ARGV: n, lease ('' = time the slots from now), hold, member, asker ('' = none),
+#: grace, then count_i, window_i; now.
+#:
+#: With an asker (one FairLimiter of one process: only the head of its own queue asks), the
+#: askers of the fleet are served in the order they first asked: a slot goes to an asker only when
+#: fewer askers are ahead of it than slots are free, and an asker that must wait is told when the
+#: slot it is in line for comes back (not merely the soonest one, which the askers ahead of it will
+#: take). So a fleet of processes does not stampede at each slot's return. An asker that has not
+#: asked again by the time it was told plus ``grace`` loses its place.
 TAKE: Final = _NOW + """
 local n, lease, hold, member = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), ARGV[4]
-local now = clock(ARGV[5 + 2 * n])
+local asker, grace = ARGV[5], tonumber(ARGV[6])
+local now = clock(ARGV[7 + 2 * n])
+local queue, due = KEYS[2 * n + 1], KEYS[2 * n + 2]
 local blocked = 0
-for i = 2 * n + 1, #KEYS do
+for i = 2 * n + 3, #KEYS do
   local left = tonumber(redis.call('GET', KEYS[i]) or '0') - now
   if left > blocked then blocked = left end
 end
 if blocked > 0 then return {num(blocked), 1} end
+local ahead = 0
+if asker ~= '' then
+  for _, gone in ipairs(redis.call('ZRANGEBYSCORE', due, '-inf', num(now))) do
+    redis.call('ZREM', queue, gone)
+    redis.call('ZREM', due, gone)
+  end
+  local rank = redis.call('ZRANK', queue, asker)
+  if rank then ahead = rank else ahead = redis.call('ZCARD', queue) end
+end
 local wait = 0
 for i = 1, n do
   local freed, held = KEYS[2 * i - 1], KEYS[2 * i]
-  local count, window = tonumber(ARGV[3 + 2 * i]), tonumber(ARGV[4 + 2 * i])
+  local count, window = tonumber(ARGV[5 + 2 * i]), tonumber(ARGV[6 + 2 * i])
   redis.call('ZREMRANGEBYSCORE', freed, '-inf', now)
   redis.call('ZREMRANGEBYSCORE', held, '-inf', now)
   local nf, nh = redis.call('ZCARD', freed), redis.call('ZCARD', held)
-  if nf + nh >= count then
-    local soonest = math.huge
-    if nf > 0 then soonest = tonumber(redis.call('ZRANGE', freed, 0, 0, 'WITHSCORES')[2]) end
-    if nh > 0 then soonest = math.min(soonest, now + window) end
-    if soonest - now > wait then wait = soonest - now end
+  local free = count - nf - nh
+  if ahead >= free then
+    -- the k-th return from now is this asker's (k = 1 with no asker): freed slots come back at
+    -- their scores, a held one no sooner than a window from now
+    local k = ahead - math.max(free, 0) + 1
+    local back = math.huge
+    if k <= nf then
+      back = tonumber(redis.call('ZRANGE', freed, k - 1, k - 1, 'WITHSCORES')[2])
+    end
+    if nh > 0 and k <= nf + nh then
+      local before = 0
+      if nf > 0 then before = redis.call('ZCOUNT', freed, '-inf', num(now + window)) end
+      if k > before then back = math.min(back, now + window) end
+    end
+    if back == math.huge then
+      -- more askers ahead than slots in the budget: the last slot's return, once more
+      back = now + window
+    end
+    if back - now > wait then wait = back - now end
   end
 end
-if wait > 0 then return {num(wait), 0} end
+if wait > 0 then
+  if asker ~= '' then
+    redis.call('ZADD', queue, 'NX', now, asker)
+    redis.call('ZADD', due, now + wait + grace, asker)
+    local ttl = wait + grace + 60
+    keep_for(queue, ttl)
+    keep_for(due, ttl)
+  end
+  return {num(wait), 0}
+end
+if asker ~= '' then
+  redis.call('ZREM', queue, asker)
+  redis.call('ZREM', due, asker)
+end
 for i = 1, n do
-  local window = tonumber(ARGV[4 + 2 * i])
+  local window = tonumber(ARGV[6 + 2 * i])
   if lease == '' then
     redis.call('ZADD', KEYS[2 * i - 1], now + window, member)
     keep_for(KEYS[2 * i - 1], window)
@@ -60,6 +107,13 @@ for i = 1, n do
   end
 end
 return {'0', 0}
+"""
+
+#: KEYS: the queue and its due index (as in TAKE); ARGV: asker. It waits no more.
+LEAVE: Final = """
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+return 1
 """
 
 #: KEYS: freed_1, held_1, ...; ARGV: lease, then window_i; now.
@@ -351,4 +405,60 @@ end)
 local r = {num(now)}
 for i = 1, math.min(limit, #found) do r[#r + 1] = found[i][2] end
 return r
+"""
+
+# -- one round trip for many steps (RedisStore and RedisRegistry, see _redis_batch) -------------
+#
+# Each script above becomes a function of its own KEYS and ARGV; BATCH runs a list of them in
+# one EVALSHA, in order, each under pcall so that one step's error reply is that step's alone.
+# KEYS: every step's keys, one after the other. ARGV: the number of steps, then for each its
+# script's name, its number of keys, its number of args, and its args. Returns one reply a step;
+# a step that failed replies {'!err', message}.
+_STEPS: Final = ("TAKE", "LEAVE", "RELEASE", "REPLAY", "BLOCK", "BLOCKED_FOR", "BREAKER_ADMIT",
+                 "BREAKER_RECORD", "BREAKER_RELEASE", "REG_REGISTER", "REG_GET", "REG_CLAIM",
+                 "REG_RENEW", "REG_RELEASE", "REG_DECIDE", "REG_ORPHANS")
+
+BATCH: Final = "local steps = {}\n" + "".join(
+    f"steps['{name}'] = function(KEYS, ARGV)\n{globals()[name]}\nend\n" for name in _STEPS
+) + """
+-- An init's slot and its breaker's leave in one step. KEYS: the breaker, then TAKE's keys.
+-- ARGV: the breaker's policy (4), then TAKE's args (their last, now, serves both). Returns
+-- {wait, 0 taken / 1 blocked / 2 the breaker says wait, probe (0/1)}. A probe the breaker let
+-- go is taken back when no slot is free (the circuit stays half open, with no probe out).
+steps['GATED_TAKE'] = function(KEYS, ARGV)
+  local tk, ta = {}, {}
+  for j = 2, #KEYS do tk[j - 1] = KEYS[j] end
+  for j = 5, #ARGV do ta[j - 4] = ARGV[j] end
+  local admit = steps['BREAKER_ADMIT']({KEYS[1]}, {ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[#ARGV]})
+  if tonumber(admit[1]) == 0 then return {admit[3], 2, 0} end
+  local taken = steps['TAKE'](tk, ta)
+  if taken[1] ~= '0' and tonumber(admit[2]) == 1 then
+    steps['BREAKER_RELEASE']({KEYS[1]}, {'1'})
+    return {taken[1], taken[2], 0}
+  end
+  return {taken[1], taken[2], admit[2]}
+end
+
+local replies = {}
+local ki, ai = 0, 2
+for i = 1, tonumber(ARGV[1]) do
+  local name, nk, na = ARGV[ai], tonumber(ARGV[ai + 1]), tonumber(ARGV[ai + 2])
+  local k, a = {}, {}
+  for j = 1, nk do k[j] = KEYS[ki + j] end
+  for j = 1, na do a[j] = ARGV[ai + 2 + j] end
+  ki, ai = ki + nk, ai + 3 + na
+  local step = steps[name]
+  if step == nil then
+    replies[i] = {'!err', 'ERR no step named ' .. tostring(name)}
+  else
+    local ok, reply = pcall(step, k, a)
+    if ok then
+      replies[i] = reply
+    else
+      if type(reply) == 'table' then reply = reply.err or 'ERR a step failed' end
+      replies[i] = {'!err', tostring(reply)}
+    end
+  end
+end
+return replies
 """

@@ -43,6 +43,7 @@ once, since waiting will not cure it: from ``start()``, ``budget.slot()`` or a p
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import math
@@ -74,14 +75,15 @@ except ModuleNotFoundError as exc:  # the extra is not installed (or redis-py is
 
 import anyio
 
-from . import _limiter, _redis_lua
+from . import _limiter
 from ._breaker import Admission, BreakerPolicy, BreakerTransition, CircuitState
 from ._clock import Clock, SystemClock
 from ._exceptions import ClientStateError, ConfigurationError
 from ._models import RateLimit
+from ._redis_batch import Batcher
 from ._registry import Entry
 from ._registry import RegistryUnavailableError as RegistryUnavailableError  # noqa: PLC0414
-from ._store import MemoryStore
+from ._store import MemoryStore, gated
 
 # Re-exported (``as``: explicit for type checkers) so callers catch them where they are raised;
 # ``__all__`` stays the store alone (its registry is ``store.registry``).
@@ -91,6 +93,8 @@ __all__ = ["RedisStore"]
 
 logger = logging.getLogger("instantly_oauth_async")
 
+#: How long past the time it was told an asker keeps its place in a budget's line (seconds).
+_GRACE = 1.0
 #: Everything a Redis call may raise that the store looks at; :func:`_outage` sorts it.
 _FAILURES = (RedisError, OSError, TimeoutError, asyncio.TimeoutError)
 #: Error replies that mean "not now" rather than "never": a script of someone else's runs too
@@ -163,11 +167,8 @@ class RedisStore:
         self._share = float(fallback_share)
         self._retry_interval = float(retry_interval)
         self.clock: Clock = clock or SystemClock()
-        self._scripts = {
-            name: client.register_script(getattr(_redis_lua, name))
-            for name in ("TAKE", "RELEASE", "REPLAY", "BLOCK", "BLOCKED_FOR", "BREAKER_ADMIT",
-                         "BREAKER_RECORD", "BREAKER_RELEASE")
-        }
+        # Every step of the store and of its registry, coalesced (see _redis_batch).
+        self._batch = Batcher(client)
         self._local = MemoryStore(self.clock)  # blocks and breakers while Redis is away
         self._logs: dict[str, _limiter.SlotLog] = {}  # slots spent while Redis is away
         self._local_leases: set[str] = set()  # spent only in the local logs
@@ -181,7 +182,6 @@ class RedisStore:
         self._serial = 0
         #: ``None`` in production; tests set it to drive the scripts' clock (seconds).
         self.time_override: float | None = None
-        self.round_trips = 0
         self._registry: RedisRegistry | None = None
 
     @classmethod
@@ -215,8 +215,19 @@ class RedisStore:
         ``RegistryUnavailableError``."""
         if self._registry is None:
             self._registry = RedisRegistry(self._redis, clock=self.clock,
-                                           retry_interval=self._retry_interval)
+                                           retry_interval=self._retry_interval,
+                                           batcher=self._batch)
         return self._registry
+
+    @property
+    def round_trips(self) -> int:
+        """Round trips to Redis so far, this store's and its registry's (they share them)."""
+        return self._batch.round_trips
+
+    @property
+    def steps(self) -> collections.Counter[str]:
+        """Script steps run so far, by script (several may share one round trip)."""
+        return self._batch.steps
 
     @property
     def degraded(self) -> bool:
@@ -239,8 +250,7 @@ class RedisStore:
         try:
             if self._down_since is not None:
                 await self._recover()
-            self.round_trips += 1
-            return await self._scripts[name](keys=list(keys), args=[*args, self._now_arg()])
+            return await self._batch.run(name, keys, [*args, self._now_arg()])
         except _FAILURES as exc:
             if not _outage(exc):
                 raise _store_error(f"the {name} script", exc) from exc
@@ -270,10 +280,10 @@ class RedisStore:
         for key, left in self._local.blocks_left().items():
             keys.append(key)
             args += [str(len(keys)), repr(left), ""]
-        self.round_trips += 1
         if keys:
-            await self._scripts["REPLAY"](keys=keys, args=[*args, self._now_arg()])
+            await self._batch.run("REPLAY", keys, [*args, self._now_arg()])
         else:
+            self._batch.round_trips += 1
             await self._redis.ping()
         logger.warning("Redis reachable again after %.1f s", now - (self._down_since or now))
         self._down_since = None
@@ -285,6 +295,12 @@ class RedisStore:
     @staticmethod
     def _slot_keys(specs: Sequence[tuple[str, RateLimit]]) -> list[str]:
         return [k for key, _ in specs for k in (f"{key}:freed", f"{key}:held")]
+
+    @staticmethod
+    def _line_keys(specs: Sequence[tuple[str, RateLimit]]) -> list[str]:
+        """The line of askers of one set of budgets (named by its first), and its due index."""
+        first = specs[0][0]
+        return [f"{first}:line", f"{first}:due"]
 
     # -- budgets -----------------------------------------------------------------------------
 
@@ -307,6 +323,7 @@ class RedisStore:
         *,
         lease: str | None = None,
         hold: float = 0.0,
+        asker: str | None = None,
     ) -> tuple[float, bool]:
         if await self._local.blocked_for(block_keys) > 0:
             # Learned here (perhaps while Redis was away); the fleet's may be longer.
@@ -323,11 +340,8 @@ class RedisStore:
         elif self._down_since is None and self._logs:
             self._logs.clear()  # the careful window is over
             self._dual_leases.clear()
-        self._serial += 1
-        args = [str(len(specs)), lease or "", repr(float(hold)), f"{self._members}{self._serial}"]
-        for _, limit in specs:
-            args += [str(limit.count), repr(limit.window)]
-        reply = await self._run("TAKE", [*self._slot_keys(specs), *block_keys], args)
+        keys, args = self._take_step(specs, block_keys, lease, hold, asker)
+        reply = await self._run("TAKE", keys, args)
         if reply is None:
             return self._take_locally(specs, lease, hold)
         wait, blocked = float(reply[0]), bool(int(reply[1]))
@@ -363,9 +377,61 @@ class RedisStore:
         if lease in self._dual_leases:
             self._dual_leases.discard(lease)
             _limiter.release(self._logs, specs, lease, self.clock.monotonic())
-        args = [lease, *(repr(limit.window) for _, limit in specs)]
-        await self._run("RELEASE", self._slot_keys(specs), args)
-        # Unreachable: the held slot comes back by itself when its hold runs out.
+        if self._down_since is not None:
+            return  # unreachable: the held slot comes back by itself when its hold runs out
+        # Posted: it rides on the next trip (see _redis_batch); lost with Redis, the held slot
+        # comes back by itself when its hold runs out.
+        args = [lease, *(repr(limit.window) for _, limit in specs), self._now_arg()]
+        self._batch.post("RELEASE", self._slot_keys(specs), args)
+
+    async def take_gated(
+        self,
+        specs: Sequence[tuple[str, RateLimit]],
+        block_keys: Sequence[str],
+        breaker: tuple[str, BreakerPolicy],
+        *,
+        lease: str | None = None,
+        hold: float = 0.0,
+        asker: str | None = None,
+    ) -> tuple[float, bool, Admission]:
+        now = self.clock.monotonic()
+        if self._down_since is not None or now < self._careful_until or \
+                await self._local.blocked_for(block_keys) > 0:
+            # Away, just back, or blocked here: the breaker and the budgets one after the other,
+            # each with its fallback, as take() does.
+            return await gated(self, specs, block_keys, breaker, lease=lease, hold=hold,
+                               asker=asker)
+        self._max_hold = max(self._max_hold, hold)
+        self._max_window = max(self._max_window, *(limit.window for _, limit in specs))
+        if self._logs:
+            self._logs.clear()  # the careful window is over
+            self._dual_leases.clear()
+        key, policy = breaker
+        keys, args = self._take_step(specs, block_keys, lease, hold, asker)
+        reply = await self._run("GATED_TAKE", [key, *keys], [*_policy_args(policy), *args])
+        if reply is None:
+            return await gated(self, specs, block_keys, breaker, lease=lease, hold=hold,
+                               asker=asker)
+        wait, code, probe = float(reply[0]), int(reply[1]), bool(int(reply[2]))
+        if code == 2:
+            return wait, False, Admission(False, wait=wait)
+        return wait, code == 1, Admission(True, probe=probe)
+
+    def _take_step(
+        self, specs: Sequence[tuple[str, RateLimit]], block_keys: Sequence[str],
+        lease: str | None, hold: float, asker: str | None,
+    ) -> tuple[list[str], list[str]]:
+        """The keys and args of one TAKE step (see _redis_lua)."""
+        self._serial += 1
+        args = [str(len(specs)), lease or "", repr(float(hold)), f"{self._members}{self._serial}",
+                asker or "", repr(_GRACE)]
+        for _, limit in specs:
+            args += [str(limit.count), repr(limit.window)]
+        return [*self._slot_keys(specs), *self._line_keys(specs), *block_keys], args
+
+    async def leave(self, specs: Sequence[tuple[str, RateLimit]], asker: str) -> None:
+        if self._down_since is None:
+            self._batch.post("LEAVE", self._line_keys(specs), [asker])
 
     # -- blocks ------------------------------------------------------------------------------
 
@@ -394,9 +460,13 @@ class RedisStore:
         success: bool,
         probe: bool,
         retry_after: float | None = None,
+        quiet: bool = False,
     ) -> BreakerTransition | None:
         args = [*_policy_args(policy), "1" if success else "0", "1" if probe else "0",
                 "" if retry_after is None else repr(float(retry_after))]
+        if quiet and self._down_since is None:
+            self._batch.post("BREAKER_RECORD", [key], [*args, self._now_arg()])
+            return None
         reply = await self._run("BREAKER_RECORD", [key], args)
         if reply is None:
             return await self._local.breaker_record(
@@ -413,7 +483,7 @@ class RedisStore:
 
     async def breaker_state(self, key: str) -> CircuitState:
         try:
-            self.round_trips += 1
+            self._batch.round_trips += 1
             state = await self._redis.hget(key, "state")
         except _FAILURES as exc:
             if not _outage(exc):
@@ -428,6 +498,8 @@ class RedisStore:
         stays open. Leaving ``async with store:`` does this, and closes the registry too."""
         if self._registry is not None:
             await self._registry.aclose()
+        with contextlib.suppress(*_FAILURES):
+            await self._batch.aclose()  # releases still posted
         if self._owns:
             await self._redis.aclose()
 
@@ -494,6 +566,7 @@ class RedisRegistry:
         clock: Clock | None = None,
         retry_interval: float = 1.0,
         prefix: str = "iox:reg:",
+        batcher: Batcher | None = None,
     ) -> None:
         if "{" in prefix or "}" in prefix:
             raise ConfigurationError("the registry's key prefix may not hold braces")
@@ -501,11 +574,7 @@ class RedisRegistry:
         self._clock: Clock = clock or SystemClock()
         self._retry_interval = float(retry_interval)
         self._prefix = prefix
-        self._scripts = {
-            name: client.register_script(getattr(_redis_lua, name))
-            for name in ("REG_REGISTER", "REG_GET", "REG_CLAIM", "REG_RENEW", "REG_RELEASE",
-                         "REG_DECIDE", "REG_ORPHANS")
-        }
+        self._batch = batcher or Batcher(client)
         self._reading: tuple[float, float] | None = None  # (Redis's time, our clock then)
         self._names: dict[str, tuple[str, str, str, str]] = {}
         # The subscription: channel -> namespace, set once Redis first confirmed it (or gave up).
@@ -522,7 +591,11 @@ class RedisRegistry:
         self._closed = False
         #: ``None`` in production; tests set it to drive the scripts' clock (seconds).
         self.time_source: Callable[[], float] | None = None
-        self.round_trips = 0
+
+    @property
+    def round_trips(self) -> int:
+        """Round trips to Redis so far (shared with the store when made by ``store.registry``)."""
+        return self._batch.round_trips
 
     def __repr__(self) -> str:
         return f"<RedisRegistry namespaces={len(self._channels)}>"
@@ -552,8 +625,7 @@ class RedisRegistry:
         now_arg = "" if self.time_source is None else repr(float(self.time_source()))
         sent = self._clock.monotonic()
         try:
-            self.round_trips += 1
-            reply = await self._scripts[name](keys=list(keys), args=[*args, now_arg])
+            reply = await self._batch.run(name, keys, [*args, now_arg])
         except _FAILURES as exc:
             if not _outage(exc):
                 raise _store_error(f"the registry's {name} script", exc) from exc

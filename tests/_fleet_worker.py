@@ -63,6 +63,7 @@ async def main() -> None:
     await store.aclose()
     print(json.dumps({
         "ok": ok, "rate_limited": stats.rate_limited, "round_trips": store.round_trips,
+        "steps": dict(store.steps),
         "seen_degraded": seen_degraded, "degraded_at_end": store.degraded,
     }))
 
