@@ -46,6 +46,7 @@ class _Step:
     reply: Any = None
     error: Exception | None = None
     posted: bool = False
+    due: float = 0.0  #: a posted step's latest departure (the event loop's time)
 
 
 @attrs.define(eq=False)
@@ -56,6 +57,8 @@ class _Lane:
     queued: list[_Step] = attrs.Factory(list)
     busy: bool = False
     turn: anyio.Event = attrs.Factory(anyio.Event)
+    timer: asyncio.TimerHandle | None = None
+    timer_at: float = 0.0
 
 
 def hash_tag(key: str) -> str:
@@ -110,12 +113,14 @@ class Batcher:
             raise step.error
         return step.reply
 
-    def post(self, name: str, keys: Sequence[str], args: Sequence[str]) -> None:
+    def post(self, name: str, keys: Sequence[str], args: Sequence[str], *,
+             within: float = LINGER) -> None:
         """Queue a step nobody waits for: it goes with the lane's next trip, at the latest after
-        ``linger`` seconds. Its error, if any, is logged; an outage loses it (a release then
+        ``within`` seconds. Its error, if any, is logged; an outage loses it (a release then
         comes back by its hold, as for a crashed holder)."""
         lane = self._lane(keys)
-        lane.queued.append(_Step(name, list(keys), list(args), posted=True))
+        due = asyncio.get_running_loop().time() + within
+        lane.queued.append(_Step(name, list(keys), list(args), posted=True, due=due))
         if not lane.busy:
             self._later(lane)
 
@@ -127,11 +132,18 @@ class Batcher:
         return lane
 
     def _later(self, lane: _Lane) -> None:
-        """Send what the lane holds in ``linger`` seconds, unless a trip has taken it by then."""
-        asyncio.get_running_loop().call_later(self._linger, self._kick, lane)
+        """Send what the lane holds when its first posted step is due, unless a trip has taken
+        it by then."""
+        due = min((step.due for step in lane.queued if step.posted), default=None)
+        if due is None or (lane.timer is not None and lane.timer_at <= due):
+            return
+        if lane.timer is not None:
+            lane.timer.cancel()
+        lane.timer_at = due
+        lane.timer = asyncio.get_running_loop().call_at(due, self._kick, lane)
 
     def _done(self, lane: _Lane) -> None:
-        """A trip is back: the lane's next caller may send; posted steps left go in a linger."""
+        """A trip is back: the lane's next caller may send; posted steps left go when due."""
         lane.busy = False
         lane.turn.set()
         lane.turn = anyio.Event()
@@ -139,6 +151,7 @@ class Batcher:
             self._later(lane)
 
     def _kick(self, lane: _Lane) -> None:
+        lane.timer = None
         if lane.queued and not lane.busy:
             task = asyncio.get_running_loop().create_task(self._flush(lane))
             self._flushes.add(task)
@@ -169,6 +182,8 @@ class Batcher:
             args += [step.name, str(len(step.keys)), str(len(step.args)), *step.args]
             self.steps[step.name] += 1
         self.round_trips += 1
+        if all(step.posted for step in batch):
+            self.steps["(posted alone)"] += 1
         try:
             replies = _check_shape(await self._script(keys=keys, args=args), len(batch))
         except Exception as exc:  # noqa: BLE001 - each step's caller sorts it (outage or not)

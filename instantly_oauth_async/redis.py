@@ -95,6 +95,10 @@ logger = logging.getLogger("instantly_oauth_async")
 
 #: How long past the time it was told an asker keeps its place in a budget's line (seconds).
 _GRACE = 1.0
+#: The longest a posted release waits for a trip to ride on (see _redis_batch), in seconds; and
+#: for a breaker's quiet record, or an asker leaving its line (nothing waits on either).
+_RELEASE_WITHIN = 0.02
+_RECORD_WITHIN = 0.05
 #: Everything a Redis call may raise that the store looks at; :func:`_outage` sorts it.
 _FAILURES = (RedisError, OSError, TimeoutError, asyncio.TimeoutError)
 #: Error replies that mean "not now" rather than "never": a script of someone else's runs too
@@ -382,7 +386,9 @@ class RedisStore:
         # Posted: it rides on the next trip (see _redis_batch); lost with Redis, the held slot
         # comes back by itself when its hold runs out.
         args = [lease, *(repr(limit.window) for _, limit in specs), self._now_arg()]
-        self._batch.post("RELEASE", self._slot_keys(specs), args)
+        # Sent late, the slot is spent a little longer: at most 1/200 of its shortest window.
+        within = min(_RELEASE_WITHIN, min(limit.window for _, limit in specs) / 200)
+        self._batch.post("RELEASE", self._slot_keys(specs), args, within=within)
 
     async def take_gated(
         self,
@@ -431,7 +437,7 @@ class RedisStore:
 
     async def leave(self, specs: Sequence[tuple[str, RateLimit]], asker: str) -> None:
         if self._down_since is None:
-            self._batch.post("LEAVE", self._line_keys(specs), [asker])
+            self._batch.post("LEAVE", self._line_keys(specs), [asker], within=_RECORD_WITHIN)
 
     # -- blocks ------------------------------------------------------------------------------
 
@@ -465,7 +471,8 @@ class RedisStore:
         args = [*_policy_args(policy), "1" if success else "0", "1" if probe else "0",
                 "" if retry_after is None else repr(float(retry_after))]
         if quiet and self._down_since is None:
-            self._batch.post("BREAKER_RECORD", [key], [*args, self._now_arg()])
+            self._batch.post("BREAKER_RECORD", [key], [*args, self._now_arg()],
+                             within=_RECORD_WITHIN)
             return None
         reply = await self._run("BREAKER_RECORD", [key], args)
         if reply is None:
