@@ -352,3 +352,10 @@ local r = {num(now)}
 for i = 1, math.min(limit, #found) do r[#r + 1] = found[i][2] end
 return r
 """
+
+
+def sharded(script: str) -> str:
+    """A registry script for Redis Cluster: it publishes with ``SPUBLISH``, which keeps the
+    message on the master of the channel's slot (the namespace's, by its hash tag) where a plain
+    ``PUBLISH`` would go to every node of the cluster."""
+    return script.replace("redis.call('PUBLISH',", "redis.call('SPUBLISH',")
