@@ -73,6 +73,7 @@ try:
         ReadOnlyError,
         RedisClusterException,
         RedisError,
+        SlotNotCoveredError,
         TryAgainError,
     )
     from redis.exceptions import ConnectionError as RedisConnectionError
@@ -138,8 +139,13 @@ def _outage(exc: BaseException) -> bool:
     if isinstance(exc, AuthenticationError):
         return False  # a wrong password or user (redis-py files it under connection errors)
     if isinstance(exc, (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError,
-                        asyncio.TimeoutError, RedisClusterException)):
+                        asyncio.TimeoutError)):
         return True
+    if isinstance(exc, RedisClusterException):
+        # No node reached (the cause says why), or slots no master holds for now (a master
+        # down); others, such as keys of several slots in one script, are errors to raise.
+        return isinstance(exc, SlotNotCoveredError) or str(exc).startswith(
+            "All slots are not covered") or (exc.__cause__ is not None and _outage(exc.__cause__))
     if isinstance(exc, NoScriptError):
         return True  # flushed again right after redis-py reloaded it: the next try reloads
     return _code(exc) in _TRANSIENT
