@@ -165,13 +165,23 @@ async def test_the_registry_contract_holds_on_the_cluster(stores: list[RedisStor
     assert await a.orphans(ns) == []
 
 
+async def _learn(registry: RedisRegistry, ns: str, learned: list[float]) -> None:
+    """Wait for the decision as watchers do, re-reading after every wake (a wake also comes
+    when a subscription is confirmed again); note when it was learned."""
+    while (entry := await registry.get(ns, "s1")) is not None and not entry.decided:
+        await registry.wait(ns, "s1", within=10)
+    learned.append(anyio.current_time())
+
+
 async def test_a_decision_wakes_waiters_at_once_on_every_master(
     stores: list[RedisStore], admin: aioredis.RedisCluster
 ) -> None:
     """Waiters of namespaces held by each of the three masters, on one registry (so one
-    subscription per master): each decision, made through another client, wakes its waiter in
-    well under a second, where ``within`` (the re-read interval) is 10 s."""
+    subscription per master): each decision, made through another client, wakes its waiter
+    within a second of being sent (tens of milliseconds, unloaded), where ``within`` (the
+    re-read interval) is 10 s."""
     waiting, deciding = (store.registry for store in stores)
+    assert isinstance(waiting, RedisRegistry)
     masters = {node.name for node in admin.get_primaries()}
     by_master: dict[str, str] = {}
     while len(by_master) < len(masters):  # bounded: a third of random namespaces fit each
@@ -181,22 +191,20 @@ async def test_a_decision_wakes_waiters_at_once_on_every_master(
     spaces = list(by_master.values())
     for ns in spaces:
         await waiting.register(ns, "s1", "{}", owner="a", lease=60, retention=600)
+        await deciding.get(ns, "s1")  # the decider's first step (connect, subscribe) done
     assert isinstance(waiting, RedisRegistry)
     assert {name for name, sub in waiting._subscriptions.items() if sub.pubsub} == masters
     took: dict[str, float] = {}
-
-    async def waiter(ns: str) -> None:
-        start = anyio.current_time()
-        await waiting.wait(ns, "s1", within=10)
-        took[ns] = anyio.current_time() - start
-
     for ns in spaces:
+        learned: list[float] = []
         async with anyio.create_task_group() as group:
-            group.start_soon(waiter, ns)
+            group.start_soon(_learn, waiting, ns, learned)
             await anyio.wait_all_tasks_blocked()
+            sent = anyio.current_time()
             await deciding.decide(ns, "s1", "success", ANSWER, fence=1, retention=600)
+        took[ns] = learned[0] - sent
     assert set(took) == set(spaces)
-    assert max(took.values()) < 0.5, took
+    assert max(took.values()) < 1.0, took
 
 
 # -- 3. adoption across managers ---------------------------------------------------------------
@@ -244,3 +252,55 @@ async def test_every_key_and_the_channel_of_a_namespace_live_in_one_slot_on_one_
     assert holder is not None and [holder.name] == list(by_node)
     count = await admin.execute_command("CLUSTER COUNTKEYSINSLOT", slot, target_nodes=holder)
     assert count == len(keys)  # nothing else of ours in the slot, nothing of it elsewhere
+
+
+# -- 5. a slot that moves ----------------------------------------------------------------------
+
+async def _move_slot(admin: aioredis.RedisCluster, slot: int, source: Any, target: Any) -> None:
+    """Move one slot and its keys from one master to another, as a resharding does."""
+    source_id = await admin.execute_command("CLUSTER MYID", target_nodes=source)
+    target_id = await admin.execute_command("CLUSTER MYID", target_nodes=target)
+    await admin.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", source_id,
+                                target_nodes=target)
+    await admin.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", target_id,
+                                target_nodes=source)
+    keys = await admin.execute_command("CLUSTER GETKEYSINSLOT", slot, 1000, target_nodes=source)
+    if keys:
+        await admin.execute_command("MIGRATE", target.host, target.port, "", 0, 5000, "KEYS",
+                                    *keys, target_nodes=source)
+    for node in (target, source, *admin.get_primaries()):  # the owners first, as redis-cli does
+        await admin.execute_command("CLUSTER SETSLOT", slot, "NODE", target_id, target_nodes=node)
+
+
+async def test_a_namespace_whose_slot_moves_is_followed_to_its_new_master(
+    stores: list[RedisStore], admin: aioredis.RedisCluster
+) -> None:
+    """The old master ends the shard subscription (``sunsubscribe``) when its slot moves: the
+    registry refreshes its map of the cluster, subscribes on the new master, and decisions wake
+    its waiters at once again; the steps follow the slot (redis-py retries them on ``MOVED``)."""
+    waiting, deciding = (store.registry for store in stores)
+    assert isinstance(waiting, RedisRegistry)
+    ns = _ns()
+    await waiting.register(ns, "s1", "{}", owner="a", lease=60, retention=600)
+    await deciding.get(ns, "s1")
+    channel = waiting._ns(ns)[3]
+    slot = int(await admin.cluster_keyslot(channel))
+    source = admin.get_node_from_key(channel)
+    target = next(node for node in admin.get_primaries() if node != source)
+    assert source is not None and channel in waiting._subscriptions[source.name].channels
+    await _move_slot(admin, slot, source, target)
+    with anyio.fail_after(5):  # bounded: the listener hears the sunsubscribe and follows
+        while not ((sub := waiting._subscriptions.get(target.name)) is not None  # noqa: ASYNC110
+                   and channel in sub.channels and sub.pubsub is not None):
+            await anyio.sleep(0.01)  # no event to await
+    assert channel not in waiting._subscriptions[source.name].channels
+    learned: list[float] = []
+    async with anyio.create_task_group() as group:
+        group.start_soon(_learn, waiting, ns, learned)
+        await anyio.wait_all_tasks_blocked()
+        sent = anyio.current_time()
+        decided = await deciding.decide(ns, "s1", "success", ANSWER, fence=1, retention=600)
+    assert decided is not None and decided.outcome == "success"
+    assert learned[0] - sent < 1.0, learned[0] - sent  # within is 10 s
+    entry = await waiting.get(ns, "s1")
+    assert entry is not None and entry.outcome == "success"
