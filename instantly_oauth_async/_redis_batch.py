@@ -8,7 +8,7 @@ Redis Cluster a batch must stay in one slot, so steps are queued apart by their 
 
 A step nobody waits for (the release of a slot once its request has ended, a breaker's record of
 a success that changes nothing) is *posted*: it rides on the next trip of its lane, or goes on
-its own after ``linger`` seconds (a few milliseconds) if none comes. A release sent late only
+its own when it is due (within a few milliseconds) if none comes. A release sent late only
 keeps its slot spent a little longer, which no server window can notice; so under load, where
 trips follow one another closely, such steps cost no round trip of their own.
 """
@@ -23,6 +23,7 @@ from typing import Any
 
 import anyio
 import attrs
+from redis.asyncio import RedisCluster
 from redis.exceptions import ResponseError
 
 from . import _redis_lua
@@ -74,10 +75,12 @@ def hash_tag(key: str) -> str:
 class Batcher:
     """Runs the steps of ``_redis_lua`` on ``client``, coalesced into one EVALSHA a trip."""
 
-    def __init__(self, client: Any, *, limit: int = LIMIT, linger: float = LINGER) -> None:
-        self._script = client.register_script(_redis_lua.BATCH)
+    def __init__(self, client: Any, *, limit: int = LIMIT) -> None:
+        # On Redis Cluster the registry's steps publish with SPUBLISH, in their own slot.
+        cluster = isinstance(client, RedisCluster)
+        self._script = client.register_script(
+            _redis_lua.BATCH_SHARDED if cluster else _redis_lua.BATCH)
         self._limit = limit
-        self._linger = linger
         self._lanes: dict[str, _Lane] = {}
         self._flushes: set[asyncio.Task[None]] = set()
         #: EVALSHA round trips sent

@@ -407,6 +407,12 @@ for i = 1, math.min(limit, #found) do r[#r + 1] = found[i][2] end
 return r
 """
 
+def sharded(script: str) -> str:
+    """A registry script for Redis Cluster: it publishes with ``SPUBLISH``, which keeps the
+    message on the master of the channel's slot (the namespace's, by its hash tag) where a plain
+    ``PUBLISH`` would go to every node of the cluster."""
+    return script.replace("redis.call('PUBLISH',", "redis.call('SPUBLISH',")
+
 # -- one round trip for many steps (RedisStore and RedisRegistry, see _redis_batch) -------------
 #
 # Each script above becomes a function of its own KEYS and ARGV; BATCH runs a list of them in
@@ -462,3 +468,6 @@ for i = 1, tonumber(ARGV[1]) do
 end
 return replies
 """
+
+#: BATCH for Redis Cluster: the registry's steps publish with ``SPUBLISH`` (see :func:`sharded`).
+BATCH_SHARDED: Final = sharded(BATCH)

@@ -5,6 +5,13 @@
     async with RedisStore.from_url("redis://10.0.0.5:6379/0", fallback_share=0.25) as store:
         async with OAuthManager(api_key, store=store) as manager: ...
 
+On Redis Cluster (7.0 or later), pass ``cluster=True`` (any node's URL; the client finds the
+others), or a ``redis.asyncio.RedisCluster`` to ``RedisStore(client)``. Every key one script
+touches shares a hash tag (``iox:{host:port}:...`` for an API server's budgets, blocks and
+breakers; ``iox:reg:{namespace}:...`` for a workspace's registry), so each script runs on one
+slot; the registry publishes with ``SPUBLISH`` on a channel with the same tag and listens with
+``SSUBSCRIBE``, one connection per master holding a subscribed namespace.
+
 Leaving the ``async with`` (or ``aclose()``) closes the connection pool the store made with
 ``from_url``; a client passed to ``RedisStore(client)`` stays open, its owner's to close.
 
@@ -48,20 +55,26 @@ import contextlib
 import logging
 import math
 import secrets
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeAlias
 
 try:
     import redis.asyncio as aioredis
+    from redis.asyncio.client import PubSub
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
     from redis.exceptions import (
+        AskError,
         AuthenticationError,
         MasterDownError,
         NoPermissionError,
         NoScriptError,
         OutOfMemoryError,
         ReadOnlyError,
+        RedisClusterException,
         RedisError,
+        SlotNotCoveredError,
         TryAgainError,
     )
     from redis.exceptions import ConnectionError as RedisConnectionError
@@ -91,6 +104,9 @@ from ._store import StoreError as StoreError  # noqa: PLC0414
 
 __all__ = ["RedisStore"]
 
+#: The clients a store works on: one Redis server, or a Redis Cluster.
+RedisClient: TypeAlias = "aioredis.Redis | aioredis.RedisCluster"
+
 logger = logging.getLogger("instantly_oauth_async")
 
 #: How long past the time it was told an asker keeps its place in a budget's line (seconds).
@@ -100,10 +116,13 @@ _GRACE = 1.0
 _RELEASE_WITHIN = 0.02
 _RECORD_WITHIN = 0.05
 #: Everything a Redis call may raise that the store looks at; :func:`_outage` sorts it.
-_FAILURES = (RedisError, OSError, TimeoutError, asyncio.TimeoutError)
+#: (A cluster client raises ``RedisClusterException``, no ``RedisError``, when it reaches no
+#: node or finds a slot uncovered.)
+_FAILURES = (RedisError, RedisClusterException, OSError, TimeoutError, asyncio.TimeoutError)
 #: Error replies that mean "not now" rather than "never": a script of someone else's runs too
-#: long, the server loads its data, a replica lost its master, a cluster slot moves.
-_TRANSIENT = frozenset({"BUSY", "LOADING", "MASTERDOWN", "TRYAGAIN"})
+#: long, the server loads its data, a replica lost its master, a cluster slot moves, a cluster
+#: has lost a master (or its majority).
+_TRANSIENT = frozenset({"BUSY", "LOADING", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN"})
 #: The code of a reply redis-py maps to its own class, for versions whose errors carry no
 #: ``status_code`` (it strips the code from the message).
 _CODES: tuple[tuple[type[RedisError], str], ...] = (
@@ -130,6 +149,11 @@ def _outage(exc: BaseException) -> bool:
     if isinstance(exc, (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError,
                         asyncio.TimeoutError)):
         return True
+    if isinstance(exc, RedisClusterException):
+        # No node reached (the cause says why), or slots no master holds for now (a master
+        # down); others, such as keys of several slots in one script, are errors to raise.
+        return isinstance(exc, SlotNotCoveredError) or str(exc).startswith(
+            "All slots are not covered") or (exc.__cause__ is not None and _outage(exc.__cause__))
     if isinstance(exc, NoScriptError):
         return True  # flushed again right after redis-py reloaded it: the next try reloads
     return _code(exc) in _TRANSIENT
@@ -155,7 +179,7 @@ class RedisStore:
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: RedisClient,
         *,
         fallback_share: float = 0.0,
         retry_interval: float = 1.0,
@@ -189,12 +213,24 @@ class RedisStore:
         self._registry: RedisRegistry | None = None
 
     @classmethod
-    def from_url(cls, url: str, *, timeout: float = 0.5, **kwargs: Any) -> RedisStore:
-        """A store on its own connection pool; ``timeout`` bounds every Redis call (seconds)."""
-        client = aioredis.Redis.from_url(
-            url, socket_timeout=timeout, socket_connect_timeout=timeout,
-            retry_on_timeout=False,
-        )
+    def from_url(cls, url: str, *, timeout: float = 0.5, cluster: bool = False, **kwargs: Any
+                 ) -> RedisStore:
+        """A store on its own connection pool; ``timeout`` bounds every Redis call (seconds).
+
+        ``cluster=True``: ``url`` names one node of a Redis Cluster (7.0 or later), from which
+        the client learns the others and which slots each holds (database 0 only)."""
+        client: RedisClient
+        if cluster:
+            # One retry, after the client has refreshed its map of the cluster (a failover); not
+            # redis-py's default of three with backoff, which would hide an outage for seconds.
+            client = aioredis.RedisCluster.from_url(
+                url, socket_timeout=timeout, socket_connect_timeout=timeout,
+                retry=Retry(NoBackoff(), 1))
+        else:
+            client = aioredis.Redis.from_url(
+                url, socket_timeout=timeout, socket_connect_timeout=timeout,
+                retry_on_timeout=False,
+            )
         return cls(client, owns_client=True, **kwargs)
 
     def __repr__(self) -> str:
@@ -536,6 +572,34 @@ def _entry(session_id: str, reply: Sequence[Any]) -> Entry | None:
                  outcome if decided == "1" else None, int(rank))
 
 
+class _Subscription:
+    """One pub/sub connection of a registry and its listener task: on one Redis server the only
+    one; on a cluster one per master holding the slot of a subscribed namespace (``node`` is the
+    master's ``host:port``; ``""`` holds the channels not routed yet, while the cluster could not
+    be reached)."""
+
+    def __init__(self, node: str) -> None:
+        self.node = node
+        self.channels: set[str] = set()
+        self.unsent: set[str] = set()  # channels whose SUBSCRIBE failed: the listener sends them
+        self.pubsub: PubSub | None = None
+        self.pool: aioredis.ConnectionPool | None = None  # a cluster master's: ours to close
+        self.listener: asyncio.Task[None] | None = None
+        self.lock = anyio.Lock()
+        self.failures = 0  # in a row, since the subscription last worked
+        self.pinged = False  # a PING is out, and nothing came since
+        self.moved = False  # a channel's slot moved: refresh the map of the cluster first
+
+    async def close(self) -> None:
+        pubsub, pool, self.pubsub, self.pool, self.pinged = self.pubsub, self.pool, None, None, \
+            False
+        with contextlib.suppress(*_FAILURES):
+            if pubsub is not None:
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+            if pool is not None:
+                await pool.aclose()
+
+
 class RedisRegistry:
     """The session registry of a fleet (see :class:`~instantly_oauth_async._registry.Registry`)
     in Redis: use ``RedisStore(...).registry``, which closes it with the store.
@@ -558,6 +622,13 @@ class RedisRegistry:
     a slow consumer): the waiters of a namespace wake whenever its subscription is confirmed
     again, and a lost message otherwise costs a waiter its ``within``.
 
+    On Redis Cluster (a ``RedisCluster`` client, 7.0 or later) the channel carries the
+    namespace's hash tag too, and the scripts publish with ``SPUBLISH``: the message stays on
+    the master holding the namespace's slot, where the registry listens with ``SSUBSCRIBE``,
+    one connection per master that holds a subscribed namespace. When a slot moves (its master
+    ends the subscription, or answers ``MOVED``), the registry refreshes its map of the cluster
+    and subscribes on the new master; its waiters wake to re-read, as after any reconnection.
+
     Errors: when Redis cannot be reached every step raises
     :class:`~instantly_oauth_async._registry.RegistryUnavailableError` (retry it), never falling
     back to memory; an error waiting will not cure raises :class:`StoreError`, also from the
@@ -568,7 +639,7 @@ class RedisRegistry:
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: RedisClient,
         *,
         clock: Clock | None = None,
         retry_interval: float = 1.0,
@@ -578,23 +649,21 @@ class RedisRegistry:
         if "{" in prefix or "}" in prefix:
             raise ConfigurationError("the registry's key prefix may not hold braces")
         self._redis = client
+        self._cluster = client if isinstance(client, aioredis.RedisCluster) else None
         self._clock: Clock = clock or SystemClock()
         self._retry_interval = float(retry_interval)
         self._prefix = prefix
         self._batch = batcher or Batcher(client)
         self._reading: tuple[float, float] | None = None  # (Redis's time, our clock then)
         self._names: dict[str, tuple[str, str, str, str]] = {}
-        # The subscription: channel -> namespace, set once Redis first confirmed it (or gave up).
+        # The subscriptions: channel -> namespace, set once Redis first confirmed it (or gave
+        # up); on a cluster, one subscription per master (by its name), else one named "".
         self._channels: dict[str, str] = {}
         self._confirmed: dict[str, anyio.Event] = {}
-        self._unsent: set[str] = set()  # channels whose SUBSCRIBE failed: the listener sends them
+        self._subscriptions: dict[str, _Subscription] = {}
+        self._moves: list[tuple[str, str]] = []  # (channel, master) found on another master
         self._waiters: dict[str, dict[str, set[anyio.Event]]] = {}
-        self._pubsub: aioredis.client.PubSub | None = None
-        self._listener: asyncio.Task[None] | None = None
-        self._lock = anyio.Lock()
         self._refused: tuple[str, str | None] | None = None  # the subscription's error, if any
-        self._failures = 0  # in a row, since the subscription last worked
-        self._pinged = False  # a PING is out, and nothing came since
         self._closed = False
         #: ``None`` in production; tests set it to drive the scripts' clock (seconds).
         self.time_source: Callable[[], float] | None = None
@@ -606,6 +675,11 @@ class RedisRegistry:
 
     def __repr__(self) -> str:
         return f"<RedisRegistry namespaces={len(self._channels)}>"
+
+    @property
+    def _failures(self) -> int:
+        """Failures in a row of the subscriptions, since each last worked (for the tests)."""
+        return sum(sub.failures for sub in self._subscriptions.values())
 
     def now(self) -> float:
         if self._reading is None:
@@ -651,7 +725,7 @@ class RedisRegistry:
         if confirmed is None:
             confirmed = self._confirmed[channel] = anyio.Event()
             self._channels[channel] = ns
-            await self._subscribe(channel)
+            await self._subscribe(channel, await self._route(channel))
         if not confirmed.is_set():
             with anyio.move_on_after(_CONFIRM_WITHIN):
                 await confirmed.wait()
@@ -659,84 +733,161 @@ class RedisRegistry:
             detail, code = self._refused
             raise StoreError(detail, code=code)
 
-    async def _subscribe(self, channel: str) -> None:
-        if self._listener is None:  # it connects, and subscribes to every channel wanted
-            self._listener = asyncio.get_running_loop().create_task(
-                self._listen(), name="instantly-oauth-async registry listener")
-            return
-        async with self._lock:
-            if self._pubsub is None:  # the listener connects: it subscribes to this one too,
-                if self._failures:  # but Redis is away: no confirmation to wait for
+    async def _route(self, channel: str) -> str:
+        """The subscription a channel belongs to: its master's on a cluster ("" while the
+        cluster cannot be reached: that subscription's listener routes it later)."""
+        if self._cluster is None:
+            return ""
+        try:
+            await self._cluster.initialize()  # at once when done: it maps the cluster once
+            return self._master(channel)
+        except _FAILURES as exc:
+            if not _outage(exc):
+                raise _store_error("the registry's map of the cluster", exc) from exc
+            return ""
+
+    async def _subscribe(self, channel: str, node: str) -> None:
+        sub = self._subscriptions.get(node)
+        if sub is None:
+            sub = self._subscriptions[node] = _Subscription(node)
+        async with sub.lock:  # the listener ends under it, when none of its channels are left
+            sub.channels.add(channel)
+            if sub.listener is None:  # it connects, and subscribes to every channel wanted
+                sub.listener = asyncio.get_running_loop().create_task(
+                    self._listen(sub), name="instantly-oauth-async registry listener")
+                return
+            if sub.pubsub is None:  # the listener connects: it subscribes to this one too,
+                if sub.failures:  # but Redis is away: no confirmation to wait for
                     self._confirmed[channel].set()
                 return
             try:
-                await self._pubsub.subscribe(channel)
+                await self._send_subscribe(sub.pubsub, [channel])
             except _FAILURES:
                 # The listener will find the connection broken, or send it after its next read.
-                self._unsent.add(channel)
+                sub.unsent.add(channel)
                 self._confirmed[channel].set()
 
-    async def _listen(self) -> None:
-        """The one reader of the subscription: wakes waiters, and reconnects after a failure.
+    def _master(self, channel: str) -> str:
+        """The name of the master holding a channel's slot, by the client's map of the cluster."""
+        assert self._cluster is not None  # noqa: S101 - only called on a cluster
+        master = self._cluster.get_node_from_key(channel)
+        if master is None:
+            raise RedisClusterException(f"no master holds the slot of {channel}")
+        return master.name
+
+    async def _send_subscribe(self, pubsub: PubSub, channels: Iterable[str]) -> None:
+        if self._cluster is None:
+            await pubsub.subscribe(*channels)
+        else:  # SSUBSCRIBE takes channels of one slot only: one command each
+            for channel in channels:
+                await pubsub.ssubscribe(channel)
+
+    async def _connect(self, sub: _Subscription) -> None:
+        """Open the subscription's connection (and subscribe to its channels): to the one
+        server, or to the master of its slots, having first moved the channels whose slots
+        another master holds now to that master's subscription."""
+        if self._cluster is None:
+            sub.pubsub = self._redis.pubsub()
+        else:
+            if sub.moved:  # a slot moved: ask the cluster which master holds what
+                await self._cluster.nodes_manager.initialize()
+                sub.moved = False
+            else:
+                await self._cluster.initialize()
+            for channel in list(sub.channels):
+                node = self._master(channel)
+                if node != sub.node:
+                    sub.channels.discard(channel)
+                    sub.unsent.discard(channel)
+                    self._moves.append((channel, node))
+            master = self._cluster.get_node(node_name=sub.node)
+            if not sub.channels or master is None:
+                return
+            sub.pool = aioredis.ConnectionPool(connection_class=master.connection_class,
+                                               **master.connection_kwargs)
+            sub.pubsub = PubSub(sub.pool)
+        sub.unsent.clear()
+        await self._send_subscribe(sub.pubsub, sub.channels)
+
+    async def _listen(self, sub: _Subscription) -> None:
+        """The one reader of a subscription: wakes waiters, and reconnects after a failure.
 
         After ``_IDLE_READ`` seconds without a message it sends a PING; a second silence in a
-        row means a connection that died without a word (no reset): it connects again."""
+        row means a connection that died without a word (no reset): it connects again. On a
+        cluster it ends once none of its channels' slots are on its master any more."""
         while True:
             try:
-                async with self._lock:
-                    if self._pubsub is None:
-                        self._unsent.clear()
-                        self._pubsub = self._redis.pubsub()
-                        await self._pubsub.subscribe(*self._channels)
-                    elif self._unsent:
-                        unsent, self._unsent = self._unsent, set()
-                        await self._pubsub.subscribe(*unsent)
-                    pubsub = self._pubsub
+                async with sub.lock:
+                    if sub.pubsub is None:
+                        await self._connect(sub)
+                        if sub.pubsub is None:  # every channel moved to another master's
+                            sub.listener = None
+                    elif sub.unsent:
+                        unsent, sub.unsent = sub.unsent, set()
+                        await self._send_subscribe(sub.pubsub, unsent)
+                    pubsub = sub.pubsub
+                await self._move()
+                if pubsub is None:
+                    return
                 message = await pubsub.get_message(timeout=_IDLE_READ)
-                silent = message is None and self._pinged
-                if message is None and not self._pinged:
-                    self._pinged = True
+                silent = message is None and sub.pinged
+                if message is None and not sub.pinged:
+                    sub.pinged = True
                     await pubsub.ping()
             except _FAILURES as exc:
-                await self._lost(exc)
+                await self._lost(sub, exc)
                 continue
             if silent:
-                await self._lost(TimeoutError("no answer to a PING on the subscription"))
+                await self._lost(sub, TimeoutError("no answer to a PING on the subscription"))
                 continue
             if message is None:
                 continue
-            self._failures, self._pinged = 0, False
-            self._dispatch(message)
+            sub.failures, sub.pinged = 0, False
+            if not self._dispatch(message):
+                sub.moved = True  # the master let go of a channel: its slot moved
+                await self._lost(sub, None)
 
-    async def _lost(self, exc: BaseException) -> None:
-        if _outage(exc):
+    async def _move(self) -> None:
+        """Subscribe the channels found on another master, on that master's subscription."""
+        while self._moves:
+            channel, node = self._moves.pop()
+            await self._subscribe(channel, node)
+
+    async def _lost(self, sub: _Subscription, exc: BaseException | None) -> None:
+        if exc is None or isinstance(exc, AskError):  # MOVED or ASK: the slot moves
+            sub.moved = True
+            logger.debug("registry subscription: a slot moved to another master")
+        elif _outage(exc):
             logger.debug("registry subscription lost (%s)", type(exc).__name__)
         else:
             error = _store_error("the registry's subscription", exc)
             if self._refused is None:
                 logger.warning("%s; waiters fall back to their timeout", error)
             self._refused = (str(error), error.code)
-        for event in self._confirmed.values():
-            event.set()  # nobody waits for a confirmation that is not coming
-        pubsub, self._pubsub, self._pinged = self._pubsub, None, False
-        if pubsub is not None:
-            with contextlib.suppress(*_FAILURES):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
-        self._failures += 1
-        if self._failures > 1:  # the first time straight away: a cut connection, Redis still up
+        for channel in sub.channels:
+            self._confirmed[channel].set()  # nobody waits for a confirmation that is not coming
+        await sub.close()
+        sub.failures += 1
+        if sub.failures > 1:  # the first time straight away: a cut connection, Redis still up
             await self._clock.sleep(self._retry_interval)
 
-    def _dispatch(self, message: dict[str, Any]) -> None:
+    def _dispatch(self, message: dict[str, Any]) -> bool:
+        """Wake the waiters a message concerns; False when the server ended a subscription
+        (on a cluster: the channel's slot moved to another master)."""
         kind, channel = _text(message.get("type")), _text(message.get("channel"))
         ns = self._channels.get(channel)
         if ns is None:
-            return
-        if kind == "subscribe":  # first subscribed, or again after a reconnect: all re-read
+            return True
+        if kind in ("subscribe", "ssubscribe"):  # first subscribed, or again after a reconnect
             self._refused = None
             self._confirmed[channel].set()
-            self._wake(ns, None)
-        elif kind == "message":
+            self._wake(ns, None)  # all re-read
+        elif kind in ("message", "smessage"):
             self._wake(ns, _text(message.get("data")))
+        elif kind in ("unsubscribe", "sunsubscribe"):  # we never unsubscribe: the server did
+            self._wake(ns, None)
+            return False
+        return True
 
     def _wake(self, ns: str, session_id: str | None) -> None:
         sessions = self._waiters.get(ns)
@@ -749,21 +900,22 @@ class RedisRegistry:
             del self._waiters[ns]
 
     async def aclose(self) -> None:
-        """Stop listening and close the subscription's connection (``RedisStore.aclose`` does
+        """Stop listening and close the subscriptions' connections (``RedisStore.aclose`` does
         this); waiters wake, and later steps raise ``ClientStateError``."""
         self._closed = True
-        listener, self._listener = self._listener, None
-        if listener is not None:
-            listener.cancel()
-            await asyncio.wait({listener})
-        pubsub, self._pubsub = self._pubsub, None
-        if pubsub is not None:
-            with contextlib.suppress(*_FAILURES):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+        listeners = []
+        for sub in self._subscriptions.values():
+            listener, sub.listener = sub.listener, None
+            if listener is not None:
+                listener.cancel()
+                await asyncio.wait({listener})
+                listeners.append(listener)
+            await sub.close()
         for ns in list(self._waiters):
             self._wake(ns, None)
-        if listener is not None and not listener.cancelled():
-            listener.result()  # it only ends by cancellation: anything else is a bug to show
+        for listener in listeners:
+            if not listener.cancelled():
+                listener.result()  # it only ends by cancellation: anything else is a bug to show
 
     # -- the steps ---------------------------------------------------------------------------
 
