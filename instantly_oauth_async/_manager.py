@@ -159,8 +159,9 @@ class OAuthManager:
             hold=max(float(request_timeout), float(status_timeout)) + 5.0,
             status_timeout=float(status_timeout))
         registry = getattr(store, "registry", None)
+        # The registry's namespace names the budgets' hash tag: one slot, and shared trips.
         self._fleet = None if registry is None else Fleet(
-            registry, f"iox:{server}:{ws_id}", lease_prefix.rstrip(":"),
+            registry, f"{{{server}}}:{ws_id}", lease_prefix.rstrip(":"),
             lease=float(session_lease), retention=float(retention),
             # Renewed every third of a lease, a lease keeps over 2/3 of it; a read needs its
             # timeout and a tenth of a lease to spare (under 0.6 of it, as checked above).

@@ -93,7 +93,7 @@ from ._breaker import Admission, BreakerPolicy, BreakerTransition, CircuitState
 from ._clock import Clock, SystemClock
 from ._exceptions import ClientStateError, ConfigurationError
 from ._models import RateLimit
-from ._redis_batch import Batcher
+from ._redis_batch import Batcher, hash_tag
 from ._registry import Entry
 from ._registry import RegistryUnavailableError as RegistryUnavailableError  # noqa: PLC0414
 from ._store import MemoryStore, gated
@@ -302,27 +302,30 @@ class RedisStore:
             return None
 
     async def _recover(self) -> None:
-        """Write the slots spent and the blocks learned locally into Redis (one atomic step),
-        then leave degraded mode."""
+        """Write the slots spent and the blocks learned locally into Redis (one atomic step a
+        hash tag: one for each API server this store served, which on a cluster may be on
+        different masters), then leave degraded mode."""
         now = self.clock.monotonic()
-        keys: list[str] = []
-        args: list[str] = []
+        steps: dict[str, tuple[list[str], list[str]]] = {}
+
+        def put(key: str, seconds: float, member: str) -> None:
+            keys, args = steps.setdefault(hash_tag(key), ([], []))
+            if not keys or keys[-1] != key:
+                keys.append(key)
+            args += [str(len(keys)), repr(seconds), member]
+
         for key, log in self._logs.items():
             log.prune(now)
-            times = list(log.freed) + list(log.held.values())
-            if times:
-                keys.append(f"{key}:freed")
-                for until in times:
-                    self._serial += 1
-                    args += [str(len(keys)), repr(until - now), f"{self._members}r{self._serial}"]
+            for until in list(log.freed) + list(log.held.values()):
+                self._serial += 1
+                put(f"{key}:freed", until - now, f"{self._members}r{self._serial}")
         # Every block this process knows of: learned while Redis was away, or before a restart
         # emptied it. The longer block wins, so one Redis already holds is never shortened.
         for key, left in self._local.blocks_left().items():
-            keys.append(key)
-            args += [str(len(keys)), repr(left), ""]
-        if keys:
+            put(key, left, "")
+        for keys, args in steps.values():
             await self._batch.run("REPLAY", keys, [*args, self._now_arg()])
-        else:
+        if not steps:
             self._batch.round_trips += 1
             await self._redis.ping()
         logger.warning("Redis reachable again after %.1f s", now - (self._down_since or now))
@@ -605,8 +608,8 @@ class RedisRegistry:
     in Redis: use ``RedisStore(...).registry``, which closes it with the store.
 
     Each step is one Lua script on the keys of one namespace, timed by Redis ``TIME``. Every key
-    of a namespace ``ns`` carries it as a hash tag, ``iox:reg:{ns}:...`` (so ``ns`` may not hold
-    braces): the scripts work on Redis Cluster, each in one slot. An entry is a hash that
+    of a namespace ``ns`` carries it as a hash tag, ``iox:reg:{ns}:...``, or the one tag ``ns``
+    holds (``iox:reg:{server}:ws``): the scripts work on Redis Cluster, each in one slot. An entry is a hash that
     expires on its own ``retention`` after it is registered, and again after it is decided; the
     undecided ones are also indexed by lease end (for :meth:`orphans`).
 
@@ -693,9 +696,13 @@ class RedisRegistry:
         """Entry key prefix, lapse index, meta hash and channel of a namespace."""
         names = self._names.get(ns)
         if names is None:
-            if not ns or "{" in ns or "}" in ns:
-                raise ConfigurationError("a registry namespace is a non-empty string, no braces")
-            tag = f"{self._prefix}{{{ns}}}"
+            if not ns or ns.count("{") != ns.count("}") or ns.count("{") > 1 or (
+                    "{" in ns and not 0 < ns.index("{") + 1 < ns.index("}")):
+                raise ConfigurationError(
+                    "a registry namespace is a non-empty string with at most one {hash tag}")
+            # Its own hash tag, or the one it names (the manager names its API server's, so the
+            # registry's steps and the budgets' share a slot, and a trip).
+            tag = f"{self._prefix}{ns}" if "{" in ns else f"{self._prefix}{{{ns}}}"
             names = self._names[ns] = (f"{tag}:e:", f"{tag}:lapse", f"{tag}:meta",
                                        f"{tag}:events")
         return names
