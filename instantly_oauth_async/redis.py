@@ -609,9 +609,9 @@ class RedisRegistry:
 
     Each step is one Lua script on the keys of one namespace, timed by Redis ``TIME``. Every key
     of a namespace ``ns`` carries it as a hash tag, ``iox:reg:{ns}:...``, or the one tag ``ns``
-    holds (``iox:reg:{server}:ws``): the scripts work on Redis Cluster, each in one slot. An entry is a hash that
-    expires on its own ``retention`` after it is registered, and again after it is decided; the
-    undecided ones are also indexed by lease end (for :meth:`orphans`).
+    holds (``iox:reg:{server}:ws``): the scripts work on Redis Cluster, each in one slot. An
+    entry is a hash that expires on its own ``retention`` after it is registered, and again after
+    it is decided; the undecided ones are also indexed by lease end (for :meth:`orphans`).
 
     :meth:`now` is the last reading of Redis's clock (each script returns the time it used)
     advanced by this process's monotonic clock since, the reading taken to be halfway through
