@@ -24,11 +24,15 @@ logger = logging.getLogger("instantly_oauth_async")
 
 class UnknownSessionError(InstantlyError):
     """``attach()`` was given a session id the registry does not know (never registered in this
-    workspace, or decided longer ago than the retention)."""
+    workspace, or decided longer ago than the retention); or a session awaited through
+    ``attach()`` vanished from the registry and no manager registered it again within a lease
+    (its store lost its data, say a Redis restarted without persistence, while no live manager
+    held the session). Either way nobody polls it: this is not an outcome of the session."""
 
-    def __init__(self, session_id: str) -> None:
+    def __init__(self, session_id: str, detail: str = "") -> None:
         self.session_id = session_id
-        super().__init__(f"no session {session_id} in this workspace's registry")
+        super().__init__(f"no session {session_id} in this workspace's registry"
+                         + (f": {detail}" if detail else ""))
 
 
 def encode_session(session: OAuthSession, expected_email: str | None) -> str:
@@ -79,6 +83,7 @@ class Fleet:
         self.fences: dict[str, int] = {}
         self._until: dict[str, float] = {}
         self._unregistered: dict[str, str] = {}  # started while the store was away
+        self._data: dict[str, str] = {}  # every session held, as registered: to register again
 
     def __repr__(self) -> str:
         return f"<Fleet leases={len(self.fences)} lease={self.lease:g}s>"
@@ -86,11 +91,13 @@ class Fleet:
     def _hold(self, entry: Entry) -> None:
         self.fences[entry.session_id] = entry.fence
         self._until[entry.session_id] = entry.lease_until
+        self._data[entry.session_id] = entry.data
 
     def drop(self, session_id: str) -> None:
         self.fences.pop(session_id, None)
         self._until.pop(session_id, None)
         self._unregistered.pop(session_id, None)
+        self._data.pop(session_id, None)
 
     async def register(self, session: OAuthSession, expected_email: str | None) -> None:
         """Register (and hold) a new session. While the registry's store is away, the session
@@ -103,6 +110,7 @@ class Fleet:
                 retention=self.retention)
         except RegistryUnavailableError:
             self._unregistered[session.session_id] = data
+            self._data[session.session_id] = data
             self.fences[session.session_id] = 1
             self._until[session.session_id] = self.registry.now() + self.lease
             return
@@ -136,6 +144,11 @@ class Fleet:
         While the store is away, the leases held are extended locally: no other manager can
         claim them either, unless the network is split so that it reaches the store and this
         one does not (the same hole as the budgets' fallback; see docs/FLEET-PLAN.md).
+
+        A session the registry no longer knows at all (its store came back without its data: a
+        Redis restarted without persistence, or failed over to a replica that had not got it)
+        is registered again, as new (fence 1), and kept: nobody else can have claimed what the
+        registry did not hold, and its waiters find it again.
         """
         if not self.fences:
             return []
@@ -157,9 +170,27 @@ class Fleet:
         for session_id in self.fences:
             if session_id not in lost:
                 self._until[session_id] = began + self.lease  # it ends no earlier than this
-        for session_id in lost:
-            self.drop(session_id)
-        return lost
+        return [sid for sid in lost if not await self._register_again(sid)]
+
+    async def _register_again(self, session_id: str) -> bool:
+        """After a renew named ``session_id`` lost: True when the registry had forgotten it and
+        it is ours again; else it is dropped (decided, or another manager holds it)."""
+        data = self._data.get(session_id)
+        self.drop(session_id)
+        if data is None:
+            return False
+        try:
+            entry = await self.registry.register(self.ns, session_id, data, owner=self.owner,
+                                                 lease=self.lease, retention=self.retention)
+        except RegistryUnavailableError:
+            return False  # lost for now: the poller's next step tries to register it
+        if entry.owner != self.owner or entry.decided \
+                or entry.lease_until - self.registry.now() <= self._read_margin:
+            return False  # not made anew by this call: lost indeed
+        logger.warning("session %s was missing from the registry (its store lost its data): "
+                       "registered again", session_id)
+        self._hold(entry)
+        return True
 
     async def adopt(self, limit: int = 100) -> list[Entry]:
         """Claim the workspace's orphans (exactly one claimer wins each)."""

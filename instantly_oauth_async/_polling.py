@@ -33,7 +33,7 @@ from ._exceptions import (
     SessionCancelledError,
     TransportError,
 )
-from ._fleet import Fleet, decode_outcome, decode_session
+from ._fleet import Fleet, UnknownSessionError, decode_outcome, decode_session
 from ._limiter import Grant
 from ._models import OAuthSession, RetryPolicy, SessionStatus
 from ._outcome import ConnectResult, OutcomeLostError, Outcomes
@@ -438,14 +438,26 @@ class Poller:
             self._group.start_soon(self._watch_registry, pending, self._fleet)
 
     async def _watch_registry(self, pending: PendingConnection, fleet: Fleet) -> None:
+        """Until the outcome is stored. An entry found missing (the store lost its data) is
+        waited for a lease, the time a live owner takes to register it again; then the
+        awaiters get ``UnknownSessionError``: nobody polls it, so no outcome will come."""
         session_id = pending.session.session_id
+        missing_since: float | None = None
         while not pending.done():
             if session_id in fleet.fences and self.pending.get(session_id) is pending:
                 return  # adopted again by this manager: the scheduler has this very handle
             try:
                 entry = await fleet.registry.get(fleet.ns, session_id)
             except InstantlyError:
-                entry = None
+                entry, missing_since = None, None  # the store is away: nothing is known
+            else:
+                now = self._clock.monotonic()
+                missing_since = None if entry is not None else missing_since or now
+                if missing_since is not None and now - missing_since > fleet.lease:
+                    pending._finish(error=UnknownSessionError(
+                        session_id, f"it vanished from the registry and no manager registered "
+                        f"it again within {fleet.lease:g} s (the store lost its data?)"))
+                    return
             if entry is not None and entry.outcome is not None:
                 stored = decode_outcome(entry.outcome, session_id)
                 if isinstance(stored, ConnectResult):
