@@ -147,3 +147,14 @@ async def test_a_worker_restarted_mid_flow_still_delivers_the_result(
         assert await on_a.text_content("#result") == "Connected ann@acme.io"
     assert "ann@acme.io" in csim.accounts
     assert 404 not in status_reads(csim, session_id)  # the one-time answer was read once
+
+
+async def test_a_worker_without_an_api_key_refuses_redis(redis_server: RedisServer) -> None:
+    """Without INSTANTLY_API_KEY a worker would serve a simulator of its own, which no other
+    worker could reach: it says so instead of starting."""
+    argv = [sys.executable, str(ROOT / "examples" / "aiohttp_app.py"), "0",
+            "--redis", redis_server.url]
+    async with running(argv, cwd=ROOT, env=child_env(APP_PASSWORD=PASSWORD)) as refused:
+        with anyio.fail_after(30):
+            assert await refused.wait() != 0
+    assert "--redis needs INSTANTLY_API_KEY" in refused.stderr.text()
