@@ -807,8 +807,10 @@ class RedisRegistry:
                     sub.channels.discard(channel)
                     sub.unsent.discard(channel)
                     self._moves.append((channel, node))
+            if not sub.channels:  # all moved (always so for "", the channels not routed yet)
+                return
             master = self._cluster.get_node(node_name=sub.node)
-            if not sub.channels or master is None:
+            if master is None:
                 return
             sub.pool = aioredis.ConnectionPool(connection_class=master.connection_class,
                                                **master.connection_kwargs)
