@@ -26,7 +26,8 @@ end
 #: KEYS: freed_1, held_1, ..., freed_n, held_n, the fleet's queue (sorted set: asker -> the time
 #: it first asked), its due index (asker -> when it must ask again to keep its place), then the
 #: block keys. ARGV: n, lease ('' = time the slots from now), hold, member, asker ('' = none),
-#: grace, then count_i, window_i; now.
+#: grace, then count_i, window_i; now. Returns {wait, blocked (0/1)}, and when taken a third
+#: item: the fullest budget's share spent, this slot included.
 #:
 #: With an asker (one FairLimiter of one process: only the head of its own queue asks), the
 #: askers of the fleet are served in the order they first asked: a slot goes to an asker only when
@@ -54,7 +55,7 @@ if asker ~= '' then
   local rank = redis.call('ZRANK', queue, asker)
   if rank then ahead = rank else ahead = redis.call('ZCARD', queue) end
 end
-local wait = 0
+local wait, fullest = 0, 0
 for i = 1, n do
   local freed, held = KEYS[2 * i - 1], KEYS[2 * i]
   local count, window = tonumber(ARGV[5 + 2 * i]), tonumber(ARGV[6 + 2 * i])
@@ -62,6 +63,7 @@ for i = 1, n do
   redis.call('ZREMRANGEBYSCORE', held, '-inf', now)
   local nf, nh = redis.call('ZCARD', freed), redis.call('ZCARD', held)
   local free = count - nf - nh
+  if (nf + nh + 1) / count > fullest then fullest = (nf + nh + 1) / count end
   if ahead >= free then
     -- the k-th return from now is this asker's (k = 1 with no asker): freed slots come back at
     -- their scores, a held one no sooner than a window from now
@@ -106,7 +108,7 @@ for i = 1, n do
     keep_for(KEYS[2 * i], hold + window)
   end
 end
-return {'0', 0}
+return {'0', 0, num(fullest)}
 """
 
 #: KEYS: the queue and its due index (as in TAKE); ARGV: asker. It waits no more.
@@ -442,7 +444,7 @@ steps['GATED_TAKE'] = function(KEYS, ARGV)
     steps['BREAKER_RELEASE']({KEYS[1]}, {'1'})
     return {taken[1], taken[2], 0}
   end
-  return {taken[1], taken[2], admit[2]}
+  return {taken[1], taken[2], admit[2], taken[3] or '1'}
 end
 
 local replies = {}

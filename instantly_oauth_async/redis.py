@@ -200,6 +200,7 @@ class RedisStore:
         self._local = MemoryStore(self.clock)  # blocks and breakers while Redis is away
         self._logs: dict[str, _limiter.SlotLog] = {}  # slots spent while Redis is away
         self._local_leases: set[str] = set()  # spent only in the local logs
+        self._roomy: set[str] = set()  # held slots taken from budgets at most half spent
         self._dual_leases: set[str] = set()  # spent in Redis and, after a return, locally too
         self._down_since: float | None = None
         self._careful_until = 0.0  # after Redis returns: takes must fit the local share too
@@ -388,6 +389,8 @@ class RedisStore:
         if reply is None:
             return self._take_locally(specs, lease, hold)
         wait, blocked = float(reply[0]), bool(int(reply[1]))
+        if wait <= 0:
+            self._note_fill(lease, reply)
         if wait <= 0 and shares:  # granted while careful: count it against the share too
             _limiter.spend(self._logs, shares, self.clock.monotonic(), lease, hold)
             if lease is not None:
@@ -413,6 +416,8 @@ class RedisStore:
         return (min(wait, retry), False) if wait > 0 else (0.0, False)
 
     async def release(self, specs: Sequence[tuple[str, RateLimit]], lease: str) -> None:
+        roomy = lease in self._roomy
+        self._roomy.discard(lease)
         if lease in self._local_leases:
             self._local_leases.discard(lease)
             _limiter.release(self._logs, specs, lease, self.clock.monotonic())
@@ -425,8 +430,10 @@ class RedisStore:
         # Posted: it rides on the next trip (see _redis_batch); lost with Redis, the held slot
         # comes back by itself when its hold runs out.
         args = [lease, *(repr(limit.window) for _, limit in specs), self._now_arg()]
-        # Sent late, the slot is spent a little longer: at most 1/200 of its shortest window.
-        within = min(_RELEASE_WITHIN, min(limit.window for _, limit in specs) / 200)
+        # Sent late, the slot is spent a little longer: at most 1/200 of its shortest window,
+        # or 1/20 when its budgets were at most half spent (nobody waits for it then).
+        shortest = min(limit.window for _, limit in specs)
+        within = min(_RELEASE_WITHIN, shortest / (20 if roomy else 200))
         self._batch.post("RELEASE", self._slot_keys(specs), args, within=within)
 
     async def take_gated(
@@ -460,7 +467,15 @@ class RedisStore:
         wait, code, probe = float(reply[0]), int(reply[1]), bool(int(reply[2]))
         if code == 2:
             return wait, False, Admission(False, wait=wait)
+        if wait <= 0:
+            self._note_fill(lease, reply[2:])
         return wait, code == 1, Admission(True, probe=probe)
+
+    def _note_fill(self, lease: str | None, reply: Sequence[Any]) -> None:
+        """Remember a held slot whose budgets were at most half spent when it was taken: its
+        release may wait longer for a trip to ride on (see :meth:`release`)."""
+        if lease is not None and len(reply) > 2 and float(reply[2]) <= 0.5:
+            self._roomy.add(lease)
 
     def _take_step(
         self, specs: Sequence[tuple[str, RateLimit]], block_keys: Sequence[str],
