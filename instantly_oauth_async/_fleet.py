@@ -84,6 +84,9 @@ class Fleet:
         self._until: dict[str, float] = {}
         self._unregistered: dict[str, str] = {}  # started while the store was away
         self._data: dict[str, str] = {}  # every session held, as registered: to register again
+        # Outcomes decided while the store was away: (outcome, rank), written by the next renew
+        # that reaches it; their leases are kept meanwhile, so nobody adopts and reads again.
+        self._unwritten: dict[str, tuple[str, int]] = {}
 
     def __repr__(self) -> str:
         return f"<Fleet leases={len(self.fences)} lease={self.lease:g}s>"
@@ -94,6 +97,7 @@ class Fleet:
         self._data[entry.session_id] = entry.data
 
     def drop(self, session_id: str) -> None:
+        self._unwritten.pop(session_id, None)
         self.fences.pop(session_id, None)
         self._until.pop(session_id, None)
         self._unregistered.pop(session_id, None)
@@ -128,11 +132,20 @@ class Fleet:
         """Store the outcome ahead of any future; what to resolve with (the stored winner)."""
         encoded = encode_outcome(result, error)
         fence = self.fences.get(session_id)
-        self.drop(session_id)
         if encoded is None:
+            self.drop(session_id)
             return result, error
-        entry = await self.registry.decide(self.ns, session_id, *encoded, fence=fence,
-                                           retention=self.retention)
+        try:
+            entry = await self.registry.decide(self.ns, session_id, *encoded, fence=fence,
+                                               retention=self.retention)
+        except RegistryUnavailableError:
+            if fence is not None:  # ours: keep the lease and write it when the store is back
+                self._unwritten[session_id] = encoded
+                logger.warning("outcome of %s not stored yet (registry unreachable): it will "
+                               "be written when it is back", session_id)
+                return result, error
+            raise
+        self.drop(session_id)
         if entry is None or entry.outcome is None:
             return result, error  # unknown to the registry, or fenced out: ours stands alone
         stored = decode_outcome(entry.outcome, session_id)
@@ -154,6 +167,7 @@ class Fleet:
             return []
         began = self.registry.now()
         try:
+            await self._write_unwritten()
             for session_id, data in list(self._unregistered.items()):
                 entry = await self.registry.register(
                     self.ns, session_id, data, owner=self.owner, lease=self.lease,
@@ -171,6 +185,18 @@ class Fleet:
             if session_id not in lost:
                 self._until[session_id] = began + self.lease  # it ends no earlier than this
         return [sid for sid in lost if not await self._register_again(sid)]
+
+    async def _write_unwritten(self) -> None:
+        """Store the outcomes decided while the store was away (first writer wins, as ever)."""
+        for session_id, (outcome, rank) in list(self._unwritten.items()):
+            if session_id in self._unregistered:  # started and ended while away: register first
+                data = self._unregistered.pop(session_id)
+                await self.registry.register(self.ns, session_id, data, owner=self.owner,
+                                             lease=self.lease, retention=self.retention)
+            await self.registry.decide(self.ns, session_id, outcome, rank,
+                                       fence=self.fences.get(session_id),
+                                       retention=self.retention)
+            self.drop(session_id)
 
     async def _register_again(self, session_id: str) -> bool:
         """After a renew named ``session_id`` lost: True when the registry had forgotten it and
@@ -203,6 +229,13 @@ class Fleet:
         return won
 
     async def release_all(self) -> None:
+        if self._unwritten:
+            try:
+                await self._write_unwritten()
+            except RegistryUnavailableError:
+                logger.warning("%d outcomes decided while the registry was unreachable were "
+                               "never stored: other managers will find those sessions lost",
+                               len(self._unwritten))
         if self.fences:
             fences, self.fences = dict(self.fences), {}
             self._until.clear()

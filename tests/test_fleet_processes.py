@@ -473,3 +473,60 @@ async def test_an_owner_stopped_past_its_lease_is_fenced_out_when_it_wakes(
         assert len(status_reads(sim, sid)) == reads_before_wake  # it read nothing on waking
         assert overlapping_reads(sim, sid) == []
         assert not [r for r in status_reads(sim, sid) if r.status == 404]
+
+
+# -- an outcome decided while the registry is unreachable ---------------------------------------
+
+
+async def test_an_outcome_decided_while_the_registry_is_away_is_written_when_it_is_back(
+    sim: Simulator,
+) -> None:
+    """The owner's budgets live elsewhere (a MemoryStore), its registry in a redis-server (AOF,
+    fsync always) that is killed when the owner reads the one-time answer. The owner's own
+    awaiter gets the answer at once; the lease is kept (nobody adopts and reads again); and when
+    Redis is back, the next heartbeat writes the outcome, so a manager that attached gets the
+    same success, not a lost session."""
+    from instantly_oauth_async import MemoryStore  # noqa: PLC0415
+
+    server = RedisServer(persistent=True)
+    server.start()
+    try:
+        owner_registry = RedisStore.from_url(server.url, timeout=0.3, retry_interval=0.2)
+        waiter_store = RedisStore.from_url(server.url, timeout=0.3, retry_interval=0.2)
+
+        class SplitStore(MemoryStore):  # budgets in memory, the registry in Redis
+            @property
+            def registry(self) -> Any:
+                return owner_registry.registry
+
+        key = sim.add_workspace().api_key
+        kwargs: dict[str, Any] = {"base_url": sim.url, "poll_interval": 0.05,
+                                  "fetch_account": False, "session_lease": LEASE,
+                                  "status_timeout": LEASE / 4}
+        async with owner_registry, waiter_store, \
+                OAuthManager(key, store=SplitStore(), **kwargs) as owner, \
+                OAuthManager(key, store=waiter_store, **kwargs) as waiter:
+            pending = await owner.start("google")
+            sid = pending.session.session_id
+            attached = await waiter.attach(sid)
+            server.stop()  # SIGKILL: the registered session is on disk, nothing more comes
+            try:
+                sim.complete(sid, "ann@acme.io")
+                with anyio.fail_after(10):
+                    result = await pending  # the owner's awaiter does not wait for Redis
+                assert result.status is SessionStatus.SUCCESS
+                assert not attached.done()
+            finally:
+                server.start()  # same port and directory: the AOF comes back
+            with anyio.fail_after(10 * LEASE):
+                shared = await attached
+            assert shared.status is SessionStatus.SUCCESS and shared.email == "ann@acme.io"
+            assert not shared.reconciled
+            ns = owner._fleet.ns  # type: ignore[union-attr]
+            entry = await waiter_store.registry.get(ns, sid)
+            assert entry is not None and entry.rank == ANSWER
+        # one read got the one-time answer, and nobody read again (no 404)
+        reads = [r for r in sim.requests if r.kind == "status" and r.path.endswith(sid)]
+        assert [r.status for r in reads] == [200] * len(reads)
+    finally:
+        server.close()
