@@ -2,7 +2,7 @@
 the lease of the one poller of each, the heartbeat that renews them, adoption of orphans,
 outcomes written ahead of any future, and watchers that wait on the registry, not the API.
 
-Work in progress (issue 14): see docs/FLEET-PLAN.md.
+What is durable and what can still be lost: docs/FLEET.md.
 """
 
 from __future__ import annotations
@@ -156,7 +156,7 @@ class Fleet:
 
         While the store is away, the leases held are extended locally: no other manager can
         claim them either, unless the network is split so that it reaches the store and this
-        one does not (the same hole as the budgets' fallback; see docs/FLEET-PLAN.md).
+        one does not (the same hole as the budgets' fallback; see docs/FLEET.md).
 
         A session the registry no longer knows at all (its store came back without its data: a
         Redis restarted without persistence, or failed over to a replica that had not got it)
