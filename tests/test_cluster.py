@@ -466,3 +466,53 @@ async def test_a_managers_registry_keys_and_budget_keys_share_one_slot_and_one_b
     assert channel.startswith(f"iox:reg:{{{server}}}:")
     slots = await _slots(admin, [*registry_keys, *budget, channel])
     assert len(slots) == 1, slots  # ONE slot: registry keys, channel and budget keys
+
+
+async def test_a_first_wait_whose_within_ends_while_the_cluster_is_mapped_subscribes_later(
+    paused_cluster: RedisCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every server stopped: a registry's first step in a namespace, a ``wait`` with a
+    ``within`` (0.2 s) shorter than mapping the cluster takes to time out (0.5 s), ends while
+    the channel is being routed. Once the servers resume, the next step in the namespace
+    subscribes: it does not wait for a confirmation that was never coming (2 s a step), and a
+    decision made through another client wakes a waiter within a second (``within`` 30 s)."""
+    caplog.set_level(logging.DEBUG, logger="instantly_oauth_async")
+    cluster = paused_cluster
+    deciding = RedisStore.from_url(cluster.url, cluster=True)
+    waiting = RedisStore.from_url(cluster.url, cluster=True)
+    try:
+        decider, registry = deciding.registry, waiting.registry
+        ns = _ns()
+        channel = registry._ns(ns)[3]
+        await decider.register(ns, "s1", "{}", owner="a", lease=60, retention=600)
+        cluster.pause()
+        try:
+            began = anyio.current_time()
+            await registry.wait(ns, "s1", within=0.2)  # its first step, cut short while routed
+            assert anyio.current_time() - began < 0.45  # before the map's 0.5 s timeout
+            assert not any(sub.channels for sub in registry._subscriptions.values())
+        finally:
+            cluster.resume()
+        await anyio.to_thread.run_sync(cluster.wait_ok, 10.0)
+        began = anyio.current_time()
+        entry = await registry.get(ns, "s1")  # the next step subscribes (and is confirmed)
+        assert entry is not None and not entry.decided
+        assert anyio.current_time() - began < 1.0  # no wait for a lost confirmation (2 s)
+        assert any(channel in sub.channels and sub.pubsub is not None
+                   for sub in registry._subscriptions.values())
+        learned: list[float] = []
+        async with anyio.create_task_group() as group:
+            group.start_soon(_learn, registry, ns, learned)
+            with anyio.fail_after(5):
+                while not registry._waiters.get(ns, {}).get("s1"):  # noqa: ASYNC110
+                    await anyio.sleep(0.01)  # no event to await
+            sent = anyio.current_time()
+            await decider.decide(ns, "s1", "success", ANSWER, fence=1, retention=600)
+        assert learned[0] - sent < 1.0, learned[0] - sent  # through SSUBSCRIBE, not ``within``
+        assert registry._refused is None
+        ours = [r for r in caplog.records if r.name.startswith("instantly_oauth_async")]
+        assert not [r for r in ours if r.levelno >= logging.WARNING], caplog.text
+    finally:
+        cluster.resume()
+        await waiting.aclose()
+        await deciding.aclose()
