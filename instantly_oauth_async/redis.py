@@ -747,7 +747,16 @@ class RedisRegistry:
         if confirmed is None:
             confirmed = self._confirmed[channel] = anyio.Event()
             self._channels[channel] = ns
-            await self._subscribe(channel, await self._route(channel))
+            try:
+                await self._subscribe(channel, await self._route(channel))
+            except BaseException:
+                # Cut short (a waiter's ``within`` while the cluster is mapped) or refused before
+                # any subscription took the channel: the next step subscribes again, instead of
+                # waiting for a confirmation that is not coming (and no message ever wakes).
+                if not any(channel in sub.channels for sub in self._subscriptions.values()):
+                    confirmed.set()
+                    del self._confirmed[channel], self._channels[channel]
+                raise
         if not confirmed.is_set():
             with anyio.move_on_after(_CONFIRM_WITHIN):
                 await confirmed.wait()

@@ -4,12 +4,16 @@ Three ``redis-server --cluster-enabled yes`` masters, each on free ports (client
 bus) in a temp dir of its own, joined by ``redis-cli --cluster create ... --cluster-replicas 0
 --cluster-yes``; :meth:`RedisCluster.start` returns once every node's ``CLUSTER INFO`` says
 ``cluster_state:ok`` (bounded), :meth:`RedisCluster.close` kills each server by its PID and
-removes the dirs.
+removes the dirs. :meth:`RedisCluster.pause` and :meth:`RedisCluster.resume` send ``SIGSTOP`` and
+``SIGCONT`` to every server by its PID: an outage in which connections open (the kernel accepts
+them) but nothing answers, so each call runs into its timeout.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -28,7 +32,7 @@ _OK_WITHIN = 20.0
 class RedisCluster:
     """``masters`` cluster-enabled redis-servers without persistence, joined as one cluster."""
 
-    def __init__(self, masters: int = 3) -> None:
+    def __init__(self, masters: int = 3, *, node_timeout_ms: int = 2000) -> None:
         server, cli = shutil.which("redis-server"), shutil.which("redis-cli")
         if server is None or cli is None:
             msg = "redis-server or redis-cli not found: run ./scripts/check, which installs them"
@@ -38,6 +42,9 @@ class RedisCluster:
         self.bus_ports = [free_port() for _ in range(masters)]
         self._dirs = [tempfile.TemporaryDirectory(prefix="iox-cluster-") for _ in self.ports]
         self.processes: list[subprocess.Popen[bytes]] = []
+        #: ``cluster-node-timeout``: a node silent longer than this is suspected to have failed
+        #: (and a master with slots marked failed stays so for twice as long once it answers).
+        self.node_timeout_ms = node_timeout_ms
 
     @property
     def url(self) -> str:
@@ -54,7 +61,8 @@ class RedisCluster:
                 self.processes.append(subprocess.Popen(  # noqa: S603 - our own argv
                     [self.server_binary, "--port", str(port), "--bind", "127.0.0.1",
                      "--cluster-enabled", "yes", "--cluster-port", str(bus),
-                     "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000",
+                     "--cluster-config-file", "nodes.conf",
+                     "--cluster-node-timeout", str(self.node_timeout_ms),
                      "--save", "", "--appendonly", "no", "--dir", folder.name,
                      "--loglevel", "warning"],
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -70,12 +78,31 @@ class RedisCluster:
             )
             self._until(lambda: created.returncode == 0, 0,
                         f"redis-cli --cluster create failed: {created.stdout.decode()[-2000:]}")
-            for port in self.ports:
-                self._until(partial(self._answers, port, "CLUSTER INFO", "cluster_state:ok"),
-                            _OK_WITHIN, f"node {port} never reported cluster_state:ok")
+            self.wait_ok()
         except BaseException:
             self.close()
             raise
+
+    @property
+    def pids(self) -> list[int]:
+        return [process.pid for process in self.processes]
+
+    def pause(self) -> None:
+        """``SIGSTOP`` every server, by its PID."""
+        for pid in self.pids:
+            os.kill(pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """``SIGCONT`` every server, by its PID (harmless for one not stopped)."""
+        for process in self.processes:
+            if process.poll() is None:
+                os.kill(process.pid, signal.SIGCONT)
+
+    def wait_ok(self, within: float = _OK_WITHIN) -> None:
+        """Until every node reports ``cluster_state:ok`` (bounded by ``within`` seconds)."""
+        for port in self.ports:
+            self._until(partial(self._answers, port, "CLUSTER INFO", "cluster_state:ok"),
+                        within, f"node {port} never reported cluster_state:ok")
 
     @staticmethod
     def _until(check: Callable[[], bool], within: float, failure: str) -> None:
@@ -113,7 +140,7 @@ class RedisCluster:
     def close(self) -> None:
         for process in self.processes:
             if process.poll() is None:
-                process.kill()
+                process.kill()  # SIGKILL ends a stopped process too
                 process.wait(timeout=10)
         self.processes.clear()
         for folder in self._dirs:

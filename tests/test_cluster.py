@@ -8,6 +8,7 @@ scripts and listens with ``SSUBSCRIBE`` on the master of each namespace's slot.
 
 from __future__ import annotations
 
+import logging
 import secrets
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -304,3 +305,214 @@ async def test_a_namespace_whose_slot_moves_is_followed_to_its_new_master(
     assert learned[0] - sent < 1.0, learned[0] - sent  # within is 10 s
     entry = await waiting.get(ns, "s1")
     assert entry is not None and entry.outcome == "success"
+
+
+# -- 6. a first wait while the cluster cannot be reached -----------------------------------------
+
+@pytest.fixture
+def paused_cluster() -> Iterator[RedisCluster]:
+    """A cluster of its own for a test that stops its servers (``SIGSTOP``) for a few seconds:
+    with a node timeout of 60 s its nodes do not mark each other failed meanwhile, and the
+    module's cluster is left alone."""
+    nodes = RedisCluster(3, node_timeout_ms=60_000)
+    nodes.start()
+    try:
+        yield nodes
+    finally:
+        nodes.close()
+
+
+async def test_a_first_wait_while_the_cluster_is_away_is_handed_to_its_master_on_its_return(
+    paused_cluster: RedisCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every server stopped (``SIGSTOP``, by PID): a registry whose client never mapped the
+    cluster makes its first step in a namespace, a ``wait``; mapping the cluster times out, so
+    the channel goes to the subscription of channels not routed yet (``""``), whose listener
+    cannot connect either. Once the servers resume (``SIGCONT``) that listener maps the cluster,
+    hands the channel to its master's subscription and ends; a decision made then through
+    another client wakes the waiter through sharded pub/sub within a second (``within`` is
+    30 s), and nothing raised or logged a ``StoreError``."""
+    caplog.set_level(logging.DEBUG, logger="instantly_oauth_async")
+    cluster = paused_cluster
+    deciding = RedisStore.from_url(cluster.url, cluster=True)
+    waiting = RedisStore.from_url(cluster.url, cluster=True)
+    try:
+        decider, registry = deciding.registry, waiting.registry
+        ns = _ns()
+        channel = registry._ns(ns)[3]
+        await decider.register(ns, "s1", "{}", owner="a", lease=60, retention=600)
+        woke: list[float] = []
+        learned: list[float] = []
+
+        async def waiter() -> None:
+            await registry.wait(ns, "s1", within=30)  # the registry's first step
+            woke.append(anyio.current_time())
+            await _learn(registry, ns, learned)
+
+        async with anyio.create_task_group() as group:
+            cluster.pause()
+            try:
+                group.start_soon(waiter)
+                with anyio.fail_after(10):  # bounded: a map, then a connection, each 0.5 s
+                    while not ((away := registry._subscriptions.get("")) is not None  # noqa: ASYNC110
+                               and away.failures >= 1):
+                        await anyio.sleep(0.01)  # no event to await
+                assert list(registry._subscriptions) == [""]  # no master known
+                assert away.channels == {channel} and away.pubsub is None
+                assert not woke
+            finally:
+                cluster.resume()
+            resumed = anyio.current_time()
+            await anyio.to_thread.run_sync(cluster.wait_ok, 10.0)
+            admin = aioredis.RedisCluster.from_url(cluster.url)
+            try:
+                await admin.initialize()
+                master = admin.get_node_from_key(channel)
+            finally:
+                await admin.aclose()
+            assert master is not None
+            with anyio.fail_after(10):  # bounded: the retry interval (1 s), then a map
+                while not ((sub := registry._subscriptions.get(master.name)) is not None  # noqa: ASYNC110
+                           and channel in sub.channels and sub.pubsub is not None
+                           and woke and registry._waiters.get(ns, {}).get("s1")):
+                    await anyio.sleep(0.01)  # no event to await
+            # Handed over: the subscription of channels not routed yet holds none, and ended.
+            assert not away.channels and away.listener is None and away.pubsub is None
+            assert woke[0] - resumed < 10  # woken to re-read when the master confirmed
+            sent = anyio.current_time()
+            decided = await decider.decide(ns, "s1", "success", ANSWER, fence=1, retention=600)
+        assert decided is not None and decided.outcome == "success"
+        assert learned[0] - sent < 1.0, learned[0] - sent  # through SSUBSCRIBE, not ``within``
+        entry = await registry.get(ns, "s1")
+        assert entry is not None and entry.outcome == "success"
+        assert registry._refused is None
+        ours = [r for r in caplog.records if r.name.startswith("instantly_oauth_async")]
+        assert not [r for r in ours if r.levelno >= logging.WARNING], caplog.text
+        assert "StoreError" not in caplog.text
+        assert "registry subscription lost" in caplog.text  # the outage was met, as an outage
+    finally:
+        cluster.resume()
+        await waiting.aclose()
+        await deciding.aclose()
+
+
+# -- 7. a manager's registry and budgets: one slot, shared trips ---------------------------------
+
+async def test_a_managers_registry_keys_and_budget_keys_share_one_slot_and_one_batch(
+    csim: Simulator, stores: list[RedisStore], admin: aioredis.RedisCluster,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The manager's registry namespace names its API server's hash tag (``{host:port}:wsid``):
+    its registry keys and channel, and its budget, block and breaker keys, are in ONE slot
+    (``CLUSTER KEYSLOT``) on one master; sessions resolve, attached ones too; and a registry step
+    and a budget step go in one batch script (``BATCH_SHARDED``), which the cluster runs."""
+    caplog.set_level(logging.WARNING, logger="instantly_oauth_async")
+    make = manager_factory(csim, csim.add_workspace("delta").api_key)
+    store, other_store = stores
+    server = csim.url.removeprefix("http://")
+    async with make(store) as manager, make(other_store) as other:
+        assert manager._fleet is not None
+        ns = manager._fleet.ns
+        assert ns.startswith(f"{{{server}}}:")
+        ws_id = ns.split(":")[-1]
+        pendings = [await manager.start(provider) for provider in Provider]
+        attached = [await other.attach(p.session.session_id) for p in pendings]
+        for number, pending in enumerate(pendings):
+            csim.complete(pending.session.session_id, f"dee{number}@delta.io")
+        with anyio.fail_after(10):
+            mine = [await p for p in pendings]
+            theirs = [await a for a in attached]
+        assert [r.status for r in mine] == [SessionStatus.SUCCESS] * len(Provider)
+        assert theirs == mine
+
+    # The managers closed (nothing else on the lane): a registry step and budget steps in one
+    # trip. The first step takes the lane, the three started with it wait for its reply and
+    # then go together, in one EVALSHA of the batch script.
+    registry = store.registry
+    budget_keys = [f"iox:{{{server}}}:init:{Provider.GOOGLE.value}:ws:{ws_id}",
+                   f"iox:{{{server}}}:init:{Provider.GOOGLE.value}:ip"]
+    sid = pendings[0].session.session_id
+    await anyio.sleep(0.2)  # steps posted by the managers (due within 0.05 s) are gone
+    trips, steps = store.round_trips, store.steps.copy()
+    got: list[Any] = []
+
+    async def step(call: Callable[[], Any]) -> None:
+        got.append(await call())
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(step, lambda: registry.get(ns, sid))
+        group.start_soon(step, lambda: registry.get(ns, sid))
+        group.start_soon(step, lambda: store.blocked_for(budget_keys))
+        group.start_soon(step, lambda: registry.orphans(ns))
+    assert store.steps - steps == {"REG_GET": 2, "BLOCKED_FOR": 1, "REG_ORPHANS": 1}
+    assert store.round_trips - trips == 2, store.steps  # 1 step, then 3 in one batch
+    entry = await registry.get(ns, sid)
+    assert entry is not None and entry.decided
+    assert sorted(map(repr, got)) == sorted(map(repr, [entry, entry, 0.0, []]))
+
+    assert not store.degraded and not other_store.degraded  # no script fell back
+    assert not [r for r in caplog.records if r.name.startswith("instantly_oauth_async")]
+    registry_keys = [k for ks in (await _keys_by_node(admin, f"iox:reg:{{{server}}}:*")).values()
+                     for k in ks]
+    budget_by_node = await _keys_by_node(admin, f"iox:{{{server}}}:*")
+    budget = [k for ks in budget_by_node.values() for k in ks]
+    by_node = await _keys_by_node(admin, f"iox:*{{{server}}}:*")
+    assert len(by_node) == 1, by_node  # one master holds them all
+    assert sorted(registry_keys + budget) == sorted(k for ks in by_node.values() for k in ks)
+    assert {k.removeprefix(f"iox:reg:{{{server}}}:{ws_id}:").split(":")[0]
+            for k in registry_keys} >= {"e"}  # the entries (meta and lapse may be gone)
+    assert {k.split(":", 3)[3].split(":")[0] for k in budget} >= {"init", "status"}
+    channel = store.registry._ns(ns)[3]
+    assert channel.startswith(f"iox:reg:{{{server}}}:")
+    slots = await _slots(admin, [*registry_keys, *budget, channel])
+    assert len(slots) == 1, slots  # ONE slot: registry keys, channel and budget keys
+
+
+async def test_a_first_wait_whose_within_ends_while_the_cluster_is_mapped_subscribes_later(
+    paused_cluster: RedisCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every server stopped: a registry's first step in a namespace, a ``wait`` with a
+    ``within`` (0.2 s) shorter than mapping the cluster takes to time out (0.5 s), ends while
+    the channel is being routed. Once the servers resume, the next step in the namespace
+    subscribes: it does not wait for a confirmation that was never coming (2 s a step), and a
+    decision made through another client wakes a waiter within a second (``within`` 30 s)."""
+    caplog.set_level(logging.DEBUG, logger="instantly_oauth_async")
+    cluster = paused_cluster
+    deciding = RedisStore.from_url(cluster.url, cluster=True)
+    waiting = RedisStore.from_url(cluster.url, cluster=True)
+    try:
+        decider, registry = deciding.registry, waiting.registry
+        ns = _ns()
+        channel = registry._ns(ns)[3]
+        await decider.register(ns, "s1", "{}", owner="a", lease=60, retention=600)
+        cluster.pause()
+        try:
+            began = anyio.current_time()
+            await registry.wait(ns, "s1", within=0.2)  # its first step, cut short while routed
+            assert anyio.current_time() - began < 0.45  # before the map's 0.5 s timeout
+            assert not any(sub.channels for sub in registry._subscriptions.values())
+        finally:
+            cluster.resume()
+        await anyio.to_thread.run_sync(cluster.wait_ok, 10.0)
+        began = anyio.current_time()
+        entry = await registry.get(ns, "s1")  # the next step subscribes (and is confirmed)
+        assert entry is not None and not entry.decided
+        assert anyio.current_time() - began < 1.0  # no wait for a lost confirmation (2 s)
+        assert any(channel in sub.channels and sub.pubsub is not None
+                   for sub in registry._subscriptions.values())
+        learned: list[float] = []
+        async with anyio.create_task_group() as group:
+            group.start_soon(_learn, registry, ns, learned)
+            with anyio.fail_after(5):
+                while not registry._waiters.get(ns, {}).get("s1"):  # noqa: ASYNC110
+                    await anyio.sleep(0.01)  # no event to await
+            sent = anyio.current_time()
+            await decider.decide(ns, "s1", "success", ANSWER, fence=1, retention=600)
+        assert learned[0] - sent < 1.0, learned[0] - sent  # through SSUBSCRIBE, not ``within``
+        assert registry._refused is None
+        ours = [r for r in caplog.records if r.name.startswith("instantly_oauth_async")]
+        assert not [r for r in ours if r.levelno >= logging.WARNING], caplog.text
+    finally:
+        cluster.resume()
+        await waiting.aclose()
+        await deciding.aclose()
