@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import copy
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -190,8 +191,8 @@ class Batcher:
         try:
             replies = _check_shape(await self._script(keys=keys, args=args), len(batch))
         except Exception as exc:  # noqa: BLE001 - each step's caller sorts it (outage or not)
-            for step in batch:
-                step.error, step.done = exc, True
+            for i, step in enumerate(batch):
+                step.error, step.done = exc if i == 0 else _twin(exc), True
             if any(step.posted for step in batch):
                 logger.debug("Redis lost %d posted steps (%s)",
                              sum(step.posted for step in batch), type(exc).__name__)
@@ -205,6 +206,18 @@ class Batcher:
             else:
                 step.reply = reply
             step.done = True
+
+
+def _twin(exc: Exception) -> Exception:
+    """``exc`` as an instance of its own, for one more step of a failed trip: one instance raised
+    in many tasks would gather every task's traceback (and context) onto itself."""
+    try:
+        twin = copy.copy(exc)
+    except Exception:  # noqa: BLE001 - an exception that cannot be copied is shared, as before
+        return exc
+    twin.__cause__, twin.__context__ = exc.__cause__, exc.__context__
+    twin.__suppress_context__ = exc.__suppress_context__
+    return twin.with_traceback(exc.__traceback__)
 
 
 def _check_shape(replies: Any, steps: int) -> list[Any]:
