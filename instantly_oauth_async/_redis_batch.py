@@ -173,10 +173,14 @@ class Batcher:
                 self._done(lane)
 
     async def aclose(self) -> None:
-        """Send what is still queued (posted releases), once."""
+        """Send what is still queued (posted releases), once; a lane with a trip out first waits
+        for it (what was posted meanwhile would otherwise go after the client is closed)."""
         for lane in list(self._lanes.values()):
-            if lane.queued and not lane.busy:
-                await self._flush(lane)
+            while lane.queued or lane.busy:
+                if lane.busy:
+                    await lane.turn.wait()
+                else:
+                    await self._flush(lane)
 
     async def _send(self, batch: list[_Step]) -> None:
         keys: list[str] = []
