@@ -443,7 +443,12 @@ steps['GATED_TAKE'] = function(KEYS, ARGV)
   for j = 5, #ARGV do ta[j - 4] = ARGV[j] end
   local admit = steps['BREAKER_ADMIT']({KEYS[1]}, {ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[#ARGV]})
   if tonumber(admit[1]) == 0 then return {admit[3], 2, 0} end
-  local taken = steps['TAKE'](tk, ta)
+  local ok, taken = pcall(steps['TAKE'], tk, ta)
+  if not ok then
+    -- the admit's writes stay (no rollback in a script): give its probe back, then fail
+    if tonumber(admit[2]) == 1 then steps['BREAKER_RELEASE']({KEYS[1]}, {'1'}) end
+    error(taken, 0)
+  end
   if taken[1] ~= '0' and tonumber(admit[2]) == 1 then
     steps['BREAKER_RELEASE']({KEYS[1]}, {'1'})
     return {taken[1], taken[2], 0}
