@@ -105,11 +105,14 @@ class Batcher:
                     continue
                 lane.busy = True
                 batch, lane.queued = lane.queued[:self._limit], lane.queued[self._limit:]
-                try:
-                    with anyio.CancelScope(shield=True):
-                        await self._send(batch)
-                finally:
-                    self._done(lane)
+                # The trip is a task of its own: an asyncio cancellation of this caller (which
+                # anyio's shield does not stop) must not cut short a trip carrying the steps of
+                # other callers, who would then wait for an answer that never comes.
+                trip = asyncio.get_running_loop().create_task(self._trip(lane, batch))
+                self._flushes.add(trip)
+                trip.add_done_callback(self._flushes.discard)
+                with anyio.CancelScope(shield=True):
+                    await asyncio.shield(trip)
         finally:
             if not step.done and step in lane.queued:
                 lane.queued.remove(step)
@@ -167,10 +170,13 @@ class Batcher:
         while lane.queued and not lane.busy:
             lane.busy = True
             batch, lane.queued = lane.queued[:self._limit], lane.queued[self._limit:]
-            try:
-                await self._send(batch)
-            finally:
-                self._done(lane)
+            await self._trip(lane, batch)
+
+    async def _trip(self, lane: _Lane, batch: list[_Step]) -> None:
+        try:
+            await self._send(batch)
+        finally:
+            self._done(lane)
 
     async def aclose(self) -> None:
         """Send what is still queued (posted releases), once; a lane with a trip out first waits
