@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import copy
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -104,11 +105,14 @@ class Batcher:
                     continue
                 lane.busy = True
                 batch, lane.queued = lane.queued[:self._limit], lane.queued[self._limit:]
-                try:
-                    with anyio.CancelScope(shield=True):
-                        await self._send(batch)
-                finally:
-                    self._done(lane)
+                # The trip is a task of its own: an asyncio cancellation of this caller (which
+                # anyio's shield does not stop) must not cut short a trip carrying the steps of
+                # other callers, who would then wait for an answer that never comes.
+                trip = asyncio.get_running_loop().create_task(self._trip(lane, batch))
+                self._flushes.add(trip)
+                trip.add_done_callback(self._flushes.discard)
+                with anyio.CancelScope(shield=True):
+                    await asyncio.shield(trip)
         finally:
             if not step.done and step in lane.queued:
                 lane.queued.remove(step)
@@ -166,16 +170,23 @@ class Batcher:
         while lane.queued and not lane.busy:
             lane.busy = True
             batch, lane.queued = lane.queued[:self._limit], lane.queued[self._limit:]
-            try:
-                await self._send(batch)
-            finally:
-                self._done(lane)
+            await self._trip(lane, batch)
+
+    async def _trip(self, lane: _Lane, batch: list[_Step]) -> None:
+        try:
+            await self._send(batch)
+        finally:
+            self._done(lane)
 
     async def aclose(self) -> None:
-        """Send what is still queued (posted releases), once."""
+        """Send what is still queued (posted releases), once; a lane with a trip out first waits
+        for it (what was posted meanwhile would otherwise go after the client is closed)."""
         for lane in list(self._lanes.values()):
-            if lane.queued and not lane.busy:
-                await self._flush(lane)
+            while lane.queued or lane.busy:
+                if lane.busy:
+                    await lane.turn.wait()
+                else:
+                    await self._flush(lane)
 
     async def _send(self, batch: list[_Step]) -> None:
         keys: list[str] = []
@@ -190,8 +201,8 @@ class Batcher:
         try:
             replies = _check_shape(await self._script(keys=keys, args=args), len(batch))
         except Exception as exc:  # noqa: BLE001 - each step's caller sorts it (outage or not)
-            for step in batch:
-                step.error, step.done = exc, True
+            for i, step in enumerate(batch):
+                step.error, step.done = exc if i == 0 else _twin(exc), True
             if any(step.posted for step in batch):
                 logger.debug("Redis lost %d posted steps (%s)",
                              sum(step.posted for step in batch), type(exc).__name__)
@@ -205,6 +216,18 @@ class Batcher:
             else:
                 step.reply = reply
             step.done = True
+
+
+def _twin(exc: Exception) -> Exception:
+    """``exc`` as an instance of its own, for one more step of a failed trip: one instance raised
+    in many tasks would gather every task's traceback (and context) onto itself."""
+    try:
+        twin = copy.copy(exc)
+    except Exception:  # noqa: BLE001 - an exception that cannot be copied is shared, as before
+        return exc
+    twin.__cause__, twin.__context__ = exc.__cause__, exc.__context__
+    twin.__suppress_context__ = exc.__suppress_context__
+    return twin.with_traceback(exc.__traceback__)
 
 
 def _check_shape(replies: Any, steps: int) -> list[Any]:

@@ -67,15 +67,19 @@ for i = 1, n do
   if ahead >= free then
     -- the k-th return from now is this asker's (k = 1 with no asker): freed slots come back at
     -- their scores, a held one no sooner than a window from now
+    -- (a freed one may come back later than that: a held slot replayed after an outage)
     local k = ahead - math.max(free, 0) + 1
+    local before = nf
+    if nh > 0 and nf > 0 then before = redis.call('ZCOUNT', freed, '-inf', num(now + window)) end
     local back = math.huge
-    if k <= nf then
-      back = tonumber(redis.call('ZRANGE', freed, k - 1, k - 1, 'WITHSCORES')[2])
-    end
-    if nh > 0 and k <= nf + nh then
-      local before = 0
-      if nf > 0 then before = redis.call('ZCOUNT', freed, '-inf', num(now + window)) end
-      if k > before then back = math.min(back, now + window) end
+    if k <= before + nh and k > before then
+      back = now + window
+    else
+      local j = k
+      if k > before then j = k - nh end
+      if j <= nf then
+        back = tonumber(redis.call('ZRANGE', freed, j - 1, j - 1, 'WITHSCORES')[2])
+      end
     end
     if back == math.huge then
       -- more askers ahead than slots in the budget: the last slot's return, once more
@@ -439,7 +443,12 @@ steps['GATED_TAKE'] = function(KEYS, ARGV)
   for j = 5, #ARGV do ta[j - 4] = ARGV[j] end
   local admit = steps['BREAKER_ADMIT']({KEYS[1]}, {ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[#ARGV]})
   if tonumber(admit[1]) == 0 then return {admit[3], 2, 0} end
-  local taken = steps['TAKE'](tk, ta)
+  local ok, taken = pcall(steps['TAKE'], tk, ta)
+  if not ok then
+    -- the admit's writes stay (no rollback in a script): give its probe back, then fail
+    if tonumber(admit[2]) == 1 then steps['BREAKER_RELEASE']({KEYS[1]}, {'1'}) end
+    error(taken, 0)
+  end
   if taken[1] ~= '0' and tonumber(admit[2]) == 1 then
     steps['BREAKER_RELEASE']({KEYS[1]}, {'1'})
     return {taken[1], taken[2], 0}

@@ -467,8 +467,8 @@ class RedisStore:
         wait, code, probe = float(reply[0]), int(reply[1]), bool(int(reply[2]))
         if code == 2:
             return wait, False, Admission(False, wait=wait)
-        if wait <= 0:
-            self._note_fill(lease, reply[2:])
+        if wait <= 0:  # reply: wait, code, probe, share spent (as TAKE's, one item later)
+            self._note_fill(lease, reply[1:])
         return wait, code == 1, Admission(True, probe=probe)
 
     def _note_fill(self, lease: str | None, reply: Sequence[Any]) -> None:
