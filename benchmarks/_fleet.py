@@ -84,12 +84,12 @@ async def run(*, quick: bool) -> list[Row]:
     server.start()
     try:
         four = await fleet(server.url, workers=4, each=40 if quick else 150, factor=factor)
-        thinking = await fleet(server.url, workers=4, each=20 if quick else 75, factor=factor,
+        thinking = await fleet(server.url, workers=4, each=10 if quick else 75, factor=factor,
                                think=0.1 if quick else 1.0)
         # 18 processes on this 2-core machine: time compressed 6x (a 10 s init window), so the
         # event loops' wake-up delays, which compression magnifies, weigh about as little as
         # they do in a fleet on its own cores.
-        sixteen = await fleet(server.url, workers=16, each=5 if quick else 40,
+        sixteen = await fleet(server.url, workers=4 if quick else 16, each=5 if quick else 40,
                               factor=factor if quick else 6.0)
     finally:
         server.close()
@@ -107,5 +107,5 @@ async def run(*, quick: bool) -> list[Row]:
     return [fill(four, 4, 0.95),
             trips(four, "4 processes, people answer at once"),
             trips(thinking, "4 processes, people take a second"),
-            fill(sixteen, 16, 0.98),
-            trips(sixteen, "16 processes, people answer at once")]
+            fill(sixteen, 4 if quick else 16, 0.98),
+            trips(sixteen, f"{4 if quick else 16} processes, people answer at once")]

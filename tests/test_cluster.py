@@ -309,9 +309,9 @@ async def test_a_namespace_whose_slot_moves_is_followed_to_its_new_master(
 
 # -- 6. a first wait while the cluster cannot be reached -----------------------------------------
 
-@pytest.fixture
-def paused_cluster() -> Iterator[RedisCluster]:
-    """A cluster of its own for a test that stops its servers (``SIGSTOP``) for a few seconds:
+@pytest.fixture(scope="module")
+def pausable_cluster() -> Iterator[RedisCluster]:
+    """A cluster of its own for the tests that stop its servers (``SIGSTOP``) for a few seconds:
     with a node timeout of 60 s its nodes do not mark each other failed meanwhile, and the
     module's cluster is left alone."""
     nodes = RedisCluster(3, node_timeout_ms=60_000)
@@ -320,6 +320,18 @@ def paused_cluster() -> Iterator[RedisCluster]:
         yield nodes
     finally:
         nodes.close()
+
+
+@pytest.fixture
+def paused_cluster(pausable_cluster: RedisCluster) -> Iterator[RedisCluster]:
+    """That cluster, answering at the start of each test and resumed after it, whatever the
+    test did (each test uses namespaces of its own)."""
+    pausable_cluster.resume()
+    pausable_cluster.wait_ok()
+    try:
+        yield pausable_cluster
+    finally:
+        pausable_cluster.resume()
 
 
 async def test_a_first_wait_while_the_cluster_is_away_is_handed_to_its_master_on_its_return(
