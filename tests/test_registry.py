@@ -19,8 +19,7 @@ import anyio
 import pytest
 import redis.asyncio as aioredis
 
-import instantly_oauth_async.redis as fleet
-from instantly_oauth_async import ClientStateError, MemoryStore
+from instantly_oauth_async import ClientStateError, MemoryStore, _redis_registry
 from instantly_oauth_async._registry import ANSWER, EXPIRED, LOST, MemoryRegistry, Registry
 from instantly_oauth_async.redis import (
     RedisRegistry,
@@ -342,7 +341,7 @@ async def test_a_subscription_gone_silent_is_noticed_and_made_again(
 ) -> None:
     """A connection that dies without a reset (here: the server stopped with SIGSTOP) answers
     no PING: the listener connects again, and waiters hear decisions again once it is back."""
-    monkeypatch.setattr(fleet, "_IDLE_READ", 0.05)
+    monkeypatch.setattr(_redis_registry, "_IDLE_READ", 0.05)
     spare = RedisServer()
     spare.start()
     assert spare.process is not None
