@@ -19,7 +19,6 @@ import hmac
 import json
 import os
 import re
-import secrets
 import sys
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -33,8 +32,10 @@ from instantly_oauth_async.testing import Simulator
 
 # --- STAND-IN for your app's real sign-in: replace it with your own sessions or middleware ---
 # Anyone who knows the shared APP_PASSWORD signs in under a name of their choice and gets a
-# cookie "<name>.<HMAC of the name>", signed with a key made at start-up. Its one job here is to
-# tell who is asking, so that a stranger cannot spend the workspace's init budget.
+# cookie "<name>.<HMAC of the name>", signed with a key derived from the password: so every worker
+# given that password accepts the others' cookies, and they outlive a restart (a real app keeps a
+# secret of its own for this). Its one job here is to tell who is asking, so that a stranger
+# cannot spend the workspace's init budget.
 
 COOKIE = "user"
 USER_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -45,7 +46,7 @@ class Login:
         if not password:
             raise ValueError("the shared password must not be empty")
         self._password = password.encode()
-        self._key = secrets.token_bytes(32)  # cookies end with the process
+        self._key = hashlib.pbkdf2_hmac("sha256", self._password, b"example cookies", 100_000)
 
     def sign_in(self, user: str, password: str) -> str | None:
         """The cookie for ``user`` when ``password`` is right, else None."""
@@ -61,8 +62,15 @@ class Login:
             return user
         return None
 
-    def _sign(self, user: str) -> str:
-        return hmac.new(self._key, user.encode(), hashlib.sha256).hexdigest()
+    def tag(self, user: str, session_id: str) -> str:
+        """What a link to ``session_id`` carries to show that ``user`` started it."""
+        return self._sign(f"{user}/{session_id}")  # a user name has no "/": never a cookie's
+
+    def tagged(self, user: str, session_id: str, tag: str) -> bool:
+        return hmac.compare_digest(tag.encode(), self.tag(user, session_id).encode())
+
+    def _sign(self, text: str) -> str:
+        return hmac.new(self._key, text.encode(), hashlib.sha256).hexdigest()
 
 # --- end of the stand-in ----------------------------------------------------------------------
 
@@ -164,7 +172,7 @@ PAGE = """<!doctype html>
       const session = await answer.json();
       popup.location = session.auth_url;
       result.textContent = "Waiting for you to allow access...";
-      const events = new EventSource(`/events/${session.session_id}`);
+      const events = new EventSource(session.events_url);  // reconnects by itself
       events.addEventListener("result", (event) => {
         const r = JSON.parse(event.data);
         result.textContent = r.ok ? `Connected ${r.email}` : `Not connected: ${r.reason}`;
@@ -269,7 +277,8 @@ def make_app(
                                 headers={"Retry-After": "60"}) from None
         except InstantlyError as exc:
             raise HTTPException(503, type(exc).__name__) from None
-        return {"session_id": p.session.session_id, "auth_url": p.session.auth_url}
+        return {"session_id": p.session.session_id, "auth_url": p.session.auth_url,
+                "events_url": f"/events/{p.session.session_id}"}
 
     @app.get("/events/{session_id}")
     async def events(session_id: str, request: Request, user: User) -> StreamingResponse:

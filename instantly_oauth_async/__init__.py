@@ -38,6 +38,7 @@ from ._exceptions import (
     TransportError,
     UnauthorizedError,
 )
+from ._fleet import UnknownSessionError
 from ._manager import OAuthManager
 from ._models import (
     Account,
@@ -115,6 +116,7 @@ __all__ = [
     "SystemClock",
     "TransportError",
     "UnauthorizedError",
+    "UnknownSessionError",
     "Warmup",
     "WarmupAdvanced",
     "WarmupStatus",

@@ -30,7 +30,7 @@ from ._exceptions import (
     StartTimeoutError,
     TransportError,
 )
-from ._limiter import FairLimiter, Grant, TooLongError
+from ._limiter import FairLimiter, GateShutError, Grant, TooLongError
 from ._models import OAuthSession, Provider, RetryPolicy
 from ._reads import send_leased
 from ._stats import Tally
@@ -95,13 +95,15 @@ class Admission:
         """
         provider, attempt = self.provider, 0
         while True:
-            admission = await self._store.breaker_admit(self._breaker_key, self._breaker)
-            if not admission.allowed:
-                if not wait or self._clock.monotonic() + admission.wait > deadline:
-                    raise CircuitOpenError(provider.value, admission.wait)
-                await self._clock.sleep(admission.wait)
+            try:
+                # The breaker and the budgets answer in one step of the store.
+                grant = await self._grant(deadline, wait=wait)
+            except GateShutError as shut:
+                if not wait or self._clock.monotonic() + shut.wait > deadline:
+                    raise CircuitOpenError(provider.value, shut.wait) from None
+                await self._clock.sleep(shut.wait)
                 continue
-            if admission.probe and self._tally.breakers[provider.value] is not \
+            if grant.probe and self._tally.breakers[provider.value] is not \
                     CircuitState.HALF_OPEN:
                 self._tally.transition(provider, BreakerTransition(
                     self._breaker_key, CircuitState.OPEN, CircuitState.HALF_OPEN,
@@ -110,7 +112,9 @@ class Admission:
             retry_after: float | None = None
             delay = 0.0
             try:
-                session = await self._send(deadline, wait=wait, attempt=attempt + 1)
+                session = await send_leased(self._limiter, grant, self._tally, "init",
+                                            lambda: self._client.init_oauth(self.provider),
+                                            provider=provider.value, attempt=attempt + 1)
                 verdict = True
                 return session  # noqa: TRY300 - the finally must see the verdict first
             except RateLimitedError as exc:
@@ -143,7 +147,7 @@ class Admission:
                 logger.info("%s init failed (%s); retry %d in %.2f s", provider.value,
                             type(exc).__name__, attempt, delay)
             finally:
-                await self._settle(admission.probe, verdict, retry_after)
+                await self._settle(grant.probe, verdict, retry_after)
             await self._clock.sleep(delay)
 
     def _refuse_long_wait(self, seconds: float, deadline: float, cause: BaseException | None,
@@ -165,11 +169,13 @@ class Admission:
                 f"{seconds:.1f} s, {max(left, 0.0):.1f} s were left"
             ) from cause
 
-    async def _send(self, deadline: float, *, wait: bool = True, attempt: int = 1
-                    ) -> OAuthSession:
-        """One init through the limiter (raises for a block or a hold-back too long to wait)."""
+    async def _grant(self, deadline: float, *, wait: bool = True) -> Grant:
+        """A slot for one init (raises for a block or a hold-back too long to wait, and
+        :class:`GateShutError` while the circuit is open)."""
         provider = self.provider.value
-        if wait:
+        if not wait:
+            grant = await self._take_now()
+        else:
             remaining = deadline - self._clock.monotonic()
             began = self._clock.monotonic()
             try:
@@ -182,16 +188,14 @@ class Admission:
                 self._refuse_long_wait(exc.wait, deadline, None)
                 raise StartTimeoutError(  # not reached: the limiter waits what is allowed
                     f"no {provider} session in time") from None
+            except GateShutError:
+                raise  # the breaker's refusal is no wait for the budget: the caller reports it
             except BaseException:  # the caller's deadline or cancellation
                 self._tally.waited("init", provider, self._clock.monotonic() - began,
                                    granted=False)
                 raise
-        else:
-            grant = await self._take_now()
         self._tally.waited("init", provider, grant.waited)
-        return await send_leased(self._limiter, grant, self._tally, "init",
-                                 lambda: self._client.init_oauth(self.provider),
-                                 provider=provider, attempt=attempt)
+        return grant
 
     async def _take_now(self) -> Grant:
         """A slot of every budget now, or a raise at once: never queued, never slept.
@@ -215,11 +219,16 @@ class Admission:
         """Report an attempt's outcome to the breaker (None: no verdict, free the probe)."""
         with anyio.CancelScope(shield=True):
             if verdict is None:
-                await self._store.breaker_release(self._breaker_key, probe=probe)
+                if probe:  # the probe is free again; a plain request holds nothing
+                    await self._store.breaker_release(self._breaker_key, probe=probe)
                 return
+            # A success while this process sees the circuit closed changes nothing it could
+            # report: the store may send it with its next step.
+            quiet = verdict and not probe and \
+                self._tally.breakers[self.provider.value] is CircuitState.CLOSED
             transition = await self._store.breaker_record(
                 self._breaker_key, self._breaker, success=verdict, probe=probe,
-                retry_after=retry_after)
+                retry_after=retry_after, quiet=quiet)
         self._tally.transition(self.provider, transition)
 
     def _blocked(self, seconds: float) -> IPBlockedError:

@@ -28,8 +28,10 @@
     ├── OutcomeLostError (in ``_outcome``)        the outcome cannot be known: a one-time answer
     │                                             lost on the wire, or no read possible by the
     │                                             deadline; ``account`` when one is connected
-    └── StoreError (in ``_store``)                the shared store answered an error that waiting
-                                                  will not cure (ACL, wrong type, old server)
+    ├── StoreError (in ``_store``)                the shared store answered an error that waiting
+    │                                             will not cure (ACL, wrong type, old server)
+    └── RegistryUnavailableError (``_registry``)  the session registry's store cannot be reached
+                                                  for now: retry the step
 
 ``StartTimeoutError`` and ``RequestTimeoutError`` are the builtin ``TimeoutError`` and
 ``asyncio.TimeoutError`` on every supported Python (on 3.10 those are two different classes).

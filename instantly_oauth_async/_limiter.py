@@ -27,11 +27,13 @@ from typing import Protocol
 import anyio
 import attrs
 
+from ._breaker import Admission, BreakerPolicy
 from ._clock import Clock
 from ._models import RateLimit
 
 __all__ = [
-    "FairLimiter", "Grant", "SlotLog", "TooLongError", "check", "release", "spend", "take",
+    "FairLimiter", "GateShutError", "Grant", "SlotLog", "TooLongError", "check", "release",
+    "spend", "take",
 ]
 
 
@@ -132,6 +134,14 @@ class TooLongError(Exception):
         self.wait = wait
 
 
+class GateShutError(Exception):
+    """Internal: the limiter's breaker lets nothing through for ``wait`` seconds."""
+
+    def __init__(self, wait: float) -> None:
+        super().__init__(wait)
+        self.wait = wait
+
+
 class _Store(Protocol):
     """What a FairLimiter needs of a store (see ``_store.Store``)."""
 
@@ -142,20 +152,37 @@ class _Store(Protocol):
         *,
         lease: str | None = None,
         hold: float = 0.0,
+        asker: str | None = None,
     ) -> tuple[float, bool]: ...
 
     async def release(self, specs: Sequence[tuple[str, RateLimit]], lease: str) -> None: ...
 
+    async def leave(self, specs: Sequence[tuple[str, RateLimit]], asker: str) -> None: ...
+
+    async def take_gated(
+        self,
+        specs: Sequence[tuple[str, RateLimit]],
+        block_keys: Sequence[str],
+        breaker: tuple[str, BreakerPolicy],
+        *,
+        lease: str | None = None,
+        hold: float = 0.0,
+        asker: str | None = None,
+    ) -> tuple[float, bool, Admission]: ...
+
 
 @attrs.frozen
 class Grant:
-    """One slot of every budget: ``waited`` seconds in the queue; ``lease`` to release, if held."""
+    """One slot of every budget: ``waited`` seconds in the queue; ``lease`` to release, if held;
+    ``probe``: the request is its breaker's one half-open probe."""
 
     waited: float
     lease: str | None = None
+    probe: bool = False
 
 
 _leases = itertools.count()
+_askers = itertools.count()
 
 
 class FairLimiter:
@@ -163,7 +190,9 @@ class FairLimiter:
 
     A waiter cancelled while queued leaves the queue and takes no slot. Each grant is one slot
     of every budget in ``specs``; a key in ``block_keys`` that the store marks blocked holds
-    everyone back until the block ends.
+    everyone back until the block ends. With ``gate`` (a breaker's key and policy), the store asks
+    the breaker in the same step as the budgets: a grant may be the half-open probe, and an open
+    circuit raises :class:`GateShutError`.
     """
 
     def __init__(
@@ -174,13 +203,19 @@ class FairLimiter:
         clock: Clock,
         *,
         prefix: str = "",
+        gate: tuple[str, BreakerPolicy] | None = None,
     ) -> None:
         self._store = store
         self._specs = tuple(specs)
         self._block_keys = tuple(block_keys)
         self._clock = clock
         self._prefix = prefix
+        self._gate = gate
         self._queue: collections.deque[anyio.Event] = collections.deque()
+        # This limiter in the store's line of askers (a store shared by many processes serves
+        # its askers in turn); in line once refused, until a grant or until nobody waits here.
+        self._asker = f"{prefix}q{next(_askers)}"
+        self._in_line = False
 
     def __repr__(self) -> str:
         keys = ", ".join(k for k, _ in self._specs)
@@ -196,7 +231,7 @@ class FairLimiter:
         With ``hold > 0`` the slots stay spent until :meth:`release` is awaited with the grant
         (at the latest ``hold`` seconds on): call it when the request has ended, however it
         ended. Raises :class:`TooLongError` when the store reports a block longer than
-        ``max_block``.
+        ``max_block``, :class:`GateShutError` when the gate's circuit is open.
         """
         turn = anyio.Event()
         self._queue.append(turn)
@@ -207,9 +242,9 @@ class FairLimiter:
         try:
             await turn.wait()
             while True:
-                wait, blocked = await self._take(lease, hold)
+                wait, blocked, probe = await self._take(lease, hold)
                 if wait <= 0:
-                    return Grant(self._clock.monotonic() - started, lease)
+                    return Grant(self._clock.monotonic() - started, lease, probe)
                 if blocked and wait > max_block:
                     raise TooLongError(wait)
                 await self._clock.sleep(wait)
@@ -220,26 +255,48 @@ class FairLimiter:
                     self._queue[0].set()
             else:
                 self._queue.remove(turn)
+            if not self._queue and self._in_line:
+                self._in_line = False
+                with anyio.CancelScope(shield=True):
+                    await self._store.leave(self._specs, self._asker)
 
     async def take_now(self, *, hold: float = 0.0) -> tuple[Grant | None, float, bool]:
         """A grant now, never queued and never slept: ``(grant, 0, False)``, or ``(None, wait,
         blocked)`` with how long the store says to wait. Never goes ahead of a queued waiter
-        (then ``wait`` is ``inf``)."""
+        (then ``wait`` is ``inf``). Raises :class:`GateShutError` as :meth:`acquire` does."""
         if self._queue:
             return None, float("inf"), False
         lease = f"{self._prefix}{next(_leases)}" if hold > 0 else None
-        wait, blocked = await self._take(lease, hold)
+        wait, blocked, probe = await self._take(lease, hold)
         if wait <= 0:
-            return Grant(0.0, lease), 0.0, False
+            return Grant(0.0, lease, probe), 0.0, False
+        if self._in_line and not self._queue:  # it will not ask again
+            self._in_line = False
+            with anyio.CancelScope(shield=True):
+                await self._store.leave(self._specs, self._asker)
         return None, wait, blocked
 
-    async def _take(self, lease: str | None, hold: float) -> tuple[float, bool]:
+    async def _take(self, lease: str | None, hold: float) -> tuple[float, bool, bool]:
         """One ask of the store, shielded: a store on the network may have spent the slot by
-        the time a cancellation arrives, and the caller must learn of it to release it."""
+        the time a cancellation arrives, and the caller must learn of it to release it.
+        ``(wait, blocked, probe)``."""
+        probe = False
         with anyio.CancelScope(shield=True):
-            wait, blocked = await self._store.take(
-                self._specs, self._block_keys, lease=lease, hold=hold)
-        return wait, blocked
+            if self._gate is None:
+                wait, blocked = await self._store.take(
+                    self._specs, self._block_keys, lease=lease, hold=hold, asker=self._asker)
+            else:
+                wait, blocked, admission = await self._store.take_gated(
+                    self._specs, self._block_keys, self._gate, lease=lease, hold=hold,
+                    asker=self._asker)
+                if not admission.allowed:
+                    raise GateShutError(admission.wait)
+                probe = admission.probe
+        if wait <= 0:
+            self._in_line = False  # the store took this asker out of its line
+        elif not blocked:
+            self._in_line = True
+        return wait, blocked, probe
 
     async def release(self, grant: Grant) -> None:
         """The request made with ``grant`` has ended: its slots start coming back now."""

@@ -10,6 +10,7 @@ owns their lifetime. A request's life, one module per stage::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import math
 import random
@@ -36,9 +37,11 @@ from ._exceptions import (
     CircuitOpenError,
     ClientStateError,
     ConfigurationError,
+    InstantlyError,
     IPBlockedError,
     StartTimeoutError,
 )
+from ._fleet import Fleet, UnknownSessionError, decode_session
 from ._limiter import FairLimiter
 from ._models import OAuthSession, Provider, RateLimit, RetryPolicy
 from ._outcome import ConnectResult, Outcomes
@@ -78,7 +81,9 @@ class OAuthManager:
         start_timeout: float = 600.0,
         expiry_grace: float = 60.0,
         request_timeout: float = 30.0,
-        status_timeout: float = 120.0,
+        status_timeout: float = 5.0,
+        session_lease: float = 15.0,
+        retention: float = 86400.0,
         session: aiohttp.ClientSession | None = None,
         seed: int | None = None,
         hooks: Iterable[Hook] = (),
@@ -90,6 +95,12 @@ class OAuthManager:
                             ("start_timeout", start_timeout), ("status_timeout", status_timeout)):
             if not _positive(value):
                 raise ConfigurationError(f"{name} must be a positive number of seconds")
+        if not (_positive(session_lease) and _positive(retention)):
+            raise ConfigurationError("session_lease and retention must be positive seconds")
+        if _positive(status_timeout) and not status_timeout < session_lease / 2:
+            raise ConfigurationError(
+                "status_timeout must be under half of session_lease: a read starts only while "
+                "its poller's lease has more time left than the read can take")
         if not 0 <= expiry_grace < math.inf:
             raise ConfigurationError("expiry_grace must be a non-negative number of seconds")
         limits = limits_of("status_limit", status_limit)
@@ -111,7 +122,11 @@ class OAuthManager:
         # Keys: budgets belong to the workspace, shared by all its keys (by default one key is
         # taken for one workspace; ``workspace=`` names it when several share one). A 429 for
         # the standard limit holds back every request of the workspace: the standard key.
-        namespace = f"iox:{url.host}:{url.port}"
+        # Every budget, block and breaker key of one API server shares one hash tag, so each
+        # script touches one Redis Cluster slot (an init takes the workspace's and the IP's keys
+        # at once, and the IP's are shared by every workspace sending from this host).
+        server = f"{url.host}:{url.port}"
+        namespace = f"iox:{{{server}}}"
         name = api_key.strip() if workspace is None else f"workspace:{workspace.strip()}"
         ws_id = hashlib.sha256(name.encode()).hexdigest()[:16]
         standard_key = f"{namespace}:std:ws:{ws_id}"
@@ -119,8 +134,9 @@ class OAuthManager:
         status_specs = [(f"{namespace}:status:ws:{ws_id}:{i}", lim) for i, lim in enumerate(limits)]
         lease_prefix = f"{secrets.token_hex(6)}:"  # leases of this manager, unique in a fleet
 
-        def limiter(specs: list[tuple[str, RateLimit]], blocks: list[str]) -> FairLimiter:
-            return FairLimiter(store, specs, blocks, self._clock, prefix=lease_prefix)
+        def limiter(specs: list[tuple[str, RateLimit]], blocks: list[str],
+                    gate: tuple[str, BreakerPolicy] | None = None) -> FairLimiter:
+            return FairLimiter(store, specs, blocks, self._clock, prefix=lease_prefix, gate=gate)
 
         # A lease a crashed holder never released frees its slots after its hold.
         init_hold = float(request_timeout) + 5.0
@@ -128,11 +144,12 @@ class OAuthManager:
         for p in Provider:
             ws_key = f"{namespace}:init:{p.value}:ws:{ws_id}"
             ip_key = f"{namespace}:init:{p.value}:ip"
+            breaker_key = f"{namespace}:breaker:{p.value}"
             self._admission[p] = Admission(
                 p, self._client, store,
                 limiter([(ws_key, init_limit), (ip_key, ip_init_limit), *standard_specs],
-                        [ws_key, ip_key, standard_key]),
-                block_keys=(ws_key, ip_key), breaker_key=f"{namespace}:breaker:{p.value}",
+                        [ws_key, ip_key, standard_key], gate=(breaker_key, breaker)),
+                block_keys=(ws_key, ip_key), breaker_key=breaker_key,
                 breaker=breaker, window=init_limit.per, hold=init_hold,
                 max_block_wait=float(max_block_wait), retry=retry, rng=rng, clock=self._clock,
                 tally=self._tally)
@@ -141,12 +158,21 @@ class OAuthManager:
             standard_key, self._tally,
             hold=max(float(request_timeout), float(status_timeout)) + 5.0,
             status_timeout=float(status_timeout))
+        registry = getattr(store, "registry", None)
+        # The registry's namespace names the budgets' hash tag: one slot, and shared trips.
+        self._fleet = None if registry is None else Fleet(
+            registry, f"{{{server}}}:{ws_id}", lease_prefix.rstrip(":"),
+            lease=float(session_lease), retention=float(retention),
+            # Renewed every third of a lease, a lease keeps over 2/3 of it; a read needs its
+            # timeout and a tenth of a lease to spare (under 0.6 of it, as checked above).
+            read_margin=float(status_timeout) + float(session_lease) / 10)
         self._poller = Poller(
             self._reads, Outcomes(self._reads, self._clock, retry, rng,
                                   fetch_account=fetch_account,
                                   account_wait=2 * float(request_timeout)),
             self._clock, self._tally, retry=retry, rng=rng,
-            poll_interval=float(poll_interval), expiry_grace=float(expiry_grace))
+            poll_interval=float(poll_interval), expiry_grace=float(expiry_grace),
+            fleet=self._fleet)
         self._budget = Budget(limiter(standard_specs, [standard_key]), hold=init_hold,
                               tally=self._tally)
         self._group: anyio.abc.TaskGroup | None = None
@@ -206,6 +232,10 @@ class OAuthManager:
             return
         self._state = "closed"
         self._poller.closing()
+        if self._fleet is not None:  # others adopt at once, not one lease later
+            with anyio.CancelScope(shield=True), self._clock.deadline(2.0), \
+                    contextlib.suppress(InstantlyError):  # else the leases lapse by themselves
+                await self._fleet.release_all()
         self._group = None
         try:
             with anyio.CancelScope(shield=True):
@@ -287,6 +317,8 @@ class OAuthManager:
             self._tally.denied(chosen, "budget" if budget == 0 else "deadline")
             raise
         self._tally.created += 1
+        if self._fleet is not None:  # known to the fleet before the caller sees it
+            await self._fleet.register(session, expected_email)
         first_poll = self._clock.monotonic() + self._poller.poll_interval
         return self._poller.track(session, expected_email, first_poll)
 
@@ -310,6 +342,27 @@ class OAuthManager:
         if existing is not None:
             return existing
         return self._poller.track(session, expected_email, self._clock.monotonic(), resumed=True)
+
+    async def attach(self, session_id: str) -> PendingConnection:
+        """A handle on a session started by any manager sharing this store and workspace.
+
+        Awaiting it gives the same outcome as every other awaiter; it spends no API budget (it
+        waits on the registry). Raises :class:`UnknownSessionError` for an id the registry does
+        not know.
+        """
+        self._require_open()
+        existing = self._poller.pending.get(session_id)
+        if existing is not None:
+            return existing
+        if self._fleet is None:
+            raise ConfigurationError("attach() needs a store with a session registry")
+        entry = await self._fleet.registry.get(self._fleet.ns, str(session_id))
+        if entry is None:
+            raise UnknownSessionError(str(session_id))
+        session, expected_email = decode_session(entry.data)
+        pending = PendingConnection(session, expected_email, clock=self._clock)
+        self._poller.watch(pending)
+        return pending
 
     def connect_many(
         self,

@@ -33,10 +33,12 @@ from ._exceptions import (
     SessionCancelledError,
     TransportError,
 )
+from ._fleet import Fleet, UnknownSessionError, decode_outcome, decode_session
 from ._limiter import Grant
 from ._models import OAuthSession, RetryPolicy, SessionStatus
 from ._outcome import ConnectResult, OutcomeLostError, Outcomes
 from ._reads import Reads
+from ._registry import Entry
 from ._stats import Tally
 
 __all__ = ["PendingConnection", "Poller"]
@@ -51,7 +53,7 @@ class PendingConnection:
     cancels nothing else; :meth:`cancel` stops the session's polling.
     """
 
-    __slots__ = ("_born", "_cancel_requested", "_clock", "_deadline", "_done", "_error",
+    __slots__ = ("_born", "_cancel_requested", "_clock", "_deadline", "_done", "_due_seq", "_error",
                  "_failures", "_finished", "_in_step", "_key", "_next_at", "_on_finish",
                  "_polls", "_result", "_unsure", "_watch", "expected_email", "session")
 
@@ -81,6 +83,7 @@ class PendingConnection:
         self._unsure = False
         # Poll state, kept here between steps (no task sleeps on a pending session):
         self._next_at = 0.0
+        self._due_seq = 0  # the sequence number of its live entry in the due heap; 0: none
         self._deadline = math.inf
         self._watch = 0  # the sequence number of this session's live entry in the deadline heap
         self._failures = 0
@@ -161,7 +164,11 @@ class Poller:
         rng: random.Random,
         poll_interval: float,
         expiry_grace: float,
+        fleet: Fleet | None = None,
     ) -> None:
+        self._fleet = fleet
+        self._registered: set[str] = set()  # resumed sessions offered to the registry
+        self._group: anyio.abc.TaskGroup | None = None
         self._reads = reads
         self._outcomes = outcomes
         self._clock = clock
@@ -195,6 +202,7 @@ class Poller:
     def _finished(self, pending: PendingConnection) -> None:
         """Bookkeeping for a session that just ended, however it ended."""
         self.pending.pop(pending.session.session_id, None)
+        self._registered.discard(pending.session.session_id)
         error, result = pending._error, pending._result
         outcome: Outcome
         label: str | None
@@ -234,6 +242,7 @@ class Poller:
     def _schedule(self, pending: PendingConnection, at: float) -> None:
         pending._next_at = at
         self._seq += 1
+        pending._due_seq = self._seq  # any older entry of it is stale from now on
         heapq.heappush(self._due, (at, self._seq, pending))
         if self._due[0][2] is pending and self._wakeup is not None:
             self._wakeup.set()  # earlier than what the scheduler sleeps towards
@@ -258,10 +267,13 @@ class Poller:
 
         Beside it, the reaper ends sessions whose deadline passed while no read could be made.
         """
+        self._group = group
         group.start_soon(self._reap)
+        if self._fleet is not None:
+            group.start_soon(self._beat, self._fleet)
         while True:
-            while self._due and self._due[0][2].done():
-                heapq.heappop(self._due)  # cancelled while it waited
+            while self._due and not self._live(self._due[0]):
+                heapq.heappop(self._due)  # cancelled while it waited, or rescheduled since
             if not self._due:
                 await self._sleep_until(math.inf)
                 continue
@@ -270,6 +282,7 @@ class Poller:
                 await self._sleep_until(at)
                 continue
             heapq.heappop(self._due)
+            pending._due_seq = 0
             try:
                 grant = await self._reads.slot()
             except InstantlyError as exc:  # the store refuses (StoreError): waiting won't cure it
@@ -278,12 +291,19 @@ class Poller:
                 pending._finish(error=exc)
                 continue
             while pending.done() and self._due and self._due[0][0] <= self._clock.monotonic():
-                pending = heapq.heappop(self._due)[2]  # cancelled meanwhile: the next one due
+                entry = heapq.heappop(self._due)  # cancelled meanwhile: the next one due
+                if self._live(entry):
+                    pending, pending._due_seq = entry[2], 0
             if pending.done():
                 await self._reads.release(grant)  # nobody to spend it on
             else:
                 pending._in_step = True  # from here cancel() leaves the ending to the step
                 group.start_soon(self._step, pending, grant)
+
+    @staticmethod
+    def _live(entry: tuple[float, int, PendingConnection]) -> bool:
+        pending = entry[2]
+        return not pending.done() and entry[1] == pending._due_seq
 
     async def _reap(self) -> None:
         """Ends every session whose deadline passed without a read in flight: the budget or the
@@ -306,7 +326,7 @@ class Poller:
             elif pending._in_step:
                 self._watch(pending, now + self.poll_interval)  # its read decides; look again
             else:
-                pending._finish(error=OutcomeLostError(
+                await self._conclude(pending, None, OutcomeLostError(
                     pending.session.session_id,
                     f"no status read could be made for {self._expiry_grace:g} s past the "
                     "session's expiry (no slot of the status budget, or the store is "
@@ -336,9 +356,22 @@ class Poller:
                 await self._reads.release(grant)
                 pending._finish(error=pending._cancelled())
                 return
+            fleet = self._fleet
+            sid = pending.session.session_id
+            if fleet is not None and sid not in fleet.fences and sid not in self._registered:
+                # resume(): a session the registry may not know yet; it is ours if nobody's
+                self._registered.add(sid)
+                await fleet.register(pending.session, pending.expected_email)
+            if fleet is not None and not fleet.may_read(sid):
+                await self._reads.release(grant)  # no lease with time to spare: no read
+                if pending.session.session_id in fleet.fences:
+                    self._schedule(pending, self._clock.monotonic() + self.poll_interval)
+                else:
+                    self.watch(pending)  # another manager polls it now
+                return
             result = await self._poll_once(pending, grant)
             if result is not None:
-                pending._finish(result=result)
+                await self._conclude(pending, result, None)
             elif pending._cancel_requested and not pending._unsure:
                 pending._finish(error=pending._cancelled())
             else:
@@ -346,7 +379,7 @@ class Poller:
         except InstantlyError as exc:
             logger.warning("session %s ended with %s", pending.session.session_id,
                            type(exc).__name__)
-            pending._finish(error=exc)
+            await self._conclude(pending, None, exc)
         except Exception as exc:  # a bug of ours must reach the awaiter, not kill the group
             logger.exception("unexpected error polling session %s", pending.session.session_id)
             pending._finish(error=exc)
@@ -354,6 +387,85 @@ class Poller:
             pending._in_step = False
             if not pending.done() and self._closing:
                 pending._finish(error=ClientStateError("the OAuthManager closed first"))
+
+    async def _conclude(self, pending: PendingConnection, result: ConnectResult | None,
+                        error: BaseException | None) -> None:
+        """Write the outcome ahead (first writer wins), then resolve with what was stored."""
+        if self._fleet is not None:
+            try:
+                result, error = await self._fleet.write(pending.session.session_id, result,
+                                                        error)
+            except InstantlyError as exc:  # the registry is away: ours, unshared, still stands
+                logger.warning("outcome of %s not stored: %s", pending.session.session_id,
+                               type(exc).__name__)
+        pending._finish(result=result, error=error)
+
+    # -- the fleet: heartbeat, adoption, watchers ---------------------------------------------
+
+    async def _beat(self, fleet: Fleet) -> None:
+        """One renew for every lease this manager holds, every third of a lease; adoption of
+        the workspace's orphans every other beat (and once at start)."""
+        beat = 0
+        while True:
+            try:  # the renew first: it must not wait on an adoption that fails
+                for session_id in await fleet.renew():
+                    lost = self.pending.get(session_id)
+                    if lost is not None and not lost._in_step:
+                        self.watch(lost)
+            except InstantlyError as exc:
+                logger.warning("registry heartbeat failed: %s", type(exc).__name__)
+            try:
+                if beat % 2 == 0:
+                    for entry in await fleet.adopt():
+                        self.adopted(entry)
+            except InstantlyError as exc:
+                logger.info("adoption skipped: %s", type(exc).__name__)
+            beat += 1
+            await self._clock.sleep(fleet.lease / 3)
+
+    def adopted(self, entry: Entry) -> None:
+        session, expected_email = decode_session(entry.data)
+        existing = self.pending.get(session.session_id)
+        if existing is not None:
+            if not (existing.done() or existing._in_step or existing._due_seq):
+                self._schedule(existing, self._clock.monotonic())  # it was watching: poll again
+            return
+        self.track(session, expected_email, self._clock.monotonic(), resumed=True)
+
+    def watch(self, pending: PendingConnection) -> None:
+        """Wait on the registry for the outcome another manager writes; no API budget spent."""
+        if self._group is not None and self._fleet is not None and not pending.done():
+            self._group.start_soon(self._watch_registry, pending, self._fleet)
+
+    async def _watch_registry(self, pending: PendingConnection, fleet: Fleet) -> None:
+        """Until the outcome is stored. An entry found missing (the store lost its data) is
+        waited for a lease, the time a live owner takes to register it again; then the
+        awaiters get ``UnknownSessionError``: nobody polls it, so no outcome will come."""
+        session_id = pending.session.session_id
+        missing_since: float | None = None
+        while not pending.done():
+            if session_id in fleet.fences and self.pending.get(session_id) is pending:
+                return  # adopted again by this manager: the scheduler has this very handle
+            try:
+                entry = await fleet.registry.get(fleet.ns, session_id)
+            except InstantlyError:
+                entry, missing_since = None, None  # the store is away: nothing is known
+            else:
+                now = self._clock.monotonic()
+                missing_since = None if entry is not None else missing_since or now
+                if missing_since is not None and now - missing_since > fleet.lease:
+                    pending._finish(error=UnknownSessionError(
+                        session_id, f"it vanished from the registry and no manager registered "
+                        f"it again within {fleet.lease:g} s (the store lost its data?)"))
+                    return
+            if entry is not None and entry.outcome is not None:
+                stored = decode_outcome(entry.outcome, session_id)
+                if isinstance(stored, ConnectResult):
+                    pending._finish(result=stored)
+                else:
+                    pending._finish(error=stored)
+                return
+            await fleet.registry.wait(fleet.ns, session_id, within=self.poll_interval)
 
     async def _poll_once(self, pending: PendingConnection, grant: Grant) -> ConnectResult | None:
         """Read the status once with ``grant``; None: poll again at ``_next_at``."""

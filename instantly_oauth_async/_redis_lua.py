@@ -23,34 +23,87 @@ local function keep_for(key, seconds)
 end
 """
 
-#: KEYS: freed_1, held_1, ..., freed_n, held_n, then the block keys.
-#: ARGV: n, lease ('' = time the slots from now), hold, member, then count_i, window_i; now.
+#: KEYS: freed_1, held_1, ..., freed_n, held_n, the fleet's queue (sorted set: asker -> the time
+#: it first asked), its due index (asker -> when it must ask again to keep its place), then the
+#: block keys. ARGV: n, lease ('' = time the slots from now), hold, member, asker ('' = none),
+#: grace, then count_i, window_i; now. Returns {wait, blocked (0/1)}, and when taken a third
+#: item: the fullest budget's share spent, this slot included.
+#:
+#: With an asker (one FairLimiter of one process: only the head of its own queue asks), the
+#: askers of the fleet are served in the order they first asked: a slot goes to an asker only when
+#: fewer askers are ahead of it than slots are free, and an asker that must wait is told when the
+#: slot it is in line for comes back (not merely the soonest one, which the askers ahead of it will
+#: take). So a fleet of processes does not stampede at each slot's return. An asker that has not
+#: asked again by the time it was told plus ``grace`` loses its place.
 TAKE: Final = _NOW + """
 local n, lease, hold, member = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), ARGV[4]
-local now = clock(ARGV[5 + 2 * n])
+local asker, grace = ARGV[5], tonumber(ARGV[6])
+local now = clock(ARGV[7 + 2 * n])
+local queue, due = KEYS[2 * n + 1], KEYS[2 * n + 2]
 local blocked = 0
-for i = 2 * n + 1, #KEYS do
+for i = 2 * n + 3, #KEYS do
   local left = tonumber(redis.call('GET', KEYS[i]) or '0') - now
   if left > blocked then blocked = left end
 end
 if blocked > 0 then return {num(blocked), 1} end
-local wait = 0
+local ahead = 0
+if asker ~= '' then
+  for _, gone in ipairs(redis.call('ZRANGEBYSCORE', due, '-inf', num(now))) do
+    redis.call('ZREM', queue, gone)
+    redis.call('ZREM', due, gone)
+  end
+  local rank = redis.call('ZRANK', queue, asker)
+  if rank then ahead = rank else ahead = redis.call('ZCARD', queue) end
+end
+local wait, fullest = 0, 0
 for i = 1, n do
   local freed, held = KEYS[2 * i - 1], KEYS[2 * i]
-  local count, window = tonumber(ARGV[3 + 2 * i]), tonumber(ARGV[4 + 2 * i])
+  local count, window = tonumber(ARGV[5 + 2 * i]), tonumber(ARGV[6 + 2 * i])
   redis.call('ZREMRANGEBYSCORE', freed, '-inf', now)
   redis.call('ZREMRANGEBYSCORE', held, '-inf', now)
   local nf, nh = redis.call('ZCARD', freed), redis.call('ZCARD', held)
-  if nf + nh >= count then
-    local soonest = math.huge
-    if nf > 0 then soonest = tonumber(redis.call('ZRANGE', freed, 0, 0, 'WITHSCORES')[2]) end
-    if nh > 0 then soonest = math.min(soonest, now + window) end
-    if soonest - now > wait then wait = soonest - now end
+  local free = count - nf - nh
+  if (nf + nh + 1) / count > fullest then fullest = (nf + nh + 1) / count end
+  if ahead >= free then
+    -- the k-th return from now is this asker's (k = 1 with no asker): freed slots come back at
+    -- their scores, a held one no sooner than a window from now
+    -- (a freed one may come back later than that: a held slot replayed after an outage)
+    local k = ahead - math.max(free, 0) + 1
+    local before = nf
+    if nh > 0 and nf > 0 then before = redis.call('ZCOUNT', freed, '-inf', num(now + window)) end
+    local back = math.huge
+    if k <= before + nh and k > before then
+      back = now + window
+    else
+      local j = k
+      if k > before then j = k - nh end
+      if j <= nf then
+        back = tonumber(redis.call('ZRANGE', freed, j - 1, j - 1, 'WITHSCORES')[2])
+      end
+    end
+    if back == math.huge then
+      -- more askers ahead than slots in the budget: the last slot's return, once more
+      back = now + window
+    end
+    if back - now > wait then wait = back - now end
   end
 end
-if wait > 0 then return {num(wait), 0} end
+if wait > 0 then
+  if asker ~= '' then
+    redis.call('ZADD', queue, 'NX', now, asker)
+    redis.call('ZADD', due, now + wait + grace, asker)
+    local ttl = wait + grace + 60
+    keep_for(queue, ttl)
+    keep_for(due, ttl)
+  end
+  return {num(wait), 0}
+end
+if asker ~= '' then
+  redis.call('ZREM', queue, asker)
+  redis.call('ZREM', due, asker)
+end
 for i = 1, n do
-  local window = tonumber(ARGV[4 + 2 * i])
+  local window = tonumber(ARGV[6 + 2 * i])
   if lease == '' then
     redis.call('ZADD', KEYS[2 * i - 1], now + window, member)
     keep_for(KEYS[2 * i - 1], window)
@@ -59,7 +112,14 @@ for i = 1, n do
     keep_for(KEYS[2 * i], hold + window)
   end
 end
-return {'0', 0}
+return {'0', 0, num(fullest)}
+"""
+
+#: KEYS: the queue and its due index (as in TAKE); ARGV: asker. It waits no more.
+LEAVE: Final = """
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+return 1
 """
 
 #: KEYS: freed_1, held_1, ...; ARGV: lease, then window_i; now.
@@ -199,3 +259,226 @@ if ARGV[1] == '1' and redis.call('HGET', KEYS[1], 'state') == 'half_open' then
 end
 return 1
 """
+
+# -- the session registry (RedisRegistry, issue 14) ---------------------------------------------
+#
+# Every key of a namespace carries the namespace as its hash tag (``iox:reg:{<ns>}:...``), so a
+# script touches one cluster slot. KEYS[1]: the lapse index (sorted set: undecided session ->
+# lease end, 0 once released); KEYS[2]: the meta hash (undecided session -> 'created forget');
+# then entry hashes: d data, c created, o owner ('' = none), f fence, l lease end, x outcome
+# (absent while undecided), r rank, g forget at (retention's end, by the store's clock). Every
+# reply starts with the time the script used; an entry follows as d, c, o, f, l, decided (0/1),
+# x, r. An entry past g is gone, whether or not Redis has expired the key yet (PEXPIRE, one
+# second later, does the cleaning): so retention keeps to the scripts' clock, also when the
+# tests drive it.
+_REG: Final = _NOW + """
+local lapse, meta = KEYS[1], KEYS[2]
+local function forget_ms(seconds) return math.ceil(seconds * 1000) + 1000 end
+local function live(key, sid, now)
+  local e = redis.call('HMGET', key, 'd', 'c', 'o', 'f', 'l', 'x', 'r', 'g')
+  if not e[1] then return nil end
+  if tonumber(e[8]) <= now then
+    redis.call('DEL', key)
+    redis.call('ZREM', lapse, sid)
+    redis.call('HDEL', meta, sid)
+    return nil
+  end
+  return e
+end
+local function answer(now, e)
+  if e == nil then return {num(now)} end
+  local decided = '0'
+  if e[6] then decided = '1' end
+  return {num(now), e[1], e[2], e[3], e[4], e[5], decided, e[6] or '', e[7] or '0'}
+end
+"""
+
+#: KEYS: lapse, meta, entry; ARGV: session, data, owner, lease, retention; now.
+REG_REGISTER: Final = _REG + """
+local sid = ARGV[1]
+local now = clock(ARGV[6])
+local e = live(KEYS[3], sid, now)
+if e == nil then
+  local lease, retention = tonumber(ARGV[4]), tonumber(ARGV[5])
+  e = {ARGV[2], num(now), ARGV[3], '1', num(now + lease), false, false, num(now + retention)}
+  redis.call('HSET', KEYS[3], 'd', e[1], 'c', e[2], 'o', e[3], 'f', e[4], 'l', e[5], 'g', e[8])
+  redis.call('PEXPIRE', KEYS[3], forget_ms(retention))
+  redis.call('ZADD', lapse, e[5], sid)
+  redis.call('HSET', meta, sid, e[2] .. ' ' .. e[8])
+  keep_for(lapse, retention)
+  keep_for(meta, retention)
+end
+return answer(now, e)
+"""
+
+#: KEYS: lapse, meta, entry; ARGV: session; now.
+REG_GET: Final = _REG + """
+local now = clock(ARGV[2])
+return answer(now, live(KEYS[3], ARGV[1], now))
+"""
+
+#: KEYS: lapse, meta, entry; ARGV: session, owner, lease, channel; now.
+REG_CLAIM: Final = _REG + """
+local sid, owner = ARGV[1], ARGV[2]
+local now = clock(ARGV[5])
+local e = live(KEYS[3], sid, now)
+if e == nil or e[6] then return {num(now)} end
+if e[3] ~= '' and e[3] ~= owner and tonumber(e[5]) > now then return {num(now)} end
+e[3], e[4], e[5] = owner, tostring(tonumber(e[4]) + 1), num(now + tonumber(ARGV[3]))
+redis.call('HSET', KEYS[3], 'o', e[3], 'f', e[4], 'l', e[5])
+redis.call('ZADD', lapse, e[5], sid)
+redis.call('PUBLISH', ARGV[4], sid)
+return answer(now, e)
+"""
+
+#: KEYS: lapse, meta, entry_1, ...; ARGV: owner, lease, session_1, fence_1, ...; now.
+#: Returns the time, then the sessions no longer ours (their leases are left alone).
+REG_RENEW: Final = _REG + """
+local owner, lease = ARGV[1], tonumber(ARGV[2])
+local now = clock(ARGV[#ARGV])
+local lost = {num(now)}
+for i = 3, #KEYS do
+  local sid, fence = ARGV[2 * i - 3], tonumber(ARGV[2 * i - 2])
+  local e = live(KEYS[i], sid, now)
+  if e == nil or e[6] or e[3] ~= owner or tonumber(e[4]) ~= fence or tonumber(e[5]) <= now then
+    lost[#lost + 1] = sid
+  else
+    local untilv = num(now + lease)
+    redis.call('HSET', KEYS[i], 'l', untilv)
+    redis.call('ZADD', lapse, untilv, sid)
+  end
+end
+return lost
+"""
+
+#: KEYS: lapse, meta, entry_1, ...; ARGV: owner, channel, session_1, fence_1, ...; now.
+REG_RELEASE: Final = _REG + """
+local owner, channel = ARGV[1], ARGV[2]
+local now = clock(ARGV[#ARGV])
+for i = 3, #KEYS do
+  local sid, fence = ARGV[2 * i - 3], tonumber(ARGV[2 * i - 2])
+  local e = live(KEYS[i], sid, now)
+  if e ~= nil and not e[6] and e[3] == owner and tonumber(e[4]) == fence then
+    redis.call('HSET', KEYS[i], 'o', '', 'l', '0')
+    redis.call('ZADD', lapse, '0', sid)
+    redis.call('PUBLISH', channel, sid)
+  end
+end
+return {num(now)}
+"""
+
+#: KEYS: lapse, meta, entry; ARGV: session, outcome, rank, fence ('' = unfenced), retention,
+#: channel; now. First writer wins; a higher rank replaces a lower one; a stale fence is refused.
+REG_DECIDE: Final = _REG + """
+local sid, rank, fence = ARGV[1], tonumber(ARGV[3]), ARGV[4]
+local now = clock(ARGV[7])
+local e = live(KEYS[3], sid, now)
+if e == nil then return {num(now)} end
+if fence ~= '' and tonumber(fence) ~= tonumber(e[4]) then return answer(now, e) end
+if e[6] and rank <= tonumber(e[7]) then return answer(now, e) end
+local retention = tonumber(ARGV[5])
+e[3], e[5], e[6], e[7], e[8] = '', '0', ARGV[2], ARGV[3], num(now + retention)
+redis.call('HSET', KEYS[3], 'o', '', 'l', '0', 'x', e[6], 'r', e[7], 'g', e[8])
+redis.call('PEXPIRE', KEYS[3], forget_ms(retention))
+redis.call('ZREM', lapse, sid)
+redis.call('HDEL', meta, sid)
+redis.call('PUBLISH', ARGV[6], sid)
+return answer(now, e)
+"""
+
+#: KEYS: lapse, meta; ARGV: limit, scan; now. Looks at the ``scan`` longest-lapsed sessions,
+#: drops the ones past their retention, and returns up to ``limit`` of the rest, oldest first.
+REG_ORPHANS: Final = _REG + """
+local limit, scan = tonumber(ARGV[1]), tonumber(ARGV[2])
+local now = clock(ARGV[3])
+local due = redis.call('ZRANGEBYSCORE', lapse, '-inf', num(now), 'LIMIT', 0, scan)
+local found = {}
+for _, sid in ipairs(due) do
+  local m = redis.call('HGET', meta, sid)
+  local created, forget
+  if m then created, forget = string.match(m, '^(%S+) (%S+)$') end
+  if not created or tonumber(forget) <= now then
+    redis.call('ZREM', lapse, sid)
+    redis.call('HDEL', meta, sid)
+  else
+    found[#found + 1] = {tonumber(created), sid}
+  end
+end
+table.sort(found, function(a, b)
+  if a[1] ~= b[1] then return a[1] < b[1] end
+  return a[2] < b[2]
+end)
+local r = {num(now)}
+for i = 1, math.min(limit, #found) do r[#r + 1] = found[i][2] end
+return r
+"""
+
+def sharded(script: str) -> str:
+    """A registry script for Redis Cluster: it publishes with ``SPUBLISH``, which keeps the
+    message on the master of the channel's slot (the namespace's, by its hash tag) where a plain
+    ``PUBLISH`` would go to every node of the cluster."""
+    return script.replace("redis.call('PUBLISH',", "redis.call('SPUBLISH',")
+
+# -- one round trip for many steps (RedisStore and RedisRegistry, see _redis_batch) -------------
+#
+# Each script above becomes a function of its own KEYS and ARGV; BATCH runs a list of them in
+# one EVALSHA, in order, each under pcall so that one step's error reply is that step's alone.
+# KEYS: every step's keys, one after the other. ARGV: the number of steps, then for each its
+# script's name, its number of keys, its number of args, and its args. Returns one reply a step;
+# a step that failed replies {'!err', message}.
+_STEPS: Final = ("TAKE", "LEAVE", "RELEASE", "REPLAY", "BLOCK", "BLOCKED_FOR", "BREAKER_ADMIT",
+                 "BREAKER_RECORD", "BREAKER_RELEASE", "REG_REGISTER", "REG_GET", "REG_CLAIM",
+                 "REG_RENEW", "REG_RELEASE", "REG_DECIDE", "REG_ORPHANS")
+
+BATCH: Final = "local steps = {}\n" + "".join(
+    f"steps['{name}'] = function(KEYS, ARGV)\n{globals()[name]}\nend\n" for name in _STEPS
+) + """
+-- An init's slot and its breaker's leave in one step. KEYS: the breaker, then TAKE's keys.
+-- ARGV: the breaker's policy (4), then TAKE's args (their last, now, serves both). Returns
+-- {wait, 0 taken / 1 blocked / 2 the breaker says wait, probe (0/1)}. A probe the breaker let
+-- go is taken back when no slot is free (the circuit stays half open, with no probe out).
+steps['GATED_TAKE'] = function(KEYS, ARGV)
+  local tk, ta = {}, {}
+  for j = 2, #KEYS do tk[j - 1] = KEYS[j] end
+  for j = 5, #ARGV do ta[j - 4] = ARGV[j] end
+  local admit = steps['BREAKER_ADMIT']({KEYS[1]}, {ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[#ARGV]})
+  if tonumber(admit[1]) == 0 then return {admit[3], 2, 0} end
+  local ok, taken = pcall(steps['TAKE'], tk, ta)
+  if not ok then
+    -- the admit's writes stay (no rollback in a script): give its probe back, then fail
+    if tonumber(admit[2]) == 1 then steps['BREAKER_RELEASE']({KEYS[1]}, {'1'}) end
+    error(taken, 0)
+  end
+  if taken[1] ~= '0' and tonumber(admit[2]) == 1 then
+    steps['BREAKER_RELEASE']({KEYS[1]}, {'1'})
+    return {taken[1], taken[2], 0}
+  end
+  return {taken[1], taken[2], admit[2], taken[3] or '1'}
+end
+
+local replies = {}
+local ki, ai = 0, 2
+for i = 1, tonumber(ARGV[1]) do
+  local name, nk, na = ARGV[ai], tonumber(ARGV[ai + 1]), tonumber(ARGV[ai + 2])
+  local k, a = {}, {}
+  for j = 1, nk do k[j] = KEYS[ki + j] end
+  for j = 1, na do a[j] = ARGV[ai + 2 + j] end
+  ki, ai = ki + nk, ai + 3 + na
+  local step = steps[name]
+  if step == nil then
+    replies[i] = {'!err', 'ERR no step named ' .. tostring(name)}
+  else
+    local ok, reply = pcall(step, k, a)
+    if ok then
+      replies[i] = reply
+    else
+      if type(reply) == 'table' then reply = reply.err or 'ERR a step failed' end
+      replies[i] = {'!err', tostring(reply)}
+    end
+  end
+end
+return replies
+"""
+
+#: BATCH for Redis Cluster: the registry's steps publish with ``SPUBLISH`` (see :func:`sharded`).
+BATCH_SHARDED: Final = sharded(BATCH)

@@ -23,6 +23,7 @@ from ._clock import Clock, SystemClock
 from ._exceptions import InstantlyError
 from ._limiter import SlotLog, release, take
 from ._models import RateLimit
+from ._registry import MemoryRegistry
 
 __all__ = ["MemoryStore", "Store", "StoreError", "default_store"]
 
@@ -54,14 +55,35 @@ class Store(Protocol):
         *,
         lease: str | None = None,
         hold: float = 0.0,
+        asker: str | None = None,
     ) -> tuple[float, bool]:
         """One slot of every budget at once, or none.
 
         Returns ``(0.0, False)`` when taken; otherwise the seconds to wait and whether a block
         (rather than a full budget) is the reason. With ``lease`` the slots stay held until
         :meth:`release` names it, or for ``hold`` seconds at most; without, they are timed from
-        now.
+        now. ``asker`` names the one who will ask again after a refusal: a store shared by many
+        processes may serve its askers in turn (see :meth:`leave`).
         """
+        ...
+
+    async def take_gated(
+        self,
+        specs: Sequence[tuple[str, RateLimit]],
+        block_keys: Sequence[str],
+        breaker: tuple[str, BreakerPolicy],
+        *,
+        lease: str | None = None,
+        hold: float = 0.0,
+        asker: str | None = None,
+    ) -> tuple[float, bool, Admission]:
+        """:meth:`take` behind a breaker, in one step: ``(0, False, admission)`` when taken (its
+        ``probe`` says whether as the half-open probe); ``(wait, blocked, admission)`` when not,
+        ``admission.allowed`` false when the breaker is the reason."""
+        ...
+
+    async def leave(self, specs: Sequence[tuple[str, RateLimit]], asker: str) -> None:
+        """``asker`` asks no more (its waiters are gone): others need not wait for its turn."""
         ...
 
     async def release(self, specs: Sequence[tuple[str, RateLimit]], lease: str) -> None:
@@ -86,7 +108,11 @@ class Store(Protocol):
         success: bool,
         probe: bool,
         retry_after: float | None = None,
-    ) -> BreakerTransition | None: ...
+        quiet: bool = False,
+    ) -> BreakerTransition | None:
+        """Record an attempt's verdict; the transition it caused, if any. With ``quiet`` the
+        caller expects none and needs no answer: a store on the network may send the record
+        with its next step (and then returns None)."""
 
     async def breaker_release(self, key: str, *, probe: bool) -> None: ...
 
@@ -113,6 +139,12 @@ class MemoryStore:
         self._logs: dict[str, SlotLog] = {}
         self._blocks: dict[str, float] = {}
         self._breakers: dict[str, BreakerState] = {}
+        self._registry = MemoryRegistry(self.clock)
+
+    @property
+    def registry(self) -> MemoryRegistry:
+        """The session registry of the managers sharing this store, timed by its clock."""
+        return self._registry
 
     def __repr__(self) -> str:
         return (
@@ -130,7 +162,9 @@ class MemoryStore:
         *,
         lease: str | None = None,
         hold: float = 0.0,
+        asker: str | None = None,
     ) -> tuple[float, bool]:
+        # One process: its limiters' own queues are the whole line; ``asker`` changes nothing.
         now = self.clock.monotonic()
         blocked = self._block_left(block_keys, now)
         if blocked > 0:
@@ -139,6 +173,21 @@ class MemoryStore:
 
     async def release(self, specs: Sequence[tuple[str, RateLimit]], lease: str) -> None:
         release(self._logs, specs, lease, self.clock.monotonic())
+
+    async def leave(self, specs: Sequence[tuple[str, RateLimit]], asker: str) -> None:
+        pass
+
+    async def take_gated(
+        self,
+        specs: Sequence[tuple[str, RateLimit]],
+        block_keys: Sequence[str],
+        breaker: tuple[str, BreakerPolicy],
+        *,
+        lease: str | None = None,
+        hold: float = 0.0,
+        asker: str | None = None,
+    ) -> tuple[float, bool, Admission]:
+        return await gated(self, specs, block_keys, breaker, lease=lease, hold=hold, asker=asker)
 
     async def block(self, keys: Sequence[str], seconds: float) -> None:
         until = self.clock.monotonic() + max(0.0, seconds)
@@ -170,6 +219,7 @@ class MemoryStore:
         success: bool,
         probe: bool,
         retry_after: float | None = None,
+        quiet: bool = False,
     ) -> BreakerTransition | None:
         state = self._breaker(key)
         old, now = state.state, self.clock.monotonic()
@@ -202,6 +252,29 @@ class MemoryStore:
 
 
 _DEFAULT: MemoryStore | None = None
+
+
+async def gated(
+    store: Store,
+    specs: Sequence[tuple[str, RateLimit]],
+    block_keys: Sequence[str],
+    breaker: tuple[str, BreakerPolicy],
+    *,
+    lease: str | None = None,
+    hold: float = 0.0,
+    asker: str | None = None,
+) -> tuple[float, bool, Admission]:
+    """:meth:`Store.take_gated` in two steps, for a store that holds everything in one process
+    (nothing can come between them): the breaker, then the budgets."""
+    key, policy = breaker
+    admission = await store.breaker_admit(key, policy)
+    if not admission.allowed:
+        return admission.wait, False, admission
+    wait, blocked = await store.take(specs, block_keys, lease=lease, hold=hold, asker=asker)
+    if wait > 0 and admission.probe:
+        await store.breaker_release(key, probe=True)
+        admission = Admission(True)
+    return wait, blocked, admission
 
 
 def default_store() -> MemoryStore:

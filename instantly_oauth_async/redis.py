@@ -5,6 +5,13 @@
     async with RedisStore.from_url("redis://10.0.0.5:6379/0", fallback_share=0.25) as store:
         async with OAuthManager(api_key, store=store) as manager: ...
 
+On Redis Cluster (7.0 or later), pass ``cluster=True`` (any node's URL; the client finds the
+others), or a ``redis.asyncio.RedisCluster`` to ``RedisStore(client)``. Every key one script
+touches shares a hash tag (``iox:{host:port}:...`` for an API server's budgets, blocks and
+breakers; ``iox:reg:{namespace}:...`` for a workspace's registry), so each script runs on one
+slot; the registry publishes with ``SPUBLISH`` on a channel with the same tag and listens with
+``SSUBSCRIBE``, one connection per master holding a subscribed namespace.
+
 Leaving the ``async with`` (or ``aclose()``) closes the connection pool the store made with
 ``from_url``; a client passed to ``RedisStore(client)`` stays open, its owner's to close.
 
@@ -28,6 +35,10 @@ Blocks learned from 429s live in Redis until they end, so every process honours 
 started (or restarted) after the 429. A block learned while Redis was away is written into it
 when Redis is back, together with the slots spent meanwhile.
 
+``store.registry`` is the fleet's session registry (:class:`RedisRegistry`, issue 14), which has
+no fallback: while Redis is away its steps raise ``RegistryUnavailableError`` (importable from
+this module), to be retried.
+
 An outage is not an error. Refused or reset connections, timeouts, and the replies that mean
 "not now" (``BUSY``, ``LOADING``, ``MASTERDOWN``, ``TRYAGAIN``) send the store to its fallback as
 above; ``NOSCRIPT`` (scripts flushed, or Redis restarted) loads the script again. Any other error
@@ -38,7 +49,8 @@ once, since waiting will not cure it: from ``start()``, ``budget.slot()`` or a p
 
 from __future__ import annotations
 
-import asyncio
+import collections
+import contextlib
 import logging
 import math
 import secrets
@@ -48,18 +60,8 @@ from typing import Any
 
 try:
     import redis.asyncio as aioredis
-    from redis.exceptions import (
-        AuthenticationError,
-        MasterDownError,
-        NoPermissionError,
-        NoScriptError,
-        OutOfMemoryError,
-        ReadOnlyError,
-        RedisError,
-        TryAgainError,
-    )
-    from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import TimeoutError as RedisTimeoutError
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
 except ModuleNotFoundError as exc:  # the extra is not installed (or redis-py is too old)
     if exc.name != "redis" and not (exc.name or "").startswith("redis."):
         raise  # something redis itself needs: its own message says what
@@ -67,67 +69,36 @@ except ModuleNotFoundError as exc:  # the extra is not installed (or redis-py is
         "instantly_oauth_async.redis needs redis-py 5 or later, which the 'redis' extra "
         "installs: pip install 'instantly-oauth-async[redis]'", name="redis") from exc
 
-from . import _limiter, _redis_lua
+
+from . import _limiter
 from ._breaker import Admission, BreakerPolicy, BreakerTransition, CircuitState
 from ._clock import Clock, SystemClock
 from ._exceptions import ConfigurationError
 from ._models import RateLimit
-from ._store import MemoryStore
+from ._redis_batch import Batcher, hash_tag
+from ._redis_errors import FAILURES as _FAILURES
+from ._redis_errors import outage as _outage
+from ._redis_errors import store_error as _store_error
+from ._redis_registry import RedisClient as RedisClient  # noqa: PLC0414
+from ._redis_registry import RedisRegistry as RedisRegistry  # noqa: PLC0414
+from ._registry import RegistryUnavailableError as RegistryUnavailableError  # noqa: PLC0414
+from ._store import MemoryStore, gated
 
-# Re-exported (``as``: explicit for type checkers) so callers catch it where it is raised;
-# ``__all__`` stays the store alone.
+# Re-exported (``as``: explicit for type checkers) so callers catch them where they are raised;
+# ``__all__`` stays the store alone (its registry is ``store.registry``).
 from ._store import StoreError as StoreError  # noqa: PLC0414
 
 __all__ = ["RedisStore"]
 
+
 logger = logging.getLogger("instantly_oauth_async")
 
-#: Everything a Redis call may raise that the store looks at; :func:`_outage` sorts it.
-_FAILURES = (RedisError, OSError, TimeoutError, asyncio.TimeoutError)
-#: Error replies that mean "not now" rather than "never": a script of someone else's runs too
-#: long, the server loads its data, a replica lost its master, a cluster slot moves.
-_TRANSIENT = frozenset({"BUSY", "LOADING", "MASTERDOWN", "TRYAGAIN"})
-#: The code of a reply redis-py maps to its own class, for versions whose errors carry no
-#: ``status_code`` (it strips the code from the message).
-_CODES: tuple[tuple[type[RedisError], str], ...] = (
-    (NoPermissionError, "NOPERM"), (ReadOnlyError, "READONLY"), (OutOfMemoryError, "OOM"),
-    (NoScriptError, "NOSCRIPT"), (MasterDownError, "MASTERDOWN"), (TryAgainError, "TRYAGAIN"),
-)
-
-
-def _code(exc: BaseException) -> str | None:
-    """Redis's error code (``NOPERM``, ``WRONGTYPE``, ``ERR``...) of a reply, when known."""
-    code = getattr(exc, "status_code", None)
-    if isinstance(code, str) and code:
-        return code
-    first = str(exc).split(" ", 1)[0]
-    if first.isalpha() and first.isupper():
-        return first
-    return next((name for kind, name in _CODES if isinstance(exc, kind)), None)
-
-
-def _outage(exc: BaseException) -> bool:
-    """True: Redis is away or busy for now (carry on without it); False: an error to raise."""
-    if isinstance(exc, AuthenticationError):
-        return False  # a wrong password or user (redis-py files it under connection errors)
-    if isinstance(exc, (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError,
-                        asyncio.TimeoutError)):
-        return True
-    if isinstance(exc, NoScriptError):
-        return True  # flushed again right after redis-py reloaded it: the next try reloads
-    return _code(exc) in _TRANSIENT
-
-
-def _store_error(what: str, exc: BaseException) -> StoreError:
-    """The error to raise for a reply that is not an outage. Redis never echoes a password."""
-    code = _code(exc)
-    detail = " ".join(str(exc).split())[:300] or type(exc).__name__
-    if code and not detail.startswith(code):
-        detail = f"{code} {detail}"
-    return StoreError(
-        f"Redis answered {what} with an error, which waiting will not cure: {detail}", code=code)
-
-
+#: How long past the time it was told an asker keeps its place in a budget's line (seconds).
+_GRACE = 1.0
+#: The longest a posted release waits for a trip to ride on (see _redis_batch), in seconds; and
+#: for a breaker's quiet record, or an asker leaving its line (nothing waits on either).
+_RELEASE_WITHIN = 0.02
+_RECORD_WITHIN = 0.05
 def _policy_args(policy: BreakerPolicy) -> list[str]:
     return [repr(float(policy.failure_threshold)), repr(policy.cooldown),
             repr(policy.max_cooldown), repr(policy.probe_timeout)]
@@ -138,7 +109,7 @@ class RedisStore:
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: RedisClient,
         *,
         fallback_share: float = 0.0,
         retry_interval: float = 1.0,
@@ -154,14 +125,12 @@ class RedisStore:
         self._share = float(fallback_share)
         self._retry_interval = float(retry_interval)
         self.clock: Clock = clock or SystemClock()
-        self._scripts = {
-            name: client.register_script(getattr(_redis_lua, name))
-            for name in ("TAKE", "RELEASE", "REPLAY", "BLOCK", "BLOCKED_FOR", "BREAKER_ADMIT",
-                         "BREAKER_RECORD", "BREAKER_RELEASE")
-        }
+        # Every step of the store and of its registry, coalesced (see _redis_batch).
+        self._batch = Batcher(client)
         self._local = MemoryStore(self.clock)  # blocks and breakers while Redis is away
         self._logs: dict[str, _limiter.SlotLog] = {}  # slots spent while Redis is away
         self._local_leases: set[str] = set()  # spent only in the local logs
+        self._roomy: set[str] = set()  # held slots taken from budgets at most half spent
         self._dual_leases: set[str] = set()  # spent in Redis and, after a return, locally too
         self._down_since: float | None = None
         self._careful_until = 0.0  # after Redis returns: takes must fit the local share too
@@ -172,15 +141,27 @@ class RedisStore:
         self._serial = 0
         #: ``None`` in production; tests set it to drive the scripts' clock (seconds).
         self.time_override: float | None = None
-        self.round_trips = 0
+        self._registry: RedisRegistry | None = None
 
     @classmethod
-    def from_url(cls, url: str, *, timeout: float = 0.5, **kwargs: Any) -> RedisStore:
-        """A store on its own connection pool; ``timeout`` bounds every Redis call (seconds)."""
-        client = aioredis.Redis.from_url(
-            url, socket_timeout=timeout, socket_connect_timeout=timeout,
-            retry_on_timeout=False,
-        )
+    def from_url(cls, url: str, *, timeout: float = 0.5, cluster: bool = False, **kwargs: Any
+                 ) -> RedisStore:
+        """A store on its own connection pool; ``timeout`` bounds every Redis call (seconds).
+
+        ``cluster=True``: ``url`` names one node of a Redis Cluster (7.0 or later), from which
+        the client learns the others and which slots each holds (database 0 only)."""
+        client: RedisClient
+        if cluster:
+            # One retry, after the client has refreshed its map of the cluster (a failover); not
+            # redis-py's default of three with backoff, which would hide an outage for seconds.
+            client = aioredis.RedisCluster.from_url(
+                url, socket_timeout=timeout, socket_connect_timeout=timeout,
+                retry=Retry(NoBackoff(), 1))
+        else:
+            client = aioredis.Redis.from_url(
+                url, socket_timeout=timeout, socket_connect_timeout=timeout,
+                retry_on_timeout=False,
+            )
         return cls(client, owns_client=True, **kwargs)
 
     def __repr__(self) -> str:
@@ -197,6 +178,27 @@ class RedisStore:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+    @property
+    def registry(self) -> RedisRegistry:
+        """The fleet's session registry on this store's client, made at first use and closed
+        with the store. It has no fallback: while Redis is away its steps raise
+        ``RegistryUnavailableError``."""
+        if self._registry is None:
+            self._registry = RedisRegistry(self._redis, clock=self.clock,
+                                           retry_interval=self._retry_interval,
+                                           batcher=self._batch)
+        return self._registry
+
+    @property
+    def round_trips(self) -> int:
+        """Round trips to Redis so far, this store's and its registry's (they share them)."""
+        return self._batch.round_trips
+
+    @property
+    def steps(self) -> collections.Counter[str]:
+        """Script steps run so far, by script (several may share one round trip)."""
+        return self._batch.steps
 
     @property
     def degraded(self) -> bool:
@@ -219,8 +221,7 @@ class RedisStore:
         try:
             if self._down_since is not None:
                 await self._recover()
-            self.round_trips += 1
-            return await self._scripts[name](keys=list(keys), args=[*args, self._now_arg()])
+            return await self._batch.run(name, keys, [*args, self._now_arg()])
         except _FAILURES as exc:
             if not _outage(exc):
                 raise _store_error(f"the {name} script", exc) from exc
@@ -232,28 +233,31 @@ class RedisStore:
             return None
 
     async def _recover(self) -> None:
-        """Write the slots spent and the blocks learned locally into Redis (one atomic step),
-        then leave degraded mode."""
+        """Write the slots spent and the blocks learned locally into Redis (one atomic step a
+        hash tag: one for each API server this store served, which on a cluster may be on
+        different masters), then leave degraded mode."""
         now = self.clock.monotonic()
-        keys: list[str] = []
-        args: list[str] = []
+        steps: dict[str, tuple[list[str], list[str]]] = {}
+
+        def put(key: str, seconds: float, member: str) -> None:
+            keys, args = steps.setdefault(hash_tag(key), ([], []))
+            if not keys or keys[-1] != key:
+                keys.append(key)
+            args += [str(len(keys)), repr(seconds), member]
+
         for key, log in self._logs.items():
             log.prune(now)
-            times = list(log.freed) + list(log.held.values())
-            if times:
-                keys.append(f"{key}:freed")
-                for until in times:
-                    self._serial += 1
-                    args += [str(len(keys)), repr(until - now), f"{self._members}r{self._serial}"]
+            for until in list(log.freed) + list(log.held.values()):
+                self._serial += 1
+                put(f"{key}:freed", until - now, f"{self._members}r{self._serial}")
         # Every block this process knows of: learned while Redis was away, or before a restart
         # emptied it. The longer block wins, so one Redis already holds is never shortened.
         for key, left in self._local.blocks_left().items():
-            keys.append(key)
-            args += [str(len(keys)), repr(left), ""]
-        self.round_trips += 1
-        if keys:
-            await self._scripts["REPLAY"](keys=keys, args=[*args, self._now_arg()])
-        else:
+            put(key, left, "")
+        for keys, args in steps.values():
+            await self._batch.run("REPLAY", keys, [*args, self._now_arg()])
+        if not steps:
+            self._batch.round_trips += 1
             await self._redis.ping()
         logger.warning("Redis reachable again after %.1f s", now - (self._down_since or now))
         self._down_since = None
@@ -265,6 +269,12 @@ class RedisStore:
     @staticmethod
     def _slot_keys(specs: Sequence[tuple[str, RateLimit]]) -> list[str]:
         return [k for key, _ in specs for k in (f"{key}:freed", f"{key}:held")]
+
+    @staticmethod
+    def _line_keys(specs: Sequence[tuple[str, RateLimit]]) -> list[str]:
+        """The line of askers of one set of budgets (named by its first), and its due index."""
+        first = specs[0][0]
+        return [f"{first}:line", f"{first}:due"]
 
     # -- budgets -----------------------------------------------------------------------------
 
@@ -287,6 +297,7 @@ class RedisStore:
         *,
         lease: str | None = None,
         hold: float = 0.0,
+        asker: str | None = None,
     ) -> tuple[float, bool]:
         if await self._local.blocked_for(block_keys) > 0:
             # Learned here (perhaps while Redis was away); the fleet's may be longer.
@@ -303,14 +314,13 @@ class RedisStore:
         elif self._down_since is None and self._logs:
             self._logs.clear()  # the careful window is over
             self._dual_leases.clear()
-        self._serial += 1
-        args = [str(len(specs)), lease or "", repr(float(hold)), f"{self._members}{self._serial}"]
-        for _, limit in specs:
-            args += [str(limit.count), repr(limit.window)]
-        reply = await self._run("TAKE", [*self._slot_keys(specs), *block_keys], args)
+        keys, args = self._take_step(specs, block_keys, lease, hold, asker)
+        reply = await self._run("TAKE", keys, args)
         if reply is None:
             return self._take_locally(specs, lease, hold)
         wait, blocked = float(reply[0]), bool(int(reply[1]))
+        if wait <= 0:
+            self._note_fill(lease, reply)
         if wait <= 0 and shares:  # granted while careful: count it against the share too
             _limiter.spend(self._logs, shares, self.clock.monotonic(), lease, hold)
             if lease is not None:
@@ -336,6 +346,8 @@ class RedisStore:
         return (min(wait, retry), False) if wait > 0 else (0.0, False)
 
     async def release(self, specs: Sequence[tuple[str, RateLimit]], lease: str) -> None:
+        roomy = lease in self._roomy
+        self._roomy.discard(lease)
         if lease in self._local_leases:
             self._local_leases.discard(lease)
             _limiter.release(self._logs, specs, lease, self.clock.monotonic())
@@ -343,9 +355,73 @@ class RedisStore:
         if lease in self._dual_leases:
             self._dual_leases.discard(lease)
             _limiter.release(self._logs, specs, lease, self.clock.monotonic())
-        args = [lease, *(repr(limit.window) for _, limit in specs)]
-        await self._run("RELEASE", self._slot_keys(specs), args)
-        # Unreachable: the held slot comes back by itself when its hold runs out.
+        if self._down_since is not None:
+            return  # unreachable: the held slot comes back by itself when its hold runs out
+        # Posted: it rides on the next trip (see _redis_batch); lost with Redis, the held slot
+        # comes back by itself when its hold runs out.
+        args = [lease, *(repr(limit.window) for _, limit in specs), self._now_arg()]
+        # Sent late, the slot is spent a little longer: at most 1/200 of its shortest window,
+        # or 1/20 when its budgets were at most half spent (nobody waits for it then).
+        shortest = min(limit.window for _, limit in specs)
+        within = min(_RELEASE_WITHIN, shortest / (20 if roomy else 200))
+        self._batch.post("RELEASE", self._slot_keys(specs), args, within=within)
+
+    async def take_gated(
+        self,
+        specs: Sequence[tuple[str, RateLimit]],
+        block_keys: Sequence[str],
+        breaker: tuple[str, BreakerPolicy],
+        *,
+        lease: str | None = None,
+        hold: float = 0.0,
+        asker: str | None = None,
+    ) -> tuple[float, bool, Admission]:
+        now = self.clock.monotonic()
+        if self._down_since is not None or now < self._careful_until or \
+                await self._local.blocked_for(block_keys) > 0:
+            # Away, just back, or blocked here: the breaker and the budgets one after the other,
+            # each with its fallback, as take() does.
+            return await gated(self, specs, block_keys, breaker, lease=lease, hold=hold,
+                               asker=asker)
+        self._max_hold = max(self._max_hold, hold)
+        self._max_window = max(self._max_window, *(limit.window for _, limit in specs))
+        if self._logs:
+            self._logs.clear()  # the careful window is over
+            self._dual_leases.clear()
+        key, policy = breaker
+        keys, args = self._take_step(specs, block_keys, lease, hold, asker)
+        reply = await self._run("GATED_TAKE", [key, *keys], [*_policy_args(policy), *args])
+        if reply is None:
+            return await gated(self, specs, block_keys, breaker, lease=lease, hold=hold,
+                               asker=asker)
+        wait, code, probe = float(reply[0]), int(reply[1]), bool(int(reply[2]))
+        if code == 2:
+            return wait, False, Admission(False, wait=wait)
+        if wait <= 0:  # reply: wait, code, probe, share spent (as TAKE's, one item later)
+            self._note_fill(lease, reply[1:])
+        return wait, code == 1, Admission(True, probe=probe)
+
+    def _note_fill(self, lease: str | None, reply: Sequence[Any]) -> None:
+        """Remember a held slot whose budgets were at most half spent when it was taken: its
+        release may wait longer for a trip to ride on (see :meth:`release`)."""
+        if lease is not None and len(reply) > 2 and float(reply[2]) <= 0.5:
+            self._roomy.add(lease)
+
+    def _take_step(
+        self, specs: Sequence[tuple[str, RateLimit]], block_keys: Sequence[str],
+        lease: str | None, hold: float, asker: str | None,
+    ) -> tuple[list[str], list[str]]:
+        """The keys and args of one TAKE step (see _redis_lua)."""
+        self._serial += 1
+        args = [str(len(specs)), lease or "", repr(float(hold)), f"{self._members}{self._serial}",
+                asker or "", repr(_GRACE)]
+        for _, limit in specs:
+            args += [str(limit.count), repr(limit.window)]
+        return [*self._slot_keys(specs), *self._line_keys(specs), *block_keys], args
+
+    async def leave(self, specs: Sequence[tuple[str, RateLimit]], asker: str) -> None:
+        if self._down_since is None:
+            self._batch.post("LEAVE", self._line_keys(specs), [asker], within=_RECORD_WITHIN)
 
     # -- blocks ------------------------------------------------------------------------------
 
@@ -374,9 +450,14 @@ class RedisStore:
         success: bool,
         probe: bool,
         retry_after: float | None = None,
+        quiet: bool = False,
     ) -> BreakerTransition | None:
         args = [*_policy_args(policy), "1" if success else "0", "1" if probe else "0",
                 "" if retry_after is None else repr(float(retry_after))]
+        if quiet and self._down_since is None:
+            self._batch.post("BREAKER_RECORD", [key], [*args, self._now_arg()],
+                             within=_RECORD_WITHIN)
+            return None
         reply = await self._run("BREAKER_RECORD", [key], args)
         if reply is None:
             return await self._local.breaker_record(
@@ -393,7 +474,7 @@ class RedisStore:
 
     async def breaker_state(self, key: str) -> CircuitState:
         try:
-            self.round_trips += 1
+            self._batch.round_trips += 1
             state = await self._redis.hget(key, "state")
         except _FAILURES as exc:
             if not _outage(exc):
@@ -405,6 +486,10 @@ class RedisStore:
 
     async def aclose(self) -> None:
         """Close the connection pool if this store made it (``from_url``); a client it was given
-        stays open. Leaving ``async with store:`` does this."""
+        stays open. Leaving ``async with store:`` does this, and closes the registry too."""
+        if self._registry is not None:
+            await self._registry.aclose()
+        with contextlib.suppress(*_FAILURES):
+            await self._batch.aclose()  # releases still posted
         if self._owns:
             await self._redis.aclose()

@@ -27,6 +27,8 @@ async def main() -> None:
     parser.add_argument("--window", type=float, required=True)
     parser.add_argument("--share", type=float, default=0.0)
     parser.add_argument("--name", default="w")
+    parser.add_argument("--think", type=float, default=0.0,
+                        help="seconds each person takes before answering the consent page")
     parser.add_argument("--status-share", type=float, default=0.5,
                         help="status_limit as a fraction of the standard window (1: all of it)")
     args = parser.parse_args()
@@ -36,6 +38,8 @@ async def main() -> None:
         async def act(session: OAuthSession) -> None:
             nonlocal seen_degraded
             seen_degraded |= store.degraded
+            if args.think:
+                await anyio.sleep(args.think)  # a person reading the consent page
             email = f"{session.session_id[:12]}@{args.name}.io"
             data = {"action": "allow", "email": email}
             async with browser.post(session.auth_url, data=data) as response:
@@ -63,6 +67,7 @@ async def main() -> None:
     await store.aclose()
     print(json.dumps({
         "ok": ok, "rate_limited": stats.rate_limited, "round_trips": store.round_trips,
+        "steps": dict(store.steps),
         "seen_degraded": seen_degraded, "degraded_at_end": store.degraded,
     }))
 

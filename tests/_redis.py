@@ -27,13 +27,17 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """``redis-server`` without persistence; :meth:`stop` and :meth:`start` keep the port.
+    """``redis-server`` on a port and a directory of its own; :meth:`stop` and :meth:`start`
+    keep both, so :meth:`restart` is the same server coming back.
 
-    ``args`` go to the server's command line as they are (``("--rename-command", "EVALSHA",
-    "")`` makes a server without that command).
+    Without ``persistent`` it keeps nothing on disk: a restart comes back empty. With it, an
+    append-only file fsynced before every reply (``appendonly yes``, ``appendfsync always``):
+    a restart, even after SIGKILL, comes back with every write it acknowledged. ``args`` go to
+    the server's command line as they are (``("--rename-command", "EVALSHA", "")`` makes a
+    server without that command).
     """
 
-    def __init__(self, args: Sequence[str] = ()) -> None:
+    def __init__(self, args: Sequence[str] = (), *, persistent: bool = False) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             msg = "redis-server not found: run ./scripts/check, which installs it"
@@ -42,13 +46,16 @@ class RedisServer:
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.args = tuple(args)
+        self.persistent = persistent
         self._dir = tempfile.TemporaryDirectory(prefix="iox-redis-")
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         self.process = subprocess.Popen(  # noqa: S603 - our own argv
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", self._dir.name, "--loglevel", "warning", *self.args],
+             *(("--appendonly", "yes", "--appendfsync", "always") if self.persistent
+               else ("--appendonly", "no")),
+             "--dir", self._dir.name, "--loglevel", "warning", *self.args],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             preexec_fn=_die_with_parent,  # noqa: PLW1509 - one prctl call, no locks taken
         )
@@ -69,11 +76,27 @@ class RedisServer:
         except OSError:
             return False
 
+    @property
+    def pid(self) -> int | None:
+        return None if self.process is None else self.process.pid
+
     def stop(self) -> None:
+        """SIGKILL by its PID: no shutdown save, only what is on disk survives."""
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait(timeout=10)
         self.process = None
+
+    def restart(self) -> None:
+        """Stop it and start it again on the same port and directory.
+
+        Call it (and :meth:`start`) from the main thread, not ``anyio.to_thread``: the server
+        is killed when the *thread* that started it ends (``PR_SET_PDEATHSIG``), and a worker
+        thread ends when it has idled a while. It blocks until the server answers PING (tens
+        of milliseconds).
+        """
+        self.stop()
+        self.start()
 
     def close(self) -> None:
         self.stop()

@@ -24,7 +24,7 @@ import uvicorn
 from aiohttp import web
 
 from examples import aiohttp_app, fastapi_app
-from instantly_oauth_async import OAuthManager, PendingConnection
+from instantly_oauth_async import MemoryStore, OAuthManager, PendingConnection
 from instantly_oauth_async.testing import Simulator, Workspace
 
 pytestmark = pytest.mark.anyio
@@ -145,9 +145,10 @@ async def test_a_user_who_asks_again_gets_the_connection_they_have(
         async with signed_in(served, "bob") as bob:
             theirs = await connect(bob, served)
             assert theirs["session_id"] != answers[0]["session_id"]
-            # bob cannot watch ann's session
-            async with bob.get(f"{served.url}/events/{answers[0]['session_id']}") as stream:
-                assert stream.status == 404
+            # bob cannot watch ann's session, even with the link ann was given
+            for path in (f"/events/{answers[0]['session_id']}", answers[0]["events_url"]):
+                async with bob.get(f"{served.url}{path}") as stream:
+                    assert stream.status == 404
         assert served.inits(sim) == 2 and len(served.registry()) == 2
 
 
@@ -188,7 +189,7 @@ async def test_an_entry_leaves_when_its_session_expires_and_the_stream_says_so(
     async with serve(kind, sim) as served, signed_in(served, "ann") as ann:
         session = await connect(ann, served)
         with anyio.fail_after(10):
-            async with ann.get(f"{served.url}/events/{session['session_id']}") as stream:
+            async with ann.get(f"{served.url}{session['events_url']}") as stream:
                 assert stream.status == 200  # streaming from here on
                 sim.expire(session["session_id"])
                 body = (await stream.read()).decode()
@@ -214,3 +215,63 @@ def test_the_copies_in_both_apps_are_the_same() -> None:
         assert len(copies) == 1, name
     for name in ("COOKIE", "USER_NAME", "LOGIN_PAGE", "PAGE"):
         assert getattr(aiohttp_app, name) == getattr(fastapi_app, name), name
+
+
+# -- aiohttp only: the pages that name a session find it with manager.attach() -------------------
+
+
+@asynccontextmanager
+async def aiohttp_worker(manager: OAuthManager) -> AsyncIterator[str]:
+    """One worker of the aiohttp app around ``manager``, served on loopback: its base URL."""
+    runner = web.AppRunner(aiohttp_app.make_app(manager, password=PASSWORD), shutdown_timeout=0.5)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
+async def test_another_worker_streams_the_result_of_a_session_this_one_started(
+    sim: Simulator,
+) -> None:
+    """Two workers (two managers sharing one store, as two processes share a RedisStore): ann
+    connects on the first, her link is served by the second, which never saw her session."""
+    workspace = sim.add_workspace("acme")
+    store = MemoryStore()
+    async with OAuthManager(workspace.api_key, base_url=sim.url, store=store,
+                            poll_interval=0.05) as first_manager, \
+            OAuthManager(workspace.api_key, base_url=sim.url, store=store,
+                         poll_interval=0.05) as second_manager, \
+            aiohttp_worker(first_manager) as first, aiohttp_worker(second_manager) as second, \
+            aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as ann:
+        form = {"user": "ann", "password": PASSWORD}
+        async with ann.post(f"{first}/login", data=form) as page:
+            assert page.status == 200
+        async with ann.post(f"{first}/connect") as answer:
+            session = await answer.json()
+        async with ann.get(f"{second}{session['result_url']}") as page:
+            assert page.status == 200 and 'id="result"' in await page.text()
+        with anyio.fail_after(10):
+            async with ann.get(f"{second}{session['events_url']}") as stream:  # the cookie too
+                assert stream.status == 200
+                sim.complete(session["session_id"], "ann@acme.io")
+                body = (await stream.read()).decode()
+        assert json.loads(body.split("data: ", 1)[1]) == {
+            "ok": True, "email": "ann@acme.io", "reason": "success"}
+        assert second_manager.stats().requests == {}  # it waited on the registry, read nothing
+
+
+async def test_a_link_to_no_session_of_the_user_gets_a_clear_404_page(sim: Simulator) -> None:
+    async with serve("aiohttp", sim) as served, signed_in(served, "ann") as ann:
+        tag = aiohttp_app.Login(PASSWORD).tag("ann", "no-such-session")  # a well-signed link
+        for path in (f"/result/no-such-session?tag={tag}", f"/events/no-such-session?tag={tag}",
+                     "/result/no-such-session?tag=forged", "/result/no-such-session"):
+            async with ann.get(f"{served.url}{path}") as page:
+                assert page.status == 404, path
+                assert page.content_type == "text/html"
+                assert "No such session" in await page.text()
+        async with aiohttp.ClientSession() as stranger, stranger.get(  # no cookie: sign in
+                f"{served.url}/result/no-such-session?tag={tag}") as page:
+            assert page.status == 401
+    assert served.inits(sim) == 0

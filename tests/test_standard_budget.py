@@ -150,7 +150,7 @@ async def test_polling_the_whole_standard_window_with_init_bursts_and_jitter_get
             workspace.api_key, base_url=sim.url, session=http, store=MemoryStore(),
             init_limit=RateLimit(75, per=WINDOW), ip_init_limit=RateLimit(150, per=WINDOW),
             standard_limit=standard, status_limit=standard, poll_interval=0.02,
-            request_timeout=10.0, status_timeout=10.0,
+            request_timeout=10.0, status_timeout=10.0, session_lease=30.0,
         ) as manager, anyio.create_task_group() as people:
 
             async def act(session: OAuthSession) -> None:

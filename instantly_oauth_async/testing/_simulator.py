@@ -58,6 +58,7 @@ __all__ = ["LoggedRequest", "Simulator", "Workspace"]
 Kind = Literal["init", "status", "account", "consent", "other"]
 
 
+
 @attrs.define
 class Workspace:
     workspace_id: str
@@ -83,6 +84,18 @@ class LoggedRequest:
     had_authorization: bool
     user_agent: str | None
     outcome: str = ""  #: "reset", "truncated", "canned", "acted-then-reset", ...
+    #: When it reached the server's door, before the network's inbound delay (the server's
+    #: clock): the client sent it no later. None for a request that skips the delays.
+    received: float | None = None
+    #: When its answer had crossed the network's outbound delay (or the connection was dropped,
+    #: or the handler ended otherwise): the client, if still there, had it by then.
+    answered: float | None = None
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        """``(received, answered)``, falling back to ``at`` for what was not recorded."""
+        return (self.at if self.received is None else self.received,
+                self.at if self.answered is None else self.answered)
 
 
 def _scope_ok(scopes: Iterable[str], needed: str) -> bool:
@@ -134,6 +147,10 @@ class Simulator:
         self._canned: dict[str, deque[CannedResponse]] = {}
         self._redirect_to: str | None = None
         self._waiters: set[anyio.Event] = set()
+        # Requests between arrival and answer, by id(request): kind, path, received; and where
+        # each one's log entry is, to fill in its ``answered``.
+        self._in_flight: dict[int, tuple[str, str, float]] = {}
+        self._log_index: dict[int, int] = {}
         self._runner: web.AppRunner | None = None
         self.url = ""
         self.app = self._make_app()
@@ -283,6 +300,9 @@ class Simulator:
 
     def _log(self, request: web.Request, kind: str, status: int, ws: Workspace | None,
              provider: str | None = None, *, outcome: str = "") -> None:
+        arrival = self._in_flight.get(id(request))
+        if arrival is not None:
+            self._log_index[id(request)] = len(self.requests)  # ``answered`` comes later
         self.requests.append(
             LoggedRequest(
                 at=self.clock(), method=request.method, path=request.raw_path, kind=kind,
@@ -290,10 +310,20 @@ class Simulator:
                 workspace_id=ws.workspace_id if ws else None, provider=provider,
                 had_authorization="Authorization" in request.headers,
                 user_agent=request.headers.get("User-Agent"), outcome=outcome,
+                received=None if arrival is None else arrival[2],
             )
         )
+        self._changed()
+
+    def _changed(self) -> None:
         for waiter in self._waiters:
             waiter.set()
+
+    def in_flight(self, kind: str | None = None) -> list[tuple[str, float]]:
+        """The API requests (of ``kind``) that reached the server and have no answer out yet:
+        ``(path, received)`` each, oldest first. :meth:`wait_for` also wakes when one arrives."""
+        return [(path, at) for k, path, at in self._in_flight.values()
+                if kind is None or k == kind]
 
     async def wait_for(self, predicate: Callable[[], bool]) -> None:
         """Return once ``predicate()`` holds, checking it after every request the server logs.
@@ -336,10 +366,23 @@ class Simulator:
         *,
         paid_only: bool = False,
     ) -> web.StreamResponse:
-        await self._misbehaviour.delay()  # on its way in: the server sees the request only now
-        response = await self._serve(request, kind, scope, act, provider, paid_only=paid_only)
-        await self._misbehaviour.delay()  # on its way back
-        return response
+        # The request's interval as its client sees it, from before the inbound delay to after
+        # the outbound one; a handler that ends otherwise (dropped, cancelled) ends it too.
+        key = id(request)
+        self._in_flight[key] = (kind, request.raw_path, self.clock())
+        self._changed()
+        try:
+            await self._misbehaviour.delay(kind)  # on its way in: the server sees it only now
+            response = await self._serve(request, kind, scope, act, provider,
+                                         paid_only=paid_only)
+            await self._misbehaviour.delay(kind)  # on its way back
+            return response
+        finally:
+            del self._in_flight[key]
+            index = self._log_index.pop(key, None)
+            if index is not None:
+                self.requests[index] = attrs.evolve(self.requests[index], answered=self.clock())
+            self._changed()
 
     async def _serve(
         self,

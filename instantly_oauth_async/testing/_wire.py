@@ -67,6 +67,8 @@ class Network:
     latency: float = 0.0
     jitter: float = 0.0
     seed: int = 0
+    #: the endpoints delayed (``{"status"}``: only status reads are slow)
+    kinds: frozenset[str] = frozenset({"init", "status", "account"})
 
     def __attrs_post_init__(self) -> None:
         if not (0 <= self.latency < math.inf and 0 <= self.jitter < math.inf):
@@ -110,9 +112,11 @@ class Misbehaviour:
         self._rng = random.Random(faults().seed)
         self._net_rng = random.Random(network().seed)
 
-    async def delay(self) -> None:
-        """One leg of the network's delay (see :class:`Network`)."""
+    async def delay(self, kind: str | None = None) -> None:
+        """One leg of the network's delay (see :class:`Network`) for a request of ``kind``."""
         net = self._network()
+        if kind is not None and kind not in net.kinds:
+            return
         delay = net.latency + (self._net_rng.uniform(0.0, net.jitter) if net.jitter else 0.0)
         if delay > 0:
             await asyncio.sleep(delay)

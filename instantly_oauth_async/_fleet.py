@@ -1,0 +1,242 @@
+"""The manager's side of the session registry: sessions registered before ``start()`` returns,
+the lease of the one poller of each, the heartbeat that renews them, adoption of orphans,
+outcomes written ahead of any future, and watchers that wait on the registry, not the API.
+
+What is durable and what can still be lost: docs/FLEET.md.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from ._convert import converter
+from ._exceptions import InstantlyError
+from ._models import Account, OAuthSession, SessionStatus
+from ._outcome import ConnectResult, OutcomeLostError
+from ._registry import ANSWER, EXPIRED, LOST, Entry, Registry, RegistryUnavailableError
+
+__all__ = ["Fleet", "UnknownSessionError", "decode_outcome", "decode_session",
+           "encode_outcome", "encode_session"]
+
+logger = logging.getLogger("instantly_oauth_async")
+
+
+class UnknownSessionError(InstantlyError):
+    """``attach()`` was given a session id the registry does not know (never registered in this
+    workspace, or decided longer ago than the retention); or a session awaited through
+    ``attach()`` vanished from the registry and no manager registered it again within a lease
+    (its store lost its data, say a Redis restarted without persistence, while no live manager
+    held the session). Either way nobody polls it: this is not an outcome of the session."""
+
+    def __init__(self, session_id: str, detail: str = "") -> None:
+        self.session_id = session_id
+        super().__init__(f"no session {session_id} in this workspace's registry"
+                         + (f": {detail}" if detail else ""))
+
+
+def encode_session(session: OAuthSession, expected_email: str | None) -> str:
+    return json.dumps({"session": converter.unstructure(session),
+                       "expected_email": expected_email})
+
+
+def decode_session(data: str) -> tuple[OAuthSession, str | None]:
+    raw = json.loads(data)
+    return converter.structure(raw["session"], OAuthSession), raw.get("expected_email")
+
+
+def encode_outcome(result: ConnectResult | None, error: BaseException | None
+                   ) -> tuple[str, int] | None:
+    """The outcome as the registry stores it, with its precedence; None: nothing to store (a
+    cancellation, the manager closing, a bug: the lease lapses and another manager goes on)."""
+    if result is not None:
+        rank = EXPIRED if result.status is SessionStatus.EXPIRED else ANSWER
+        return json.dumps({"result": converter.unstructure(result)}), rank
+    if isinstance(error, OutcomeLostError):
+        account = None if error.account is None else converter.unstructure(error.account)
+        return json.dumps({"lost": error.detail, "account": account}), LOST
+    return None
+
+
+def decode_outcome(outcome: str, session_id: str) -> ConnectResult | OutcomeLostError:
+    raw = json.loads(outcome)
+    if "result" in raw:
+        result: ConnectResult = converter.structure(raw["result"], ConnectResult)
+        return result
+    account = raw.get("account")
+    return OutcomeLostError(
+        session_id, raw.get("lost", "lost"),
+        account=None if account is None else converter.structure(account, Account))
+
+
+class Fleet:
+    """The leases this manager holds in one workspace's registry, by session id."""
+
+    def __init__(self, registry: Registry, ns: str, owner: str, *, lease: float,
+                 retention: float, read_margin: float) -> None:
+        self.registry = registry
+        self.ns = ns
+        self.owner = owner
+        self.lease = lease
+        self.retention = retention
+        self._read_margin = read_margin
+        self.fences: dict[str, int] = {}
+        self._until: dict[str, float] = {}
+        self._unregistered: dict[str, str] = {}  # started while the store was away
+        self._data: dict[str, str] = {}  # every session held, as registered: to register again
+        # Outcomes decided while the store was away: (outcome, rank), written by the next renew
+        # that reaches it; their leases are kept meanwhile, so nobody adopts and reads again.
+        self._unwritten: dict[str, tuple[str, int]] = {}
+
+    def __repr__(self) -> str:
+        return f"<Fleet leases={len(self.fences)} lease={self.lease:g}s>"
+
+    def _hold(self, entry: Entry) -> None:
+        self.fences[entry.session_id] = entry.fence
+        self._until[entry.session_id] = entry.lease_until
+        self._data[entry.session_id] = entry.data
+
+    def drop(self, session_id: str) -> None:
+        self._unwritten.pop(session_id, None)
+        self.fences.pop(session_id, None)
+        self._until.pop(session_id, None)
+        self._unregistered.pop(session_id, None)
+        self._data.pop(session_id, None)
+
+    async def register(self, session: OAuthSession, expected_email: str | None) -> None:
+        """Register (and hold) a new session. While the registry's store is away, the session
+        is held locally and registered when the store is back (:meth:`renew` does it): nobody
+        else can adopt what the registry does not know."""
+        data = encode_session(session, expected_email)
+        try:
+            entry = await self.registry.register(
+                self.ns, session.session_id, data, owner=self.owner, lease=self.lease,
+                retention=self.retention)
+        except RegistryUnavailableError:
+            self._unregistered[session.session_id] = data
+            self._data[session.session_id] = data
+            self.fences[session.session_id] = 1
+            self._until[session.session_id] = self.registry.now() + self.lease
+            return
+        if entry.owner == self.owner and not entry.decided:
+            self._hold(entry)
+
+    def may_read(self, session_id: str) -> bool:
+        """True while this manager's lease has more time left than a read can take."""
+        until = self._until.get(session_id)
+        return until is not None and until - self.registry.now() > self._read_margin
+
+    async def write(self, session_id: str, result: ConnectResult | None,
+                    error: BaseException | None
+                    ) -> tuple[ConnectResult | None, BaseException | None]:
+        """Store the outcome ahead of any future; what to resolve with (the stored winner)."""
+        encoded = encode_outcome(result, error)
+        fence = self.fences.get(session_id)
+        if encoded is None:
+            self.drop(session_id)
+            return result, error
+        try:
+            entry = await self.registry.decide(self.ns, session_id, *encoded, fence=fence,
+                                               retention=self.retention)
+        except RegistryUnavailableError:
+            if fence is not None:  # ours: keep the lease and write it when the store is back
+                self._unwritten[session_id] = encoded
+                logger.warning("outcome of %s not stored yet (registry unreachable): it will "
+                               "be written when it is back", session_id)
+                return result, error
+            raise
+        self.drop(session_id)
+        if entry is None or entry.outcome is None:
+            return result, error  # unknown to the registry, or fenced out: ours stands alone
+        stored = decode_outcome(entry.outcome, session_id)
+        return (stored, None) if isinstance(stored, ConnectResult) else (None, stored)
+
+    async def renew(self) -> list[str]:
+        """One step renewing every lease held; the ids whose lease was lost.
+
+        While the store is away, the leases held are extended locally: no other manager can
+        claim them either, unless the network is split so that it reaches the store and this
+        one does not (the same hole as the budgets' fallback; see docs/FLEET.md).
+
+        A session the registry no longer knows at all (its store came back without its data: a
+        Redis restarted without persistence, or failed over to a replica that had not got it)
+        is registered again, as new (fence 1), and kept: nobody else can have claimed what the
+        registry did not hold, and its waiters find it again.
+        """
+        if not self.fences:
+            return []
+        began = self.registry.now()
+        try:
+            await self._write_unwritten()
+            for session_id, data in list(self._unregistered.items()):
+                entry = await self.registry.register(
+                    self.ns, session_id, data, owner=self.owner, lease=self.lease,
+                    retention=self.retention)
+                del self._unregistered[session_id]
+                if entry.owner != self.owner or entry.decided:
+                    self.drop(session_id)
+            lost = await self.registry.renew(self.ns, self.owner, dict(self.fences),
+                                             lease=self.lease)
+        except RegistryUnavailableError:
+            for session_id in self.fences:
+                self._until[session_id] = began + self.lease
+            return []
+        for session_id in self.fences:
+            if session_id not in lost:
+                self._until[session_id] = began + self.lease  # it ends no earlier than this
+        return [sid for sid in lost if not await self._register_again(sid)]
+
+    async def _write_unwritten(self) -> None:
+        """Store the outcomes decided while the store was away (first writer wins, as ever)."""
+        for session_id, (outcome, rank) in list(self._unwritten.items()):
+            if session_id in self._unregistered:  # started and ended while away: register first
+                data = self._unregistered.pop(session_id)
+                await self.registry.register(self.ns, session_id, data, owner=self.owner,
+                                             lease=self.lease, retention=self.retention)
+            await self.registry.decide(self.ns, session_id, outcome, rank,
+                                       fence=self.fences.get(session_id),
+                                       retention=self.retention)
+            self.drop(session_id)
+
+    async def _register_again(self, session_id: str) -> bool:
+        """After a renew named ``session_id`` lost: True when the registry had forgotten it and
+        it is ours again; else it is dropped (decided, or another manager holds it)."""
+        data = self._data.get(session_id)
+        self.drop(session_id)
+        if data is None:
+            return False
+        try:
+            entry = await self.registry.register(self.ns, session_id, data, owner=self.owner,
+                                                 lease=self.lease, retention=self.retention)
+        except RegistryUnavailableError:
+            return False  # lost for now: the poller's next step tries to register it
+        if entry.owner != self.owner or entry.decided \
+                or entry.lease_until - self.registry.now() <= self._read_margin:
+            return False  # not made anew by this call: lost indeed
+        logger.warning("session %s was missing from the registry (its store lost its data): "
+                       "registered again", session_id)
+        self._hold(entry)
+        return True
+
+    async def adopt(self, limit: int = 100) -> list[Entry]:
+        """Claim the workspace's orphans (exactly one claimer wins each)."""
+        won = []
+        for session_id in await self.registry.orphans(self.ns, limit=limit):
+            entry = await self.registry.claim(self.ns, session_id, self.owner, lease=self.lease)
+            if entry is not None:
+                self._hold(entry)
+                won.append(entry)
+        return won
+
+    async def release_all(self) -> None:
+        if self._unwritten:
+            try:
+                await self._write_unwritten()
+            except RegistryUnavailableError:
+                logger.warning("%d outcomes decided while the registry was unreachable were "
+                               "never stored: other managers will find those sessions lost",
+                               len(self._unwritten))
+        if self.fences:
+            fences, self.fences = dict(self.fences), {}
+            self._until.clear()
+            await self.registry.release(self.ns, self.owner, fences)

@@ -1,0 +1,211 @@
+"""The session registry: every session a workspace's managers started, the lease of its one
+poller, and its outcome, written ahead of any future or callback.
+
+The registry lives behind the store (``store.registry``): :class:`MemoryRegistry` for the
+managers of one process, ``RedisRegistry`` (``instantly_oauth_async.redis``) for a fleet. Every
+method is one atomic step timed by the store's own clock (Redis ``TIME``), never a host's. The
+registry stores opaque JSON strings; what they mean is ``_fleet``'s business.
+
+Rules every implementation keeps (``tests/test_registry.py`` runs the same contract against
+both):
+
+- ``register`` makes an entry claimed by its starter, fence 1, before ``start()`` returns.
+- ``claim`` takes an undecided entry whose lease ran out (or was released) and bumps the fence:
+  of racing claimers exactly one wins.
+- ``renew`` extends every lease an owner still holds with the fence it holds, in one step, and
+  names the ones it lost; a stale owner (a lower fence) renews nothing.
+- ``decide`` stores an outcome with a precedence rank (answer 3 > expired 2 > lost 1): the first
+  writer wins, except that a higher rank replaces a lower one; a fenced write with a stale fence
+  is refused. Decided entries are kept ``retention`` seconds, then forgotten.
+- ``wait`` returns when the entry may have changed, or after ``within`` seconds: waiters
+  re-read, so a dropped notification costs at most one ``within``.
+
+A remote registry that cannot reach its store raises :class:`RegistryUnavailableError` (retry
+the step later); one that gets an error waiting will not cure raises ``StoreError``. Neither
+falls back to this process's memory: a lease or an outcome the fleet cannot see is no registry.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Protocol, runtime_checkable
+
+import anyio
+import attrs
+
+from ._clock import Clock
+from ._exceptions import InstantlyError
+
+__all__ = ["ANSWER", "EXPIRED", "LOST", "Entry", "MemoryRegistry", "Registry",
+           "RegistryUnavailableError"]
+
+LOST, EXPIRED, ANSWER = 1, 2, 3  # outcome precedence ranks
+
+
+class RegistryUnavailableError(InstantlyError):
+    """The registry's store could not be reached: refused, reset, slower than its timeout, or
+    busy for now (``BUSY``, ``LOADING``, ``MASTERDOWN``, ``TRYAGAIN``).
+
+    The step may or may not have happened. Every step may be repeated: ``register`` returns the
+    entry already there, a repeated ``claim`` by the same owner bumps the fence once more (the
+    owner holds the newer one), and ``renew``, ``release`` and ``decide`` are idempotent. So
+    retry it later; the registry keeps no local copy meanwhile.
+    """
+
+
+@attrs.frozen
+class Entry:
+    """One session as the registry holds it; ``data`` and ``outcome`` are opaque JSON."""
+
+    session_id: str
+    data: str
+    created_at: float
+    owner: str | None
+    fence: int
+    lease_until: float
+    outcome: str | None = None
+    rank: int = 0
+
+    @property
+    def decided(self) -> bool:
+        return self.outcome is not None
+
+
+@runtime_checkable
+class Registry(Protocol):
+    """The sessions of every workspace sharing the store, by namespace ``ns`` (one workspace)."""
+
+    def now(self) -> float:
+        """The store's clock, in seconds (for a remote store: its last reading, advanced)."""
+        ...
+
+    async def register(self, ns: str, session_id: str, data: str, *, owner: str, lease: float,
+                       retention: float) -> Entry: ...
+
+    async def get(self, ns: str, session_id: str) -> Entry | None: ...
+
+    async def claim(self, ns: str, session_id: str, owner: str, *, lease: float) -> Entry | None:
+        """The entry, now ours with a bumped fence; None when unknown, decided, or held."""
+        ...
+
+    async def renew(self, ns: str, owner: str, fences: Mapping[str, int], *, lease: float
+                    ) -> list[str]:
+        """Extend every lease in ``fences`` still ours; the ids no longer ours."""
+        ...
+
+    async def release(self, ns: str, owner: str, fences: Mapping[str, int]) -> None: ...
+
+    async def decide(self, ns: str, session_id: str, outcome: str, rank: int, *,
+                     fence: int | None, retention: float) -> Entry | None:
+        """Store ``outcome`` by the precedence rules; the entry as it stands after (None when
+        unknown)."""
+        ...
+
+    async def orphans(self, ns: str, *, limit: int = 100) -> list[str]:
+        """Undecided sessions whose lease ran out, oldest first."""
+        ...
+
+    async def wait(self, ns: str, session_id: str, within: float) -> None:
+        """Until the entry may have changed, or ``within`` seconds."""
+        ...
+
+
+class MemoryRegistry:
+    """The registry of one process, timed by ``clock``; lost with the process."""
+
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+        self._entries: dict[tuple[str, str], Entry] = {}
+        self._forget_at: dict[tuple[str, str], float] = {}
+        self._changed: dict[tuple[str, str], anyio.Event] = {}
+
+    def __repr__(self) -> str:
+        return f"<MemoryRegistry sessions={len(self._entries)}>"
+
+    def now(self) -> float:
+        return self._clock.monotonic()
+
+    def _live(self, key: tuple[str, str]) -> Entry | None:
+        forget = self._forget_at.get(key)
+        if forget is not None and forget <= self.now():
+            self._entries.pop(key, None)
+            self._forget_at.pop(key, None)
+        return self._entries.get(key)
+
+    def _put(self, key: tuple[str, str], entry: Entry) -> Entry:
+        self._entries[key] = entry
+        event = self._changed.pop(key, None)
+        if event is not None:
+            event.set()
+        return entry
+
+    async def register(self, ns: str, session_id: str, data: str, *, owner: str, lease: float,
+                       retention: float) -> Entry:
+        now, key = self.now(), (ns, session_id)
+        existing = self._live(key)
+        if existing is not None:
+            return existing
+        self._forget_at[key] = now + retention  # renewed when decided
+        return self._put(key, Entry(session_id, data, now, owner, 1, now + lease))
+
+    async def get(self, ns: str, session_id: str) -> Entry | None:
+        return self._live((ns, session_id))
+
+    async def claim(self, ns: str, session_id: str, owner: str, *, lease: float) -> Entry | None:
+        key, now = (ns, session_id), self.now()
+        entry = self._live(key)
+        if entry is None or entry.decided:
+            return None
+        if entry.owner is not None and entry.owner != owner and entry.lease_until > now:
+            return None
+        return self._put(key, attrs.evolve(entry, owner=owner, fence=entry.fence + 1,
+                                           lease_until=now + lease))
+
+    async def renew(self, ns: str, owner: str, fences: Mapping[str, int], *, lease: float
+                    ) -> list[str]:
+        lost, now = [], self.now()
+        for session_id, fence in fences.items():
+            key = (ns, session_id)
+            entry = self._live(key)
+            if entry is None or entry.decided or entry.owner != owner or entry.fence != fence \
+                    or entry.lease_until <= now:
+                lost.append(session_id)
+                continue
+            self._entries[key] = attrs.evolve(entry, lease_until=now + lease)
+        return lost
+
+    async def release(self, ns: str, owner: str, fences: Mapping[str, int]) -> None:
+        for session_id, fence in fences.items():
+            key = (ns, session_id)
+            entry = self._live(key)
+            if entry is not None and entry.owner == owner and entry.fence == fence:
+                self._put(key, attrs.evolve(entry, owner=None, lease_until=0.0))
+
+    async def decide(self, ns: str, session_id: str, outcome: str, rank: int, *,
+                     fence: int | None, retention: float) -> Entry | None:
+        key = (ns, session_id)
+        entry = self._live(key)
+        if entry is None:
+            return None
+        if fence is not None and fence != entry.fence:
+            return entry  # a stale owner: the fence refuses its write
+        if entry.decided and rank <= entry.rank:
+            return entry  # first writer wins; only a better-founded outcome replaces it
+        self._forget_at[key] = self.now() + retention
+        return self._put(key, attrs.evolve(entry, outcome=outcome, rank=rank, owner=None,
+                                           lease_until=0.0))
+
+    async def orphans(self, ns: str, *, limit: int = 100) -> list[str]:
+        now = self.now()
+        found = [e for (n, _), e in list(self._entries.items())
+                 if n == ns and not e.decided and e.lease_until <= now
+                 and self._live((n, e.session_id)) is not None]
+        found.sort(key=lambda e: e.created_at)
+        return [e.session_id for e in found[:limit]]
+
+    async def wait(self, ns: str, session_id: str, within: float) -> None:
+        key = (ns, session_id)
+        event = self._changed.setdefault(key, anyio.Event())
+        with self._clock.deadline(within if within < math.inf else 86400.0):
+            await event.wait()
