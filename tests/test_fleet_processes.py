@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ from instantly_oauth_async._fleet import UnknownSessionError
 from instantly_oauth_async._outcome import OutcomeLostError
 from instantly_oauth_async._registry import ANSWER, LOST, Entry, RegistryUnavailableError
 from instantly_oauth_async.redis import RedisStore
-from instantly_oauth_async.testing import LoggedRequest, Network, Simulator, SimulatorLimits
+from instantly_oauth_async.testing import LoggedRequest, Network, Simulator
 from tests._owner_worker import OffsetClock, http_session
 from tests._processes import Child, _signal, running
 from tests._redis import RedisServer
@@ -40,20 +40,12 @@ LEASE = 1.5
 OWNER, SURVIVOR, OTHER = "127.0.0.2", "127.0.0.3", "127.0.0.4"
 
 
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 @pytest.fixture
-async def sim() -> AsyncIterator[Simulator]:
-    async with Simulator(limits=SimulatorLimits().compressed(20)) as simulator:
-        yield simulator
+def sim(csim: Simulator) -> Simulator:
+    """Every test here runs on the compressed simulator (conftest's ``csim``)."""
+    return csim
 
 
 # -- helpers ------------------------------------------------------------------------------------
