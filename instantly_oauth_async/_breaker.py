@@ -13,6 +13,7 @@ reports back (its caller was cancelled) is replaced after ``probe_timeout``.
 from __future__ import annotations
 
 import enum
+import math
 
 import attrs
 
@@ -50,7 +51,7 @@ class BreakerPolicy:
 class BreakerState:
     state: CircuitState = CircuitState.CLOSED
     failures: int = 0
-    open_until: float = 0.0
+    open_until: float = -math.inf  # never: a clock's readings may be negative
     reopenings: int = 0
     probe_since: float | None = None
 

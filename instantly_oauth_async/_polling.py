@@ -82,7 +82,7 @@ class PendingConnection:
         # have given its one-time answer to it, so cancel() waits for one clear answer.
         self._unsure = False
         # Poll state, kept here between steps (no task sleeps on a pending session):
-        self._next_at = 0.0
+        self._next_at = -math.inf  # due at once, on any clock (its readings may be negative)
         self._due_seq = 0  # the sequence number of its live entry in the due heap; 0: none
         self._deadline = math.inf
         self._watch = 0  # the sequence number of this session's live entry in the deadline heap
@@ -452,7 +452,10 @@ class Poller:
                 entry, missing_since = None, None  # the store is away: nothing is known
             else:
                 now = self._clock.monotonic()
-                missing_since = None if entry is not None else missing_since or now
+                if entry is not None:
+                    missing_since = None
+                elif missing_since is None:
+                    missing_since = now
                 if missing_since is not None and now - missing_since > fleet.lease:
                     pending._finish(error=UnknownSessionError(
                         session_id, f"it vanished from the registry and no manager registered "

@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeAlias
 
 import anyio
@@ -79,7 +79,9 @@ class _Subscription:
             False
         with contextlib.suppress(*_FAILURES):
             if pubsub is not None:
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                # redis-py typed PubSub.aclose only lately: a typed alias fits both sides
+                aclose: Callable[[], Awaitable[None]] = pubsub.aclose
+                await aclose()
             if pool is not None:
                 await pool.aclose()
 

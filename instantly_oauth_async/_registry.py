@@ -180,7 +180,7 @@ class MemoryRegistry:
             key = (ns, session_id)
             entry = self._live(key)
             if entry is not None and entry.owner == owner and entry.fence == fence:
-                self._put(key, attrs.evolve(entry, owner=None, lease_until=0.0))
+                self._put(key, attrs.evolve(entry, owner=None, lease_until=-math.inf))
 
     async def decide(self, ns: str, session_id: str, outcome: str, rank: int, *,
                      fence: int | None, retention: float) -> Entry | None:
@@ -194,7 +194,7 @@ class MemoryRegistry:
             return entry  # first writer wins; only a better-founded outcome replaces it
         self._forget_at[key] = self.now() + retention
         return self._put(key, attrs.evolve(entry, outcome=outcome, rank=rank, owner=None,
-                                           lease_until=0.0))
+                                           lease_until=-math.inf))
 
     async def orphans(self, ns: str, *, limit: int = 100) -> list[str]:
         now = self.now()

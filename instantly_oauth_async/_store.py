@@ -13,6 +13,7 @@ not cure (permission refused, a key of the wrong type, a command the server lack
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from types import TracebackType
 from typing import Protocol, runtime_checkable
@@ -153,7 +154,7 @@ class MemoryStore:
         )
 
     def _block_left(self, keys: Sequence[str], now: float) -> float:
-        return max((self._blocks.get(key, 0.0) - now for key in keys), default=0.0)
+        return max((self._blocks.get(key, -math.inf) - now for key in keys), default=0.0)
 
     async def take(
         self,
@@ -192,7 +193,7 @@ class MemoryStore:
     async def block(self, keys: Sequence[str], seconds: float) -> None:
         until = self.clock.monotonic() + max(0.0, seconds)
         for key in keys:
-            self._blocks[key] = max(self._blocks.get(key, 0.0), until)
+            self._blocks[key] = max(self._blocks.get(key, -math.inf), until)
 
     async def blocked_for(self, keys: Sequence[str]) -> float:
         return max(0.0, self._block_left(keys, self.clock.monotonic()))

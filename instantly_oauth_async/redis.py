@@ -133,10 +133,10 @@ class RedisStore:
         self._roomy: set[str] = set()  # held slots taken from budgets at most half spent
         self._dual_leases: set[str] = set()  # spent in Redis and, after a return, locally too
         self._down_since: float | None = None
-        self._careful_until = 0.0  # after Redis returns: takes must fit the local share too
+        self._careful_until = -math.inf  # after Redis returns: takes must fit the local share too
         self._max_hold = 0.0
         self._max_window = 0.0
-        self._next_try = 0.0
+        self._next_try = -math.inf
         self._members = f"{secrets.token_hex(6)}:"
         self._serial = 0
         #: ``None`` in production; tests set it to drive the scripts' clock (seconds).
@@ -259,7 +259,8 @@ class RedisStore:
         if not steps:
             self._batch.round_trips += 1
             await self._redis.ping()
-        logger.warning("Redis reachable again after %.1f s", now - (self._down_since or now))
+        down = now if self._down_since is None else self._down_since
+        logger.warning("Redis reachable again after %.1f s", now - down)
         self._down_since = None
         if self._share > 0:  # with no share, nobody spent anything on their own meanwhile
             self._careful_until = now + self._max_window
@@ -337,7 +338,8 @@ class RedisStore:
             return retry, False  # no share of this budget: wait for Redis
         # The fleet may have spent the whole budget just before Redis went away, and an init
         # granted then may reach the server up to a hold later.
-        settled = (self._down_since or now) + self._max_hold + self._max_window
+        down = now if self._down_since is None else self._down_since
+        settled = down + self._max_hold + self._max_window
         if now < settled:
             return min(settled - now, retry), False
         wait = _limiter.take(self._logs, shares, now, lease, hold)

@@ -32,10 +32,13 @@ from instantly_oauth_async.redis import RedisStore
 
 
 class OffsetClock:
-    """The host's clock, ``offset`` seconds off: what a host whose clock is wrong reads."""
+    """What a host whose clock is wrong reads: ``offset`` seconds when it is made, then on at the
+    host's pace. A negative offset reads negative, as a monotonic clock may (its reference point
+    is undefined); offsetting the host's own reading would do so only while the machine's
+    uptime is under the offset, which made the test's outcome depend on when it ran."""
 
     def __init__(self, offset: float) -> None:
-        self.offset = offset
+        self.offset = offset - time.monotonic()
 
     def monotonic(self) -> float:
         return time.monotonic() + self.offset

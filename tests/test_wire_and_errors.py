@@ -38,6 +38,7 @@ from instantly_oauth_async import (
     ResponseTooLargeError,
     RetryPolicy,
     ServiceUnavailableError,
+    SessionStatus,
     StartTimeoutError,
     UnauthorizedError,
 )
@@ -141,6 +142,32 @@ async def test_start_with_timeout_zero_raises_at_once_into_a_block_or_an_open_ci
             with pytest.raises(CircuitOpenError):
                 await manager.start("microsoft", timeout=0)
     assert inits(csim) == [429, 503]
+
+
+@pytest.mark.parametrize("origin", [-1e6, -300.0, 0.0, 1e9])
+async def test_any_clock_origin_changes_nothing(
+    csim: Simulator, make: MakeManager, origin: float
+) -> None:
+    """A monotonic clock's reference point is undefined: its readings may be negative (a host
+    clock set back, a process that started it at an offset). Nothing may take "0" for "long
+    ago": not the store's blocks, the breaker's cooldown, the first read of a session."""
+    clock = FakeClock(origin)
+    policy = BreakerPolicy(failure_threshold=1, cooldown=60)
+    async with make(clock=clock, breaker=policy) as manager:
+        with anyio.fail_after(10):
+            pending = await manager.start("google", timeout=0)  # nothing blocked, circuit closed
+            csim.complete(pending.session.session_id, "a@acme.io")
+            while not pending.done():  # the poller's reads, each at its time on this clock
+                await clock.jump(0.05)
+            assert (await pending).status is SessionStatus.SUCCESS
+            csim.outage("google", count=1)
+            with pytest.raises(ServiceUnavailableError):
+                await manager.start("google", timeout=0)
+            with pytest.raises(CircuitOpenError):  # open for its cooldown, no longer
+                await manager.start("google", timeout=0)
+            await clock.jump(61)
+            await manager.start("google", timeout=0)
+    assert inits(csim) == [200, 503, 200]
 
 
 # -- item 10: the body cap counts decoded bytes --------------------------------------------------
