@@ -87,9 +87,14 @@ class Fleet:
         # Outcomes decided while the store was away: (outcome, rank), written by the next renew
         # that reaches it; their leases are kept meanwhile, so nobody adopts and reads again.
         self._unwritten: dict[str, tuple[str, int]] = {}
+        self._closed = False  # closing: it adopts nothing more
 
     def __repr__(self) -> str:
         return f"<Fleet leases={len(self.fences)} lease={self.lease:g}s>"
+
+    def closed(self) -> bool:
+        """Whether the manager is closing (:meth:`release_all` was called)."""
+        return self._closed
 
     def _hold(self, entry: Entry) -> None:
         self.fences[entry.session_id] = entry.fence
@@ -116,13 +121,16 @@ class Fleet:
             self._unregistered[session.session_id] = data
             self._data[session.session_id] = data
             self.fences[session.session_id] = 1
-            self._until[session.session_id] = self.registry.now() + self.lease
             return
         if entry.owner == self.owner and not entry.decided:
             self._hold(entry)
 
     def may_read(self, session_id: str) -> bool:
-        """True while this manager's lease has more time left than a read can take."""
+        """True while this manager's lease has more time left than a read can take; always
+        for a session the registry has not got yet (nobody else can know it, so nobody else
+        reads it: not even a store never reached, whose clock is unknown, stops its reads)."""
+        if session_id in self._unregistered:
+            return True
         until = self._until.get(session_id)
         return until is not None and until - self.registry.now() > self._read_margin
 
@@ -165,7 +173,10 @@ class Fleet:
         """
         if not self.fences:
             return []
-        began = self.registry.now()
+        try:
+            began: float | None = self.registry.now()
+        except RegistryUnavailableError:
+            began = None  # never reached: every lease held is of a session not registered yet
         try:
             await self._write_unwritten()
             for session_id, data in list(self._unregistered.items()):
@@ -175,15 +186,19 @@ class Fleet:
                 del self._unregistered[session_id]
                 if entry.owner != self.owner or entry.decided:
                     self.drop(session_id)
+                else:
+                    self._hold(entry)  # its lease, on the store's clock
             lost = await self.registry.renew(self.ns, self.owner, dict(self.fences),
                                              lease=self.lease)
         except RegistryUnavailableError:
-            for session_id in self.fences:
-                self._until[session_id] = began + self.lease
+            if began is not None:
+                for session_id in self.fences:
+                    self._until[session_id] = began + self.lease
             return []
-        for session_id in self.fences:
-            if session_id not in lost:
-                self._until[session_id] = began + self.lease  # it ends no earlier than this
+        if began is not None:  # else each was just registered, and holds that lease
+            for session_id in self.fences:
+                if session_id not in lost:
+                    self._until[session_id] = began + self.lease  # it ends no earlier than this
         return [sid for sid in lost if not await self._register_again(sid)]
 
     async def _write_unwritten(self) -> None:
@@ -219,16 +234,26 @@ class Fleet:
         return True
 
     async def adopt(self, limit: int = 100) -> list[Entry]:
-        """Claim the workspace's orphans (exactly one claimer wins each)."""
+        """Claim the workspace's orphans (exactly one claimer wins each); none once this
+        manager is closing, and one won while it began to close is let go again."""
         won = []
         for session_id in await self.registry.orphans(self.ns, limit=limit):
+            if self.closed():
+                break
             entry = await self.registry.claim(self.ns, session_id, self.owner, lease=self.lease)
-            if entry is not None:
-                self._hold(entry)
-                won.append(entry)
+            if entry is None:
+                continue
+            if self.closed():  # its release_all has run, or runs: this one is left to the others
+                await self.registry.release(self.ns, self.owner, {session_id: entry.fence})
+                continue
+            self._hold(entry)
+            won.append(entry)
         return won
 
     async def release_all(self) -> None:
+        """Let go of every lease, as the manager closes: the registry tells the others, who
+        adopt them at once. No adoption after this."""
+        self._closed = True
         if self._unwritten:
             try:
                 await self._write_unwritten()

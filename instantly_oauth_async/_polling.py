@@ -38,7 +38,7 @@ from ._limiter import Grant
 from ._models import OAuthSession, RetryPolicy, SessionStatus
 from ._outcome import ConnectResult, OutcomeLostError, Outcomes
 from ._reads import Reads
-from ._registry import Entry
+from ._registry import RELEASED, Entry
 from ._stats import Tally
 
 __all__ = ["PendingConnection", "Poller"]
@@ -271,6 +271,7 @@ class Poller:
         group.start_soon(self._reap)
         if self._fleet is not None:
             group.start_soon(self._beat, self._fleet)
+            group.start_soon(self._adopt, self._fleet)
         while True:
             while self._due and not self._live(self._due[0]):
                 heapq.heappop(self._due)  # cancelled while it waited, or rescheduled since
@@ -403,25 +404,33 @@ class Poller:
     # -- the fleet: heartbeat, adoption, watchers ---------------------------------------------
 
     async def _beat(self, fleet: Fleet) -> None:
-        """One renew for every lease this manager holds, every third of a lease; adoption of
-        the workspace's orphans every other beat (and once at start)."""
-        beat = 0
+        """One renew for every lease this manager holds, every third of a lease."""
         while True:
-            try:  # the renew first: it must not wait on an adoption that fails
+            try:
                 for session_id in await fleet.renew():
                     lost = self.pending.get(session_id)
                     if lost is not None and not lost._in_step:
                         self.watch(lost)
             except InstantlyError as exc:
                 logger.warning("registry heartbeat failed: %s", type(exc).__name__)
-            try:
-                if beat % 2 == 0:
-                    for entry in await fleet.adopt():
-                        self.adopted(entry)
-            except InstantlyError as exc:
-                logger.info("adoption skipped: %s", type(exc).__name__)
-            beat += 1
             await self._clock.sleep(fleet.lease / 3)
+
+    async def _adopt(self, fleet: Fleet) -> None:
+        """Adoption of the workspace's orphans: once at start, then every two thirds of a lease
+        (a dead owner's lapse), and at once when another manager releases leases as it closes
+        (the registry tells of it: :data:`RELEASED`). Every manager of the fleet may try; one
+        claim wins each session."""
+        while not fleet.closed():
+            await self._adopt_once(fleet)
+
+    async def _adopt_once(self, fleet: Fleet) -> None:
+        try:
+            for entry in await fleet.adopt():
+                self.adopted(entry)
+            await fleet.registry.wait(fleet.ns, RELEASED, within=2 * fleet.lease / 3)
+        except InstantlyError as exc:
+            logger.info("adoption skipped: %s", type(exc).__name__)
+            await self._clock.sleep(2 * fleet.lease / 3)
 
     def adopted(self, entry: Entry) -> None:
         session, expected_email = decode_session(entry.data)

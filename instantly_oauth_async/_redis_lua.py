@@ -355,6 +355,7 @@ return lost
 REG_RELEASE: Final = _REG + """
 local owner, channel = ARGV[1], ARGV[2]
 local now = clock(ARGV[#ARGV])
+local released = false
 for i = 3, #KEYS do
   local sid, fence = ARGV[2 * i - 3], tonumber(ARGV[2 * i - 2])
   local e = live(KEYS[i], sid, now)
@@ -362,8 +363,10 @@ for i = 3, #KEYS do
     redis.call('HSET', KEYS[i], 'o', '', 'l', '0')
     redis.call('ZADD', lapse, '0', sid)
     redis.call('PUBLISH', channel, sid)
+    released = true
   end
 end
+if released then redis.call('PUBLISH', channel, '') end  -- RELEASED: orphans to adopt
 return {num(now)}
 """
 

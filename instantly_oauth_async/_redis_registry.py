@@ -169,7 +169,8 @@ class RedisRegistry:
 
     def now(self) -> float:
         if self._reading is None:
-            raise ClientStateError("the registry has not read Redis's clock yet: call a step first")
+            raise RegistryUnavailableError(
+                "Redis's clock has not been read yet: no step has reached Redis so far")
         store_time, local = self._reading
         return store_time + (self._clock.monotonic() - local)
 

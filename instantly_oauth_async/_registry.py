@@ -37,10 +37,13 @@ import attrs
 from ._clock import Clock
 from ._exceptions import InstantlyError
 
-__all__ = ["ANSWER", "EXPIRED", "LOST", "Entry", "MemoryRegistry", "Registry",
+__all__ = ["ANSWER", "EXPIRED", "LOST", "RELEASED", "Entry", "MemoryRegistry", "Registry",
            "RegistryUnavailableError"]
 
 LOST, EXPIRED, ANSWER = 1, 2, 3  # outcome precedence ranks
+#: The id :meth:`Registry.wait` takes to wait for a release in the namespace (no session has
+#: it): a manager closing lets go of its leases, and the others adopt them at once.
+RELEASED = ""
 
 
 class RegistryUnavailableError(InstantlyError):
@@ -77,7 +80,9 @@ class Registry(Protocol):
     """The sessions of every workspace sharing the store, by namespace ``ns`` (one workspace)."""
 
     def now(self) -> float:
-        """The store's clock, in seconds (for a remote store: its last reading, advanced)."""
+        """The store's clock, in seconds (for a remote store: its last reading, advanced).
+
+        Raises :class:`RegistryUnavailableError` when a remote store was never reached."""
         ...
 
     async def register(self, ns: str, session_id: str, data: str, *, owner: str, lease: float,
@@ -107,7 +112,8 @@ class Registry(Protocol):
         ...
 
     async def wait(self, ns: str, session_id: str, within: float) -> None:
-        """Until the entry may have changed, or ``within`` seconds."""
+        """Until the entry may have changed, or ``within`` seconds; with ``session_id``
+        :data:`RELEASED`, until a lease of the namespace may have been released."""
         ...
 
 
@@ -135,10 +141,13 @@ class MemoryRegistry:
 
     def _put(self, key: tuple[str, str], entry: Entry) -> Entry:
         self._entries[key] = entry
+        self._wake(key)
+        return entry
+
+    def _wake(self, key: tuple[str, str]) -> None:
         event = self._changed.pop(key, None)
         if event is not None:
             event.set()
-        return entry
 
     async def register(self, ns: str, session_id: str, data: str, *, owner: str, lease: float,
                        retention: float) -> Entry:
@@ -181,6 +190,7 @@ class MemoryRegistry:
             entry = self._live(key)
             if entry is not None and entry.owner == owner and entry.fence == fence:
                 self._put(key, attrs.evolve(entry, owner=None, lease_until=-math.inf))
+                self._wake((ns, RELEASED))
 
     async def decide(self, ns: str, session_id: str, outcome: str, rank: int, *,
                      fence: int | None, retention: float) -> Entry | None:

@@ -522,3 +522,42 @@ async def test_an_outcome_decided_while_the_registry_is_away_is_written_when_it_
         assert [r.status for r in reads] == [200] * len(reads)
     finally:
         server.close()
+
+
+async def test_start_while_redis_was_never_reached_returns_and_registers_later(
+    sim: Simulator,
+) -> None:
+    """A manager whose Redis has been unreachable since it began (its clock never read): start()
+    still returns the session the server made (the budgets live on their fallback share), the
+    owner polls it, and once Redis answers the heartbeat registers it, so another manager can
+    attach and gets the same outcome."""
+    server = RedisServer()  # its port and URL, nothing listening yet
+    try:
+        key = sim.add_workspace().api_key
+        kwargs: dict[str, Any] = {"base_url": sim.url, **sim.limits.manager_limits(),
+                                  "poll_interval": 0.05, "fetch_account": False,
+                                  "session_lease": LEASE, "status_timeout": LEASE / 4,
+                                  "request_timeout": 1.0}  # a degraded store waits a window + 1 s
+        async with RedisStore.from_url(server.url, timeout=0.3, retry_interval=0.2,
+                                       fallback_share=0.5) as store, \
+                OAuthManager(key, store=store, **kwargs) as owner:
+            with anyio.fail_after(30):
+                pending = await owner.start("google")
+            sid = pending.session.session_id
+            assert owner._fleet is not None
+            assert owner._fleet.may_read(sid)  # nobody else can know it: its owner reads it
+            with anyio.fail_after(10):
+                await sim.wait_for(lambda: len(status_reads(sim, sid)) >= 2)
+            server.start()
+            async with RedisStore.from_url(server.url) as waiter_store, \
+                    OAuthManager(key, store=waiter_store, **kwargs) as waiter:
+                with anyio.fail_after(10 * LEASE):  # the owner's next heartbeats register it
+                    while await waiter_store.registry.get(owner._fleet.ns, sid) is None:
+                        await waiter_store.registry.wait(owner._fleet.ns, sid, within=0.1)
+                attached = await waiter.attach(sid)
+                sim.complete(sid, "ann@acme.io")
+                with anyio.fail_after(10):
+                    mine, theirs = await pending, await attached
+        assert mine == theirs and mine.status is SessionStatus.SUCCESS
+    finally:
+        server.close()
