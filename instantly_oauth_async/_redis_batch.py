@@ -19,7 +19,7 @@ import asyncio
 import collections
 import copy
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import anyio
@@ -49,6 +49,8 @@ class _Step:
     error: Exception | None = None
     posted: bool = False
     due: float = 0.0  #: a posted step's latest departure (the event loop's time)
+    #: a posted step's arguments made as it leaves (say, how long ago its request ended)
+    late: Callable[[], Sequence[str]] | None = None
 
 
 @attrs.define(eq=False)
@@ -120,14 +122,20 @@ class Batcher:
             raise step.error
         return step.reply
 
-    def post(self, name: str, keys: Sequence[str], args: Sequence[str], *,
-             within: float = LINGER) -> None:
+    def post(self, name: str, keys: Sequence[str],
+             args: Sequence[str] | Callable[[], Sequence[str]], *, within: float = LINGER
+             ) -> None:
         """Queue a step nobody waits for: it goes with the lane's next trip, at the latest after
-        ``within`` seconds. Its error, if any, is logged; an outage loses it (a release then
-        comes back by its hold, as for a crashed holder)."""
+        ``within`` seconds. ``args`` may be a function, called as the step leaves. Its error, if
+        any, is logged; an outage loses it (a release then comes back by its hold, as for a
+        crashed holder)."""
         lane = self._lane(keys)
         due = asyncio.get_running_loop().time() + within
-        lane.queued.append(_Step(name, list(keys), list(args), posted=True, due=due))
+        if callable(args):
+            step = _Step(name, list(keys), [], posted=True, due=due, late=args)
+        else:
+            step = _Step(name, list(keys), list(args), posted=True, due=due)
+        lane.queued.append(step)
         if not lane.busy:
             self._later(lane)
 
@@ -192,6 +200,8 @@ class Batcher:
         keys: list[str] = []
         args = [str(len(batch))]
         for step in batch:
+            if step.late is not None:
+                step.args = list(step.late())
             keys += step.keys
             args += [step.name, str(len(step.keys)), str(len(step.args)), *step.args]
             self.steps[step.name] += 1

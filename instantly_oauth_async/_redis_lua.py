@@ -122,14 +122,18 @@ redis.call('ZREM', KEYS[2], ARGV[1])
 return 1
 """
 
-#: KEYS: freed_1, held_1, ...; ARGV: lease, then window_i; now.
+#: KEYS: freed_1, held_1, ...; ARGV: lease, ago, then window_i; now. ``ago``: how long before
+#: this step the request ended, as the sender measured it when it sent the step (less than the
+#: true age, which also holds the trip to Redis): the slot comes back a window after
+#: ``now - ago``, so a release sent late costs nothing once it arrives.
 RELEASE: Final = _NOW + """
 local n = #KEYS / 2
-local now = clock(ARGV[2 + n])
+local now = clock(ARGV[3 + n])
+local ended = now - math.max(tonumber(ARGV[2]) or 0, 0)
 for i = 1, n do
-  local window = tonumber(ARGV[1 + i])
+  local window = tonumber(ARGV[2 + i])
   redis.call('ZREM', KEYS[2 * i], ARGV[1])
-  redis.call('ZADD', KEYS[2 * i - 1], now + window, ARGV[1])
+  redis.call('ZADD', KEYS[2 * i - 1], num(ended + window), ARGV[1])
   keep_for(KEYS[2 * i - 1], window)
 end
 return 1

@@ -49,6 +49,7 @@ once, since waiting will not cure it: from ``start()``, ``budget.slot()`` or a p
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 import logging
@@ -95,9 +96,11 @@ logger = logging.getLogger("instantly_oauth_async")
 
 #: How long past the time it was told an asker keeps its place in a budget's line (seconds).
 _GRACE = 1.0
-#: The longest a posted release waits for a trip to ride on (see _redis_batch), in seconds; and
-#: for a breaker's quiet record, or an asker leaving its line (nothing waits on either).
+#: The longest a posted release waits for a trip to ride on (see _redis_batch), in seconds: from
+#: a budget that was full, and from one at most half spent; and for a breaker's quiet record, or
+#: an asker leaving its line (nothing waits on either).
 _RELEASE_WITHIN = 0.02
+_ROOMY_RELEASE_WITHIN = 0.25
 _RECORD_WITHIN = 0.05
 def _policy_args(policy: BreakerPolicy) -> list[str]:
     return [repr(float(policy.failure_threshold)), repr(policy.cooldown),
@@ -360,12 +363,24 @@ class RedisStore:
         if self._down_since is not None:
             return  # unreachable: the held slot comes back by itself when its hold runs out
         # Posted: it rides on the next trip (see _redis_batch); lost with Redis, the held slot
-        # comes back by itself when its hold runs out.
-        args = [lease, *(repr(limit.window) for _, limit in specs), self._now_arg()]
-        # Sent late, the slot is spent a little longer: at most 1/200 of its shortest window,
-        # or 1/20 when its budgets were at most half spent (nobody waits for it then).
+        # comes back by itself when its hold runs out. It tells Redis how long ago the request
+        # ended, measured as it leaves, so the slot comes back a window after that, however
+        # late it was sent. Until it arrives the slot counts as held, which only the askers of
+        # a full budget notice (a held slot comes back no sooner than a window after they ask):
+        # so it waits at most 1/200 of its shortest window, or a quarter of it (up to 250 ms)
+        # when its budgets were at most half spent as it was taken.
+        windows = [repr(limit.window) for _, limit in specs]
+        now_arg = self._now_arg()
+        loop = asyncio.get_running_loop()
+        ended = loop.time()
+
+        def args() -> list[str]:  # with a test's clock (time_override) the model's: no age
+            ago = 0.0 if now_arg else max(0.0, loop.time() - ended)
+            return [lease, repr(ago), *windows, now_arg]
+
         shortest = min(limit.window for _, limit in specs)
-        within = min(_RELEASE_WITHIN, shortest / (20 if roomy else 200))
+        within = min(_ROOMY_RELEASE_WITHIN, shortest / 4) if roomy else \
+            min(_RELEASE_WITHIN, shortest / 200)
         self._batch.post("RELEASE", self._slot_keys(specs), args, within=within)
 
     async def take_gated(

@@ -285,6 +285,39 @@ async def test_a_posted_step_goes_alone_when_due(store: RedisStore, admin: aiore
     assert store.steps["(posted alone)"] == 1
 
 
+async def test_a_release_sent_late_frees_its_slot_a_window_after_its_request_ended(
+    redis_server: RedisServer, admin: aioredis.Redis
+) -> None:
+    """On Redis's own clock (no override): a slot taken from a budget at most half spent has its
+    release wait up to 250 ms for a trip to ride on; none comes, so it goes alone that late. It
+    carries how long ago its request ended, so the slot comes back a window after the release
+    was asked for, not after it arrived."""
+    k = key("late")
+    specs = [(k, RateLimit(4, per=60, margin=0))]
+    async with RedisStore.from_url(redis_server.url) as store:
+        wait, _ = await store.take(specs, [], lease="L", hold=100)
+        assert wait == 0
+        asked = _seconds(await admin.time())
+        await store.release(specs, "L")
+
+        async def released() -> bool:
+            return await admin.zscore(f"{k}:held", "L") is None
+
+        await until(released)
+        arrived = _seconds(await admin.time())
+        score = await admin.zscore(f"{k}:freed", "L")
+        assert score is not None
+        assert arrived - asked >= 0.2  # it did wait for company, and went alone
+        assert asked + 60 <= score < asked + 60 + 0.05  # back a window after it was asked for
+        assert store.steps["(posted alone)"] == 1
+
+
+def _seconds(reply: Any) -> float:
+    """Redis TIME's reply, in seconds."""
+    whole, micros = reply
+    return int(whole) + int(micros) / 1e6
+
+
 async def test_a_step_posted_while_a_trip_is_out_goes_after_it_when_due(
     batcher: Batcher, admin: aioredis.Redis
 ) -> None:
