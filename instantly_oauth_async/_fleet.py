@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import json
 import logging
+import random
+from collections.abc import Collection
+
+import anyio
 
 from ._convert import converter
 from ._exceptions import InstantlyError
@@ -88,9 +92,17 @@ class Fleet:
         # that reaches it; their leases are kept meanwhile, so nobody adopts and reads again.
         self._unwritten: dict[str, tuple[str, int]] = {}
         self._closed = False  # closing: it adopts nothing more
+        self._held: dict[str, int] = {}  # closing: leases kept until their reads ended
+        self._adopting = anyio.Lock()  # an adoption pass; release_all waits for it to end
+        self._rng = random.Random()  # noqa: S311 - spreads claims, no secret
 
     def __repr__(self) -> str:
         return f"<Fleet leases={len(self.fences)} lease={self.lease:g}s>"
+
+    @property
+    def read_margin(self) -> float:
+        """A read starts only while its lease has more than this left (seconds)."""
+        return self._read_margin
 
     def closed(self) -> bool:
         """Whether the manager is closing (:meth:`release_all` was called)."""
@@ -204,10 +216,11 @@ class Fleet:
     async def _write_unwritten(self) -> None:
         """Store the outcomes decided while the store was away (first writer wins, as ever)."""
         for session_id, (outcome, rank) in list(self._unwritten.items()):
-            if session_id in self._unregistered:  # started and ended while away: register first
-                data = self._unregistered.pop(session_id)
+            data = self._unregistered.get(session_id)
+            if data is not None:  # started and ended while away: register it first
                 await self.registry.register(self.ns, session_id, data, owner=self.owner,
                                              lease=self.lease, retention=self.retention)
+                del self._unregistered[session_id]  # only once that is done
             await self.registry.decide(self.ns, session_id, outcome, rank,
                                        fence=self.fences.get(session_id),
                                        retention=self.retention)
@@ -233,35 +246,57 @@ class Fleet:
         self._hold(entry)
         return True
 
-    async def adopt(self, limit: int = 100) -> list[Entry]:
-        """Claim the workspace's orphans (exactly one claimer wins each); none once this
-        manager is closing, and one won while it began to close is let go again."""
-        won = []
-        for session_id in await self.registry.orphans(self.ns, limit=limit):
-            if self.closed():
-                break
-            entry = await self.registry.claim(self.ns, session_id, self.owner, lease=self.lease)
-            if entry is None:
-                continue
-            if self.closed():  # its release_all has run, or runs: this one is left to the others
-                await self.registry.release(self.ns, self.owner, {session_id: entry.fence})
-                continue
-            self._hold(entry)
-            won.append(entry)
+    async def adopt(self, limit: int = 100, *, passes: int = 10) -> list[Entry]:
+        """Claim the workspace's orphans (exactly one claimer wins each): ``limit`` a look, and
+        another look while one found ``limit`` (at most ``passes``). Nothing once this manager
+        is closing. Each manager claims them in an order of its own, so managers woken by one
+        release mostly claim different sessions instead of racing for the same ones."""
+        won: list[Entry] = []
+        async with self._adopting:
+            for _ in range(passes):
+                found = await self.registry.orphans(self.ns, limit=limit)
+                self._rng.shuffle(found)
+                for session_id in found:
+                    if self._closed:
+                        return won
+                    entry = await self.registry.claim(self.ns, session_id, self.owner,
+                                                      lease=self.lease)
+                    if entry is not None:
+                        self._hold(entry)
+                        won.append(entry)
+                if len(found) < limit:
+                    break
         return won
 
-    async def release_all(self) -> None:
-        """Let go of every lease, as the manager closes: the registry tells the others, who
-        adopt them at once. No adoption after this."""
+    async def release_all(self, busy: Collection[str] = ()) -> None:
+        """Let go of every lease, as the manager closes; no adoption after this (an adoption
+        pass under way ends first, and what it won is let go too). The registry tells the other
+        managers, who adopt at once. A session with a read in flight (``busy``) is not let go
+        yet but its lease shortened to the read margin, so nobody reads it while that read may
+        still be on the wire: :meth:`release_held` lets go of those once their reads ended
+        (if it never comes, their leases lapse by then)."""
         self._closed = True
-        if self._unwritten:
-            try:
-                await self._write_unwritten()
-            except RegistryUnavailableError:
-                logger.warning("%d outcomes decided while the registry was unreachable were "
-                               "never stored: other managers will find those sessions lost",
-                               len(self._unwritten))
-        if self.fences:
+        async with self._adopting:
+            if self._unwritten:
+                try:
+                    await self._write_unwritten()
+                except RegistryUnavailableError:
+                    logger.warning("%d outcomes decided while the registry was unreachable "
+                                   "were never stored: other managers will find those "
+                                   "sessions lost", len(self._unwritten))
+            if not self.fences:
+                return
             fences, self.fences = dict(self.fences), {}
             self._until.clear()
-            await self.registry.release(self.ns, self.owner, fences)
+            held = {sid: fence for sid, fence in fences.items() if sid in busy}
+            free = {sid: fence for sid, fence in fences.items() if sid not in busy}
+            if held:
+                self._held = held
+                await self.registry.renew(self.ns, self.owner, held, lease=self._read_margin)
+            await self.registry.release(self.ns, self.owner, free)
+
+    async def release_held(self) -> None:
+        """Let go of the leases :meth:`release_all` kept for reads in flight, now ended (one
+        decided meanwhile is left as it is)."""
+        held, self._held = self._held, {}
+        await self.registry.release(self.ns, self.owner, held)

@@ -233,9 +233,16 @@ class OAuthManager:
         self._state = "closed"
         self._poller.closing()
         if self._fleet is not None:  # others adopt at once, not one lease later
+            busy = self._poller.busy()  # these are let go once their reads ended
             with anyio.CancelScope(shield=True), self._clock.deadline(2.0), \
                     contextlib.suppress(InstantlyError):  # else the leases lapse by themselves
-                await self._fleet.release_all()
+                await self._fleet.release_all(busy=busy)
+            if busy:
+                with anyio.CancelScope(shield=True), \
+                        self._clock.deadline(self._fleet.read_margin + 2.0), \
+                        contextlib.suppress(InstantlyError):
+                    await self._poller.settle(busy)
+                    await self._fleet.release_held()
         self._group = None
         try:
             with anyio.CancelScope(shield=True):

@@ -14,7 +14,7 @@ import heapq
 import logging
 import math
 import random
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Collection, Generator
 from datetime import datetime, timezone
 from typing import Any
 
@@ -186,6 +186,7 @@ class Poller:
         self._wakeup: anyio.Event | None = None
         self._reaper_wakeup: anyio.Event | None = None
         self._closing = False
+        self._step_ended: anyio.Event | None = None  # set when a step ends, for settle()
 
     # -- sessions in, sessions out -----------------------------------------------------------
 
@@ -224,6 +225,18 @@ class Poller:
     def closing(self) -> None:
         """The manager is closing: a step that ends from now on finishes its session."""
         self._closing = True
+
+    def busy(self) -> set[str]:
+        """The sessions with a read (or what follows from its answer) in flight."""
+        return {sid for sid, pending in self.pending.items() if pending._in_step}
+
+    async def settle(self, session_ids: Collection[str]) -> None:
+        """Until none of these sessions has a read in flight."""
+        steps = [p for sid in session_ids if (p := self.pending.get(sid)) is not None]
+        while any(pending._in_step for pending in steps):
+            if self._step_ended is None:
+                self._step_ended = anyio.Event()
+            await self._step_ended.wait()
 
     def abandon_all(self) -> None:
         """Every session still pending ends with ``ClientStateError``."""
@@ -283,18 +296,21 @@ class Poller:
                 await self._sleep_until(at)
                 continue
             heapq.heappop(self._due)
-            pending._due_seq = 0
+            # Its _due_seq stays set while it waits for a slot: it is on its way to a step, and
+            # whoever would schedule it again meanwhile (an adoption) must not make it two.
             try:
                 grant = await self._reads.slot()
             except InstantlyError as exc:  # the store refuses (StoreError): waiting won't cure it
                 logger.warning("no slot for session %s: %s", pending.session.session_id,
                                type(exc).__name__)
+                pending._due_seq = 0
                 pending._finish(error=exc)
                 continue
             while pending.done() and self._due and self._due[0][0] <= self._clock.monotonic():
                 entry = heapq.heappop(self._due)  # cancelled meanwhile: the next one due
                 if self._live(entry):
-                    pending, pending._due_seq = entry[2], 0
+                    pending = entry[2]
+            pending._due_seq = 0
             if pending.done():
                 await self._reads.release(grant)  # nobody to spend it on
             else:
@@ -386,6 +402,9 @@ class Poller:
             pending._finish(error=exc)
         finally:
             pending._in_step = False
+            if self._step_ended is not None:
+                self._step_ended.set()
+                self._step_ended = None
             if not pending.done() and self._closing:
                 pending._finish(error=ClientStateError("the OAuthManager closed first"))
 
@@ -418,19 +437,22 @@ class Poller:
     async def _adopt(self, fleet: Fleet) -> None:
         """Adoption of the workspace's orphans: once at start, then every two thirds of a lease
         (a dead owner's lapse), and at once when another manager releases leases as it closes
-        (the registry tells of it: :data:`RELEASED`). Every manager of the fleet may try; one
-        claim wins each session."""
+        (the registry tells of it: :data:`RELEASED`), also one that came during the last pass.
+        Every manager of the fleet may try; one claim wins each session."""
         while not fleet.closed():
             await self._adopt_once(fleet)
 
     async def _adopt_once(self, fleet: Fleet) -> None:
+        period = 2 * fleet.lease / 3
         try:
+            heard = fleet.registry.releases(fleet.ns)
             for entry in await fleet.adopt():
                 self.adopted(entry)
-            await fleet.registry.wait(fleet.ns, RELEASED, within=2 * fleet.lease / 3)
+            if fleet.registry.releases(fleet.ns) == heard:  # none came during the pass
+                await fleet.registry.wait(fleet.ns, RELEASED, within=period)
         except InstantlyError as exc:
             logger.info("adoption skipped: %s", type(exc).__name__)
-            await self._clock.sleep(2 * fleet.lease / 3)
+            await self._clock.sleep(period)
 
     def adopted(self, entry: Entry) -> None:
         session, expected_email = decode_session(entry.data)

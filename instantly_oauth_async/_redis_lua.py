@@ -17,6 +17,8 @@ local function clock(override)
   return tonumber(t[1]) + tonumber(t[2]) / 1000000
 end
 local function num(x) return string.format('%.17g', x) end
+-- a stored time, or "never" when there is none (not 0: a test's clock may read negative)
+local function at(v) return tonumber(v) or -math.huge end
 local function keep_for(key, seconds)
   local ms = math.ceil(seconds * 1000) + 1000
   if redis.call('PTTL', key) < ms then redis.call('PEXPIRE', key, ms) end
@@ -42,7 +44,7 @@ local now = clock(ARGV[7 + 2 * n])
 local queue, due = KEYS[2 * n + 1], KEYS[2 * n + 2]
 local blocked = 0
 for i = 2 * n + 3, #KEYS do
-  local left = tonumber(redis.call('GET', KEYS[i]) or '0') - now
+  local left = at(redis.call('GET', KEYS[i])) - now
   if left > blocked then blocked = left end
 end
 if blocked > 0 then return {num(blocked), 1} end
@@ -148,7 +150,7 @@ local now = clock(ARGV[#ARGV])
 for i = 1, #ARGV - 1, 3 do
   local key, seconds, member = KEYS[tonumber(ARGV[i])], tonumber(ARGV[i + 1]), ARGV[i + 2]
   if member == '' then
-    if tonumber(redis.call('GET', key) or '0') < now + seconds then
+    if at(redis.call('GET', key)) < now + seconds then
       redis.call('SET', key, num(now + seconds), 'PX', math.ceil(seconds * 1000) + 1000)
     end
   else
@@ -164,7 +166,7 @@ BLOCK: Final = _NOW + """
 local now = clock(ARGV[2])
 local untilv = now + tonumber(ARGV[1])
 for i = 1, #KEYS do
-  if tonumber(redis.call('GET', KEYS[i]) or '0') < untilv then
+  if at(redis.call('GET', KEYS[i])) < untilv then
     redis.call('SET', KEYS[i], num(untilv), 'PX', math.ceil(tonumber(ARGV[1]) * 1000) + 1000)
   end
 end
@@ -176,7 +178,7 @@ BLOCKED_FOR: Final = _NOW + """
 local now = clock(ARGV[1])
 local left = 0
 for i = 1, #KEYS do
-  local l = tonumber(redis.call('GET', KEYS[i]) or '0') - now
+  local l = at(redis.call('GET', KEYS[i])) - now
   if l > left then left = l end
 end
 return num(left)
@@ -190,7 +192,7 @@ local threshold, cooldown = tonumber(ARGV[1]), tonumber(ARGV[2])
 local max_cooldown, probe_timeout = tonumber(ARGV[3]), tonumber(ARGV[4])
 local s = redis.call('HGET', key, 'state') or 'closed'
 local failures = tonumber(redis.call('HGET', key, 'failures') or '0')
-local open_until = tonumber(redis.call('HGET', key, 'open_until') or '0')
+local open_until = at(redis.call('HGET', key, 'open_until'))
 local reopenings = tonumber(redis.call('HGET', key, 'reopenings') or '0')
 local probe_since = redis.call('HGET', key, 'probe_since') or ''
 local function open_for(retry_after)
@@ -365,7 +367,7 @@ for i = 3, #KEYS do
   local e = live(KEYS[i], sid, now)
   if e ~= nil and not e[6] and e[3] == owner and tonumber(e[4]) == fence then
     redis.call('HSET', KEYS[i], 'o', '', 'l', '0')
-    redis.call('ZADD', lapse, '0', sid)
+    redis.call('ZADD', lapse, '-inf', sid)
     redis.call('PUBLISH', channel, sid)
     released = true
   end

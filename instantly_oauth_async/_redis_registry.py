@@ -6,6 +6,7 @@ pub/sub subscription (one per master on a cluster) to wake waiters. Made by
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import math
@@ -23,7 +24,7 @@ from ._redis_batch import Batcher
 from ._redis_errors import FAILURES as _FAILURES
 from ._redis_errors import outage as _outage
 from ._redis_errors import store_error as _store_error
-from ._registry import Entry, RegistryUnavailableError
+from ._registry import RELEASED, Entry, RegistryUnavailableError
 from ._store import StoreError
 
 __all__ = ["RedisClient", "RedisRegistry"]
@@ -99,14 +100,16 @@ class RedisRegistry:
     :meth:`now` is the last reading of Redis's clock (each script returns the time it used)
     advanced by this process's monotonic clock since, the reading taken to be halfway through
     its round trip. It is only for judging leases against the store's clock: it is not a wall
-    clock, and it raises ``ClientStateError`` before the first step.
+    clock, and it raises ``RegistryUnavailableError`` before any step has reached Redis.
 
     :meth:`wait` listens on one subscription per registry (one connection): the first step in a
     namespace subscribes to the namespace's channel, on which ``claim``, ``release`` and
     ``decide`` publish the session's id, and waits (up to 2 s) for Redis to confirm; from then on
-    every change in that namespace wakes its waiters. Pub/sub may drop messages (a reconnect,
-    a slow consumer): the waiters of a namespace wake whenever its subscription is confirmed
-    again, and a lost message otherwise costs a waiter its ``within``.
+    every change in that namespace wakes its waiters. A ``release`` that let go of a lease also
+    publishes an empty message (:data:`~instantly_oauth_async._registry.RELEASED`), which wakes
+    the waiters for orphans and is counted (:meth:`releases`). Pub/sub may drop messages (a
+    reconnect, a slow consumer): the waiters of a namespace wake whenever its subscription is
+    confirmed again, and a lost message otherwise costs a waiter its ``within``.
 
     On Redis Cluster (a ``RedisCluster`` client, 7.0 or later) the channel carries the
     namespace's hash tag too, and the scripts publish with ``SPUBLISH``: the message stays on
@@ -149,6 +152,7 @@ class RedisRegistry:
         self._subscriptions: dict[str, _Subscription] = {}
         self._moves: list[tuple[str, str]] = []  # (channel, master) found on another master
         self._waiters: dict[str, dict[str, set[anyio.Event]]] = {}
+        self._releases: collections.Counter[str] = collections.Counter()
         self._refused: tuple[str, str | None] | None = None  # the subscription's error, if any
         self._closed = False
         #: ``None`` in production; tests set it to drive the scripts' clock (seconds).
@@ -383,9 +387,13 @@ class RedisRegistry:
         if kind in ("subscribe", "ssubscribe"):  # first subscribed, or again after a reconnect
             self._refused = None
             self._confirmed[channel].set()
+            self._releases[ns] += 1  # a release may have come while nobody listened
             self._wake(ns, None)  # all re-read
         elif kind in ("message", "smessage"):
-            self._wake(ns, _text(message.get("data")))
+            session_id = _text(message.get("data"))
+            if session_id == RELEASED:
+                self._releases[ns] += 1
+            self._wake(ns, session_id)
         elif kind in ("unsubscribe", "sunsubscribe"):  # we never unsubscribe: the server did
             self._wake(ns, None)
             return False
@@ -484,6 +492,9 @@ class RedisRegistry:
         reply = await self._run(ns, "REG_ORPHANS", [lapse, meta],
                                 [str(int(limit)), str(max(int(limit), _ORPHAN_SCAN))])
         return [_text(sid) for sid in reply[1:]]
+
+    def releases(self, ns: str) -> int:
+        return self._releases[ns]
 
     async def wait(self, ns: str, session_id: str, within: float) -> None:
         event = anyio.Event()

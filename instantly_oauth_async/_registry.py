@@ -27,6 +27,7 @@ falls back to this process's memory: a lease or an outcome the fleet cannot see 
 
 from __future__ import annotations
 
+import collections
 import math
 from collections.abc import Mapping
 from typing import Protocol, runtime_checkable
@@ -116,6 +117,12 @@ class Registry(Protocol):
         :data:`RELEASED`, until a lease of the namespace may have been released."""
         ...
 
+    def releases(self, ns: str) -> int:
+        """How many releases of leases in ``ns`` this registry has heard of so far: compared
+        before and after an adoption pass, it tells of one that came meanwhile. (A remote store
+        may miss some, as pub/sub drops messages; a reconnection counts as one.)"""
+        ...
+
 
 class MemoryRegistry:
     """The registry of one process, timed by ``clock``; lost with the process."""
@@ -125,6 +132,7 @@ class MemoryRegistry:
         self._entries: dict[tuple[str, str], Entry] = {}
         self._forget_at: dict[tuple[str, str], float] = {}
         self._changed: dict[tuple[str, str], anyio.Event] = {}
+        self._releases: collections.Counter[str] = collections.Counter()
 
     def __repr__(self) -> str:
         return f"<MemoryRegistry sessions={len(self._entries)}>"
@@ -190,6 +198,7 @@ class MemoryRegistry:
             entry = self._live(key)
             if entry is not None and entry.owner == owner and entry.fence == fence:
                 self._put(key, attrs.evolve(entry, owner=None, lease_until=-math.inf))
+                self._releases[ns] += 1
                 self._wake((ns, RELEASED))
 
     async def decide(self, ns: str, session_id: str, outcome: str, rank: int, *,
@@ -213,6 +222,9 @@ class MemoryRegistry:
                  and self._live((n, e.session_id)) is not None]
         found.sort(key=lambda e: e.created_at)
         return [e.session_id for e in found[:limit]]
+
+    def releases(self, ns: str) -> int:
+        return self._releases[ns]
 
     async def wait(self, ns: str, session_id: str, within: float) -> None:
         key = (ns, session_id)

@@ -5,6 +5,7 @@ close and adopted, unknown ids typed."""
 from __future__ import annotations
 
 import contextlib
+import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -18,10 +19,12 @@ from instantly_oauth_async import (
     SessionStatus,
     Store,
 )
-from instantly_oauth_async._fleet import UnknownSessionError
+from instantly_oauth_async._clock import SystemClock
+from instantly_oauth_async._fleet import Fleet, UnknownSessionError
+from instantly_oauth_async._registry import MemoryRegistry, Registry
 from instantly_oauth_async.redis import RedisStore
-from instantly_oauth_async.testing import Simulator, SimulatorLimits
-from tests._redis import RedisServer
+from instantly_oauth_async.testing import Network, Simulator, SimulatorLimits
+from tests._reads import overlapping_reads
 
 pytestmark = pytest.mark.anyio
 
@@ -78,34 +81,80 @@ async def test_unknown_ids_are_a_typed_error(make: MakeManager) -> None:
 
 
 @pytest.mark.parametrize("kind", ["memory", "redis"])
-async def test_a_closing_owner_releases_and_another_manager_adopts_at_once(
-    csim: Simulator, make: MakeManager, redis_server: RedisServer, kind: str
+async def test_a_closing_owner_hands_over_at_once_after_its_read_in_flight(
+    request: pytest.FixtureRequest, kind: str
 ) -> None:
-    """With a 30 s lease the periodic adoption pass comes every 20 s: only the release, which
-    the registry tells every manager of, explains an adoption within 5 s."""
+    """The owner closes while a status read is on the wire (each way takes 0.2 s). Its lease is
+    kept until that read is back, then let go; the other manager adopts at once: within 5 s,
+    where its periodic pass (2/3 of a 30 s lease) would take 20 s; and the simulator never saw
+    two reads of the session at the same time."""
+    network = Network(latency=0.2, kinds=frozenset({"status"}))
     async with contextlib.AsyncExitStack() as stack:
+        sim = await stack.enter_async_context(
+            Simulator(limits=SimulatorLimits().compressed(20), network=network))
         if kind == "memory":
             shared = MemoryStore()
             stores: list[Store] = [shared, shared]
         else:
-            stores = [await stack.enter_async_context(RedisStore.from_url(redis_server.url))
+            url = request.getfixturevalue("redis_server").url
+            stores = [await stack.enter_async_context(RedisStore.from_url(url))
                       for _ in range(2)]
-        survivor = await stack.enter_async_context(make(store=stores[0], session_lease=30.0))
-        owner = make(store=stores[1], session_lease=30.0)
-        async with owner:
+        key = sim.add_workspace().api_key
+        options: dict[str, Any] = {
+            "base_url": sim.url, **sim.limits.manager_limits(), "poll_interval": 0.05,
+            "expiry_grace": 1.0, "session_lease": 30.0, "status_timeout": 1.0}
+        survivor = await stack.enter_async_context(
+            OAuthManager(key, store=stores[0], **options))
+        async with OAuthManager(key, store=stores[1], **options) as owner:
             pending = await owner.start("google")
             sid = pending.session.session_id
             attached = await survivor.attach(sid)
-            with anyio.fail_after(10):
-                await csim.wait_for(lambda: _reads(csim, sid) >= 1)
-        read_by_owner = _reads(csim, sid)
+            with anyio.fail_after(10):  # the server has it: its answer is 0.2 s away
+                await sim.wait_for(lambda: _reads(sim, sid) >= 1)
+            assert owner._poller.busy() == {sid}
+        read_by_owner = _reads(sim, sid)
         with anyio.fail_after(5):  # the survivor adopts it and polls it
-            await csim.wait_for(lambda: _reads(csim, sid) > read_by_owner)
+            await sim.wait_for(lambda: _reads(sim, sid) > read_by_owner)
         assert sid in survivor._poller.pending
-        csim.deny(sid)
+        sim.deny(sid)
         with anyio.fail_after(10):
             result = await attached
         assert result.status is SessionStatus.ERROR
+        assert overlapping_reads(sim, sid) == []
+
+
+@pytest.mark.parametrize("kind", ["memory", "redis"])
+async def test_one_adoption_takes_every_orphan_and_a_closing_fleet_takes_none(
+    request: pytest.FixtureRequest, kind: str
+) -> None:
+    """150 sessions let go at once: one adoption takes them all (a look sees 100; it looks
+    again while it finds that many). A fleet that has begun to close adopts nothing."""
+    async with contextlib.AsyncExitStack() as stack:
+        registry: Registry
+        if kind == "memory":
+            registry = MemoryRegistry(SystemClock())
+        else:
+            url = request.getfixturevalue("redis_server").url
+            registry = (await stack.enter_async_context(RedisStore.from_url(url))).registry
+        ns = f"test-{uuid.uuid4().hex}"
+
+        def fleet(owner: str) -> Fleet:
+            return Fleet(registry, ns, owner, lease=30, retention=600, read_margin=1)
+
+        fences = {}
+        for i in range(150):
+            entry = await registry.register(ns, f"s{i}", "{}", owner="gone", lease=30,
+                                            retention=600)
+            fences[entry.session_id] = entry.fence
+        await registry.release(ns, "gone", fences)
+        closing = fleet("closing")
+        await closing.release_all()
+        assert await closing.adopt() == []
+        adopter = fleet("adopter")
+        won = await adopter.adopt()
+        assert sorted(e.session_id for e in won) == sorted(fences)
+        assert all(e.owner == "adopter" and e.fence == 2 for e in won)
+        assert await registry.orphans(ns) == []
 
 
 async def test_only_one_manager_polls_a_session(csim: Simulator, make: MakeManager) -> None:

@@ -32,6 +32,7 @@ from instantly_oauth_async.redis import RedisStore
 from instantly_oauth_async.testing import LoggedRequest, Network, Simulator
 from tests._owner_worker import OffsetClock, http_session
 from tests._processes import Child, _signal, running
+from tests._reads import overlapping_reads, status_reads
 from tests._redis import RedisServer
 
 pytestmark = pytest.mark.anyio
@@ -95,25 +96,6 @@ def manager(sim: Simulator, key: str, store: RedisStore, **kwargs: Any) -> OAuth
     return OAuthManager(key, base_url=sim.url, store=store, poll_interval=0.1,
                         fetch_account=False, session_lease=LEASE, status_timeout=LEASE / 4,
                         **kwargs)
-
-
-def status_reads(sim: Simulator, sid: str, ip: str | None = None) -> list[LoggedRequest]:
-    return [r for r in sim.requests if r.kind == "status" and r.path.endswith("/" + sid)
-            and (ip is None or r.ip == ip)]
-
-
-def overlapping_reads(sim: Simulator, sid: str) -> list[tuple[LoggedRequest, LoggedRequest]]:
-    """Pairs of status reads of ``sid`` whose intervals (received to answered) overlap."""
-    reads = sorted(status_reads(sim, sid), key=lambda r: r.interval)
-    assert all(r.received is not None and r.answered is not None for r in reads)
-    pairs: list[tuple[LoggedRequest, LoggedRequest]] = []
-    latest: LoggedRequest | None = None
-    for read in reads:
-        if latest is not None and read.interval[0] < latest.interval[1]:
-            pairs.append((latest, read))
-        if latest is None or read.interval[1] > latest.interval[1]:
-            latest = read
-    return pairs
 
 
 def in_flight(sim: Simulator, sid: str) -> list[float]:

@@ -20,7 +20,14 @@ import pytest
 import redis.asyncio as aioredis
 
 from instantly_oauth_async import ClientStateError, MemoryStore, _redis_registry
-from instantly_oauth_async._registry import ANSWER, EXPIRED, LOST, MemoryRegistry, Registry
+from instantly_oauth_async._registry import (
+    ANSWER,
+    EXPIRED,
+    LOST,
+    RELEASED,
+    MemoryRegistry,
+    Registry,
+)
 from instantly_oauth_async.redis import (
     RedisRegistry,
     RedisStore,
@@ -64,6 +71,29 @@ async def test_register_claims_for_the_starter(registry: Registry) -> None:
     assert again == entry
     assert await registry.get(NS, "unknown") is None
     assert await registry.get("iox:test:reg:other", "s1") is None  # namespaces are apart
+
+
+async def test_a_release_wakes_the_namespace_and_is_counted(registry: Registry) -> None:
+    """A manager closing lets go of its leases: whoever waits on RELEASED wakes (the others
+    adopt at once), and the count tells an adoption pass that one came while it looked."""
+    entry = await registry.register(NS, "s1", "{}", owner="a", lease=15, retention=DAY)
+    await registry.register(NS, "s2", "{}", owner="a", lease=15, retention=DAY)
+    before = registry.releases(NS)
+    woke = anyio.Event()
+
+    async def waiter() -> None:
+        await registry.wait(NS, RELEASED, within=DAY)
+        woke.set()
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(waiter)
+        await anyio.wait_all_tasks_blocked()
+        await registry.release(NS, "b", {"s1": entry.fence})  # not b's: nothing released
+        await registry.release(NS, "a", {"s1": entry.fence})
+        with anyio.fail_after(5):
+            await woke.wait()
+    assert registry.releases(NS) > before
+    assert await registry.orphans(NS) == ["s1"]  # at once, without waiting for the lease
 
 
 async def test_a_live_lease_cannot_be_claimed_a_lapsed_one_can_once(

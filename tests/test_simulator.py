@@ -124,6 +124,18 @@ async def test_outage_answers_503_then_recovers(msim: Simulator, clock: ManualCl
     assert (await init(http, msim, key, "microsoft"))[0] == 200
 
 
+@pytest.mark.parametrize("origin", [-1e7, 0.0])
+async def test_a_clock_reading_negative_blocks_nothing(
+    http: aiohttp.ClientSession, origin: float
+) -> None:
+    """No block and no outage was ever set: whatever the clock reads, an init gets through."""
+    clock = ManualClock()
+    clock.now = origin
+    async with Simulator(clock=clock) as sim:
+        key = sim.add_workspace().api_key
+        assert (await init(http, sim, key))[0] == 200
+
+
 async def test_sessions_expire_after_ttl(msim: Simulator, clock: ManualClock,
                                          http: aiohttp.ClientSession) -> None:
     key = msim.add_workspace().api_key

@@ -131,7 +131,7 @@ class RateRules:
         """An init: the IP's block, the workspace and IP windows (escalating to a block after
         ``abuse_threshold`` rejections in a window), then a scripted outage's 503."""
         ip_key = (ip, provider)
-        blocked = self._blocked_until.get(ip_key, 0.0) - now
+        blocked = self._blocked_until.get(ip_key, -math.inf) - now
         if blocked > 0:
             return Rejection(429, "Too many requests from this IP; temporarily blocked", blocked)
         ip_window = self._init_ip.setdefault(ip_key, _Window())
@@ -153,7 +153,8 @@ class RateRules:
             return Rejection(429, "Rate limit exceeded for OAuth session creation", wait)
         ip_window.add(now)
         ws_window.add(now)
-        if self._outage_count.get(provider, 0) > 0 or self._outage_until.get(provider, 0) > now:
+        outage_until = self._outage_until.get(provider, -math.inf)
+        if self._outage_count.get(provider, 0) > 0 or outage_until > now:
             if self._outage_count.get(provider, 0) > 0:
                 self._outage_count[provider] -= 1
             return Rejection(503, "OAuth is temporarily unavailable, please retry shortly")
