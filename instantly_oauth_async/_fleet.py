@@ -151,7 +151,7 @@ class Fleet:
                     ) -> tuple[ConnectResult | None, BaseException | None]:
         """Store the outcome ahead of any future; what to resolve with (the stored winner)."""
         encoded = encode_outcome(result, error)
-        fence = self.fences.get(session_id)
+        fence = self.fences.get(session_id, self._held.get(session_id))
         if encoded is None:
             self.drop(session_id)
             return result, error
@@ -195,7 +195,7 @@ class Fleet:
                 entry = await self.registry.register(
                     self.ns, session_id, data, owner=self.owner, lease=self.lease,
                     retention=self.retention)
-                del self._unregistered[session_id]
+                self._unregistered.pop(session_id, None)
                 if entry.owner != self.owner or entry.decided:
                     self.drop(session_id)
                 else:
@@ -220,7 +220,7 @@ class Fleet:
             if data is not None:  # started and ended while away: register it first
                 await self.registry.register(self.ns, session_id, data, owner=self.owner,
                                              lease=self.lease, retention=self.retention)
-                del self._unregistered[session_id]  # only once that is done
+                self._unregistered.pop(session_id, None)  # only once that is done
             await self.registry.decide(self.ns, session_id, outcome, rank,
                                        fence=self.fences.get(session_id),
                                        retention=self.retention)
@@ -253,19 +253,26 @@ class Fleet:
         release mostly claim different sessions instead of racing for the same ones."""
         won: list[Entry] = []
         async with self._adopting:
-            for _ in range(passes):
-                found = await self.registry.orphans(self.ns, limit=limit)
-                self._rng.shuffle(found)
-                for session_id in found:
-                    if self._closed:
-                        return won
-                    entry = await self.registry.claim(self.ns, session_id, self.owner,
-                                                      lease=self.lease)
-                    if entry is not None:
-                        self._hold(entry)
-                        won.append(entry)
-                if len(found) < limit:
-                    break
+            try:
+                for _ in range(passes):
+                    found = await self.registry.orphans(self.ns, limit=limit)
+                    self._rng.shuffle(found)
+                    for session_id in found:
+                        if self._closed:
+                            return won
+                        entry = await self.registry.claim(self.ns, session_id, self.owner,
+                                                          lease=self.lease)
+                        if entry is not None:
+                            self._hold(entry)
+                            won.append(entry)
+                    if len(found) < limit:
+                        break
+            except InstantlyError as exc:
+                if not won:
+                    raise
+                # What was won is held: it must be polled, whatever cut the pass short.
+                logger.info("adoption cut short after %d sessions: %s", len(won),
+                            type(exc).__name__)
         return won
 
     async def release_all(self, busy: Collection[str] = ()) -> None:
@@ -276,6 +283,7 @@ class Fleet:
         still be on the wire: :meth:`release_held` lets go of those once their reads ended
         (if it never comes, their leases lapse by then)."""
         self._closed = True
+        self._until.clear()  # no read starts from now on (may_read is False)
         async with self._adopting:
             if self._unwritten:
                 try:
@@ -294,6 +302,10 @@ class Fleet:
                 self._held = held
                 await self.registry.renew(self.ns, self.owner, held, lease=self._read_margin)
             await self.registry.release(self.ns, self.owner, free)
+
+    def holding(self) -> bool:
+        """Whether :meth:`release_all` kept leases for reads in flight."""
+        return bool(self._held)
 
     async def release_held(self) -> None:
         """Let go of the leases :meth:`release_all` kept for reads in flight, now ended (one

@@ -237,9 +237,9 @@ class OAuthManager:
             with anyio.CancelScope(shield=True), self._clock.deadline(2.0), \
                     contextlib.suppress(InstantlyError):  # else the leases lapse by themselves
                 await self._fleet.release_all(busy=busy)
-            if busy:
+            if self._fleet.holding():  # the reads are on the wire: real time bounds them
                 with anyio.CancelScope(shield=True), \
-                        self._clock.deadline(self._fleet.read_margin + 2.0), \
+                        anyio.move_on_after(self._fleet.read_margin + 2.0), \
                         contextlib.suppress(InstantlyError):
                     await self._poller.settle(busy)
                     await self._fleet.release_held()

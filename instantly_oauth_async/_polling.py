@@ -54,8 +54,8 @@ class PendingConnection:
     """
 
     __slots__ = ("_born", "_cancel_requested", "_clock", "_deadline", "_done", "_due_seq", "_error",
-                 "_failures", "_finished", "_in_step", "_key", "_next_at", "_on_finish",
-                 "_polls", "_result", "_unsure", "_watch", "expected_email", "session")
+                 "_failures", "_finished", "_in_step", "_key", "_next_at", "_on_finish", "_polls",
+                 "_reading", "_result", "_unsure", "_watch", "expected_email", "session")
 
     def __init__(
         self,
@@ -78,6 +78,7 @@ class PendingConnection:
         self._on_finish = on_finish
         self._cancel_requested = False
         self._in_step = False  # a read, and what follows from its answer, is under way
+        self._reading = False  # a status read is on the wire
         # The last read got no clear answer (lost on the wire, 5xx, garbled): the server may
         # have given its one-time answer to it, so cancel() waits for one clear answer.
         self._unsure = False
@@ -186,7 +187,7 @@ class Poller:
         self._wakeup: anyio.Event | None = None
         self._reaper_wakeup: anyio.Event | None = None
         self._closing = False
-        self._step_ended: anyio.Event | None = None  # set when a step ends, for settle()
+        self._read_ended: anyio.Event | None = None  # set when a status read ends: settle()
 
     # -- sessions in, sessions out -----------------------------------------------------------
 
@@ -227,16 +228,16 @@ class Poller:
         self._closing = True
 
     def busy(self) -> set[str]:
-        """The sessions with a read (or what follows from its answer) in flight."""
-        return {sid for sid, pending in self.pending.items() if pending._in_step}
+        """The sessions with a status read on the wire."""
+        return {sid for sid, pending in self.pending.items() if pending._reading}
 
     async def settle(self, session_ids: Collection[str]) -> None:
-        """Until none of these sessions has a read in flight."""
-        steps = [p for sid in session_ids if (p := self.pending.get(sid)) is not None]
-        while any(pending._in_step for pending in steps):
-            if self._step_ended is None:
-                self._step_ended = anyio.Event()
-            await self._step_ended.wait()
+        """Until none of these sessions has a status read on the wire."""
+        reads = [p for sid in session_ids if (p := self.pending.get(sid)) is not None]
+        while any(pending._reading for pending in reads):
+            if self._read_ended is None:
+                self._read_ended = anyio.Event()
+            await self._read_ended.wait()
 
     def abandon_all(self) -> None:
         """Every session still pending ends with ``ClientStateError``."""
@@ -369,6 +370,9 @@ class Poller:
         was "pending"). Closing the manager cancels steps outright.
         """
         try:
+            if self._closing:  # the manager closes: no read starts (its lease is let go)
+                await self._reads.release(grant)
+                return
             if pending._cancel_requested and not pending._unsure:
                 await self._reads.release(grant)
                 pending._finish(error=pending._cancelled())
@@ -402,9 +406,6 @@ class Poller:
             pending._finish(error=exc)
         finally:
             pending._in_step = False
-            if self._step_ended is not None:
-                self._step_ended.set()
-                self._step_ended = None
             if not pending.done() and self._closing:
                 pending._finish(error=ClientStateError("the OAuthManager closed first"))
 
@@ -508,8 +509,15 @@ class Poller:
         pending._next_at = now + self.poll_interval
         try:
             pending._polls += 1
-            status = await self._reads.status(session.session_id, grant,
-                                              provider=session.provider.value)
+            pending._reading = True
+            try:
+                status = await self._reads.status(session.session_id, grant,
+                                                  provider=session.provider.value)
+            finally:
+                pending._reading = False
+                if self._read_ended is not None:
+                    self._read_ended.set()
+                    self._read_ended = None
         except NotFoundError:
             pending._unsure = False
             return await self._outcomes.reconcile(

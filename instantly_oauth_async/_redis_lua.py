@@ -270,7 +270,7 @@ return 1
 #
 # Every key of a namespace carries the namespace as its hash tag (``iox:reg:{<ns>}:...``), so a
 # script touches one cluster slot. KEYS[1]: the lapse index (sorted set: undecided session ->
-# lease end, 0 once released); KEYS[2]: the meta hash (undecided session -> 'created forget');
+# lease end, -inf once released); KEYS[2]: the meta hash (undecided session -> 'created forget');
 # then entry hashes: d data, c created, o owner ('' = none), f fence, l lease end, x outcome
 # (absent while undecided), r rank, g forget at (retention's end, by the store's clock). Every
 # reply starts with the time the script used; an entry follows as d, c, o, f, l, decided (0/1),
