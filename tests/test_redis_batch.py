@@ -74,6 +74,13 @@ async def until(condition: Callable[[], Awaitable[bool]], within: float = 5.0) -
             await anyio.sleep(0.002)
 
 
+def released(admin: aioredis.Redis, k: str, lease: str) -> Callable[[], Awaitable[bool]]:
+    """A condition for :func:`until`: Redis no longer holds ``lease``'s slot of budget ``k``."""
+    async def condition() -> bool:
+        return await admin.zscore(f"{k}:held", lease) is None
+    return condition
+
+
 async def ask(store: RedisStore, at: float, specs: list[tuple[str, RateLimit]], asker: str | None,
               **kwargs: Any) -> float:
     """One TAKE at the scripts' time ``at``: the time the asker is told to come back (``at`` when
@@ -275,11 +282,7 @@ async def test_a_posted_step_goes_alone_when_due(store: RedisStore, admin: aiore
     await ask(store, T0, specs, None, lease="L", hold=100)
     trips = store.round_trips
     await store.release(specs, "L")
-
-    async def released() -> bool:
-        return await admin.zscore(f"{k}:held", "L") is None
-
-    await until(released)
+    await until(released(admin, k, "L"))
     assert await admin.zscore(f"{k}:freed", "L") == T0 + 60
     assert store.round_trips == trips + 1
     assert store.steps["(posted alone)"] == 1
@@ -299,11 +302,7 @@ async def test_a_release_sent_late_frees_its_slot_a_window_after_its_request_end
         assert wait == 0
         asked = _seconds(await admin.time())
         await store.release(specs, "L")
-
-        async def released() -> bool:
-            return await admin.zscore(f"{k}:held", "L") is None
-
-        await until(released)
+        await until(released(admin, k, "L"))
         arrived = _seconds(await admin.time())
         score = await admin.zscore(f"{k}:freed", "L")
         assert score is not None
