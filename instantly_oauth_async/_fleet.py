@@ -94,6 +94,9 @@ class Fleet:
         self._closed = False  # closing: it adopts nothing more
         self._held: dict[str, int] = {}  # closing: leases kept until their reads ended
         self._adopting = anyio.Lock()  # an adoption pass; release_all waits for it to end
+        # Sessions this manager handed over without an outcome (cancelled): it does not adopt
+        # them back before the time given (the store's clock), their deadline.
+        self._shunned: dict[str, float] = {}
         self._rng = random.Random()  # noqa: S311 - spreads claims, no secret
 
     def __repr__(self) -> str:
@@ -153,11 +156,21 @@ class Fleet:
         encoded = encode_outcome(result, error)
         fence = self.fences.get(session_id, self._held.get(session_id))
         if encoded is None:
-            self.drop(session_id)
-            return result, error
+            return result, error  # no outcome: the poller hands the session over
         try:
             entry = await self.registry.decide(self.ns, session_id, *encoded, fence=fence,
                                                retention=self.retention)
+            data = self._data.get(session_id)
+            if entry is None and fence is not None and data is not None:
+                # The registry lost it (a Redis restarted empty, a failover) while this
+                # manager held it: nobody else can hold it, so register it again and store.
+                logger.warning("session %s was missing from the registry as its outcome was "
+                               "written: registered again", session_id)
+                again = await self.registry.register(
+                    self.ns, session_id, data, owner=self.owner, lease=self.lease,
+                    retention=self.retention)
+                entry = await self.registry.decide(self.ns, session_id, *encoded,
+                                                   fence=again.fence, retention=self.retention)
         except RegistryUnavailableError:
             if fence is not None:  # ours: keep the lease and write it when the store is back
                 self._unwritten[session_id] = encoded
@@ -246,6 +259,41 @@ class Fleet:
         self._hold(entry)
         return True
 
+    async def hand_over(self, session_id: str, shun_for: float) -> None:
+        """Let go of one session that ended here without an outcome (cancelled): another
+        manager adopts it and polls it to its real outcome. This one does not adopt it back for
+        ``shun_for`` seconds (until its deadline): then, if still nobody decided it, it reads
+        it once more itself. A store away lets the lease lapse instead."""
+        if session_id in self._unwritten:
+            return  # it has an outcome, to be written when the store is back: kept till then
+        fence = self.fences.get(session_id)
+        self._unregistered.pop(session_id, None)
+        if fence is None:
+            self.drop(session_id)
+            return
+        try:
+            self._shunned[session_id] = self.registry.now() + shun_for
+            await self.registry.release(self.ns, self.owner, {session_id: fence})
+        except RegistryUnavailableError as exc:
+            logger.info("session %s not handed over (%s): its lease lapses", session_id,
+                        type(exc).__name__)
+        finally:
+            self.drop(session_id)
+
+    def _shuns(self, session_id: str, now: float) -> bool:
+        until = self._shunned.get(session_id)
+        if until is None:
+            return False
+        if until <= now:
+            del self._shunned[session_id]
+            return False
+        return True
+
+    def _forget_shunned(self, now: float) -> None:
+        for session_id, until in list(self._shunned.items()):
+            if until <= now:
+                del self._shunned[session_id]
+
     async def adopt(self, limit: int = 100, *, passes: int = 10) -> list[Entry]:
         """Claim the workspace's orphans (exactly one claimer wins each): ``limit`` a look, and
         another look while one found ``limit`` (at most ``passes``). Nothing once this manager
@@ -257,9 +305,13 @@ class Fleet:
                 for _ in range(passes):
                     found = await self.registry.orphans(self.ns, limit=limit)
                     self._rng.shuffle(found)
+                    now = self.registry.now()
+                    self._forget_shunned(now)
                     for session_id in found:
                         if self._closed:
                             return won
+                        if self._shuns(session_id, now):
+                            continue
                         entry = await self.registry.claim(self.ns, session_id, self.owner,
                                                           lease=self.lease)
                         if entry is not None:

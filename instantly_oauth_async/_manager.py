@@ -172,7 +172,10 @@ class OAuthManager:
                                   account_wait=2 * float(request_timeout)),
             self._clock, self._tally, retry=retry, rng=rng,
             poll_interval=float(poll_interval), expiry_grace=float(expiry_grace),
-            fleet=self._fleet)
+            fleet=self._fleet, close_fetch_wait=float(status_timeout))
+        # How long aclose() waits for steps under way: a status read's timeout and the account
+        # read's bound at close, and the outcome's write (a tenth of a lease, as a read has).
+        self._close_wait = 2 * float(status_timeout) + float(session_lease) / 10 + 2.0
         self._budget = Budget(limiter(standard_specs, [standard_key]), hold=init_hold,
                               tally=self._tally)
         self._group: anyio.abc.TaskGroup | None = None
@@ -231,18 +234,24 @@ class OAuthManager:
                     await self._closed.wait()
             return
         self._state = "closed"
+        # No read starts from now on. Sessions in a step (a status read on the wire, or the
+        # account read after a one-time answer) end it: their answers are stored before their
+        # leases go. An account read gets at most status_timeout more (the success is then
+        # stored without its account); real time bounds the whole wait.
         self._poller.closing()
+        busy = self._poller.busy()
         if self._fleet is not None:  # others adopt at once, not one lease later
-            busy = self._poller.busy()  # these are let go once their reads ended
             with anyio.CancelScope(shield=True), self._clock.deadline(2.0), \
                     contextlib.suppress(InstantlyError):  # else the leases lapse by themselves
                 await self._fleet.release_all(busy=busy)
-            if self._fleet.holding():  # the reads are on the wire: real time bounds them
-                with anyio.CancelScope(shield=True), \
-                        anyio.move_on_after(self._fleet.read_margin + 2.0), \
-                        contextlib.suppress(InstantlyError):
-                    await self._poller.settle(busy)
-                    await self._fleet.release_held()
+        if busy:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(self._close_wait), \
+                    contextlib.suppress(InstantlyError):
+                await self._poller.settle(busy)
+        if self._fleet is not None and self._fleet.holding():
+            with anyio.CancelScope(shield=True), anyio.move_on_after(2.0), \
+                    contextlib.suppress(InstantlyError):
+                await self._fleet.release_held()
         self._group = None
         try:
             with anyio.CancelScope(shield=True):
@@ -326,6 +335,16 @@ class OAuthManager:
         self._tally.created += 1
         if self._fleet is not None:  # known to the fleet before the caller sees it
             await self._fleet.register(session, expected_email)
+        if self._state == "closed":  # closed while the init or its registration was under way
+            sid = session.session_id
+            if self._fleet is None:
+                raise ClientStateError(
+                    f"the OAuthManager closed while start() created session {sid}; nobody "
+                    "polls it: resume() it on another manager")
+            await self._fleet.hand_over(sid, 0.0)
+            raise ClientStateError(
+                f"the OAuthManager closed while start() registered session {sid}; it was "
+                f"handed over to the fleet: attach('{sid}') from another manager")
         first_poll = self._clock.monotonic() + self._poller.poll_interval
         return self._poller.track(session, expected_email, first_poll)
 

@@ -4,14 +4,19 @@ one-time answer that was lost on the wire."""
 from __future__ import annotations
 
 import logging
+import math
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Final
 
+import anyio
 import attrs
 
 from ._clock import Clock
 from ._exceptions import (
+    ClientStateError,
     InstantlyError,
     MalformedResponseError,
     RateLimitedError,
@@ -21,7 +26,8 @@ from ._exceptions import (
 from ._models import Account, OAuthSession, OAuthStatus, RetryPolicy, SessionStatus
 from ._reads import Reads
 
-__all__ = ["DOCUMENTED_TTL", "ConnectResult", "OutcomeLostError", "Outcomes"]
+__all__ = ["CLOSED_DURING_FETCH", "DOCUMENTED_TTL", "ClosedDuringFetchError", "ConnectResult",
+           "OutcomeLostError", "Outcomes"]
 
 logger = logging.getLogger("instantly_oauth_async")
 
@@ -87,6 +93,16 @@ class ConnectResult:
         )
 
 
+class ClosedDuringFetchError(ClientStateError):
+    """A reconciliation's account read was cut short because the manager closed: nothing is
+    known, so nothing is decided (the session is handed over, and its adopter reconciles)."""
+
+
+#: ``account_error`` of a success whose account read the manager's closing cut short.
+CLOSED_DURING_FETCH = ("not fetched: the manager closed during the account read (the mailbox "
+                       "is connected; read it with client.get_account)")
+
+
 class Outcomes:
     """Turns what the server said (or failed to say) into a :class:`ConnectResult`."""
 
@@ -100,6 +116,26 @@ class Outcomes:
         self._retry = retry
         self._rng = rng
         self._fetch_account = fetch_account
+        # Account reads under way; when the manager closes each gets a bound (real time).
+        self._fetches: set[anyio.CancelScope] = set()
+        self._cut_at = math.inf
+
+    def closing(self, within: float) -> None:
+        """The manager closes: every account read, under way or to come, ends within
+        ``within`` seconds of real time (a success is then stored without its account)."""
+        self._cut_at = min(self._cut_at, anyio.current_time() + within)
+        for scope in self._fetches:
+            scope.deadline = min(scope.deadline, self._cut_at)
+
+    @contextmanager
+    def _cuttable(self) -> Iterator[anyio.CancelScope]:
+        scope = anyio.CancelScope(deadline=self._cut_at)
+        self._fetches.add(scope)
+        try:
+            with scope:
+                yield scope
+        finally:
+            self._fetches.discard(scope)
 
     async def conclude(
         self, session: OAuthSession, status: OAuthStatus, expected_email: str | None, *,
@@ -110,8 +146,11 @@ class Outcomes:
         account, account_error = None, None
         wanted = self._fetch_account and not cancelled
         if status.status is SessionStatus.SUCCESS and wanted and status.email:
-            account, account_error = await self.account(status.email,
-                                                        provider=session.provider.value)
+            with self._cuttable() as scope:
+                account, account_error = await self.account(status.email,
+                                                            provider=session.provider.value)
+            if scope.cancelled_caught:
+                account, account_error = None, CLOSED_DURING_FETCH
         elif status.status is SessionStatus.SUCCESS and self._fetch_account and cancelled:
             account_error = "not fetched: the session was cancelled"
         return ConnectResult(session, status.status, **fields, account=account,
@@ -158,7 +197,11 @@ class Outcomes:
         if email is None:
             raise OutcomeLostError(
                 session.session_id, f"{why}; pass expected_email to let the library reconcile")
-        account, account_error = await self.account(email, provider=session.provider.value)
+        with self._cuttable() as scope:
+            account, account_error = await self.account(email, provider=session.provider.value)
+        if scope.cancelled_caught:
+            raise ClosedDuringFetchError(
+                f"session {session.session_id}: the manager closed while reconciling")
         if account is None:
             raise OutcomeLostError(
                 session.session_id, f"{why}; {email} is not connected ({account_error})")

@@ -10,6 +10,7 @@ changes nothing.
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import logging
 import math
@@ -36,7 +37,7 @@ from ._exceptions import (
 from ._fleet import Fleet, UnknownSessionError, decode_outcome, decode_session
 from ._limiter import Grant
 from ._models import OAuthSession, RetryPolicy, SessionStatus
-from ._outcome import ConnectResult, OutcomeLostError, Outcomes
+from ._outcome import DOCUMENTED_TTL, ConnectResult, OutcomeLostError, Outcomes
 from ._reads import Reads
 from ._registry import RELEASED, Entry
 from ._stats import Tally
@@ -166,8 +167,10 @@ class Poller:
         poll_interval: float,
         expiry_grace: float,
         fleet: Fleet | None = None,
+        close_fetch_wait: float = 5.0,
     ) -> None:
         self._fleet = fleet
+        self._close_fetch_wait = close_fetch_wait
         self._registered: set[str] = set()  # resumed sessions offered to the registry
         self._group: anyio.abc.TaskGroup | None = None
         self._reads = reads
@@ -187,19 +190,36 @@ class Poller:
         self._wakeup: anyio.Event | None = None
         self._reaper_wakeup: anyio.Event | None = None
         self._closing = False
-        self._read_ended: anyio.Event | None = None  # set when a status read ends: settle()
+        self._step_ended: anyio.Event | None = None  # set when a step ends: settle()
+        # attach() handles waiting on the registry, ended with the manager if still waiting
+        self._watching: set[PendingConnection] = set()
 
     # -- sessions in, sessions out -----------------------------------------------------------
 
     def track(self, session: OAuthSession, expected_email: str | None, first_poll: float, *,
-              resumed: bool = False) -> PendingConnection:
-        """Register a session and queue its first poll."""
+              resumed: bool = False, age: float | None = None) -> PendingConnection:
+        """Register a session and queue its first poll. ``age``: how old the session is (by the
+        registry's clock), for one adopted; else its life is counted from the init's ``Date``
+        (and set right by the first status answer's)."""
         pending = PendingConnection(session, expected_email, self._finished, clock=self._clock)
         pending._key = self._tally.started(session.provider, resumed=resumed)
         self.pending[session.session_id] = pending
-        self._set_deadline(pending, self._local_deadline(session.expires_at, session.server_date))
+        self._set_deadline(pending, self._deadline_of(session, age))
         self._schedule(pending, first_poll)
         return pending
+
+    def _deadline_of(self, session: OAuthSession, age: float | None) -> float:
+        """When to give up on ``session``: at its expiry plus the grace, from its real age when
+        known; never before one read could tell its outcome (an adopted session may be past
+        its deadline already: its one read still decides)."""
+        if age is None:
+            return self._local_deadline(session.expires_at, session.server_date)
+        if session.server_date is not None:
+            life = (session.expires_at - session.server_date).total_seconds()
+        else:
+            life = DOCUMENTED_TTL
+        now = self._clock.monotonic()
+        return max(now + max(0.0, life - age) + self._expiry_grace, now + self.poll_interval)
 
     def _finished(self, pending: PendingConnection) -> None:
         """Bookkeeping for a session that just ended, however it ended."""
@@ -222,28 +242,35 @@ class Poller:
             pending.session.provider, outcome, label,
             latency=self._clock.monotonic() - pending._born, polls=pending._polls,
             reconciled=result is not None and result.reconciled, key=pending._key)
+        if not pending._in_step:  # else the step hands it over as it ends
+            self._hand_over_if_held(pending)
 
     def closing(self) -> None:
-        """The manager is closing: a step that ends from now on finishes its session."""
+        """The manager is closing: no read starts, a step that ends from now on finishes its
+        session, and an account read under way or to come gets ``close_fetch_wait`` seconds."""
         self._closing = True
+        self._outcomes.closing(self._close_fetch_wait)
 
     def busy(self) -> set[str]:
-        """The sessions with a status read on the wire."""
-        return {sid for sid, pending in self.pending.items() if pending._reading}
+        """The sessions in a step: a status read on the wire, or what follows from its answer
+        (the account read, the outcome's write). Their answers are stored before they end."""
+        return {sid for sid, pending in self.pending.items() if pending._in_step}
 
     async def settle(self, session_ids: Collection[str]) -> None:
-        """Until none of these sessions has a status read on the wire."""
-        reads = [p for sid in session_ids if (p := self.pending.get(sid)) is not None]
-        while any(pending._reading for pending in reads):
-            if self._read_ended is None:
-                self._read_ended = anyio.Event()
-            await self._read_ended.wait()
+        """Until none of these sessions is in a step."""
+        steps = [p for sid in session_ids if (p := self.pending.get(sid)) is not None]
+        while any(pending._in_step for pending in steps):
+            if self._step_ended is None:
+                self._step_ended = anyio.Event()
+            await self._step_ended.wait()
 
     def abandon_all(self) -> None:
-        """Every session still pending ends with ``ClientStateError``."""
-        for pending in list(self.pending.values()):
+        """Every session still pending, and every handle still waiting on the registry, ends
+        with ``ClientStateError``."""
+        for pending in [*self.pending.values(), *self._watching]:
             pending._finish(error=ClientStateError("the OAuthManager closed first"))
         self.pending.clear()
+        self._watching.clear()
 
     def _local_deadline(self, expires_at: datetime, server_date: datetime | None) -> float:
         """When to give up on our own: the server's own lifetime figure, plus the grace."""
@@ -408,6 +435,22 @@ class Poller:
             pending._in_step = False
             if not pending.done() and self._closing:
                 pending._finish(error=ClientStateError("the OAuthManager closed first"))
+            elif pending.done():
+                self._hand_over_if_held(pending)
+            if self._step_ended is not None:
+                self._step_ended.set()
+                self._step_ended = None
+
+    def _hand_over_if_held(self, pending: PendingConnection) -> None:
+        """A session ended here with no outcome stored while its lease is still ours (it was
+        cancelled, or ended with an error that is no outcome): the fleet finishes it. Not while
+        closing: the manager lets go of every lease then."""
+        fleet, sid = self._fleet, pending.session.session_id
+        if fleet is not None and sid in fleet.fences and not self._closing \
+                and self._group is not None \
+                and pending._result is None and not isinstance(pending._error, OutcomeLostError):
+            self._group.start_soon(
+                fleet.hand_over, sid, max(0.0, pending._deadline - self._clock.monotonic()))
 
     async def _conclude(self, pending: PendingConnection, result: ConnectResult | None,
                         error: BaseException | None) -> None:
@@ -457,22 +500,42 @@ class Poller:
 
     def adopted(self, entry: Entry) -> None:
         session, expected_email = decode_session(entry.data)
+        age = None
+        if self._fleet is not None:
+            with contextlib.suppress(InstantlyError):  # never reached: counted from its Date
+                age = max(0.0, self._fleet.registry.now() - entry.created_at)
         existing = self.pending.get(session.session_id)
         if existing is not None:
+            if age is not None:
+                self._set_deadline(existing, self._deadline_of(session, age))
             if not (existing.done() or existing._in_step or existing._due_seq):
                 self._schedule(existing, self._clock.monotonic())  # it was watching: poll again
             return
-        self.track(session, expected_email, self._clock.monotonic(), resumed=True)
+        self.track(session, expected_email, self._clock.monotonic(), resumed=True, age=age)
 
     def watch(self, pending: PendingConnection) -> None:
-        """Wait on the registry for the outcome another manager writes; no API budget spent."""
-        if self._group is not None and self._fleet is not None and not pending.done():
-            self._group.start_soon(self._watch_registry, pending, self._fleet)
+        """Wait on the registry for the outcome another manager writes; no API budget spent.
+        A handle still waiting when the manager closes ends with ``ClientStateError``."""
+        if pending.done():
+            return
+        if self._group is None or self._fleet is None or self._closing:
+            pending._finish(error=ClientStateError("the OAuthManager closed first"))
+            return
+        if self.pending.get(pending.session.session_id) is not pending:
+            self._watching.add(pending)  # an attach() handle: abandon_all() ends it
+        self._group.start_soon(self._watch_registry, pending, self._fleet)
 
     async def _watch_registry(self, pending: PendingConnection, fleet: Fleet) -> None:
         """Until the outcome is stored. An entry found missing (the store lost its data) is
         waited for a lease, the time a live owner takes to register it again; then the
         awaiters get ``UnknownSessionError``: nobody polls it, so no outcome will come."""
+        try:
+            await self._await_outcome(pending, fleet)
+        finally:
+            if pending.done():
+                self._watching.discard(pending)
+
+    async def _await_outcome(self, pending: PendingConnection, fleet: Fleet) -> None:
         session_id = pending.session.session_id
         missing_since: float | None = None
         while not pending.done():
@@ -515,9 +578,6 @@ class Poller:
                                                   provider=session.provider.value)
             finally:
                 pending._reading = False
-                if self._read_ended is not None:
-                    self._read_ended.set()
-                    self._read_ended = None
         except NotFoundError:
             pending._unsure = False
             return await self._outcomes.reconcile(

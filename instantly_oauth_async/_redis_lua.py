@@ -26,10 +26,19 @@ end
 """
 
 #: KEYS: freed_1, held_1, ..., freed_n, held_n, the fleet's queue (sorted set: asker -> the time
-#: it first asked), its due index (asker -> when it must ask again to keep its place), then the
-#: block keys. ARGV: n, lease ('' = time the slots from now), hold, member, asker ('' = none),
-#: grace, then count_i, window_i; now. Returns {wait, blocked (0/1)}, and when taken a third
-#: item: the fullest budget's share spent, this slot included.
+#: it first asked), its due index (asker -> when it must ask again to keep its place), the block
+#: keys, then the epoch (a hash: token, born, settle; kept a day past its last take). ARGV: n,
+#: lease ('' = time the slots from now), hold, member, asker ('' = none), grace, then count_i,
+#: window_i, then the epoch token this process saw within the last window plus hold ('' =
+#: none: nothing it spent can still count), a token to use if there is none, how long the
+#: slots spent before a data loss may take to come back (the longest window plus the longest
+#: hold); now. Returns {wait, blocked (0/1), the fullest budget's share spent with this slot
+#: ('1' when not taken), the epoch token}.
+#:
+#: The epoch tells a data loss: a store restarted empty, or failed over to a replica that had
+#: not got the last writes, has no token, or a new one. A process that saw another token knows
+#: the logs lost what the last window spent; every take then waits until all of it has come
+#: back (the epoch's birth plus that long): no server window overfills across a loss.
 #:
 #: With an asker (one FairLimiter of one process: only the head of its own queue asks), the
 #: askers of the fleet are served in the order they first asked: a slot goes to an asker only when
@@ -40,14 +49,28 @@ end
 TAKE: Final = _NOW + """
 local n, lease, hold, member = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local asker, grace = ARGV[5], tonumber(ARGV[6])
-local now = clock(ARGV[7 + 2 * n])
-local queue, due = KEYS[2 * n + 1], KEYS[2 * n + 2]
+local now = clock(ARGV[10 + 2 * n])
+local queue, due, epoch = KEYS[2 * n + 1], KEYS[2 * n + 2], KEYS[#KEYS]
+local token = redis.call('HGET', epoch, 'token')
+if not token then
+  token = ARGV[8 + 2 * n]
+  redis.call('HSET', epoch, 'token', token, 'born', num(now))
+end
+if ARGV[7 + 2 * n] ~= '' and token ~= ARGV[7 + 2 * n] then
+  local settle = at(redis.call('HGET', epoch, 'born')) + tonumber(ARGV[9 + 2 * n])
+  if at(redis.call('HGET', epoch, 'settle')) < settle then
+    redis.call('HSET', epoch, 'settle', num(settle))
+  end
+end
+keep_for(epoch, math.max(86400, 2 * tonumber(ARGV[9 + 2 * n])))
 local blocked = 0
-for i = 2 * n + 3, #KEYS do
+for i = 2 * n + 3, #KEYS - 1 do
   local left = at(redis.call('GET', KEYS[i])) - now
   if left > blocked then blocked = left end
 end
-if blocked > 0 then return {num(blocked), 1} end
+if blocked > 0 then return {num(blocked), 1, '1', token} end
+local settling = at(redis.call('HGET', epoch, 'settle')) - now
+if settling > 0 then return {num(settling), 0, '1', token} end
 local ahead = 0
 if asker ~= '' then
   for _, gone in ipairs(redis.call('ZRANGEBYSCORE', due, '-inf', num(now))) do
@@ -98,7 +121,7 @@ if wait > 0 then
     keep_for(queue, ttl)
     keep_for(due, ttl)
   end
-  return {num(wait), 0}
+  return {num(wait), 0, '1', token}
 end
 if asker ~= '' then
   redis.call('ZREM', queue, asker)
@@ -114,7 +137,7 @@ for i = 1, n do
     keep_for(KEYS[2 * i], hold + window)
   end
 end
-return {'0', 0, num(fullest)}
+return {'0', 0, num(fullest), token}
 """
 
 #: KEYS: the queue and its due index (as in TAKE); ARGV: asker. It waits no more.
@@ -444,7 +467,8 @@ BATCH: Final = "local steps = {}\n" + "".join(
 ) + """
 -- An init's slot and its breaker's leave in one step. KEYS: the breaker, then TAKE's keys.
 -- ARGV: the breaker's policy (4), then TAKE's args (their last, now, serves both). Returns
--- {wait, 0 taken / 1 blocked / 2 the breaker says wait, probe (0/1)}. A probe the breaker let
+-- {wait, 0 taken / 1 blocked / 2 the breaker says wait, probe (0/1)}, then TAKE's share spent
+-- and epoch token (not when the breaker said wait). A probe the breaker let
 -- go is taken back when no slot is free (the circuit stays half open, with no probe out).
 steps['GATED_TAKE'] = function(KEYS, ARGV)
   local tk, ta = {}, {}
@@ -460,9 +484,9 @@ steps['GATED_TAKE'] = function(KEYS, ARGV)
   end
   if taken[1] ~= '0' and tonumber(admit[2]) == 1 then
     steps['BREAKER_RELEASE']({KEYS[1]}, {'1'})
-    return {taken[1], taken[2], 0}
+    return {taken[1], taken[2], 0, taken[3], taken[4]}
   end
-  return {taken[1], taken[2], admit[2], taken[3] or '1'}
+  return {taken[1], taken[2], admit[2], taken[3], taken[4]}
 end
 
 local replies = {}

@@ -28,6 +28,7 @@ falls back to this process's memory: a lease or an outcome the fleet cannot see 
 from __future__ import annotations
 
 import collections
+import heapq
 import math
 from collections.abc import Mapping
 from typing import Protocol, runtime_checkable
@@ -125,30 +126,64 @@ class Registry(Protocol):
 
 
 class MemoryRegistry:
-    """The registry of one process, timed by ``clock``; lost with the process."""
+    """The registry of one process, timed by ``clock``; lost with the process.
+
+    Entries leave ``retention`` seconds after they were registered, or decided, whichever was
+    later: every step first forgets what is due, so a long-running process holds only what its
+    retention asks for. An adoption pass looks through the undecided entries only."""
 
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
         self._entries: dict[tuple[str, str], Entry] = {}
         self._forget_at: dict[tuple[str, str], float] = {}
+        self._forget: list[tuple[float, tuple[str, str]]] = []  # a heap of (when, key)
+        self._open: dict[str, dict[str, None]] = {}  # undecided entries by namespace
         self._changed: dict[tuple[str, str], anyio.Event] = {}
         self._releases: collections.Counter[str] = collections.Counter()
 
     def __repr__(self) -> str:
         return f"<MemoryRegistry sessions={len(self._entries)}>"
 
+    def __len__(self) -> int:
+        """How many entries it holds (undecided, and decided within their retention)."""
+        return len(self._entries)
+
     def now(self) -> float:
         return self._clock.monotonic()
 
-    def _live(self, key: tuple[str, str]) -> Entry | None:
-        forget = self._forget_at.get(key)
-        if forget is not None and forget <= self.now():
+    def _forget_due(self) -> None:
+        now, heap = self.now(), self._forget
+        while heap and heap[0][0] <= now:
+            at, key = heapq.heappop(heap)
+            if self._forget_at.get(key) != at:
+                continue  # moved later since (decided), or forgotten already
+            del self._forget_at[key]
             self._entries.pop(key, None)
-            self._forget_at.pop(key, None)
+            self._close(key)
+            self._wake(key)  # a waiter re-reads, and finds it gone
+
+    def _keep_until(self, key: tuple[str, str], at: float) -> None:
+        self._forget_at[key] = at
+        heapq.heappush(self._forget, (at, key))
+
+    def _close(self, key: tuple[str, str]) -> None:
+        ns, session_id = key
+        open_ = self._open.get(ns)
+        if open_ is not None:
+            open_.pop(session_id, None)
+            if not open_:
+                del self._open[ns]
+
+    def _live(self, key: tuple[str, str]) -> Entry | None:
+        self._forget_due()
         return self._entries.get(key)
 
     def _put(self, key: tuple[str, str], entry: Entry) -> Entry:
         self._entries[key] = entry
+        if entry.decided:
+            self._close(key)
+        else:
+            self._open.setdefault(key[0], {})[key[1]] = None
         self._wake(key)
         return entry
 
@@ -163,7 +198,7 @@ class MemoryRegistry:
         existing = self._live(key)
         if existing is not None:
             return existing
-        self._forget_at[key] = now + retention  # renewed when decided
+        self._keep_until(key, now + retention)  # renewed when decided
         return self._put(key, Entry(session_id, data, now, owner, 1, now + lease))
 
     async def get(self, ns: str, session_id: str) -> Entry | None:
@@ -211,15 +246,15 @@ class MemoryRegistry:
             return entry  # a stale owner: the fence refuses its write
         if entry.decided and rank <= entry.rank:
             return entry  # first writer wins; only a better-founded outcome replaces it
-        self._forget_at[key] = self.now() + retention
+        self._keep_until(key, self.now() + retention)
         return self._put(key, attrs.evolve(entry, outcome=outcome, rank=rank, owner=None,
                                            lease_until=-math.inf))
 
     async def orphans(self, ns: str, *, limit: int = 100) -> list[str]:
-        now = self.now()
-        found = [e for (n, _), e in list(self._entries.items())
-                 if n == ns and not e.decided and e.lease_until <= now
-                 and self._live((n, e.session_id)) is not None]
+        self._forget_due()
+        now, entries = self.now(), self._entries
+        found = [entry for sid in self._open.get(ns, ())
+                 if (entry := entries[(ns, sid)]).lease_until <= now]
         found.sort(key=lambda e: e.created_at)
         return [e.session_id for e in found[:limit]]
 
@@ -229,5 +264,11 @@ class MemoryRegistry:
     async def wait(self, ns: str, session_id: str, within: float) -> None:
         key = (ns, session_id)
         event = self._changed.setdefault(key, anyio.Event())
-        with self._clock.deadline(within if within < math.inf else 86400.0):
-            await event.wait()
+        try:
+            with self._clock.deadline(within if within < math.inf else 86400.0):
+                await event.wait()
+        finally:
+            # Timed out or cancelled: drop the event unless another waiter still uses it (the
+            # last one to leave drops it; a wake-up drops it anyway).
+            if self._changed.get(key) is event and event.statistics().tasks_waiting == 0:
+                del self._changed[key]

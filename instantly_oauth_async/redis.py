@@ -142,6 +142,8 @@ class RedisStore:
         self._next_try = -math.inf
         self._members = f"{secrets.token_hex(6)}:"
         self._serial = 0
+        # The store's epoch token, and when this process last took with it, by hash tag.
+        self._epochs: dict[str, tuple[str, float]] = {}
         #: ``None`` in production; tests set it to drive the scripts' clock (seconds).
         self.time_override: float | None = None
         self._registry: RedisRegistry | None = None
@@ -323,6 +325,7 @@ class RedisStore:
         if reply is None:
             return self._take_locally(specs, lease, hold)
         wait, blocked = float(reply[0]), bool(int(reply[1]))
+        self._note_epoch(specs, reply[3])
         if wait <= 0:
             self._note_fill(lease, reply)
         if wait <= 0 and shares:  # granted while careful: count it against the share too
@@ -414,6 +417,7 @@ class RedisStore:
         wait, code, probe = float(reply[0]), int(reply[1]), bool(int(reply[2]))
         if code == 2:
             return wait, False, Admission(False, wait=wait)
+        self._note_epoch(specs, reply[4])
         if wait <= 0:  # reply: wait, code, probe, share spent (as TAKE's, one item later)
             self._note_fill(lease, reply[1:])
         return wait, code == 1, Admission(True, probe=probe)
@@ -434,7 +438,38 @@ class RedisStore:
                 asker or "", repr(_GRACE)]
         for _, limit in specs:
             args += [str(limit.count), repr(limit.window)]
-        return [*self._slot_keys(specs), *self._line_keys(specs), *block_keys], args
+        first = specs[0][0]
+        tag = hash_tag(first)
+        settle_for = self._max_window + self._max_hold
+        token, seen_at = self._epochs.get(tag, ("", -math.inf))
+        if self.clock.monotonic() - seen_at > settle_for:
+            token = ""  # nothing this process spent can still count: no loss to tell of
+        args += [token, self._members.rstrip(":"), repr(settle_for)]
+        epoch = f"iox:{{{tag}}}:epoch" if tag != first else f"{first}:epoch"  # one slot
+        return [*self._slot_keys(specs), *self._line_keys(specs), *block_keys, epoch], args
+
+    def _note_epoch(self, specs: Sequence[tuple[str, RateLimit]], token: Any) -> None:
+        """Remember the store's epoch (see TAKE in _redis_lua). A new one means the store lost
+        its data: the fleet's takes wait until every slot spent before has come back, and the
+        blocks this process knows are written into it again."""
+        if isinstance(token, bytes):
+            token = token.decode()
+        tag = hash_tag(specs[0][0])
+        seen, seen_at = self._epochs.get(tag, (None, -math.inf))
+        now = self.clock.monotonic()
+        self._epochs[tag] = (token, now)
+        if seen is not None and seen != token \
+                and now - seen_at <= self._max_window + self._max_hold:
+            logger.warning("Redis lost its data (restarted empty, or failed over): every take "
+                           "waits until the slots spent before the loss have come back (up to "
+                           "%.0f s)", self._max_window + self._max_hold)
+            blocks = {key: left for key, left in self._local.blocks_left().items()
+                      if hash_tag(key) == tag}
+            if blocks:
+                keys = list(blocks)
+                args = [a for i, key in enumerate(keys)
+                        for a in (str(i + 1), repr(blocks[key]), "")]
+                self._batch.post("REPLAY", keys, [*args, self._now_arg()], within=0.0)
 
     async def leave(self, specs: Sequence[tuple[str, RateLimit]], asker: str) -> None:
         if self._down_since is None:

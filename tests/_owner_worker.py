@@ -29,6 +29,7 @@ from instantly_oauth_async import OAuthManager
 from instantly_oauth_async._fleet import Fleet
 from instantly_oauth_async._polling import PendingConnection
 from instantly_oauth_async.redis import RedisStore
+from instantly_oauth_async.testing import SimulatorLimits
 
 
 class OffsetClock:
@@ -87,7 +88,14 @@ async def main() -> None:
     parser.add_argument("--clock-offset", type=float, default=0.0)
     parser.add_argument("--expect-domain", default="")
     parser.add_argument("--die-before-write", action="store_true")
+    parser.add_argument("--limits-factor", type=float, default=0.0,
+                        help="the documented limits with durations divided by this (0: as "
+                             "documented), and requests timing out as much sooner")
     args = parser.parse_args()
+    limits: dict[str, Any] = {}
+    if args.limits_factor:
+        limits = SimulatorLimits().compressed(args.limits_factor).manager_limits()
+        limits["request_timeout"] = 30 / args.limits_factor
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.die_before_write:
         die_before_write()
@@ -97,7 +105,7 @@ async def main() -> None:
     ) as store, OAuthManager(
         os.environ["INSTANTLY_API_KEY"], base_url=args.base_url, store=store, clock=clock,
         session=http, poll_interval=0.1, fetch_account=False, session_lease=args.lease,
-        status_timeout=args.lease / 4,
+        status_timeout=args.lease / 4, **limits,
     ) as manager:
         pendings = []
         for i in range(args.count):

@@ -335,7 +335,8 @@ async def test_redis_restarted_empty_nothing_is_reported_falsely(
     stayed absent for a lease, and so does a new ``attach()``. Nothing is reported as a
     success, error, expired or lost that did not happen."""
     key = sim.add_workspace().api_key
-    async with worker(sim, key, redis_server, ip=OWNER, count=2) as a, \
+    factor = ["--limits-factor", "20"]  # its budgets as the simulator's: a 3 s window
+    async with worker(sim, key, redis_server, ip=OWNER, count=2, extra=factor) as a, \
             worker(sim, key, redis_server, ip=OTHER, count=1) as b:
         ids, (orphan,) = await ready(a), await ready(b)
         async with http_session(SURVIVOR) as http, \
@@ -357,7 +358,9 @@ async def test_redis_restarted_empty_nothing_is_reported_falsely(
                 while None in [await get(store, other, sid) for sid in ids]:
                     await store.registry.wait(fleet.ns, ids[0], within=0.1)
             count = len(sim.requests)
-            with anyio.fail_after(10):  # and polls on
+            # and polls on, once its budgets have waited out what the lost logs held (the
+            # store's epoch changed): a 3 s window plus its 6.5 s hold
+            with anyio.fail_after(10 + 9.5):
                 await sim.wait_for(lambda: all(
                     any(r.path.endswith(sid) for r in sim.requests[count:]) for sid in ids))
             for i, sid in enumerate(ids):

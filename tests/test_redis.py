@@ -241,6 +241,34 @@ async def test_three_worker_processes_share_one_workspace_budget(
     assert ratio >= 0.90
 
 
+async def test_redis_restarted_empty_never_overfills_a_window(redis_server: RedisServer) -> None:
+    """Three workers fill the init window (75); Redis is killed and at once restarted empty (no
+    persistence), so its logs forget what that window spent. The first take after it sees a
+    new epoch: the fleet waits until every slot spent before has come back (a window plus the
+    longest hold), then goes on. Zero 429s, no window over 75, every session connects."""
+    spare = RedisServer()
+    spare.start()
+    try:
+        async with Simulator(limits=SimulatorLimits().compressed(FACTOR)) as sim:
+            workspace = sim.add_workspace("fleet")
+            processes = await run_fleet(sim, workspace.api_key, spare.url,
+                                        workers=3, count=35, share=0.0)
+
+            def inits() -> int:
+                return sum(len(ts) for ts in sim.init_times.values())
+
+            with anyio.fail_after(60):
+                await sim.wait_for(lambda: inits() >= 75)
+            spare.restart()  # SIGKILL, then back on the same port, empty
+            reports = await collect(processes)
+    finally:
+        spare.close()
+    assert [r["ok"] for r in reports] == [35, 35, 35]
+    assert [r for r in sim.requests if r.status == 429] == []
+    times = sorted(t for ts in sim.init_times.values() for t in ts)
+    assert max_in_window(times, WINDOW) <= 75
+
+
 @pytest.mark.timing
 @pytest.mark.timeout(150)
 async def test_redis_cut_mid_run_keeps_the_limits_and_recovers(

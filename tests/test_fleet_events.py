@@ -1,0 +1,302 @@
+"""The events a fleet meets every week, each as a user meets it (issue 21): a deploy's close in
+the middle of a flow, a handle awaited while its manager closes, cancelled sessions, a registry
+wiped under a live owner, start() racing aclose(), adopted sessions' deadlines, and a registry
+that must forget what it decided. Memory and Redis stores alike, on a real redis-server."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import pytest
+import redis.asyncio as aioredis
+
+from instantly_oauth_async import (
+    ClientStateError,
+    MemoryStore,
+    OAuthManager,
+    OutcomeLostError,
+    SessionCancelledError,
+    SessionStatus,
+    Store,
+)
+from instantly_oauth_async._registry import MemoryRegistry
+from instantly_oauth_async.redis import RedisStore
+from instantly_oauth_async.testing import FakeClock, Faults, Network, Simulator, SimulatorLimits
+from tests._proxy import DelayProxy
+from tests._reads import overlapping_reads, status_reads
+
+pytestmark = pytest.mark.anyio
+
+KINDS = ["memory", "redis"]
+
+
+@contextlib.asynccontextmanager
+async def two_stores(request: pytest.FixtureRequest, kind: str, url: str | None = None
+                     ) -> AsyncIterator[list[Store]]:
+    """Two stores sharing one registry: one MemoryStore twice, or two RedisStores."""
+    if kind == "memory":
+        shared = MemoryStore()
+        yield [shared, shared]
+        return
+    url = url or request.getfixturevalue("redis_server").url
+    async with RedisStore.from_url(url) as a, RedisStore.from_url(url) as b:
+        yield [a, b]
+
+
+def options(sim: Simulator, **extra: Any) -> dict[str, Any]:
+    return {"base_url": sim.url, **sim.limits.manager_limits(), "poll_interval": 0.05,
+            "expiry_grace": 1.0, "session_lease": 6.0, "status_timeout": 1.0, **extra}
+
+
+# -- 1: a close during the account fetch keeps the answer it read ------------------------------
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize(("account_delay", "fetched"), [(0.2, True), (2.0, False)])
+async def test_a_close_during_the_account_fetch_stores_the_answer_it_read(
+    request: pytest.FixtureRequest, kind: str, account_delay: float, fetched: bool
+) -> None:
+    """The owner reads a SUCCESS, starts the account fetch (each way takes ``account_delay``),
+    and closes (a deploy's SIGTERM) while it is on the wire. The answer is stored before the
+    lease goes: the owner's own handle and the other manager's both get the success (with the
+    account when the fetch ends within ``status_timeout``, else with ``account_error`` saying
+    why), and nobody reads the session again (no 404, no reconciliation)."""
+    network = Network(latency=account_delay, kinds=frozenset({"account"}))
+    async with Simulator(limits=SimulatorLimits().compressed(20), network=network) as sim, \
+            two_stores(request, kind) as stores:
+        key = sim.add_workspace().api_key
+        async with OAuthManager(key, store=stores[0], **options(sim)) as survivor:
+            owner = OAuthManager(key, store=stores[1], **options(sim))
+            async with owner:
+                pending = await owner.start("google")
+                sid = pending.session.session_id
+                attached = await survivor.attach(sid)
+                sim.complete(sid, "ann@acme.io")
+                with anyio.fail_after(10):
+                    await sim.wait_for(lambda: bool(sim.in_flight("account")))
+            # closed, with the fetch on the wire as it began to close
+            with anyio.fail_after(5):
+                mine = await pending
+                theirs = await attached
+        assert mine.status is SessionStatus.SUCCESS and mine.email == "ann@acme.io"
+        assert theirs == mine
+        if fetched:
+            assert mine.account is not None and mine.account_error is None
+        else:
+            assert mine.account is None
+            assert mine.account_error is not None and "closed" in mine.account_error
+        assert [r.status for r in status_reads(sim, sid)][-1] == 200  # nobody read it again
+        assert not any(r.status == 404 for r in status_reads(sim, sid))
+        assert overlapping_reads(sim, sid) == []
+
+
+# -- 2: attach() handles end when their manager closes -----------------------------------------
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_an_attached_handle_ends_when_its_manager_closes(
+    request: pytest.FixtureRequest, kind: str
+) -> None:
+    async with Simulator(limits=SimulatorLimits().compressed(20)) as sim, \
+            two_stores(request, kind) as stores:
+        key = sim.add_workspace().api_key
+        async with OAuthManager(key, store=stores[0], **options(sim)) as owner:
+            pending = await owner.start("google")
+            watcher = OAuthManager(key, store=stores[1], **options(sim))
+            async with watcher:
+                attached = await watcher.attach(pending.session.session_id)
+            with anyio.fail_after(5), pytest.raises(ClientStateError, match="closed"):
+                await attached
+            assert not pending.done()  # the owner's session goes on
+
+
+# -- 3: the in-process registry forgets decided sessions after retention ----------------------
+
+async def test_the_memory_registry_forgets_decided_sessions_after_retention() -> None:
+    clock = FakeClock()
+    registry = MemoryRegistry(clock)
+    for i in range(1000):
+        await registry.register("ns", f"s{i}", "{}", owner="a", lease=10, retention=50)
+        await registry.decide("ns", f"s{i}", '{"x": 1}', 3, fence=1, retention=50)
+        await registry.wait("ns", f"s{i}", within=0)  # a waiter that timed out
+    undecided = await registry.register("ns", "open", "{}", owner="a", lease=10, retention=500)
+    assert len(registry) == 1001
+    clock.advance(49)
+    assert (await registry.get("ns", "s0")) is not None
+    clock.advance(2)
+    await registry.get("ns", "open")  # any step forgets what is due
+    assert len(registry) == 1  # only the undecided one, kept for its own retention
+    assert registry._changed == {} and len(registry._forget) == 1  # no waiter's event either
+    assert (await registry.get("ns", "s0")) is None
+    assert (await registry.get("ns", "open")) == undecided
+
+
+async def test_the_memory_registry_orphan_scan_skips_decided_sessions() -> None:
+    registry = MemoryRegistry(FakeClock())
+    for i in range(500):
+        await registry.register("ns", f"s{i}", "{}", owner="a", lease=0.5, retention=50)
+        await registry.decide("ns", f"s{i}", '{"x": 1}', 3, fence=1, retention=50)
+    await registry.register("ns", "lapsed", "{}", owner="a", lease=-1, retention=50)
+    assert await registry.orphans("ns") == ["lapsed"]
+    assert len(registry._open["ns"]) == 1  # what a pass looks through
+
+
+# -- 4: a cancelled session is handed over, not held for the manager's life --------------------
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_cancelled_sessions_are_handed_over_and_finished_by_the_fleet(
+    request: pytest.FixtureRequest, kind: str
+) -> None:
+    """A worker cancels 40 sessions (as leaving connect_many's loop does). Its leases go at
+    once: another manager adopts them and polls each to its real outcome, long before the
+    cancelling manager closes, and its awaiters (through attach) get those outcomes."""
+    async with Simulator(limits=SimulatorLimits().compressed(20)) as sim, \
+            two_stores(request, kind) as stores:
+        key = sim.add_workspace().api_key
+        opts = options(sim, session_lease=30.0)  # a lapse would take 30 s: hand-over is at once
+        async with OAuthManager(key, store=stores[0], **opts) as other, \
+                OAuthManager(key, store=stores[1], **opts) as worker:
+            pendings = [await worker.start("google") for _ in range(40)]
+            attached = [await other.attach(p.session.session_id) for p in pendings]
+            for p in pendings:
+                p.cancel()
+            for p in pendings:
+                with pytest.raises(SessionCancelledError):
+                    await p
+            with anyio.fail_after(5):
+                await sim.wait_for(lambda: all(
+                    p.session.session_id in other._poller.pending for p in pendings))
+            assert worker._fleet is not None and worker._fleet.fences == {}
+            for i, p in enumerate(pendings):
+                sid = p.session.session_id
+                if i % 2:
+                    sim.complete(sid, f"p{i}@acme.io")
+                else:
+                    sim.deny(sid)
+            with anyio.fail_after(10):
+                results = [await a for a in attached]
+            assert [r.status for r in results] == [
+                SessionStatus.SUCCESS if i % 2 else SessionStatus.ERROR for i in range(40)]
+            assert worker._poller.pending == {}
+            assert all(overlapping_reads(sim, p.session.session_id) == [] for p in pendings)
+
+
+async def test_a_lone_manager_reads_its_cancelled_sessions_once_after_their_deadline() -> None:
+    """With nobody else to hand them to, a cancelled session is not polled by its manager
+    until its deadline (expiry + grace) has passed; then one read tells its real outcome, which
+    is stored, and nothing of it is held any more."""
+    limits = SimulatorLimits(session_ttl=60.0).compressed(20)  # a 3 s life
+    async with Simulator(limits=limits) as sim:
+        key = sim.add_workspace().api_key
+        async with OAuthManager(key, **options(sim, session_lease=3.0)) as manager:
+            pending = await manager.start("google")
+            began = sim.clock()
+            sid = pending.session.session_id
+            with anyio.fail_after(5):
+                await sim.wait_for(lambda: len(status_reads(sim, sid)) >= 1)
+            pending.cancel()
+            reads_at_cancel = len(status_reads(sim, sid))
+            sim.complete(sid, "late@acme.io")  # the person allowed after all
+            assert manager._fleet is not None
+            with anyio.fail_after(limits.session_ttl + 10):
+                await sim.wait_for(lambda: sid not in sim.sessions)  # read, once, at last
+            late = status_reads(sim, sid)[reads_at_cancel:]
+            assert len(late) == 1
+            assert late[0].at - began >= limits.session_ttl + 1.0 - 0.5  # past expiry + grace
+            attached = await manager.attach(sid)
+            with anyio.fail_after(5):
+                result = await attached
+            assert result.status is SessionStatus.SUCCESS and result.email == "late@acme.io"
+            assert manager._fleet.fences == {} and manager._poller.pending == {}
+
+
+# -- 6: a registry wiped under a live owner ---------------------------------------------------
+
+async def test_an_owner_deciding_after_a_redis_wipe_registers_again_and_stores(
+    redis_server: Any,
+) -> None:
+    async with Simulator(limits=SimulatorLimits().compressed(20)) as sim, \
+            RedisStore.from_url(redis_server.url) as a, \
+            RedisStore.from_url(redis_server.url) as b, \
+            aioredis.Redis.from_url(redis_server.url) as raw:
+        key = sim.add_workspace().api_key
+        opts = options(sim, session_lease=30.0)  # no heartbeat comes before the decision
+        async with OAuthManager(key, store=a, **opts) as owner, \
+                OAuthManager(key, store=b, **opts) as other:
+            pending = await owner.start("google")
+            sid = pending.session.session_id
+            attached = await other.attach(sid)
+            await raw.flushall()  # a restart without persistence, or a failover that lost it
+            sim.complete(sid, "ann@acme.io")
+            with anyio.fail_after(5):
+                mine = await pending
+                theirs = await attached
+        assert mine.status is SessionStatus.SUCCESS and theirs == mine
+
+
+# -- 7: start() racing aclose() ---------------------------------------------------------------
+
+async def test_start_racing_aclose_raises_and_hands_the_session_over(redis_server: Any) -> None:
+    """The manager closes while start() registers the session it just created (each Redis trip
+    takes 0.3 s). start() raises ClientStateError, and the session, whose init was spent, is
+    registered and handed over: another manager polls it."""
+    async with Simulator(limits=SimulatorLimits().compressed(20)) as sim, \
+            DelayProxy(redis_server.port).running() as proxy, \
+            RedisStore.from_url(proxy.url, timeout=5.0) as slow, \
+            RedisStore.from_url(redis_server.url) as fast:
+        key = sim.add_workspace().api_key
+        async with OAuthManager(key, store=fast, **options(sim)) as other:
+            manager = OAuthManager(key, store=slow, **options(sim))
+            await manager.__aenter__()
+            proxy.delay = 0.15
+            outcome: list[BaseException] = []
+
+            async def start() -> None:
+                try:
+                    await manager.start("google")
+                except ClientStateError as exc:
+                    outcome.append(exc)
+
+            async with anyio.create_task_group() as group:
+                group.start_soon(start)
+                with anyio.fail_after(10):
+                    await sim.wait_for(lambda: any(r.kind == "init" and r.answered is not None
+                                                   for r in sim.requests))
+                await manager.aclose()
+            assert len(outcome) == 1 and "handed over" in str(outcome[0])
+            sid = next(iter(sim.sessions))
+            with anyio.fail_after(10):  # adopted at once by the other manager, and polled
+                await sim.wait_for(lambda: len(status_reads(sim, sid)) >= 1)
+            assert sid in other._poller.pending
+
+
+# -- 8: an adopted session's deadline comes from its real age ---------------------------------
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_an_adopted_session_gives_up_at_its_own_deadline(
+    request: pytest.FixtureRequest, kind: str
+) -> None:
+    """Every status read fails (500). The owner closes when the session is 2 s old (of a 4 s
+    life, 1 s grace); the adopter gives up at the session's deadline, 5 s after its start, not
+    a whole life after the adoption (7 s)."""
+    limits = SimulatorLimits(session_ttl=4.0).compressed(1)
+    faults = Faults(server_error=1.0, kinds=frozenset({"status"}))
+    async with Simulator(limits=limits, faults=faults) as sim, \
+            two_stores(request, kind) as stores:
+        key = sim.add_workspace().api_key
+        opts = options(sim, poll_interval=0.2, session_lease=3.0)
+        async with OAuthManager(key, store=stores[0], **opts) as adopter:
+            owner = OAuthManager(key, store=stores[1], **opts)
+            async with owner:
+                pending = await owner.start("google")
+                began = sim.clock()
+                sid = pending.session.session_id
+                with anyio.fail_after(5):
+                    await sim.wait_for(lambda: sim.clock() - began >= 2.0
+                                       and len(status_reads(sim, sid)) >= 1)
+            attached = await adopter.attach(sid)
+            with anyio.fail_after(10), pytest.raises(OutcomeLostError):
+                await attached
+            ended = sim.clock() - began
+        assert 4.5 <= ended <= 6.5, ended
