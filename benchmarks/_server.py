@@ -3,7 +3,8 @@
 ``python -m benchmarks._server`` prints one JSON line ``{"url": ..., "api_key": ...}`` and serves
 until its stdin closes. Limits are raised out of the way (``--open``), kept as documented and
 compressed (``--factor F``), or documented for the standard budget with the init limits out of
-the way (``--open-inits``); ``--jitter J`` delays each request 0-J s each way. ``GET /bench/log``
+the way (``--open-inits``); ``--jitter J`` delays each request 0-J s each way; with ``--open``,
+``--session-ttl S`` sets how long a session lives (a day by default). ``GET /bench/log``
 returns ``[[at, status], ...]`` of the API requests served, in the server's time.
 """
 
@@ -22,11 +23,12 @@ API_KEY = "bench_key_not_a_secret"
 OPEN = 10**9
 
 
-async def serve(factor: float, open_limits: bool, open_inits: bool, jitter: float) -> None:
+async def serve(factor: float, open_limits: bool, open_inits: bool, jitter: float,
+                session_ttl: float) -> None:
     limits = SimulatorLimits().compressed(factor)
     if open_limits:
         limits = SimulatorLimits(init_per_workspace=OPEN, init_per_ip=OPEN, api_per_second=OPEN,
-                                 api_per_minute=OPEN, session_ttl=86400.0)
+                                 api_per_minute=OPEN, session_ttl=session_ttl)
     elif open_inits:
         limits = SimulatorLimits(init_per_workspace=OPEN, init_per_ip=OPEN)
     sim = Simulator(limits=limits, network=Network(jitter=jitter, seed=1))
@@ -56,8 +58,10 @@ def main() -> None:
     parser.add_argument("--open", action="store_true")
     parser.add_argument("--open-inits", action="store_true")
     parser.add_argument("--jitter", type=float, default=0.0)
+    parser.add_argument("--session-ttl", type=float, default=86400.0,
+                        help="with --open: how long a session lives (seconds)")
     args = parser.parse_args()
-    anyio.run(serve, args.factor, args.open, args.open_inits, args.jitter)
+    anyio.run(serve, args.factor, args.open, args.open_inits, args.jitter, args.session_ttl)
 
 
 if __name__ == "__main__":

@@ -273,7 +273,8 @@ class Fleet:
             return
         try:
             self._shunned[session_id] = self.registry.now() + shun_for
-            await self.registry.release(self.ns, self.owner, {session_id: fence})
+            with anyio.CancelScope(shield=True):  # one step, bounded by the store's timeout
+                await self.registry.release(self.ns, self.owner, {session_id: fence})
         except RegistryUnavailableError as exc:
             logger.info("session %s not handed over (%s): its lease lapses", session_id,
                         type(exc).__name__)
