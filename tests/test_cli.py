@@ -112,19 +112,54 @@ async def test_open_hands_each_auth_url_to_the_browser(
     assert sorted(opened.read_text(encoding="utf-8").split()) == sorted(urls)
 
 
-async def test_ctrl_c_stops_cleanly_and_says_what_was_pending(sim: Simulator) -> None:
+# Loaded by the CLI below (PYTHONPATH): SIGUSR1 writes every asyncio task's stack and every
+# thread's to stderr, so a CLI that does not stop on Ctrl-C says where it is stuck.
+_DUMP_TASKS = """
+import asyncio, faulthandler, signal, sys
+def _dump(*_):
+    loop = asyncio.events._get_running_loop()
+    for task in asyncio.all_tasks(loop) if loop is not None else ():
+        print("-- task", task.get_name(), file=sys.stderr)
+        coro = task.get_coro()
+        while coro is not None:  # down the chain of awaits
+            frame = getattr(coro, "cr_frame", None) or getattr(coro, "ag_frame", None)
+            if frame is not None:
+                print("   ", frame.f_code.co_filename, frame.f_lineno, frame.f_code.co_name,
+                      file=sys.stderr)
+            coro = getattr(coro, "cr_await", None) or getattr(coro, "ag_await", None)
+    faulthandler.dump_traceback(file=sys.stderr)
+    sys.stderr.flush()
+signal.signal(signal.SIGUSR1, _dump)
+"""
+
+
+async def test_ctrl_c_stops_cleanly_and_says_what_was_pending(
+    sim: Simulator, tmp_path: Path
+) -> None:
     workspace = sim.add_workspace("acme")
-    env = {**os.environ, "INSTANTLY_API_KEY": workspace.api_key, "INSTANTLY_BASE_URL": sim.url}
+    (tmp_path / "sitecustomize.py").write_text(_DUMP_TASKS, encoding="utf-8")
+    env = {**os.environ, "INSTANTLY_API_KEY": workspace.api_key, "INSTANTLY_BASE_URL": sim.url,
+           "PYTHONPATH": str(tmp_path)}
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "instantly_oauth_async", "connect", "--provider", "google",
         "--count", "3", "--json", env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    assert process.stdout is not None
+    assert process.stdout is not None and process.stderr is not None
     with anyio.fail_after(30):
         for _ in range(3):  # the three sessions exist and were handed out
             assert json.loads(await process.stdout.readline())["event"] == "session"
         process.send_signal(signal.SIGINT)
-        _, err = await process.communicate()
+    try:
+        with anyio.fail_after(15):
+            _, err = await process.communicate()
+    except TimeoutError:
+        process.send_signal(signal.SIGUSR1)  # where is it stuck?
+        with anyio.move_on_after(3):
+            await process.wait()
+        if process.returncode is None:
+            process.kill()
+        stuck = (await process.stderr.read()).decode(errors="replace")
+        raise AssertionError(f"the CLI did not stop within 15 s of Ctrl-C:\n{stuck}") from None
     assert process.returncode == 130
     assert "interrupted; 3 sessions were pending" in err.decode()
     assert "Traceback" not in err.decode()
