@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 from collections.abc import Collection
 
@@ -140,6 +141,21 @@ class Fleet:
         if entry.owner == self.owner and not entry.decided:
             self._hold(entry)
 
+    def holds(self, session_id: str) -> bool:
+        """Whether this manager's lease on ``session_id`` is still good by the store's clock
+        (always for a session the registry has not got yet, or one kept at close for its
+        step). A lease that lapsed (this process was paused, say) may be another's by now:
+        whoever holds none decides nothing for the fleet."""
+        if session_id in self._unregistered or session_id in self._held:
+            return True
+        until = self._until.get(session_id)
+        if until is None:
+            return False
+        try:
+            return until > self.registry.now()
+        except RegistryUnavailableError:
+            return True  # never reached: every lease held is of a session not registered yet
+
     def may_read(self, session_id: str) -> bool:
         """True while this manager's lease has more time left than a read can take; always
         for a session the registry has not got yet (nobody else can know it, so nobody else
@@ -161,7 +177,8 @@ class Fleet:
             entry = await self.registry.decide(self.ns, session_id, *encoded, fence=fence,
                                                retention=self.retention)
             data = self._data.get(session_id)
-            if entry is None and fence is not None and data is not None:
+            if entry is None and fence is not None and data is not None \
+                    and self.holds(session_id):
                 # The registry lost it (a Redis restarted empty, a failover) while this
                 # manager held it: nobody else can hold it, so register it again and store.
                 logger.warning("session %s was missing from the registry as its outcome was "
@@ -216,9 +233,10 @@ class Fleet:
             lost = await self.registry.renew(self.ns, self.owner, dict(self.fences),
                                              lease=self.lease)
         except RegistryUnavailableError:
-            if began is not None:
+            if began is not None:  # extend what is still ours; a lapsed lease stays lapsed
                 for session_id in self.fences:
-                    self._until[session_id] = began + self.lease
+                    if self._until.get(session_id, -math.inf) > began:
+                        self._until[session_id] = began + self.lease
             return []
         if began is not None:  # else each was just registered, and holds that lease
             for session_id in self.fences:
@@ -267,14 +285,22 @@ class Fleet:
         if session_id in self._unwritten:
             return  # it has an outcome, to be written when the store is back: kept till then
         fence = self.fences.get(session_id)
+        data = self._data.get(session_id)
         self._unregistered.pop(session_id, None)
-        if fence is None:
-            self.drop(session_id)
+        if fence is None or data is None or not self.holds(session_id):
+            self.drop(session_id)  # not ours (any more): nothing to hand over
             return
         try:
             self._shunned[session_id] = self.registry.now() + shun_for
-            with anyio.CancelScope(shield=True):  # one step, bounded by the store's timeout
-                await self.registry.release(self.ns, self.owner, {session_id: fence})
+            with anyio.CancelScope(shield=True):  # bounded by the store's timeout
+                # Registered again first if the registry lost it (a Redis restarted empty):
+                # else nobody would ever poll it, and its waiters would never learn its end.
+                entry = await self.registry.register(
+                    self.ns, session_id, data, owner=self.owner, lease=self.lease,
+                    retention=self.retention)
+                if entry.owner == self.owner and not entry.decided:
+                    await self.registry.release(self.ns, self.owner,
+                                                {session_id: entry.fence})
         except RegistryUnavailableError as exc:
             logger.info("session %s not handed over (%s): its lease lapses", session_id,
                         type(exc).__name__)

@@ -366,16 +366,25 @@ class Poller:
                 await self._sleep_until(at, reaper=True)
                 continue
             heapq.heappop(heap)
+            fleet = self._fleet
             if pending._deadline > at:
                 self._watch(pending, pending._deadline)  # moved later since
             elif pending._in_step:
                 self._watch(pending, now + self.poll_interval)  # its read decides; look again
+            elif fleet is not None and not fleet.holds(pending.session.session_id):
+                # Not ours to decide (its lease lapsed: this process was paused, or it lost
+                # it): another manager may be polling it. The heartbeat or the registry
+                # tells; look again a poll interval later.
+                if pending.session.session_id in fleet.fences:
+                    self._watch(pending, now + self.poll_interval)
             else:
+                why = ("no status read could be made" if not pending._unsure else
+                       "the last status reads got no clear answer (lost on the wire, 5xx)")
                 await self._conclude(pending, None, OutcomeLostError(
                     pending.session.session_id,
-                    f"no status read could be made for {self._expiry_grace:g} s past the "
-                    "session's expiry (no slot of the status budget, or the store is "
-                    "unreachable); the person may have connected"))
+                    f"{why} by {self._expiry_grace:g} s past the session's expiry (no slot of "
+                    "the status budget, or the store is unreachable); the person may have "
+                    "connected"))
 
     async def _sleep_until(self, at: float, *, reaper: bool = False) -> None:
         """Until ``at`` or until an earlier entry is queued, whichever comes first."""
