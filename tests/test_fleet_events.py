@@ -300,3 +300,90 @@ async def test_an_adopted_session_gives_up_at_its_own_deadline(
                 await attached
             ended = sim.clock() - began
         assert 4.5 <= ended <= 6.5, ended
+
+
+# -- found by the chaos soak (tests/chaos), each made deterministic ------------------------------
+
+async def test_a_failed_renew_does_not_revive_a_lease_that_had_lapsed() -> None:
+    """Seed 6 (redis): an owner paused past its lease woke while Redis was away; its renew
+    failed, and it extended every lease it held, the lapsed one too, so it read a session
+    another manager had adopted (two reads, the second a 404). A failed renew now extends only
+    what is still good."""
+    from instantly_oauth_async._fleet import Fleet  # noqa: PLC0415
+    from tests._redis import RedisServer  # noqa: PLC0415
+
+    clock, server = FakeClock(), RedisServer()
+    server.start()
+    try:
+        async with RedisStore.from_url(server.url, clock=clock, timeout=0.3) as store:
+            registry = store.registry
+            registry.time_source = lambda: 1_800_000_000.0 + clock.monotonic()
+            fleet = Fleet(registry, "{test}:ws", "owner", lease=3.0, retention=60,
+                          read_margin=1.0)
+            entry = await registry.register(fleet.ns, "s1", "{}", owner="owner", lease=3.0,
+                                            retention=60)
+            fleet._hold(entry)
+            assert fleet.holds("s1") and fleet.may_read("s1")
+            clock.advance(5.0)  # paused past its lease
+            server.stop()  # and Redis away as it wakes
+            assert await fleet.renew() == []
+            assert not fleet.holds("s1") and not fleet.may_read("s1")
+    finally:
+        server.close()
+
+
+async def test_an_owner_whose_lease_lapsed_stores_nothing_of_its_own_on_waking() -> None:
+    """Seed 2 (redis): an owner paused past its lease and past the session's deadline woke and
+    stored "lost" (the reaper's verdict, unfenced) before the adopter stored the person's real
+    answer, which then replaced it by rank: early awaiters got "lost", later ones the answer.
+    A manager whose lease lapsed decides nothing: its own handle gets the adopter's answer."""
+    clock = FakeClock()
+    store = MemoryStore(clock)
+    limits = SimulatorLimits().compressed(20)  # a session lives 30 s
+    async with Simulator(limits=limits) as sim:
+        key = sim.add_workspace().api_key
+        opts = options(sim, clock=clock, poll_interval=0.5, session_lease=3.0,
+                       expiry_grace=1.0)
+        async with OAuthManager(key, store=store, **opts) as owner, \
+                OAuthManager(key, store=store, **opts) as adopter:
+            pending = await owner.start("google")
+            sid = pending.session.session_id
+            sim.complete(sid, "ann@acme.io")  # the person allowed while the owner slept
+            clock.advance(limits.session_ttl + 5)  # past the lease and the deadline at once
+            with anyio.fail_after(20):
+                while not pending.done():  # bounded by fail_after: fake time in small steps
+                    await clock.run_for(0.5)
+            mine = await pending
+            theirs = await adopter.attach(sid)
+            with anyio.fail_after(5):
+                assert await theirs == mine
+        assert mine.status is SessionStatus.SUCCESS and mine.email == "ann@acme.io"
+        assert [r.status for r in status_reads(sim, sid)] == [200]  # the adopter's one read
+
+
+async def test_a_cancelled_session_the_registry_lost_is_registered_again_and_handed_over(
+    redis_server: Any,
+) -> None:
+    """Seed 6 (redis): Redis restarted empty, and the owner cancelled its handle before its
+    heartbeat registered the session again; the hand-over released nothing and dropped it, so
+    nobody polled it and its watchers ended with UnknownSessionError although the person then
+    connected. It is registered again first, then handed over."""
+    async with Simulator(limits=SimulatorLimits().compressed(20)) as sim, \
+            RedisStore.from_url(redis_server.url) as a, \
+            RedisStore.from_url(redis_server.url) as b, \
+            aioredis.Redis.from_url(redis_server.url) as raw:
+        key = sim.add_workspace().api_key
+        opts = options(sim, session_lease=30.0)  # no heartbeat before the cancel
+        async with OAuthManager(key, store=a, **opts) as owner, \
+                OAuthManager(key, store=b, **opts) as other:
+            pending = await owner.start("google")
+            sid = pending.session.session_id
+            attached = await other.attach(sid)
+            await raw.flushall()
+            pending.cancel()
+            with anyio.fail_after(5):  # the other manager adopts it and polls it
+                await sim.wait_for(lambda: sid in other._poller.pending)
+            sim.complete(sid, "ann@acme.io")
+            with anyio.fail_after(10):
+                result = await attached
+        assert result.status is SessionStatus.SUCCESS and result.email == "ann@acme.io"
