@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import random
 from collections.abc import Collection
 
@@ -99,6 +98,8 @@ class Fleet:
         # them back before the time given (the store's clock), their deadline.
         self._shunned: dict[str, float] = {}
         self._rng = random.Random()  # noqa: S311 - spreads claims, no secret
+        #: The last renew could not reach the store (the heartbeat tries again sooner).
+        self.renew_failed = False
 
     def __repr__(self) -> str:
         return f"<Fleet leases={len(self.fences)} lease={self.lease:g}s>"
@@ -204,9 +205,11 @@ class Fleet:
     async def renew(self) -> list[str]:
         """One step renewing every lease held; the ids whose lease was lost.
 
-        While the store is away, the leases held are extended locally: no other manager can
-        claim them either, unless the network is split so that it reaches the store and this
-        one does not (the same hole as the budgets' fallback; see docs/FLEET.md).
+        While the store is away, nothing is extended: a lease is good for as long as the store
+        last confirmed it (by its clock), so a read starts only while the store's own view
+        gives it time to spare. After an outage, or across a network split, another manager
+        may find the lease lapsed and adopt the session: this one has stopped reading it by
+        then. :attr:`renew_failed` tells the heartbeat to try again soon.
 
         A session the registry no longer knows at all (its store came back without its data: a
         Redis restarted without persistence, or failed over to a replica that had not got it)
@@ -233,11 +236,9 @@ class Fleet:
             lost = await self.registry.renew(self.ns, self.owner, dict(self.fences),
                                              lease=self.lease)
         except RegistryUnavailableError:
-            if began is not None:  # extend what is still ours; a lapsed lease stays lapsed
-                for session_id in self.fences:
-                    if self._until.get(session_id, -math.inf) > began:
-                        self._until[session_id] = began + self.lease
+            self.renew_failed = True
             return []
+        self.renew_failed = False
         if began is not None:  # else each was just registered, and holds that lease
             for session_id in self.fences:
                 if session_id not in lost:

@@ -476,16 +476,21 @@ class Poller:
     # -- the fleet: heartbeat, adoption, watchers ---------------------------------------------
 
     async def _beat(self, fleet: Fleet) -> None:
-        """One renew for every lease this manager holds, every third of a lease."""
+        """One renew for every lease this manager holds, every third of a lease; every tenth
+        while the store cannot be reached, so the leases are renewed soon after it is back
+        (before they lapse, for an outage shorter than about two thirds of a lease)."""
         while True:
+            failed = False
             try:
                 for session_id in await fleet.renew():
                     lost = self.pending.get(session_id)
                     if lost is not None and not lost._in_step:
                         self.watch(lost)
+                failed = fleet.renew_failed
             except InstantlyError as exc:
                 logger.warning("registry heartbeat failed: %s", type(exc).__name__)
-            await self._clock.sleep(fleet.lease / 3)
+                failed = True
+            await self._clock.sleep(fleet.lease / (10 if failed else 3))
 
     async def _adopt(self, fleet: Fleet) -> None:
         """Adoption of the workspace's orphans: once at start, then every two thirds of a lease

@@ -387,3 +387,45 @@ async def test_a_cancelled_session_the_registry_lost_is_registered_again_and_han
             with anyio.fail_after(10):
                 result = await attached
         assert result.status is SessionStatus.SUCCESS and result.email == "ann@acme.io"
+
+
+async def test_a_lease_is_good_only_as_long_as_the_store_last_confirmed_it() -> None:
+    """Seed 6 (redis), twice. (1) While Redis was away an owner extended its leases locally and
+    kept reading; when Redis came back, another manager found the lease lapsed by Redis's clock
+    and adopted it, and the two read the same session. Nothing is extended locally now: the
+    lease ends when Redis last said it would. (2) After a failed renew the heartbeat tries again
+    every tenth of a lease, so an outage that ends shortly before the lease would lapse leaves
+    it renewed (the next beat, a third of a lease on, would have come too late)."""
+    from tests._redis import RedisServer  # noqa: PLC0415
+
+    clock, server = FakeClock(), RedisServer(persistent=True)
+    server.start()
+    try:
+        async with Simulator(limits=SimulatorLimits().compressed(20)) as sim, \
+                RedisStore.from_url(server.url, clock=clock, timeout=0.3,
+                                    retry_interval=0.05) as store:
+            store.registry.time_source = lambda: 1_800_000_000.0 + clock.monotonic()
+            key = sim.add_workspace().api_key
+            async with OAuthManager(key, store=store, **options(
+                    sim, clock=clock, poll_interval=60.0, session_lease=3.0)) as owner:
+                pending = await owner.start("google")
+                sid = pending.session.session_id
+                fleet = owner._fleet
+                assert fleet is not None
+                until = (await store.registry.get(fleet.ns, sid)).lease_until  # type: ignore[union-attr]
+                server.stop()
+                await clock.run_for(2.5)  # the beats fail meanwhile
+                assert fleet.renew_failed
+                assert fleet._until[sid] == pytest.approx(until)  # (1) not extended
+                assert not fleet.may_read(sid)  # 0.5 s left: too little for a read
+                server.start()  # back with its data, 0.5 s before the lease lapses
+                await clock.run_for(0.35)  # (2) a beat within a tenth of a lease renews it
+                ns = fleet.ns
+                with anyio.fail_after(5):  # that renew's reply comes in real time
+                    while (entry := await store.registry.get(ns, sid)) is not None \
+                            and entry.lease_until <= until:
+                        pass  # each get is a round trip to Redis: the renew's reply lands
+                assert entry is not None and entry.owner == fleet.owner
+                assert fleet.holds(sid)
+    finally:
+        server.close()
