@@ -36,7 +36,14 @@ def rule6(model: Model) -> list[Violation]:
 
 def _unknown_ok(model: Model, s: Session, t: float) -> bool:
     """docs/FLEET.md: after a registry wipe (or a crash losing the last writes), a session
-    whose poller was gone, or that was decided before, is unknown."""
+    whose poller was gone (dead, closed, or paused through the lease in which it would have
+    registered it again), or that was decided before, is unknown; ``attach()`` between the wipe
+    and the holder's next heartbeat finds nothing; and a session started while the registry was
+    unreachable is unknown until its owner's first heartbeat that reaches it."""
+    lease = model.config.lease
+    for fault in model.faults_of("redis-kill", "redis-stop-long"):
+        if fault.t0 <= s.started <= fault.t1 + 0.5 and t <= fault.t1 + lease:
+            return True  # started while away: registered by a heartbeat after the return
     for fault in model.faults_of("redis-kill-empty", "redis-kill-everysec"):
         wiped = fault.details["t_kill"]
         if not s.started - 2.0 <= wiped <= t:
@@ -48,8 +55,11 @@ def _unknown_ok(model: Model, s: Session, t: float) -> bool:
             return True  # decided before the wipe: its stored outcome went with it
         before = [r for r in s.reads if r.at <= wiped]
         holder = model.by_ip.get(before[-1].ip) if before else model.incarnations.get(s.starter)
-        if holder is None or not holder.alive(wiped) or holder.paused(wiped - 1, wiped + 1):
+        if holder is None or not holder.alive(wiped) or not holder.alive(fault.t1 + lease) \
+                or holder.paused(wiped - 1, fault.t1 + lease):
             return True
+        if t <= fault.t1 + lease:
+            return True  # before the holder's next heartbeat registered it again
         if fault.kind == "redis-kill-everysec":
             return True
     return False
@@ -71,7 +81,7 @@ def rule7(model: Model, s: Session) -> list[Violation]:
                 DEFECTS["wipe"] if "registry-wipe" in s.causes and not s.cancels else None))
             return found  # what follows (no end within the bound) is its consequence
     ends = [e["t"] for e in s.outcomes() + ok_unknown]
-    bound = s.created + model.config.end_bound
+    bound = _end_bound(model, s)
     first = min(ends, default=math.inf)
     if first <= bound:
         return found
@@ -92,6 +102,27 @@ def rule7(model: Model, s: Session) -> list[Violation]:
         f"cancelled: {[by(model, c) for c in s.cancels]}; faults: "
         f"{model.near(s.created, bound)}"), hint))
     return found
+
+
+def _end_bound(model: Model, s: Session) -> float:
+    """``end_bound`` after the creation, pushed later by every fault that stops the session's
+    progress meanwhile (README, "Deadlines": the holder decides by the deadline; one paused or
+    cut off from the store decides nothing, and the session ends once the store is back and a
+    holder reads it): the store away, or its budgets waiting (``Fault.budget_gone``), and a
+    pause of a manager that read it. Found again until it stops moving (at most 5 times)."""
+    config = model.config
+    readers = {model.by_ip[r.ip] for r in s.reads if r.ip in model.by_ip}
+    bound = s.created + config.end_bound
+    for _ in range(5):
+        spans = [span for f in model.faults if (span := f.budget_gone(config)) is not None]
+        spans += [p for i in readers for p in i.pauses]
+        extra = sum(min(b, bound) - max(a, s.created) for a, b in spans
+                    if a <= bound and b >= s.created)
+        moved = s.created + config.end_bound + extra
+        if moved <= bound:
+            break
+        bound = moved
+    return bound
 
 
 #: faults that stop a manager or the store for a while: near them, rule 7's reaction bound

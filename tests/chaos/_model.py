@@ -243,6 +243,8 @@ def causes(model: Model, s: Session) -> list[str]:
                 found.append("wipe-while-paused")
     deadline = (s.created + config.ttl, t_end)  # from expiry to giving up: no read
     gone = [span for f in model.faults if (span := f.budget_gone(config)) is not None]
+    # a slow store gives its slots slowly: no read may come before the deadline either
+    gone += [(f.t0, f.t1) for f in model.faults_of("redis-latency")]
     unread = any(why in str(e.get("msg")) for e in lost
                  for why in ("no status read could be made", "no answer from the server",
                              "got no clear answer"))
