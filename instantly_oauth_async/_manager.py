@@ -110,8 +110,8 @@ class OAuthManager:
         for name, limit in (("init_limit", init_limit), ("ip_init_limit", ip_init_limit)):
             if not isinstance(limit, RateLimit):
                 raise ConfigurationError(f"{name} must be a RateLimit")
-        self._clock: Clock = clock or (store.clock if isinstance(store, MemoryStore) else None) \
-            or SystemClock()
+        # A store's own clock when none is given (a MemoryStore or SQLiteStore on a FakeClock).
+        self._clock: Clock = clock or getattr(store, "clock", None) or SystemClock()
         if store is None:
             store = default_store() if clock is None else MemoryStore(self._clock)
         self._start_timeout = float(start_timeout)

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import instantly_oauth_async
 import instantly_oauth_async.testing
 
@@ -5,7 +7,7 @@ import instantly_oauth_async.testing
 def test_all_is_complete_without_duplicates() -> None:
     # submodules of optional extras, attributes of the package once something imports them
     public = {n for n in dir(instantly_oauth_async) if not n.startswith("_")} - {
-        "testing", "redis", "otel"}
+        "testing", "redis", "otel", "sqlite"}
     exported = set(instantly_oauth_async.__all__) - {"__version__"}
     assert public == exported
     assert len(instantly_oauth_async.__all__) == len(set(instantly_oauth_async.__all__))
@@ -34,3 +36,10 @@ def test_redis_module_exports_the_store() -> None:
 def test_version_is_a_string() -> None:
     assert isinstance(instantly_oauth_async.__version__, str)
     assert instantly_oauth_async.__version__
+
+
+def test_the_sqlite_module_exports_the_store(tmp_path: Path) -> None:
+    import instantly_oauth_async.sqlite as host  # noqa: PLC0415
+
+    assert host.__all__ == ["SQLiteStore"]
+    assert isinstance(host.SQLiteStore(tmp_path / "x.db"), instantly_oauth_async.Store)
