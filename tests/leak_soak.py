@@ -20,13 +20,13 @@ import os
 import random
 import time
 import tracemalloc
-from collections.abc import Sized
 
 import aiohttp
 import anyio
 
 from benchmarks._common import OPEN, ServerProcess
 from instantly_oauth_async import InstantlyError, OAuthManager, PendingConnection, RateLimit
+from instantly_oauth_async._registry import MemoryRegistry
 
 
 def rss_kib() -> int:
@@ -73,7 +73,7 @@ async def soak(minutes: float, sessions: int, retention: float, ttl: float) -> N
             if now >= next_report or rounds * 200 >= sessions:
                 next_report += 30
                 fds = len(os.listdir("/proc/self/fd"))
-                held = len(registry) if isinstance(registry, Sized) else -1
+                held = len(registry) if isinstance(registry, MemoryRegistry) else -1
                 print(f"{now:6.0f} {rounds:7d} {rounds * 200:9d} {rss_kib():9d} {fds:5d} "
                       f"{tracemalloc.get_traced_memory()[0] // 1024:11d} "
                       f"{len(asyncio.all_tasks()):6d} {manager.stats().pending:8d} "
