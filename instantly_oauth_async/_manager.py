@@ -42,6 +42,7 @@ from ._exceptions import (
     StartTimeoutError,
 )
 from ._fleet import Fleet, UnknownSessionError, decode_session
+from ._guard import Guard
 from ._limiter import FairLimiter
 from ._models import OAuthSession, Provider, RateLimit, RetryPolicy
 from ._outcome import ConnectResult, Outcomes
@@ -133,6 +134,9 @@ class OAuthManager:
         standard_specs = [(f"{standard_key}:{i}", limit) for i, limit in enumerate(standard)]
         status_specs = [(f"{namespace}:status:ws:{ws_id}:{i}", lim) for i, lim in enumerate(limits)]
         lease_prefix = f"{secrets.token_hex(6)}:"  # leases of this manager, unique in a fleet
+        # An in-process store shared by nobody else: warn if another process of the host uses
+        # the workspace on one of its own (each would spend the whole budget).
+        self._guard = Guard(ws_id) if isinstance(store, MemoryStore) else None
 
         def limiter(specs: list[tuple[str, RateLimit]], blocks: list[str],
                     gate: tuple[str, BreakerPolicy] | None = None) -> FairLimiter:
@@ -197,6 +201,8 @@ class OAuthManager:
             raise ClientStateError("an OAuthManager can be entered only once")
         self._state = "opening"
         await self._client.__aenter__()
+        if self._guard is not None:
+            self._guard.enter()
         # The manager's tasks live in a task of their own, not in the caller's: so any task may
         # close it, and closing never cancels the code that called aclose().
         ready, self._stop, self._closed = anyio.Event(), anyio.Event(), anyio.Event()
@@ -259,6 +265,8 @@ class OAuthManager:
                     self._stop.set()
                     await asyncio.shield(self._host)
         finally:
+            if self._guard is not None:
+                self._guard.exit()
             self._poller.abandon_all()
             with anyio.CancelScope(shield=True):
                 await self._client.aclose()
