@@ -24,6 +24,7 @@ pytestmark = pytest.mark.anyio
 README = Path(__file__).resolve().parent.parent / "README.md"
 BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), re.S)
 FLEET_URL = "redis://10.0.0.5:6379/0"
+SQLITE_PATH = "/var/lib/myapp/instantly.db"
 
 
 @pytest.fixture
@@ -39,11 +40,12 @@ def redis_url() -> Iterator[str]:
 def test_the_readme_has_the_blocks_this_test_knows() -> None:
     assert len(BLOCKS) >= 4
     assert any(FLEET_URL in block for block in BLOCKS)
+    assert any(SQLITE_PATH in block for block in BLOCKS)
 
 
 @pytest.mark.timeout(120)
 async def test_every_python_block_of_the_readme_runs(
-    monkeypatch: pytest.MonkeyPatch, redis_url: str
+    monkeypatch: pytest.MonkeyPatch, redis_url: str, tmp_path: Path
 ) -> None:
     async with Simulator(limits=SimulatorLimits().compressed(60)) as sim:
         workspace = sim.add_workspace("readme")
@@ -72,7 +74,8 @@ async def test_every_python_block_of_the_readme_runs(
             "show_url": show_url,
         }
         for number, block in enumerate(BLOCKS):
-            source = block.replace(FLEET_URL, redis_url)
+            source = block.replace(FLEET_URL, redis_url).replace(
+                SQLITE_PATH, str(tmp_path / "instantly.db"))
             code = compile(source, f"README.md python block {number}", "exec",
                            flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
             result = eval(code, namespace)  # noqa: S307 - our own README, on purpose
