@@ -444,7 +444,9 @@ class RedisStore:
         token, seen_at = self._epochs.get(tag, ("", -math.inf))
         if self.clock.monotonic() - seen_at > settle_for:
             token = ""  # nothing this process spent can still count: no loss to tell of
-        args += [token, self._members.rstrip(":"), repr(settle_for)]
+        # A token of this step's own if the epoch is to be made: never one this process made
+        # before (a store wiped after this process made its epoch would get the same back).
+        args += [token, f"{self._members}{self._serial}", repr(settle_for)]
         epoch = f"iox:{{{tag}}}:epoch" if tag != first else f"{first}:epoch"  # one slot
         return [*self._slot_keys(specs), *self._line_keys(specs), *block_keys, epoch], args
 

@@ -429,3 +429,21 @@ async def test_a_lease_is_good_only_as_long_as_the_store_last_confirmed_it() -> 
                 assert fleet.holds(sid)
     finally:
         server.close()
+
+
+async def test_a_wipe_is_told_to_the_very_process_that_made_the_epoch(redis_server: Any) -> None:
+    """Found under load (test_redis_restarted_empty_never_overfills_a_window failed 1 run in 6
+    on a busy machine): a process made the store's epoch with a token of its own, Redis was
+    wiped, and the same process's next take made the epoch again with the same token, so
+    nobody saw the loss and the next inits were granted against empty logs (two 429s). Each
+    step now brings a token never used before."""
+    from instantly_oauth_async import RateLimit  # noqa: PLC0415
+
+    specs = [("iox:{epoch-test}:budget", RateLimit(5, per=60))]
+    async with RedisStore.from_url(redis_server.url) as store, \
+            aioredis.Redis.from_url(redis_server.url) as raw:
+        await raw.flushall()
+        assert await store.take(specs, [], lease="a", hold=1.0) == (0.0, False)  # makes it
+        await raw.flushall()  # a restart without persistence
+        wait, blocked = await store.take(specs, [], lease="b", hold=1.0)
+        assert not blocked and wait == pytest.approx(60 * 1.005 + 1.0, abs=0.5)
