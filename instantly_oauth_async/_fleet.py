@@ -253,9 +253,19 @@ class Fleet:
                 await self.registry.register(self.ns, session_id, data, owner=self.owner,
                                              lease=self.lease, retention=self.retention)
                 self._unregistered.pop(session_id, None)  # only once that is done
-            await self.registry.decide(self.ns, session_id, outcome, rank,
-                                       fence=self.fences.get(session_id),
-                                       retention=self.retention)
+            entry = await self.registry.decide(self.ns, session_id, outcome, rank,
+                                               fence=self.fences.get(session_id),
+                                               retention=self.retention)
+            known = self._data.get(session_id)
+            if entry is None and known is not None:
+                # Lost with the store's data meanwhile (a Redis restarted empty): nobody else
+                # can hold what the registry does not know, so register it again and store.
+                again = await self.registry.register(
+                    self.ns, session_id, known, owner=self.owner, lease=self.lease,
+                    retention=self.retention)
+                if again.owner == self.owner and not again.decided:
+                    await self.registry.decide(self.ns, session_id, outcome, rank,
+                                               fence=again.fence, retention=self.retention)
             self.drop(session_id)
 
     async def _register_again(self, session_id: str) -> bool:

@@ -447,3 +447,45 @@ async def test_a_wipe_is_told_to_the_very_process_that_made_the_epoch(redis_serv
         await raw.flushall()  # a restart without persistence
         wait, blocked = await store.take(specs, [], lease="b", hold=1.0)
         assert not blocked and wait == pytest.approx(60 * 1.005 + 1.0, abs=0.5)
+
+
+async def test_an_outcome_decided_while_redis_was_away_is_stored_when_it_comes_back_empty(
+) -> None:
+    """Seed 14 (redis): the owner decided while Redis was down (its own awaiter got the answer
+    at once), and Redis came back empty; the heartbeat's write found no entry and dropped the
+    outcome, so the manager that attached ended with UnknownSessionError while the owner
+    lived. It registers the session again and stores the outcome."""
+    from tests._redis import RedisServer  # noqa: PLC0415
+
+    server = RedisServer()  # no persistence: a restart comes back empty
+    server.start()
+    try:
+        owner_side = RedisStore.from_url(server.url, timeout=0.3, retry_interval=0.2)
+        waiter_side = RedisStore.from_url(server.url, timeout=0.3, retry_interval=0.2)
+
+        class SplitStore(MemoryStore):  # budgets in memory, the registry in Redis
+            @property
+            def registry(self) -> Any:
+                return owner_side.registry
+
+        async with Simulator(limits=SimulatorLimits().compressed(20)) as sim, \
+                owner_side, waiter_side:
+            key = sim.add_workspace().api_key
+            opts = options(sim, session_lease=1.5, status_timeout=0.3, fetch_account=False)
+            async with OAuthManager(key, store=SplitStore(), **opts) as owner, \
+                    OAuthManager(key, store=waiter_side, **opts) as waiter:
+                pending = await owner.start("google")
+                sid = pending.session.session_id
+                attached = await waiter.attach(sid)
+                server.stop()
+                try:
+                    sim.complete(sid, "ann@acme.io")
+                    with anyio.fail_after(10):
+                        mine = await pending  # the owner's awaiter does not wait for Redis
+                finally:
+                    server.start()  # back, empty
+                with anyio.fail_after(10):
+                    theirs = await attached
+        assert mine.status is SessionStatus.SUCCESS and theirs == mine
+    finally:
+        server.close()
