@@ -100,6 +100,8 @@ class Fleet:
         self._rng = random.Random()  # noqa: S311 - spreads claims, no secret
         #: The last renew could not reach the store (the heartbeat tries again sooner).
         self.renew_failed = False
+        #: Sessions a renew registered again (the registry had lost them), for the poller.
+        self.registered_again: list[str] = []
 
     def __repr__(self) -> str:
         return f"<Fleet leases={len(self.fences)} lease={self.lease:g}s>"
@@ -286,6 +288,7 @@ class Fleet:
         logger.warning("session %s was missing from the registry (its store lost its data): "
                        "registered again", session_id)
         self._hold(entry)
+        self.registered_again.append(session_id)
         return True
 
     async def hand_over(self, session_id: str, shun_for: float) -> None:

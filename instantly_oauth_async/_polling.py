@@ -371,7 +371,8 @@ class Poller:
                 self._watch(pending, pending._deadline)  # moved later since
             elif pending._in_step:
                 self._watch(pending, now + self.poll_interval)  # its read decides; look again
-            elif fleet is not None and not fleet.holds(pending.session.session_id):
+            elif fleet is not None and (not fleet.holds(pending.session.session_id)
+                                        or pending.session.session_id in fleet.registered_again):
                 # Not ours to decide (its lease lapsed: this process was paused, or it lost
                 # it): another manager may be polling it. The heartbeat or the registry
                 # tells; look again a poll interval later.
@@ -487,6 +488,15 @@ class Poller:
                     if lost is not None and not lost._in_step:
                         self.watch(lost)
                 failed = fleet.renew_failed
+                again, fleet.registered_again = fleet.registered_again, []
+                for session_id in again:  # held anew: one read before any verdict of its own
+                    pending = self.pending.get(session_id)
+                    if pending is not None and not pending.done():
+                        now = self._clock.monotonic()
+                        self._set_deadline(pending, max(pending._deadline,
+                                                        now + 2 * self.poll_interval))
+                        if not (pending._in_step or pending._due_seq):
+                            self._schedule(pending, now)
             except InstantlyError as exc:
                 logger.warning("registry heartbeat failed: %s", type(exc).__name__)
                 failed = True

@@ -489,3 +489,42 @@ async def test_an_outcome_decided_while_redis_was_away_is_stored_when_it_comes_b
         assert mine.status is SessionStatus.SUCCESS and theirs == mine
     finally:
         server.close()
+
+
+async def test_an_owner_that_registers_a_wiped_session_again_reads_it_before_any_verdict(
+) -> None:
+    """Seed 2 (redis): an owner paused past its lease and the session's deadline woke after a
+    Redis wipe, registered the session again (nobody else could hold it), and at once stored
+    "no status read could be made" where one read would have told (the server said expired).
+    A session held anew is read once before the manager gives a verdict of its own."""
+    from tests._redis import RedisServer  # noqa: PLC0415
+
+    clock, server = FakeClock(), RedisServer()
+    server.start()
+    try:
+        async with Simulator(limits=SimulatorLimits().compressed(20)) as sim, \
+                RedisStore.from_url(server.url, clock=clock) as registry_side, \
+                aioredis.Redis.from_url(server.url) as raw:
+            registry_side.registry.time_source = lambda: 1_800_000_000.0 + clock.monotonic()
+
+            class SplitStore(MemoryStore):  # budgets in memory (a wipe leaves them be)
+                @property
+                def registry(self) -> Any:
+                    return registry_side.registry
+
+            key = sim.add_workspace().api_key
+            async with OAuthManager(key, store=SplitStore(clock), **options(
+                    sim, clock=clock, poll_interval=0.5, session_lease=3.0)) as owner:
+                pending = await owner.start("google")
+                sid = pending.session.session_id
+                sim.expire(sid)  # the person never came
+                await raw.flushall()  # Redis restarted empty while the owner slept
+                clock.advance(sim.limits.session_ttl + 5)  # past its lease and its deadline
+                with anyio.fail_after(20):
+                    while not pending.done():  # bounded by fail_after: fake time in steps
+                        await clock.run_for(0.2)
+                result = await pending
+        assert result.status is SessionStatus.EXPIRED  # what the server said, once read
+        assert [r.status for r in status_reads(sim, sid)] == [200]
+    finally:
+        server.close()

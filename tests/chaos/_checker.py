@@ -29,6 +29,8 @@ Rules 1-5 are here; 6-9, the limits and bounds, in ``_bounds``.
 
 from __future__ import annotations
 
+import math
+
 from ._bounds import rule6, rule7, rule7_closes, rule7_react, rule8, rule9
 from ._history import Event
 from ._model import Model, Read, Session
@@ -99,8 +101,15 @@ def rule2(model: Model, s: Session) -> list[Violation]:
     # docs/FLEET.md: the side that lost the one-time answer (a 404) reconciles or reports it
     # lost; a woken owner's own awaiters otherwise learn the stored outcome
     lost_answer = all("404" in str(e.get("msg")) for e in s.outcomes() if e["kind"] == "lost")
-    if len(keys) > 1 and not (len(keys) == 2 and ("lost",) in keys and lost_answer
-                              and SPLIT_OK & set(s.causes)):
+    # docs/FLEET.md, "No persistence": an outcome stored before a wipe is gone with it; a
+    # manager that registers the session again and finds no read possible (the budgets wait
+    # out the loss) may report it lost to later awaiters
+    first = min((e["t"] for e in s.outcomes() if e["kind"] != "lost"), default=math.inf)
+    later_lost = [e["t"] for e in s.outcomes() if e["kind"] == "lost" and e["t"] > first]
+    wiped_between = bool(later_lost) and any(
+        first <= f.t0 <= min(later_lost) for f in model.faults_of("redis-kill-empty"))
+    if len(keys) > 1 and not (len(keys) == 2 and ("lost",) in keys and (
+            (lost_answer and SPLIT_OK & set(s.causes)) or wiped_between)):
         seen = "; ".join(f"{'/'.join(_key(e))} ({by(model, e)}"
                          + (lost_text(model, e) if e["kind"] == "lost" else "") + ")"
                          for e in s.outcomes())
