@@ -91,7 +91,8 @@ def rule7(model: Model, s: Session) -> list[Violation]:
         return found  # decided on the server in time, and nobody was there to see it sooner
     if not watching and math.isfinite(first):
         return found
-    if not watching and not any(i.alive(bound) for i in model.incarnations.values()):
+    if not watching and not any(i.alive(bound) for i in model.incarnations.values()
+                                if i.worker != "audit"):
         return found  # the whole fleet had stopped (the run's end): nobody left to poll it
     hint = DEFECTS["cancel"] if s.cancels else None
     person = s.person or {}
