@@ -119,7 +119,7 @@ def parse_datetime(value: str) -> datetime:
     return datetime(
         int(part("year")), int(part("month")), int(part("day")),
         int(part("hour") or 0), int(part("minute") or 0), int(part("second") or 0),
-        int(fraction.ljust(6, "0")) if fraction else 0,
+        int(fraction.ljust(6, "0")),  # "" -> "000000"
         tzinfo=tz,
     )
 
@@ -228,9 +228,12 @@ def _leaf_message(exc: BaseException) -> str:
     if isinstance(exc, cattrs.BaseValidationError):
         for inner in exc.exceptions:
             message = _leaf_message(inner)
-            note = next((n for n in getattr(inner, "__notes__", ()) if isinstance(n, str)), "")
-            where = note.rsplit("@ attribute ", 1)[1] if "@ attribute " in note else ""
-            if where and where not in message:
+            notes = [n for n in getattr(inner, "__notes__", ()) if isinstance(n, str)]
+            # cattrs notes where: "Structuring class Account @ attribute email"
+            where = notes[0].partition("@ attribute ")[2] if notes else ""
+            # Named once: a missing field's message names it already. (Not "the name appears
+            # in the message": "unknown session status" must still say "at status".)
+            if where and message != f"missing field {where!r}":
                 return f"{message} at {where}"
             return message
     return type(exc).__name__
@@ -246,9 +249,8 @@ def structure(data: Any, cls: type[T], *, status: int | None = None) -> T:
         raise MalformedResponseError(f"expected a JSON object for {cls.__name__}", status=status)
     try:
         return converter.structure(data, cls)
-    except MalformedResponseError as exc:
-        raise MalformedResponseError(
-            str(exc), status=exc.status if status is None else status) from None
+    except MalformedResponseError as exc:  # a hook's own, outside any record (no status)
+        raise MalformedResponseError(str(exc), status=status) from None
     except (cattrs.BaseValidationError, KeyError, TypeError, ValueError, AttributeError,
             OverflowError) as exc:
         raise MalformedResponseError(

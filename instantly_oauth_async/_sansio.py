@@ -88,7 +88,12 @@ def _one_retry_after(raw: str, now: datetime | None) -> float | None:
     if not text:
         return None
     if text.isascii() and text.isdigit():
-        return min(float(int(text[:12])), MAX_RETRY_AFTER)
+        # Leading zeros say nothing ("007" is 7); more digits than the cap has are the cap, read
+        # without converting them (int() of thousands of digits is slow, then refused).
+        digits = text.lstrip("0")
+        if len(digits) > 12:
+            return MAX_RETRY_AFTER
+        return min(float(int(digits or "0")), MAX_RETRY_AFTER)
     try:
         seconds = float(text)
     except ValueError:
@@ -104,7 +109,7 @@ def _one_retry_after(raw: str, now: datetime | None) -> float | None:
     return min(max(0.0, (when - reference).total_seconds()), MAX_RETRY_AFTER)
 
 
-def _decode_json(body: bytes, status: int) -> Any:
+def _decode_json(body: bytes) -> Any:
     try:
         return json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
@@ -155,7 +160,7 @@ def decipher_response(
     header when it has a readable one: both come from the server's clock, so a client clock
     minutes off changes nothing. Without it, against ``now`` (default: this host's clock).
     """
-    data = _decode_json(body, status)
+    data = _decode_json(body)
     if 200 <= status < 300:
         if data is _NOT_JSON:
             raise MalformedResponseError(f"{status} response is not JSON", status=status)
@@ -164,7 +169,7 @@ def decipher_response(
         raise MalformedResponseError(
             f"unexpected redirect ({status}); redirects are not followed", status=status
         )
-    error, message = _error_fields(None if data is _NOT_JSON else data)
+    error, message = _error_fields(data)  # not JSON (_NOT_JSON): no fields
     items = getattr(headers, "items", None)
     pairs: list[tuple[str, str]] | None = list(items()) if items is not None else None
     if status in (429, 503):

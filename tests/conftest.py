@@ -1,13 +1,23 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+from hypothesis import settings
 
 from instantly_oauth_async import InstantlyClient
 from instantly_oauth_async.testing import Simulator, SimulatorLimits, Workspace
 from tests._redis import RedisServer
+
+# Property tests give the same verdict on every run in CI (and under scripts/mutation, which sets
+# HYPOTHESIS_PROFILE=ci): the examples are derived from each test's name, not drawn at random,
+# and no database of past failures replays examples from another run. Elsewhere hypothesis draws
+# new examples each run (the "default" profile), so a developer's runs keep exploring.
+settings.register_profile("ci", derandomize=True, database=None, deadline=None, print_blob=True)
+settings.load_profile(
+    os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "default"))
 
 
 @pytest.fixture
