@@ -12,6 +12,8 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Final
 
+import anyio
+
 from ._exceptions import ConfigurationError
 from ._limiter import FairLimiter
 from ._models import RateLimit
@@ -70,7 +72,9 @@ class Budget:
         ``hold`` (default: the manager's ``request_timeout`` plus 5 s) bounds how long the slot
         may stay held: a slot whose holder vanished (a crashed process, with a shared store) comes
         back ``hold`` plus one window after it was granted. Keep the request inside it: give it a
-        timeout no longer than ``hold``. Bound the wait with ``anyio.fail_after``.
+        timeout no longer than ``hold``. Bound the wait with ``anyio.fail_after``. A block left by
+        a cancellation keeps the slot until its hold ends, since the request it was sending may
+        still reach the server.
         """
         seconds = self._hold if hold is None else hold
         if not 0 < seconds < float("inf"):
@@ -78,7 +82,14 @@ class Budget:
         grant = await self._limiter.acquire(hold=seconds)
         if self._tally is not None:
             self._tally.waited("caller", None, grant.waited)
+        ended = True
         try:
             yield
+        except BaseException as exc:
+            # Left by a cancellation, the request sent inside may be on its way still: the slot
+            # comes back after its hold (as a vanished holder's), not a window from now.
+            ended = not isinstance(exc, anyio.get_cancelled_exc_class())
+            raise
         finally:
-            await self._limiter.release(grant)
+            if ended:
+                await self._limiter.release(grant)

@@ -12,6 +12,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+import anyio
+
 from ._client import InstantlyClient
 from ._events import Operation
 from ._limiter import FairLimiter, Grant
@@ -29,16 +31,23 @@ async def send_leased(
     send: Callable[[], Awaitable[T]], *, provider: str | None = None, attempt: int = 1,
 ) -> T:
     """``send()`` one request on ``grant``: counted in ``tally``, its slots released when it has
-    ended, however it ended (the server saw it at some moment up to then)."""
+    ended (answered, failed or timed out: the server saw it at some moment up to then).
+
+    Cancelled, it has not ended: it may be on its way still, and reach the server later (the
+    chaos soak saw a 429 from an account read cut short by a close, with the network slow). Its
+    slots then come back after their hold, as a vanished holder's do."""
     began = time.perf_counter()
+    ended = True
     try:
         answer = await send()
     except BaseException as exc:
+        ended = not isinstance(exc, anyio.get_cancelled_exc_class())
         tally.answer(endpoint, exc, provider=provider, duration=time.perf_counter() - began,
                      attempt=attempt)
         raise
     finally:
-        await limiter.release(grant)
+        if ended:
+            await limiter.release(grant)
     tally.answer(endpoint, provider=provider, duration=time.perf_counter() - began,
                  attempt=attempt)
     return answer

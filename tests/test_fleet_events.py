@@ -220,9 +220,15 @@ async def test_an_owner_deciding_after_a_redis_wipe_registers_again_and_stores(
             RedisStore.from_url(redis_server.url) as a, \
             RedisStore.from_url(redis_server.url) as b, \
             aioredis.Redis.from_url(redis_server.url) as raw:
+
+        class SplitStore(MemoryStore):  # the owner's budgets in memory: they need not wait out
+            @property                   # the wipe (tests/test_redis.py has that), its reads go on
+            def registry(self) -> Any:
+                return a.registry
+
         key = sim.add_workspace().api_key
         opts = options(sim, session_lease=30.0)  # no heartbeat comes before the decision
-        async with OAuthManager(key, store=a, **opts) as owner, \
+        async with OAuthManager(key, store=SplitStore(), **opts) as owner, \
                 OAuthManager(key, store=b, **opts) as other:
             pending = await owner.start("google")
             sid = pending.session.session_id
@@ -528,3 +534,29 @@ async def test_an_owner_that_registers_a_wiped_session_again_reads_it_before_any
         assert [r.status for r in status_reads(sim, sid)] == [200]
     finally:
         server.close()
+
+
+async def test_a_slot_left_by_a_cancellation_comes_back_after_its_hold() -> None:
+    """Memory seed 12: a 429 of the standard limit. A request cut short by a cancellation (an
+    account read cut by a close, a caller's block cancelled) had its slot released at once,
+    coming back a window later, while the request, perhaps still on its way, reached the
+    server inside that window. Cancelled, a request has not ended: its slot comes back after
+    its hold, as a vanished holder's."""
+    from instantly_oauth_async import RateLimit  # noqa: PLC0415
+
+    clock = FakeClock()
+    one = RateLimit(1, per=1)
+    async with OAuthManager("key", base_url="http://127.0.0.1:9", store=MemoryStore(clock),
+                            standard_limit=one, status_limit=one) as manager:
+        limiter = manager.budget._limiter
+        with anyio.CancelScope() as scope:
+            async with manager.budget.slot(hold=10):
+                scope.cancel()  # the request inside is on its way as the block is cancelled
+                await anyio.lowlevel.checkpoint()
+        clock.advance(2)  # twice the window: a slot released at the cancel would be back
+        grant, _, _ = await limiter.take_now(hold=10)
+        assert grant is None  # still held
+        clock.advance(10 + 1.005 - 2 + 0.01)  # its hold, then a window
+        grant, _, _ = await limiter.take_now(hold=10)
+        assert grant is not None
+        await limiter.release(grant)
