@@ -163,7 +163,9 @@ async def test_manager_on_redis_connects_and_leaves_only_hashed_expiring_keys(
 async def test_unreachable_redis_with_no_share_sends_nothing_and_recovers(
     redis_server: RedisServer,
 ) -> None:
-    spare = RedisServer()  # a second server this test may stop and start
+    # A second server this test may stop and start: an outage, with its data kept (AOF), so it
+    # comes back as it was (back empty, the budgets wait out the loss: see the test below).
+    spare = RedisServer(persistent=True)
     spare.start()
     store = RedisStore.from_url(spare.url, retry_interval=0.05)
     specs = [(f"{uuid.uuid4().hex}:k", RateLimit(5, per=60))]
