@@ -179,6 +179,11 @@ def rule5(model: Model, s: Session) -> list[Violation]:
         return []
     after = [r for r in s.reads if r.at > terminal.at]
     allowed = int(terminal.outcome == "acted-then-reset") + int(bool(REREAD_OK & set(s.causes)))
+    # docs/FLEET.md: a reconciliation (after an answer lost on the wire) cut by the owner's close
+    # stores nothing; the session is handed over, and its adopter reads 404 once more
+    if terminal.outcome == "acted-then-reset" and any(
+            e.get("exc") == "ClosedDuringFetchError" for e in s.results):
+        allowed += 1
     if len(after) <= allowed:
         return []
     reads = ", ".join(f"{model.who(r.ip)} {model.rel(r.at)} ({r.status})" for r in after)
