@@ -27,6 +27,7 @@ from instantly_oauth_async.redis import RedisStore
 from instantly_oauth_async.testing import FakeClock, Faults, Network, Simulator, SimulatorLimits
 from tests._proxy import DelayProxy
 from tests._reads import overlapping_reads, status_reads
+from tests._split_store import SplitStore
 
 pytestmark = pytest.mark.anyio
 
@@ -221,14 +222,11 @@ async def test_an_owner_deciding_after_a_redis_wipe_registers_again_and_stores(
             RedisStore.from_url(redis_server.url) as b, \
             aioredis.Redis.from_url(redis_server.url) as raw:
 
-        class SplitStore(MemoryStore):  # the owner's budgets in memory: they need not wait out
-            @property                   # the wipe (tests/test_redis.py has that), its reads go on
-            def registry(self) -> Any:
-                return a.registry
-
         key = sim.add_workspace().api_key
         opts = options(sim, session_lease=30.0)  # no heartbeat comes before the decision
-        async with OAuthManager(key, store=SplitStore(), **opts) as owner, \
+        # the owner's budgets in memory: they need not wait out the wipe (tests/test_redis.py has
+        # that), so its reads go on
+        async with OAuthManager(key, store=SplitStore(a), **opts) as owner, \
                 OAuthManager(key, store=b, **opts) as other:
             pending = await owner.start("google")
             sid = pending.session.session_id
@@ -469,16 +467,11 @@ async def test_an_outcome_decided_while_redis_was_away_is_stored_when_it_comes_b
         owner_side = RedisStore.from_url(server.url, timeout=0.3, retry_interval=0.2)
         waiter_side = RedisStore.from_url(server.url, timeout=0.3, retry_interval=0.2)
 
-        class SplitStore(MemoryStore):  # budgets in memory, the registry in Redis
-            @property
-            def registry(self) -> Any:
-                return owner_side.registry
-
         async with Simulator(limits=SimulatorLimits().compressed(20)) as sim, \
                 owner_side, waiter_side:
             key = sim.add_workspace().api_key
             opts = options(sim, session_lease=1.5, status_timeout=0.3, fetch_account=False)
-            async with OAuthManager(key, store=SplitStore(), **opts) as owner, \
+            async with OAuthManager(key, store=SplitStore(owner_side), **opts) as owner, \
                     OAuthManager(key, store=waiter_side, **opts) as waiter:
                 pending = await owner.start("google")
                 sid = pending.session.session_id
@@ -513,13 +506,8 @@ async def test_an_owner_that_registers_a_wiped_session_again_reads_it_before_any
                 aioredis.Redis.from_url(server.url) as raw:
             registry_side.registry.time_source = lambda: 1_800_000_000.0 + clock.monotonic()
 
-            class SplitStore(MemoryStore):  # budgets in memory (a wipe leaves them be)
-                @property
-                def registry(self) -> Any:
-                    return registry_side.registry
-
             key = sim.add_workspace().api_key
-            async with OAuthManager(key, store=SplitStore(clock), **options(
+            async with OAuthManager(key, store=SplitStore(registry_side, clock), **options(
                     sim, clock=clock, poll_interval=0.5, session_lease=3.0)) as owner:
                 pending = await owner.start("google")
                 sid = pending.session.session_id

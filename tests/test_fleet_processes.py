@@ -34,6 +34,7 @@ from tests._owner_worker import OffsetClock, http_session
 from tests._processes import Child, _signal, running
 from tests._reads import overlapping_reads, status_reads
 from tests._redis import RedisServer
+from tests._split_store import SplitStore
 
 pytestmark = pytest.mark.anyio
 ROOT = Path(__file__).resolve().parent.parent
@@ -463,7 +464,6 @@ async def test_an_outcome_decided_while_the_registry_is_away_is_written_when_it_
     awaiter gets the answer at once; the lease is kept (nobody adopts and reads again); and when
     Redis is back, the next heartbeat writes the outcome, so a manager that attached gets the
     same success, not a lost session."""
-    from instantly_oauth_async import MemoryStore  # noqa: PLC0415
 
     server = RedisServer(persistent=True)
     server.start()
@@ -471,17 +471,13 @@ async def test_an_outcome_decided_while_the_registry_is_away_is_written_when_it_
         owner_registry = RedisStore.from_url(server.url, timeout=0.3, retry_interval=0.2)
         waiter_store = RedisStore.from_url(server.url, timeout=0.3, retry_interval=0.2)
 
-        class SplitStore(MemoryStore):  # budgets in memory, the registry in Redis
-            @property
-            def registry(self) -> Any:
-                return owner_registry.registry
 
         key = sim.add_workspace().api_key
         kwargs: dict[str, Any] = {"base_url": sim.url, "poll_interval": 0.05,
                                   "fetch_account": False, "session_lease": LEASE,
                                   "status_timeout": LEASE / 4}
         async with owner_registry, waiter_store, \
-                OAuthManager(key, store=SplitStore(), **kwargs) as owner, \
+                OAuthManager(key, store=SplitStore(owner_registry), **kwargs) as owner, \
                 OAuthManager(key, store=waiter_store, **kwargs) as waiter:
             pending = await owner.start("google")
             sid = pending.session.session_id
