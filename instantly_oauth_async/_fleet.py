@@ -133,9 +133,7 @@ class Fleet:
         else can adopt what the registry does not know."""
         data = encode_session(session, expected_email)
         try:
-            entry = await self.registry.register(
-                self.ns, session.session_id, data, owner=self.owner, lease=self.lease,
-                retention=self.retention)
+            entry = await self._register(session.session_id, data)
         except RegistryUnavailableError:
             self._unregistered[session.session_id] = data
             self._data[session.session_id] = data
@@ -186,11 +184,7 @@ class Fleet:
                 # manager held it: nobody else can hold it, so register it again and store.
                 logger.warning("session %s was missing from the registry as its outcome was "
                                "written: registered again", session_id)
-                again = await self.registry.register(
-                    self.ns, session_id, data, owner=self.owner, lease=self.lease,
-                    retention=self.retention)
-                entry = await self.registry.decide(self.ns, session_id, *encoded,
-                                                   fence=again.fence, retention=self.retention)
+                entry = await self._store_anew(session_id, data, *encoded)
         except RegistryUnavailableError:
             if fence is not None:  # ours: keep the lease and write it when the store is back
                 self._unwritten[session_id] = encoded
@@ -227,9 +221,7 @@ class Fleet:
         try:
             await self._write_unwritten()
             for session_id, data in list(self._unregistered.items()):
-                entry = await self.registry.register(
-                    self.ns, session_id, data, owner=self.owner, lease=self.lease,
-                    retention=self.retention)
+                entry = await self._register(session_id, data)
                 self._unregistered.pop(session_id, None)
                 if entry.owner != self.owner or entry.decided:
                     self.drop(session_id)
@@ -247,27 +239,35 @@ class Fleet:
                     self._until[session_id] = began + self.lease  # it ends no earlier than this
         return [sid for sid in lost if not await self._register_again(sid)]
 
+    async def _register(self, session_id: str, data: str) -> Entry:
+        """Register ``session_id`` as this manager's (the entry already there, if any)."""
+        return await self.registry.register(self.ns, session_id, data, owner=self.owner,
+                                            lease=self.lease, retention=self.retention)
+
+    async def _store_anew(self, session_id: str, data: str, outcome: str, rank: int
+                          ) -> Entry | None:
+        """Register again a session the registry lost (a Redis restarted empty, a failover)
+        and store its outcome: nobody else can hold what the registry did not know. If another
+        manager registered it meanwhile, its entry stands and nothing is written."""
+        entry = await self._register(session_id, data)
+        if entry.owner != self.owner or entry.decided:
+            return entry
+        return await self.registry.decide(self.ns, session_id, outcome, rank,
+                                          fence=entry.fence, retention=self.retention)
+
     async def _write_unwritten(self) -> None:
         """Store the outcomes decided while the store was away (first writer wins, as ever)."""
         for session_id, (outcome, rank) in list(self._unwritten.items()):
             data = self._unregistered.get(session_id)
             if data is not None:  # started and ended while away: register it first
-                await self.registry.register(self.ns, session_id, data, owner=self.owner,
-                                             lease=self.lease, retention=self.retention)
+                await self._register(session_id, data)
                 self._unregistered.pop(session_id, None)  # only once that is done
             entry = await self.registry.decide(self.ns, session_id, outcome, rank,
                                                fence=self.fences.get(session_id),
                                                retention=self.retention)
             known = self._data.get(session_id)
-            if entry is None and known is not None:
-                # Lost with the store's data meanwhile (a Redis restarted empty): nobody else
-                # can hold what the registry does not know, so register it again and store.
-                again = await self.registry.register(
-                    self.ns, session_id, known, owner=self.owner, lease=self.lease,
-                    retention=self.retention)
-                if again.owner == self.owner and not again.decided:
-                    await self.registry.decide(self.ns, session_id, outcome, rank,
-                                               fence=again.fence, retention=self.retention)
+            if entry is None and known is not None:  # lost with the store's data meanwhile
+                await self._store_anew(session_id, known, outcome, rank)
             self.drop(session_id)
 
     async def _register_again(self, session_id: str) -> bool:
@@ -278,8 +278,7 @@ class Fleet:
         if data is None:
             return False
         try:
-            entry = await self.registry.register(self.ns, session_id, data, owner=self.owner,
-                                                 lease=self.lease, retention=self.retention)
+            entry = await self._register(session_id, data)
         except RegistryUnavailableError:
             return False  # lost for now: the poller's next step tries to register it
         if entry.owner != self.owner or entry.decided \
@@ -309,9 +308,7 @@ class Fleet:
             with anyio.CancelScope(shield=True):  # bounded by the store's timeout
                 # Registered again first if the registry lost it (a Redis restarted empty):
                 # else nobody would ever poll it, and its waiters would never learn its end.
-                entry = await self.registry.register(
-                    self.ns, session_id, data, owner=self.owner, lease=self.lease,
-                    retention=self.retention)
+                entry = await self._register(session_id, data)
                 if entry.owner == self.owner and not entry.decided:
                     await self.registry.release(self.ns, self.owner,
                                                 {session_id: entry.fence})
@@ -320,15 +317,6 @@ class Fleet:
                         type(exc).__name__)
         finally:
             self.drop(session_id)
-
-    def _shuns(self, session_id: str, now: float) -> bool:
-        until = self._shunned.get(session_id)
-        if until is None:
-            return False
-        if until <= now:
-            del self._shunned[session_id]
-            return False
-        return True
 
     def _forget_shunned(self, now: float) -> None:
         for session_id, until in list(self._shunned.items()):
@@ -351,7 +339,7 @@ class Fleet:
                     for session_id in found:
                         if self._closed:
                             return won
-                        if self._shuns(session_id, now):
+                        if session_id in self._shunned:  # due ones were just forgotten
                             continue
                         entry = await self.registry.claim(self.ns, session_id, self.owner,
                                                           lease=self.lease)
