@@ -25,9 +25,9 @@ from instantly_oauth_async import (
 from instantly_oauth_async._registry import MemoryRegistry
 from instantly_oauth_async.redis import RedisStore
 from instantly_oauth_async.testing import FakeClock, Faults, Network, Simulator, SimulatorLimits
-from tests._proxy import DelayProxy
 from tests._reads import overlapping_reads, status_reads
 from tests._split_store import SplitStore
+from tests.chaos._proxy import LatencyProxy
 
 pytestmark = pytest.mark.anyio
 
@@ -245,10 +245,15 @@ async def test_start_racing_aclose_raises_and_hands_the_session_over(redis_serve
     """The manager closes while start() registers the session it just created (each Redis trip
     takes 0.3 s). start() raises ClientStateError, and the session, whose init was spent, is
     registered and handed over: another manager polls it."""
-    async with Simulator(limits=SimulatorLimits().compressed(20)) as sim, \
-            DelayProxy(redis_server.port).running() as proxy, \
-            RedisStore.from_url(proxy.url, timeout=5.0) as slow, \
-            RedisStore.from_url(redis_server.url) as fast:
+    proxy = LatencyProxy(redis_server.port)  # the chaos soak's: Redis through a slow network
+    await proxy.start()
+    async with contextlib.AsyncExitStack() as stack:
+        stack.push_async_callback(proxy.aclose)
+        sim = await stack.enter_async_context(
+            Simulator(limits=SimulatorLimits().compressed(20)))
+        slow = await stack.enter_async_context(
+            RedisStore.from_url(f"redis://127.0.0.1:{proxy.port}/0", timeout=5.0))
+        fast = await stack.enter_async_context(RedisStore.from_url(redis_server.url))
         key = sim.add_workspace().api_key
         async with OAuthManager(key, store=fast, **options(sim)) as other:
             manager = OAuthManager(key, store=slow, **options(sim))
