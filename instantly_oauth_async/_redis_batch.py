@@ -211,6 +211,8 @@ class Batcher:
         try:
             replies = _check_shape(await self._script(keys=keys, args=args), len(batch))
         except Exception as exc:  # noqa: BLE001 - each step's caller sorts it (outage or not)
+            if type(exc) is ResponseError and "user_script:" in str(exc):
+                exc = ResponseError(_redis_lua.locate(str(exc)))  # the file and line it names
             for i, step in enumerate(batch):
                 step.error, step.done = exc if i == 0 else _twin(exc), True
             if any(step.posted for step in batch):
@@ -219,7 +221,8 @@ class Batcher:
             return
         for step, reply in zip(batch, replies, strict=True):
             if isinstance(reply, list) and len(reply) == 2 and reply[0] == b"!err":
-                step.error = ResponseError(reply[1].decode(errors="replace"))
+                step.error = ResponseError(
+                    _redis_lua.locate(reply[1].decode(errors="replace"), step.name))
                 if step.posted:
                     logger.warning("Redis refused a posted %s step: %s", step.name,
                                    step.error)

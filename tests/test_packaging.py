@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from instantly_oauth_async import _redis_lua
+
 ROOT = Path(__file__).resolve().parent.parent
 LICENSE_LINES = ("MIT License", "Copyright (c) 2026 instantly-oauth-async developers")
 # inline links and images [text](target), reference definitions [name]: target, HTML attributes
@@ -112,3 +114,26 @@ def test_the_long_description_has_no_link_that_breaks_on_pypi(
         assert path in description and sdist_file(sdist, path) is not None, path
     pkg_info = sdist_file(sdist, "PKG-INFO")
     assert pkg_info is not None and metadata(pkg_info).get_payload() == description
+
+
+def test_the_wheel_carries_every_lua_script_and_loads_them_from_itself(
+    dists: tuple[tarfile.TarFile, zipfile.ZipFile], tmp_path: Path,
+) -> None:
+    _, wheel = dists
+    scripts = sorted(p.name for p in (ROOT / "instantly_oauth_async" / "_lua").glob("*.lua"))
+    assert "take.lua" in scripts and "batch.lua" in scripts
+    shipped = sorted(Path(n).name for n in wheel.namelist()
+                     if n.startswith("instantly_oauth_async/_lua/") and n.endswith(".lua"))
+    assert shipped == scripts
+    # Unpacked alone (no checkout on the path), the wheel builds the same batch script.
+    wheel.extractall(tmp_path)  # noqa: S202 - the wheel we just built
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import pathlib; "
+            "import instantly_oauth_async._redis_lua as m; "
+            "assert pathlib.Path(m.__file__).is_relative_to(sys.argv[1]), m.__file__; "
+            "print(m.BATCH)")
+    done = subprocess.run(  # noqa: S603 - our own argv
+        [sys.executable, "-I", "-c", code, str(tmp_path)], capture_output=True, text=True,
+        timeout=60, check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout == _redis_lua.BATCH + "\n"

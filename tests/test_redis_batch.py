@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -20,7 +21,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from instantly_oauth_async import RateLimit
+from instantly_oauth_async import RateLimit, _redis_lua
 from instantly_oauth_async._breaker import BreakerPolicy
 from instantly_oauth_async._clock import SystemClock
 from instantly_oauth_async._limiter import FairLimiter
@@ -184,6 +185,28 @@ async def test_an_error_reply_fails_its_own_step_only(
     assert answers[2] == (0.0, False)
     assert isinstance(answers[3], float)
     assert not store.degraded
+
+
+async def test_a_script_error_names_its_lua_file_and_line(
+    batcher: Batcher, admin: aioredis.Redis
+) -> None:
+    good = key("blk")
+    bad = f"{good}:bad"
+    await admin.lpush(bad, "not a block")
+    wrong_type, no_number = await _gather(
+        lambda: batcher.run("BLOCKED_FOR", [bad], [""]),
+        lambda: batcher.run("BLOCK", [good], ["not a number", ""]),
+    )
+    # A Redis command's error reply: Redis names no line, the step's file is named.
+    assert isinstance(wrong_type, ResponseError)
+    assert str(wrong_type).startswith("WRONGTYPE")  # the code stays first, for StoreError.code
+    assert str(wrong_type).endswith("(in blocked_for.lua)")
+    # A Lua error: the file and the line in it, not the line of the whole batch script.
+    lines = (Path(_redis_lua.__file__).parent / "_lua" / "block.lua").read_text().splitlines()
+    line = 1 + next(i for i, text in enumerate(lines) if "tonumber(ARGV[1])" in text)
+    assert isinstance(no_number, ResponseError)
+    assert f"block.lua:{line}: attempt to perform arithmetic" in str(no_number)
+    assert "user_script" not in str(no_number)
 
 
 async def test_steps_failing_in_one_trip_each_get_an_error_of_their_own() -> None:
