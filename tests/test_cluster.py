@@ -8,6 +8,7 @@ scripts and listens with ``SSUBSCRIBE`` on the master of each namespace's slot.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -17,26 +18,30 @@ import anyio
 import pytest
 import redis.asyncio as aioredis
 
-from instantly_oauth_async import OAuthManager, Provider, SessionStatus
+from instantly_oauth_async import OAuthManager, PendingConnection, Provider, SessionStatus
 from instantly_oauth_async._registry import ANSWER
 from instantly_oauth_async.redis import RedisRegistry, RedisStore
 from instantly_oauth_async.testing import Simulator, SimulatorLimits
 from tests._redis_cluster import RedisCluster
+from tests.test_registry import entries_of_each_kind
 
 pytestmark = pytest.mark.anyio
 
 MakeManager = Callable[..., OAuthManager]
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[RedisCluster]:
-    """Three cluster-enabled masters on free loopback ports, one cluster per module."""
-    nodes = RedisCluster(3)
+def _running(nodes: RedisCluster) -> Iterator[RedisCluster]:
     nodes.start()
     try:
         yield nodes
     finally:
         nodes.close()
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[RedisCluster]:
+    """Three cluster-enabled masters on free loopback ports, one cluster per module."""
+    yield from _running(RedisCluster(3))
 
 
 @pytest.fixture
@@ -96,6 +101,23 @@ async def _slots(admin: aioredis.RedisCluster, names: list[str]) -> set[int]:
 
 # -- 1. the fleet scenario: manager, store and registry on the cluster ---------------------------
 
+async def _connect_one_per_provider_and_watch(
+    sim: Simulator, owner: OAuthManager, other: OAuthManager, domain: str
+) -> list[PendingConnection]:
+    """A session of each provider started on ``owner`` and ``attach()``ed on ``other``; both
+    see the same successes. Returns the started ones."""
+    pendings = [await owner.start(provider) for provider in Provider]
+    attached = [await other.attach(p.session.session_id) for p in pendings]
+    for number, pending in enumerate(pendings):
+        sim.complete(pending.session.session_id, f"user{number}@{domain}")
+    with anyio.fail_after(10):
+        mine = [await p for p in pendings]
+        theirs = [await a for a in attached]
+    assert [r.status for r in mine] == [SessionStatus.SUCCESS] * len(Provider)
+    assert theirs == mine
+    return pendings
+
+
 async def test_managers_on_the_cluster_connect_attach_and_keep_one_slot_per_server(
     csim: Simulator, stores: list[RedisStore], admin: aioredis.RedisCluster
 ) -> None:
@@ -107,15 +129,7 @@ async def test_managers_on_the_cluster_connect_attach_and_keep_one_slot_per_serv
     make = manager_factory(csim, workspace.api_key)
     owner_store, other_store = stores
     async with make(owner_store) as owner, make(other_store) as other:
-        pendings = [await owner.start(provider) for provider in Provider]
-        attached = [await other.attach(p.session.session_id) for p in pendings]
-        for number, pending in enumerate(pendings):
-            csim.complete(pending.session.session_id, f"user{number}@acme.io")
-        with anyio.fail_after(10):
-            mine = [await p for p in pendings]
-            theirs = [await a for a in attached]
-        assert [r.status for r in mine] == [SessionStatus.SUCCESS] * len(Provider)
-        assert theirs == mine
+        await _connect_one_per_provider_and_watch(csim, owner, other, "acme.io")
         assert other.stats().requests == {}  # the watcher spent no API budget
     async with Simulator(limits=SimulatorLimits().compressed(20)) as second:
         api_key = second.add_workspace("beta").api_key
@@ -235,14 +249,9 @@ async def test_a_closing_owner_releases_and_the_other_manager_adopts_and_resolve
 async def test_every_key_and_the_channel_of_a_namespace_live_in_one_slot_on_one_master(
     stores: list[RedisStore], admin: aioredis.RedisCluster
 ) -> None:
-    registry = stores[0].registry
     ns = _ns()
-    for sid in ("s1", "s2", "s3"):
-        await registry.register(ns, sid, "{}", owner="a", lease=60, retention=600)
-    await registry.decide(ns, "s1", "success", ANSWER, fence=1, retention=60)
-    await registry.release(ns, "a", {"s2": 1})
-    await registry.claim(ns, "s2", "b", lease=60)
-    tag = f"iox:reg:{{{ns}}}"
+    registry = stores[0].registry
+    tag = await entries_of_each_kind(registry, ns)
     by_node = await _keys_by_node(admin, f"{tag}:*")
     assert len(by_node) == 1, by_node  # on one master
     [keys] = by_node.values()
@@ -314,12 +323,7 @@ def pausable_cluster() -> Iterator[RedisCluster]:
     """A cluster of its own for the tests that stop its servers (``SIGSTOP``) for a few seconds:
     with a node timeout of 60 s its nodes do not mark each other failed meanwhile, and the
     module's cluster is left alone."""
-    nodes = RedisCluster(3, node_timeout_ms=60_000)
-    nodes.start()
-    try:
-        yield nodes
-    finally:
-        nodes.close()
+    yield from _running(RedisCluster(3, node_timeout_ms=60_000))
 
 
 @pytest.fixture
@@ -334,6 +338,26 @@ def paused_cluster(pausable_cluster: RedisCluster) -> Iterator[RedisCluster]:
         pausable_cluster.resume()
 
 
+@contextlib.asynccontextmanager
+async def _registries_of_one_session(
+    cluster: RedisCluster,
+) -> AsyncIterator[tuple[RedisRegistry, RedisRegistry, str, str]]:
+    """The registries of two stores on ``cluster``, the first with session ``s1`` registered in
+    a fresh namespace, and the namespace's channel; at the end the cluster is resumed and both
+    stores closed."""
+    deciding = RedisStore.from_url(cluster.url, cluster=True)
+    waiting = RedisStore.from_url(cluster.url, cluster=True)
+    try:
+        decider, registry = deciding.registry, waiting.registry
+        ns = _ns()
+        await decider.register(ns, "s1", "{}", owner="a", lease=60, retention=600)
+        yield decider, registry, ns, registry._ns(ns)[3]
+    finally:
+        cluster.resume()
+        await waiting.aclose()
+        await deciding.aclose()
+
+
 async def test_a_first_wait_while_the_cluster_is_away_is_handed_to_its_master_on_its_return(
     paused_cluster: RedisCluster, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -346,13 +370,7 @@ async def test_a_first_wait_while_the_cluster_is_away_is_handed_to_its_master_on
     30 s), and nothing raised or logged a ``StoreError``."""
     caplog.set_level(logging.DEBUG, logger="instantly_oauth_async")
     cluster = paused_cluster
-    deciding = RedisStore.from_url(cluster.url, cluster=True)
-    waiting = RedisStore.from_url(cluster.url, cluster=True)
-    try:
-        decider, registry = deciding.registry, waiting.registry
-        ns = _ns()
-        channel = registry._ns(ns)[3]
-        await decider.register(ns, "s1", "{}", owner="a", lease=60, retention=600)
+    async with _registries_of_one_session(cluster) as (decider, registry, ns, channel):
         woke: list[float] = []
         learned: list[float] = []
 
@@ -402,10 +420,6 @@ async def test_a_first_wait_while_the_cluster_is_away_is_handed_to_its_master_on
         assert not [r for r in ours if r.levelno >= logging.WARNING], caplog.text
         assert "StoreError" not in caplog.text
         assert "registry subscription lost" in caplog.text  # the outage was met, as an outage
-    finally:
-        cluster.resume()
-        await waiting.aclose()
-        await deciding.aclose()
 
 
 # -- 7. a manager's registry and budgets: one slot, shared trips ---------------------------------
@@ -427,15 +441,7 @@ async def test_a_managers_registry_keys_and_budget_keys_share_one_slot_and_one_b
         ns = manager._fleet.ns
         assert ns.startswith(f"{{{server}}}:")
         ws_id = ns.split(":")[-1]
-        pendings = [await manager.start(provider) for provider in Provider]
-        attached = [await other.attach(p.session.session_id) for p in pendings]
-        for number, pending in enumerate(pendings):
-            csim.complete(pending.session.session_id, f"dee{number}@delta.io")
-        with anyio.fail_after(10):
-            mine = [await p for p in pendings]
-            theirs = [await a for a in attached]
-        assert [r.status for r in mine] == [SessionStatus.SUCCESS] * len(Provider)
-        assert theirs == mine
+        pendings = await _connect_one_per_provider_and_watch(csim, manager, other, "delta.io")
 
     # The managers closed (nothing else on the lane): a registry step and budget steps in one
     # trip. The first step takes the lane, the three started with it wait for its reply and
@@ -490,13 +496,7 @@ async def test_a_first_wait_whose_within_ends_while_the_cluster_is_mapped_subscr
     decision made through another client wakes a waiter within a second (``within`` 30 s)."""
     caplog.set_level(logging.DEBUG, logger="instantly_oauth_async")
     cluster = paused_cluster
-    deciding = RedisStore.from_url(cluster.url, cluster=True)
-    waiting = RedisStore.from_url(cluster.url, cluster=True)
-    try:
-        decider, registry = deciding.registry, waiting.registry
-        ns = _ns()
-        channel = registry._ns(ns)[3]
-        await decider.register(ns, "s1", "{}", owner="a", lease=60, retention=600)
+    async with _registries_of_one_session(cluster) as (decider, registry, ns, channel):
         cluster.pause()
         try:
             began = anyio.current_time()
@@ -524,7 +524,3 @@ async def test_a_first_wait_whose_within_ends_while_the_cluster_is_mapped_subscr
         assert registry._refused is None
         ours = [r for r in caplog.records if r.name.startswith("instantly_oauth_async")]
         assert not [r for r in ours if r.levelno >= logging.WARNING], caplog.text
-    finally:
-        cluster.resume()
-        await waiting.aclose()
-        await deciding.aclose()

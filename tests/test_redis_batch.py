@@ -76,9 +76,11 @@ async def until(condition: Callable[[], Awaitable[bool]], within: float = 5.0) -
 
 
 def released(admin: aioredis.Redis, k: str, lease: str) -> Callable[[], Awaitable[bool]]:
-    """A condition for :func:`until`: Redis no longer holds ``lease``'s slot of budget ``k``."""
+    """A condition for :func:`until`: Redis no longer holds ``lease``'s slot of budget ``k``, and
+    logs it as freed (back a window after its request ended)."""
     async def condition() -> bool:
-        return await admin.zscore(f"{k}:held", lease) is None
+        return (await admin.zscore(f"{k}:held", lease) is None
+                and await admin.zscore(f"{k}:freed", lease) is not None)
     return condition
 
 
@@ -372,8 +374,7 @@ async def test_aclose_sends_what_is_still_posted(
         await store.release(specs, "L1")
     finally:
         await store.aclose()
-    assert await admin.zscore(f"{k}:held", "L1") is None  # at once: sent by aclose
-    assert await admin.zscore(f"{k}:freed", "L1") is not None
+    assert await released(admin, k, "L1")()  # at once: sent by aclose
     assert await admin.zscore(f"{k}:held", "L2") is not None
 
 
@@ -400,19 +401,24 @@ async def test_aclose_sends_what_was_posted_while_a_trip_was_out(
         await store.aclose()
     assert taken == [(0.0, False)]
     assert not store.degraded
-    assert await admin.zscore(f"{k}:held", "L1") is None
-    assert await admin.zscore(f"{k}:freed", "L1") is not None
+    assert await released(admin, k, "L1")()
 
 
 # -- the fleet's line of askers in TAKE ------------------------------------------------------
 
+async def _spent(store: RedisStore) -> tuple[str, list[tuple[str, RateLimit]]]:
+    """A new budget of 2 slots a 10 s, both taken with no asker: at T0 and T0 + 9."""
+    k = key("b")
+    specs = [(k, RateLimit(2, per=10, margin=0))]
+    assert await ask(store, T0, specs, None) == T0
+    assert await ask(store, T0 + 9, specs, None) == T0 + 9
+    return k, specs
+
+
 async def test_askers_are_told_the_return_they_are_in_line_for(
     store: RedisStore, admin: aioredis.Redis
 ) -> None:
-    k = key("b")
-    specs = [(k, RateLimit(2, per=10, margin=0))]
-    assert await ask(store, T0, specs, None) == T0  # back at T0 + 10
-    assert await ask(store, T0 + 9, specs, None) == T0 + 9  # back at T0 + 19
+    k, specs = await _spent(store)  # back at T0 + 10 and T0 + 19
     # first asker: the first return; second: the second (not the soonest, which A will take)
     assert await ask(store, T0 + 9.5, specs, "A") == pytest.approx(T0 + 10)
     assert await ask(store, T0 + 9.6, specs, "B") == pytest.approx(T0 + 19)
@@ -434,10 +440,7 @@ async def test_askers_are_told_the_return_they_are_in_line_for(
 async def test_an_asker_past_its_time_and_grace_loses_its_place(
     store: RedisStore, admin: aioredis.Redis
 ) -> None:
-    k = key("b")
-    specs = [(k, RateLimit(2, per=10, margin=0))]
-    await ask(store, T0, specs, None)
-    await ask(store, T0 + 9, specs, None)
+    k, specs = await _spent(store)
     assert await ask(store, T0 + 9.5, specs, "A") == pytest.approx(T0 + 10)  # keeps it to +11
     assert await ask(store, T0 + 9.6, specs, "B") == pytest.approx(T0 + 19)
     assert await ask(store, T0 + 10.9, specs, "B") == pytest.approx(T0 + 19)  # A still ahead
@@ -452,10 +455,7 @@ async def test_an_asker_past_its_time_and_grace_loses_its_place(
 async def test_leave_takes_an_asker_out_of_the_line(
     store: RedisStore, admin: aioredis.Redis
 ) -> None:
-    k = key("b")
-    specs = [(k, RateLimit(2, per=10, margin=0))]
-    await ask(store, T0, specs, None)
-    await ask(store, T0 + 9, specs, None)
+    k, specs = await _spent(store)
     await ask(store, T0 + 9.5, specs, "A")
     await ask(store, T0 + 9.6, specs, "B")
     await ask(store, T0 + 9.7, specs, "C")

@@ -280,18 +280,24 @@ async def test_a_dropped_message_still_lets_the_waiter_resolve_within_its_bound(
     assert outcome2 == "error" and took2 < within
 
 
+async def entries_of_each_kind(registry: RedisRegistry, ns: str) -> str:
+    """In ``ns``: ``s1`` decided, ``s2`` released then claimed by another owner, ``s3`` owned;
+    returns the prefix of the namespace's keys."""
+    for sid in ("s1", "s2", "s3"):
+        await registry.register(ns, sid, "{}", owner="a", lease=60, retention=600)
+    await registry.decide(ns, "s1", "success", ANSWER, fence=1, retention=60)
+    await registry.release(ns, "a", {"s2": 1})
+    await registry.claim(ns, "s2", "b", lease=60)
+    return f"iox:reg:{{{ns}}}"
+
+
 async def test_every_key_and_the_channel_of_a_namespace_map_to_one_cluster_slot(
     redis_server: RedisServer, admin: aioredis.Redis
 ) -> None:
     ns = _ns()
     async with RedisStore.from_url(redis_server.url) as store:
         registry = store.registry
-        for sid in ("s1", "s2", "s3"):
-            await registry.register(ns, sid, "{}", owner="a", lease=60, retention=600)
-        await registry.decide(ns, "s1", "success", ANSWER, fence=1, retention=60)
-        await registry.release(ns, "a", {"s2": 1})
-        await registry.claim(ns, "s2", "b", lease=60)
-        tag = f"iox:reg:{{{ns}}}"
+        tag = await entries_of_each_kind(registry, ns)
         keys = sorted([k.decode() async for k in admin.scan_iter(match=f"{tag}:*")])
         assert keys == [f"{tag}:e:s1", f"{tag}:e:s2", f"{tag}:e:s3", f"{tag}:lapse",
                         f"{tag}:meta"]
