@@ -188,8 +188,8 @@ async def manager_for_this_run(args: argparse.Namespace) -> AsyncIterator[tuple[
     key = os.environ.get("INSTANTLY_API_KEY")
     if not key:
         if args.redis or args.sqlite:  # each worker would have a simulator of its own
-            sys.exit("--redis and --sqlite need INSTANTLY_API_KEY: the built-in simulator lives "
-                     "in one process")
+            flag = "--redis" if args.redis else "--sqlite"
+            sys.exit(f"{flag} needs INSTANTLY_API_KEY: the built-in simulator lives in one process")
         async with Simulator() as sim:
             workspace = sim.add_workspace("example")
             options = {"poll_interval": 1, **options}

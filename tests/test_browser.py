@@ -22,13 +22,14 @@ from playwright.async_api import Page, async_playwright
 from examples.aiohttp_app import make_app
 from instantly_oauth_async import OAuthManager
 from instantly_oauth_async.testing import Simulator
+from tests._webflow_workers import PASSWORD as WORKERS_PASSWORD
 from tests._webflow_workers import worker
 
 pytestmark = pytest.mark.anyio
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-from tests._webflow_workers import PASSWORD  # noqa: E402 - the stand-in sign-in's password
+PASSWORD = WORKERS_PASSWORD  # the stand-in sign-in's password (tests/test_example_workers too)
 
 
 @pytest.mark.timing  # a browser's own event-loop traffic is slow under asyncio debug mode
