@@ -48,7 +48,7 @@ from instantly_oauth_async import OAuthManager, Store
 from instantly_oauth_async.sqlite import SQLiteStore
 from instantly_oauth_async.testing import Simulator
 from instantly_oauth_async.web import ConnectFlow
-from instantly_oauth_async.web.aiohttp import connect_routes
+from instantly_oauth_async.web.aiohttp import install
 
 # --- STAND-IN for your app's real sign-in: replace it with your own sessions or middleware ---
 # Anyone who knows the shared APP_PASSWORD signs in under a name of their choice and gets a
@@ -163,16 +163,7 @@ def make_app(manager: OAuthManager, *, password: str, max_pending: int = 100) ->
     app[FLOW] = flow = ConnectFlow(manager, secret=sign_in.secret, max_pending=max_pending)
     app.router.add_get("/", index)
     app.router.add_post("/login", login)
-    app.add_routes(connect_routes(flow, user_of=user_of))  # POST /connect, /events, /result
-
-    async def end_streams(app: web.Application) -> None:  # first: the streams end, no result
-        flow.end_streams()
-
-    async def close_flow(app: web.Application) -> None:
-        await flow.aclose()
-
-    app.on_shutdown.append(end_streams)
-    app.on_cleanup.append(close_flow)
+    install(app, flow, user_of=user_of)  # POST /connect, GET /events/{id}, GET /result/{id}
     return app
 
 

@@ -37,8 +37,7 @@ async def served(kind: str, flow: ConnectFlow, *, prefix: str = "") -> AsyncIter
         if prefix:
             app.add_subapp(prefix, flow_aiohttp.connect_app(flow, user_of=async_user_of))
         else:
-            app.add_routes(flow_aiohttp.connect_routes(flow, user_of=user_of))
-            app.on_shutdown.append(lambda app: _end(flow))
+            flow_aiohttp.install(app, flow, user_of=user_of)
         runner = web.AppRunner(app, shutdown_timeout=0.5)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", 0).start()
@@ -62,7 +61,3 @@ async def served(kind: str, flow: ConnectFlow, *, prefix: str = "") -> AsyncIter
                 server.should_exit = True
     finally:
         listener.close()
-
-
-async def _end(flow: ConnectFlow) -> None:
-    flow.end_streams()

@@ -4,9 +4,8 @@
     from instantly_oauth_async.web.aiohttp import connect_routes
 
     flow = ConnectFlow(manager, secret=LINK_SECRET, max_pending=100)
-    app.add_routes(connect_routes(flow, user_of=my_signed_in_user))       # at the root, or
+    install(app, flow, user_of=my_signed_in_user)                          # at the root, or
     app.add_subapp("/mailbox", connect_app(flow, user_of=my_signed_in_user))
-    app.on_shutdown.append(lambda app: flow.end_streams()) ...            # connect_app does it
 
 ``user_of(request)`` is the app's own sign-in: a user id, or None (then 401). Routes:
 ``POST /connect``, ``GET /events/{session_id}``, ``GET /result/{session_id}`` (see
@@ -21,7 +20,7 @@ from aiohttp import web
 
 from ._flow import ConnectFlow, Refusal, UserOf
 
-__all__ = ["connect_app", "connect_routes"]
+__all__ = ["connect_app", "connect_routes", "install"]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -80,13 +79,12 @@ def connect_routes(flow: ConnectFlow, *, user_of: UserOf) -> list[web.RouteDef]:
             web.get("/result/{session_id}", result)]
 
 
-def connect_app(flow: ConnectFlow, *, user_of: UserOf) -> web.Application:
-    """The flow as a sub-application (``app.add_subapp("/mailbox", ...)``): it ends its
-    streams as the app shuts down and closes the flow at cleanup."""
-    app = web.Application()
+def install(app: web.Application, flow: ConnectFlow, *, user_of: UserOf) -> web.Application:
+    """The flow's routes on ``app`` (at its root), its streams ended as ``app`` shuts down and
+    the flow closed at its cleanup (before the manager, when the app opened that first)."""
     app.add_routes(connect_routes(flow, user_of=user_of))
 
-    async def end_streams(app: web.Application) -> None:
+    async def end_streams(app: web.Application) -> None:  # first: streams end, no result
         flow.end_streams()
 
     async def close(app: web.Application) -> None:
@@ -95,3 +93,9 @@ def connect_app(flow: ConnectFlow, *, user_of: UserOf) -> web.Application:
     app.on_shutdown.append(end_streams)
     app.on_cleanup.append(close)
     return app
+
+
+def connect_app(flow: ConnectFlow, *, user_of: UserOf) -> web.Application:
+    """The flow as a sub-application (``app.add_subapp("/mailbox", ...)``), installed as by
+    :func:`install`."""
+    return install(web.Application(), flow, user_of=user_of)
