@@ -4,31 +4,41 @@
     cd examples && APP_PASSWORD=choose-one uvicorn fastapi_app:app   # the same, served by uvicorn
 
 Like aiohttp_app.py it runs against the built-in simulator when INSTANTLY_API_KEY is not set, and
-it is one file that needs only the installed library (the sign-in stand-in, ``Connections`` and
-the pages are the same as there, copied, so that each example stands alone). The manager lives as
-long as the app (FastAPI's lifespan); ``POST /connect`` gives a signed-in user their one pending
-session's ``auth_url``, ``GET /events/{session_id}`` streams its result.
+it is one file that needs only the installed library (the sign-in stand-in and the pages are the
+same as there, copied, so that each example stands alone). The manager and the connect flow
+(``instantly_oauth_async.web.asgi``: ``POST /connect``, ``GET /events/{id}``, ``GET
+/result/{id}``) live as long as the app (FastAPI's lifespan).
+
+Several workers share one store: on one host a SQLite file named by INSTANTLY_SQLITE, on several
+a Redis named by REDIS_URL (both need INSTANTLY_API_KEY: the simulator lives in one process)::
+
+    export INSTANTLY_API_KEY=... APP_PASSWORD=choose-one INSTANTLY_SQLITE=/var/lib/app/iox.db
+    cd examples && uvicorn fastapi_app:app --workers 4 --timeout-graceful-shutdown 5
+
+(``--timeout-graceful-shutdown``: an open event stream would otherwise hold a stopping worker;
+cut, the browser reconnects to another.)
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import hmac
-import json
 import os
 import re
 import sys
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Any
 from urllib.parse import parse_qs
 
-from fastapi import Depends, FastAPI, HTTPException, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, StreamingResponse
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import HTMLResponse, RedirectResponse
 
-from instantly_oauth_async import InstantlyError, OAuthManager, PendingConnection
+from instantly_oauth_async import OAuthManager, Store
+from instantly_oauth_async.sqlite import SQLiteStore
 from instantly_oauth_async.testing import Simulator
+from instantly_oauth_async.web import ConnectFlow
+from instantly_oauth_async.web.asgi import connect_routes
 
 # --- STAND-IN for your app's real sign-in: replace it with your own sessions or middleware ---
 # Anyone who knows the shared APP_PASSWORD signs in under a name of their choice and gets a
@@ -62,87 +72,15 @@ class Login:
             return user
         return None
 
-    def tag(self, user: str, session_id: str) -> str:
-        """What a link to ``session_id`` carries to show that ``user`` started it."""
-        return self._sign(f"{user}/{session_id}")  # a user name has no "/": never a cookie's
-
-    def tagged(self, user: str, session_id: str, tag: str) -> bool:
-        return hmac.compare_digest(tag.encode(), self.tag(user, session_id).encode())
+    @property
+    def secret(self) -> bytes:
+        """A secret for the flow's links (which it hashes into a key of their own)."""
+        return self._key
 
     def _sign(self, text: str) -> str:
         return hmac.new(self._key, text.encode(), hashlib.sha256).hexdigest()
 
 # --- end of the stand-in ----------------------------------------------------------------------
-
-
-class TooManyPending(Exception):
-    """Every slot is taken: some sessions must end before another may start."""
-
-
-class Connections:
-    """The pending connections, one per user at most, ``limit`` in all, none kept once decided.
-
-    An entry is the task that starts the user's session; a watcher awaits the session and drops
-    the entry when its result is decided, it fails or it expires (the manager gives every session
-    an end), so nothing here grows past ``limit``.
-    """
-
-    def __init__(self, manager: OAuthManager, *, limit: int = 100) -> None:
-        self._manager = manager
-        self._limit = limit
-        self._starts: dict[str, asyncio.Task[PendingConnection]] = {}
-        self._watchers: set[asyncio.Task[None]] = set()
-
-    def __len__(self) -> int:
-        return len(self._starts)
-
-    async def connect(self, user: str) -> PendingConnection:
-        """The user's pending connection; a new session only when they have none."""
-        start = self._starts.get(user)
-        if start is None:
-            if len(self._starts) >= self._limit:
-                raise TooManyPending
-            start = asyncio.create_task(self._manager.start("google", timeout=30))
-            start.add_done_callback(lambda task: self._started(user, task))
-            self._starts[user] = start
-        return await asyncio.shield(start)  # a request that goes away leaves the start alone
-
-    def get(self, user: str, session_id: str) -> PendingConnection | None:
-        """The user's pending connection if it is ``session_id``."""
-        start = self._starts.get(user)
-        if start is None or not start.done() or start.cancelled() or start.exception():
-            return None
-        pending = start.result()
-        return pending if pending.session.session_id == session_id else None
-
-    def _started(self, user: str, start: asyncio.Task[PendingConnection]) -> None:
-        if start.cancelled() or start.exception() is not None:
-            self._forget(user, start)  # no session: the user may try again
-            return
-        watcher = asyncio.create_task(self._watch(user, start))
-        self._watchers.add(watcher)
-        watcher.add_done_callback(self._watchers.discard)
-
-    async def _watch(self, user: str, start: asyncio.Task[PendingConnection]) -> None:
-        with contextlib.suppress(InstantlyError):  # any end will do: the streams report it
-            await start.result()
-        self._forget(user, start)
-
-    def _forget(self, user: str, start: asyncio.Task[PendingConnection]) -> None:
-        if self._starts.get(user) is start:
-            del self._starts[user]
-
-    async def aclose(self) -> None:
-        """Stop starting and polling: nobody is left to hear the results."""
-        tasks = [*self._starts.values(), *self._watchers]
-        for task in tasks:
-            if task.done() and not task.cancelled() and task.exception() is None:
-                result = task.result()
-                if isinstance(result, PendingConnection):
-                    result.cancel()
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        self._starts.clear()
 
 
 LOGIN_PAGE = """<!doctype html>
@@ -183,39 +121,47 @@ PAGE = """<!doctype html>
 </body></html>
 """
 
-
 def user_of(request: Request) -> str | None:
     login: Login = request.app.state.login
     return login.user_of(request.cookies.get(COOKIE))
-
-
-def signed_in_user(request: Request) -> str:
-    user = user_of(request)
-    if user is None:
-        raise HTTPException(401, "sign in first")
-    return user
-
-
-User = Annotated[str, Depends(signed_in_user)]
 
 
 @contextlib.asynccontextmanager
 async def manager_for_this_run(
     api_key: str | None, base_url: str | None, options: dict[str, Any]
 ) -> AsyncIterator[tuple[OAuthManager, str]]:
-    """``api_key`` (or INSTANTLY_API_KEY) against the API; otherwise the built-in simulator."""
+    """``api_key`` (or INSTANTLY_API_KEY) against the API, on the store REDIS_URL or
+    INSTANTLY_SQLITE names (none: this process's memory); otherwise the built-in simulator."""
     key = api_key or os.environ.get("INSTANTLY_API_KEY")
-    if key:
-        if base_url:
-            options = {"base_url": base_url, **options}
-        async with OAuthManager(key, **options) as manager:
-            yield manager, base_url or "the Instantly API"
+    options = dict(options)
+    redis_url, sqlite_path = os.environ.get("REDIS_URL"), os.environ.get("INSTANTLY_SQLITE")
+    if not key:
+        if redis_url or sqlite_path:
+            raise RuntimeError("REDIS_URL and INSTANTLY_SQLITE need INSTANTLY_API_KEY: the "
+                               "built-in simulator lives in one process")
+        async with Simulator() as sim:
+            workspace = sim.add_workspace("example")
+            options = {"poll_interval": 1, **options}
+            async with OAuthManager(workspace.api_key, base_url=sim.url, **options) as manager:
+                yield manager, f"the simulator at {sim.url}"
         return
-    async with Simulator() as sim:
-        workspace = sim.add_workspace("example")
-        options = {"poll_interval": 1, **options}
-        async with OAuthManager(workspace.api_key, base_url=sim.url, **options) as manager:
-            yield manager, f"the simulator at {sim.url}"
+    where = base_url or "the Instantly API"
+    if base_url:
+        options = {"base_url": base_url, **options}
+    async with contextlib.AsyncExitStack() as stack:
+        store: Store | None = options.pop("store", None)  # a store the caller passed wins
+        if store is not None:
+            pass
+        elif redis_url:  # every worker with the same Redis: one budget, one session registry
+            from instantly_oauth_async.redis import RedisStore  # noqa: PLC0415 - extra "redis"
+
+            store = await stack.enter_async_context(RedisStore.from_url(redis_url))
+            where += ", shared through Redis"
+        elif sqlite_path:  # every worker of this host on one file
+            store = await stack.enter_async_context(SQLiteStore(sqlite_path))
+            where += ", shared through SQLite"
+        manager = await stack.enter_async_context(OAuthManager(key, store=store, **options))
+        yield manager, where
 
 
 def make_app(
@@ -226,9 +172,9 @@ def make_app(
     max_pending: int = 100,
     **manager_options: Any,
 ) -> FastAPI:
-    """The app; its lifespan opens the manager. ``api_key`` defaults to INSTANTLY_API_KEY (none:
-    the simulator), ``password`` (the stand-in sign-in's) to APP_PASSWORD; ``max_pending`` bounds
-    the pending connections of all users."""
+    """The app; its lifespan opens the manager and the flow. ``api_key`` defaults to
+    INSTANTLY_API_KEY (none: the simulator), ``password`` (the stand-in sign-in's) to
+    APP_PASSWORD; ``max_pending`` bounds the pending connections of all users."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -237,14 +183,13 @@ def make_app(
             raise RuntimeError("set APP_PASSWORD: the password people sign in with")
         async with manager_for_this_run(api_key, base_url, manager_options) as (manager, where):
             print(f"sessions from {where}", flush=True)
-            app.state.login = Login(secret)
-            app.state.connections = connections = Connections(manager, limit=max_pending)
-            try:
+            app.state.login = login = Login(secret)
+            async with ConnectFlow(manager, secret=login.secret,
+                                   max_pending=max_pending) as app.state.flow:
                 yield
-            finally:
-                await connections.aclose()
 
     app = FastAPI(lifespan=lifespan)
+    app.router.routes.extend(connect_routes(lambda: app.state.flow, user_of=user_of))
 
     @app.get("/", response_class=HTMLResponse)
     async def index(request: Request) -> str:
@@ -267,37 +212,6 @@ def make_app(
         response.set_cookie(COOKIE, cookie, httponly=True, samesite="lax")
         return response
 
-    @app.post("/connect")
-    async def connect(request: Request, user: User) -> dict[str, str]:
-        connections: Connections = request.app.state.connections
-        try:
-            p = await connections.connect(user)
-        except TooManyPending:
-            raise HTTPException(503, "too many connections pending; try again later",
-                                headers={"Retry-After": "60"}) from None
-        except InstantlyError as exc:
-            raise HTTPException(503, type(exc).__name__) from None
-        return {"session_id": p.session.session_id, "auth_url": p.session.auth_url,
-                "events_url": f"/events/{p.session.session_id}"}
-
-    @app.get("/events/{session_id}")
-    async def events(session_id: str, request: Request, user: User) -> StreamingResponse:
-        connections: Connections = request.app.state.connections
-        p = connections.get(user, session_id)
-        if p is None:
-            raise HTTPException(404)
-
-        async def stream() -> AsyncIterator[bytes]:
-            try:
-                result = await p  # shared: any number of tabs may wait on one session
-                payload = {"ok": result.ok, "email": result.email,
-                           "reason": result.error_description or result.status.value}
-            except InstantlyError as exc:
-                payload = {"ok": False, "email": None, "reason": type(exc).__name__}
-            yield f"event: result\ndata: {json.dumps(payload)}\n\n".encode()
-
-        return StreamingResponse(stream(), media_type="text/event-stream")
-
     return app
 
 
@@ -309,4 +223,5 @@ if __name__ == "__main__":
 
     if not os.environ.get("APP_PASSWORD"):
         sys.exit("set APP_PASSWORD: the password people sign in with (a stand-in for your app's)")
-    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]) if len(sys.argv) > 1 else 8000)
+    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]) if len(sys.argv) > 1 else 8000,
+                timeout_graceful_shutdown=5)

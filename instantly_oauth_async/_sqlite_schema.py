@@ -29,6 +29,8 @@ logger = logging.getLogger("instantly_oauth_async")
 #: - ``blocks``: learned from 429s, until when. ``breakers``: ``_breaker.BreakerState``, one
 #:   row a breaker that is not as new.
 #: - ``entries``: the session registry (``Entry``), with ``forget_at`` (retention's end).
+#: - ``claims``: the connect guard (``_claims``): a user's pending connection, its session id
+#:   ('' while it starts) and the deadline past which it leaves by itself.
 #: - ``changes``: the registry's notices (a claim, release or decision of ``sid``; ``sid`` ''
 #:   for "a lease was released"), read by the watchers' poll instead of pub/sub.
 SCHEMA: Final = (
@@ -50,12 +52,15 @@ SCHEMA: Final = (
     "CREATE INDEX IF NOT EXISTS entries_forget ON entries (forget_at)",
     "CREATE TABLE IF NOT EXISTS changes (seq INTEGER PRIMARY KEY AUTOINCREMENT,"
     " ns TEXT NOT NULL, sid TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS claims (ns TEXT NOT NULL, user TEXT NOT NULL, ticket TEXT NOT NULL,"
+    " sid TEXT NOT NULL, until REAL NOT NULL, PRIMARY KEY (ns, user, ticket)) WITHOUT ROWID",
 )
 SCHEMA_VERSION: Final = "1"
 #: Every column holding a time: moved when the host rebooted (CLOCK_MONOTONIC restarted).
 _TIMES: Final = (("slots", "until"), ("line", "first"), ("line", "due"), ("blocks", "until"),
                  ("breakers", "open_until"), ("breakers", "probe_since"),
-                 ("entries", "created"), ("entries", "lease_until"), ("entries", "forget_at"))
+                 ("entries", "created"), ("entries", "lease_until"), ("entries", "forget_at"),
+                 ("claims", "until"))
 #: File systems on which SQLite's locks and WAL's shared memory do not span hosts.
 _NETWORK_FS: Final = frozenset({"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "ceph",
                                 "glusterfs", "lustre", "fuse.sshfs", "afs", "gpfs"})

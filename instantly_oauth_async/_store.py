@@ -20,6 +20,7 @@ from typing import Protocol, runtime_checkable
 
 from . import _breaker
 from ._breaker import Admission, BreakerPolicy, BreakerState, BreakerTransition, CircuitState
+from ._claims import MemoryClaims
 from ._clock import Clock, SystemClock
 from ._exceptions import InstantlyError
 from ._limiter import SlotLog, release, take
@@ -141,11 +142,17 @@ class MemoryStore:
         self._blocks: dict[str, float] = {}
         self._breakers: dict[str, BreakerState] = {}
         self._registry = MemoryRegistry(self.clock)
+        self._claims = MemoryClaims(self.clock)
 
     @property
     def registry(self) -> MemoryRegistry:
         """The session registry of the managers sharing this store, timed by its clock."""
         return self._registry
+
+    @property
+    def claims(self) -> MemoryClaims:
+        """The connect guard of this process's web flows (``instantly_oauth_async.web``)."""
+        return self._claims
 
     def __repr__(self) -> str:
         return (

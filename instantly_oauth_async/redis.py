@@ -77,6 +77,7 @@ from ._clock import Clock, SystemClock
 from ._exceptions import ConfigurationError
 from ._models import RateLimit
 from ._redis_batch import Batcher, hash_tag
+from ._redis_claims import RedisClaims
 from ._redis_errors import FAILURES as _FAILURES
 from ._redis_errors import outage as _outage
 from ._redis_errors import store_error as _store_error
@@ -147,6 +148,7 @@ class RedisStore:
         #: ``None`` in production; tests set it to drive the scripts' clock (seconds).
         self.time_override: float | None = None
         self._registry: RedisRegistry | None = None
+        self._claims: RedisClaims | None = None
 
     @classmethod
     def from_url(cls, url: str, *, timeout: float = 0.5, cluster: bool = False, **kwargs: Any
@@ -194,6 +196,14 @@ class RedisStore:
                                            retry_interval=self._retry_interval,
                                            batcher=self._batch)
         return self._registry
+
+    @property
+    def claims(self) -> RedisClaims:
+        """The connect guard of the fleet's web flows (``instantly_oauth_async.web``): one Lua
+        script a step on this store's client; no fallback while Redis is away."""
+        if self._claims is None:
+            self._claims = RedisClaims(self._redis)
+        return self._claims
 
     @property
     def round_trips(self) -> int:

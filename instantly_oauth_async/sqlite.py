@@ -108,6 +108,7 @@ from ._clock import Clock, SystemClock
 from ._exceptions import ConfigurationError
 from ._models import RateLimit
 from ._registry import RegistryUnavailableError as RegistryUnavailableError  # noqa: PLC0414
+from ._sqlite_claims import SQLiteClaims
 from ._sqlite_db import Busy, Database
 from ._sqlite_registry import SQLiteRegistry as SQLiteRegistry  # noqa: PLC0414
 from ._store import MemoryStore
@@ -149,6 +150,7 @@ class SQLiteStore:
                             lock_timeout=float(lock_timeout), synchronous=synchronous,
                             poll_interval=float(poll_interval))
         self._registry = SQLiteRegistry(self._db)
+        self._claims = SQLiteClaims(self._db)
         self._local = MemoryStore(self.clock)  # blocks not written yet (the lock was held)
         self._unwritten: dict[str, float] = {}  # those blocks: key -> until
         self._members = f"{secrets.token_hex(6)}:"
@@ -162,6 +164,11 @@ class SQLiteStore:
     def registry(self) -> SQLiteRegistry:
         """The session registry of every process on the file (closed with the store)."""
         return self._registry
+
+    @property
+    def claims(self) -> SQLiteClaims:
+        """The connect guard of the host's web flows (``instantly_oauth_async.web``)."""
+        return self._claims
 
     def __repr__(self) -> str:
         return f"<SQLiteStore {self._db.path}>"

@@ -205,12 +205,13 @@ async def test_aiohttp_app_runs_from_any_directory_and_wants_a_signed_in_user(
         base = line.split()[0]
         assert re.fullmatch(r"http://127\.0\.0\.1:\d+", base) and not base.endswith(":0")
         async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
-            async with http.post(f"{base}/connect") as answer:
+            same_site = {"Origin": base}  # as the page's own fetch sends it (checked: CSRF)
+            async with http.post(f"{base}/connect", headers=same_site) as answer:
                 assert answer.status == 401
             form = {"user": "ann", "password": password}
             async with http.post(f"{base}/login", data=form) as page:
                 assert 'id="connect"' in await page.text()
-            async with http.post(f"{base}/connect") as answer:
+            async with http.post(f"{base}/connect", headers=same_site) as answer:
                 assert answer.status == 200
                 assert (await answer.json())["auth_url"].startswith("http://127.0.0.1:")
     assert password not in app.stdout.text() + app.stderr.text()

@@ -7,7 +7,7 @@ import instantly_oauth_async.testing
 def test_all_is_complete_without_duplicates() -> None:
     # submodules of optional extras, attributes of the package once something imports them
     public = {n for n in dir(instantly_oauth_async) if not n.startswith("_")} - {
-        "testing", "redis", "otel", "sqlite"}
+        "testing", "redis", "otel", "sqlite", "web"}
     exported = set(instantly_oauth_async.__all__) - {"__version__"}
     assert public == exported
     assert len(instantly_oauth_async.__all__) == len(set(instantly_oauth_async.__all__))

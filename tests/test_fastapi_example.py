@@ -40,10 +40,10 @@ async def test_connect_then_the_event_stream_says_connected(sim: Simulator) -> N
         group.start_soon(server.serve, [listener])
         async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
             await sign_in(http, base)
-            async with http.post(f"{base}/connect") as answer:
+            async with http.post(f"{base}/connect", headers={"Origin": base}) as answer:
                 session = await answer.json()
             with anyio.fail_after(10):
-                async with http.get(f"{base}/events/{session['session_id']}") as stream:
+                async with http.get(f"{base}{session['events_url']}") as stream:
                     sim.complete(sim.session_for(session["auth_url"]).session_id, "ann@acme.io")
                     body = (await stream.read()).decode()
         server.should_exit = True
@@ -65,13 +65,14 @@ async def test_python_runs_the_file_from_any_directory(tmp_path: Path) -> None:
             base = re.search(UVICORN_URL, await app.stderr.wait_for(UVICORN_URL))
         assert base is not None
         async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
-            async with http.post(f"{base[1]}/connect") as answer:
+            same_site = {"Origin": base[1]}
+            async with http.post(f"{base[1]}/connect", headers=same_site) as answer:
                 assert answer.status == 401
             await sign_in(http, base[1])
-            async with http.post(f"{base[1]}/connect") as answer:
+            async with http.post(f"{base[1]}/connect", headers=same_site) as answer:
                 session = await answer.json()
             with anyio.fail_after(30):
-                async with http.get(f"{base[1]}/events/{session['session_id']}") as stream:
+                async with http.get(f"{base[1]}{session['events_url']}") as stream:
                     consent = {"action": "allow", "email": "ann@acme.io"}
                     async with http.post(session["auth_url"], data=consent) as page:
                         assert page.status == 200
@@ -91,10 +92,11 @@ async def test_uvicorn_serves_it_from_the_examples_directory(tmp_path: Path) -> 
         async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
             async with http.get(f"{base[1]}/") as page:
                 assert page.status == 200 and 'name="password"' in await page.text()
-            async with http.post(f"{base[1]}/connect") as answer:
+            same_site = {"Origin": base[1]}
+            async with http.post(f"{base[1]}/connect", headers=same_site) as answer:
                 assert answer.status == 401
             await sign_in(http, base[1])
-            async with http.post(f"{base[1]}/connect") as answer:
+            async with http.post(f"{base[1]}/connect", headers=same_site) as answer:
                 assert answer.status == 200
                 assert (await answer.json())["auth_url"].startswith("http://127.0.0.1:")
     assert PASSWORD not in app.stdout.text() + app.stderr.text()
