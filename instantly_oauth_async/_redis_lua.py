@@ -64,7 +64,8 @@ def _read(name: str) -> Script:
 
 
 def step(name: str) -> Script:
-    """One step alone (``"TAKE"``), as a script of its own (the tests run some this way)."""
+    """One step alone (``"TAKE"``, ``"CLAIM_TAKE"``), as a script of its own: the connect
+    guard's steps run this way (``_redis_claims``), and some tests."""
     return _read(f"{name.lower()}.lua")
 
 
@@ -105,14 +106,15 @@ BATCH: Final = _BATCH.text
 BATCH_SHARDED: Final = sharded(BATCH)
 
 
-def locate(message: str, name: str | None = None) -> str:
-    """An error message of the batch script with each ``user_script:N`` replaced by the step
-    file and line it names (``take.lua:12``). A message that names no line (an error reply of a
-    Redis command inside step ``name``) gets `` (in take.lua)`` at its end."""
+def locate(message: str, name: str | None = None, *, script: Script = _BATCH) -> str:
+    """An error message of ``script`` (the batch script unless told) with each
+    ``user_script:N`` replaced by the file and line it names (``take.lua:12``). A message that
+    names no line (an error reply of a Redis command inside step ``name``) gets
+    `` (in take.lua)`` at its end."""
     def where(found: re.Match[str]) -> str:
         number = int(found.group(1))
-        if 1 <= number <= len(_BATCH.origins):
-            file, line = _BATCH.origins[number - 1]
+        if 1 <= number <= len(script.origins):
+            file, line = script.origins[number - 1]
             return f"{file}:{line}" if line else file
         return found.group(0)
 

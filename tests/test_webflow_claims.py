@@ -16,7 +16,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from instantly_oauth_async import ConfigurationError, MemoryStore
+from instantly_oauth_async import ConfigurationError, MemoryStore, StoreError
 from instantly_oauth_async._claims import Claims
 from instantly_oauth_async.redis import RedisStore
 from instantly_oauth_async.sqlite import SQLiteStore
@@ -154,6 +154,20 @@ async def _racers(target: str, count: int, go: Path) -> list[dict[str, str]]:
             await all_ready.wait()
         await anyio.Path(go).touch()
     return answers
+
+
+async def test_a_redis_claims_script_error_names_its_lua_file(redis_server: RedisServer) -> None:
+    async with RedisStore.from_url(redis_server.url) as store:
+        await store._redis.set(f"iox:claims:{{{NS}}}:due", "not a sorted set")
+        with pytest.raises(StoreError) as raised:
+            await store.claims.claim(NS, "ann", hold=60, per_user=1, limit=10)
+        assert raised.value.code == "WRONGTYPE"
+        # Outside a pcall, Redis names the failing line: the file and line it came from.
+        lines = (ROOT / "instantly_oauth_async" / "_lua" / "claims.lua").read_text().splitlines()
+        line = 1 + next(i for i, text in enumerate(lines) if "ZRANGEBYSCORE" in text)
+        assert f"@claims.lua:{line}." in str(raised.value)
+        assert "user_script" not in str(raised.value)
+        await store._redis.delete(f"iox:claims:{{{NS}}}:due")
 
 
 async def test_processes_on_one_sqlite_file_hold_one_claim_per_user(tmp_path: Path) -> None:
