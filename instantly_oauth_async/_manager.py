@@ -115,6 +115,7 @@ class OAuthManager:
         self._clock: Clock = clock or getattr(store, "clock", None) or SystemClock()
         if store is None:
             store = default_store() if clock is None else MemoryStore(self._clock)
+        self._store = store
         self._start_timeout = float(start_timeout)
         rng = random.Random(seed)  # noqa: S311 - backoff jitter, not security
         url = URL(self._client.base_url)
@@ -297,6 +298,13 @@ class OAuthManager:
         """The workspace's standard budget, for the application's own requests to Instantly:
         ``async with manager.budget.slot(): ...`` (see :class:`Budget`)."""
         return self._budget
+
+    @property
+    def store(self) -> Store:
+        """Where this manager keeps its budgets, blocks, breakers and sessions (the one given as
+        ``store=``, or the default in-process store); ``manager.store.claims`` is the connect
+        guard that ``instantly_oauth_async.web`` keeps there."""
+        return self._store
 
     def stats(self) -> ManagerStats:
         return self._tally.snapshot(pending=len(self._poller.pending))

@@ -463,3 +463,15 @@ async def test_a_manager_entered_and_left_at_once_closes_cleanly(csim: Simulator
     workspace = csim.add_workspace("brief")
     async with OAuthManager(workspace.api_key, base_url=csim.url):
         pass
+
+
+async def test_the_manager_names_its_store(csim: Simulator) -> None:
+    """``manager.store`` is the store given, or the process's default one, which every manager
+    of the process on the default shares (its budgets count for all of them)."""
+    given = MemoryStore()
+    async with OAuthManager("k1", base_url=csim.url, store=given) as mine, \
+            OAuthManager("k2", base_url=csim.url) as first, \
+            OAuthManager("k3", base_url=csim.url) as second:
+        assert mine.store is given
+        assert first.store is second.store is not given
+        assert isinstance(first.store, MemoryStore)

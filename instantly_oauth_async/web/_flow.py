@@ -101,10 +101,6 @@ RESULT_PAGE = """<!doctype html>
 WAITING = "Waiting for you to allow access..."
 
 
-def _store_of(manager: OAuthManager) -> Any:
-    return manager._reads._store
-
-
 class ConnectFlow:
     """The "Connect mailbox" flow an app mounts (``web.aiohttp.connect_routes``,
     ``web.asgi.connect_routes``), around a manager the app opens and closes.
@@ -191,7 +187,7 @@ class ConnectFlow:
 
     @property
     def claims(self) -> Claims:
-        store = self._store if self._store is not None else _store_of(self.manager)
+        store = self._store if self._store is not None else self.manager.store
         claims = getattr(store, "claims", None)
         if not isinstance(claims, Claims):
             raise ConfigurationError(f"{type(store).__name__} keeps no claims: use MemoryStore, "
