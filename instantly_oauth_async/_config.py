@@ -73,7 +73,7 @@ class StoreSpec:
     def describe(self) -> str:
         """The store for a message: a Redis URL without its password or query values."""
         if self.kind == "redis":
-            return f"redis at {redact_url(self.target)}"
+            return f"redis at {shown_url(self.target)}"
         return f"sqlite at {self.target}" if self.kind == "sqlite" else "memory"
 
 
@@ -123,10 +123,11 @@ def read_settings(
     if base_url is None and (raw_url := _get(env, BASE_URL)) is not None:
         try:
             url = str(_validate_base_url(raw_url))
-        except ConfigurationError as exc:
-            reason = str(exc).split(", got ", 1)[0].removeprefix("base_url ")
+        except (ConfigurationError, ValueError) as exc:  # yarl reads a bad port lazily
+            reason = (str(exc).split(", got ", 1)[0].removeprefix("base_url ")
+                      if isinstance(exc, ConfigurationError) else "is not a URL")
             raise EnvironmentVariableError(
-                BASE_URL, f"{BASE_URL} {reason}: got {redact_url(raw_url)!r}") from None
+                BASE_URL, f"{BASE_URL} {reason}: got {shown_url(raw_url)!r}") from None
     name = workspace if workspace is not None else _get(env, WORKSPACE)
     spec = parse_store(_get(env, STORE)) if store else None
     return Settings(api_key=key, base_url=url, workspace=name, store=spec)
@@ -159,8 +160,20 @@ def parse_store(value: str | None) -> StoreSpec:
         "is ./NAME)")
 
 
+def shown_url(value: str) -> str:
+    """``value`` fit for a message: no user, password, query values or fragment, even when it
+    is too malformed to parse."""
+    try:
+        return redact_url(value) or ""
+    except ValueError:  # yarl parses a port only when asked for it
+        scheme, _, rest = value.partition("://")
+        rest = rest.split("?", 1)[0].split("#", 1)[0]
+        netloc, slash, path = rest.partition("/")
+        return f"{scheme}://{netloc.rpartition('@')[2]}{slash}{path}"
+
+
 def _check_redis_url(value: str) -> str:
-    shown = redact_url(value)
+    shown = shown_url(value)
     try:
         url = URL(value)
         host, port, path = url.host, url.port, url.path
