@@ -9,6 +9,7 @@ import os
 import re
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 from collections import Counter
@@ -19,7 +20,7 @@ import aiohttp
 import anyio
 import pytest
 
-from instantly_oauth_async import _cli
+from instantly_oauth_async import InstantlyClient, _cli
 from instantly_oauth_async.testing import Simulator
 from tests._people import allow_everyone
 from tests._processes import _signal, child_env, running
@@ -351,6 +352,8 @@ async def test_simulate_serves_a_simulator_the_cli_connects_through_its_consent_
             async with person.post(auth_url, data=data) as answer:
                 assert answer.status == 200
                 assert "Connected ann@acme.io" in await answer.text()
+            async with person.get(auth_url) as page:  # a decided session's page is gone
+                assert page.status == 410
             with anyio.fail_after(30):
                 assert await cli_process.wait() == 0, cli_process.stderr.text()
         result = json.loads(cli_process.stdout.lines[-1])
@@ -364,16 +367,47 @@ async def test_simulate_serves_a_simulator_the_cli_connects_through_its_consent_
     assert "Traceback" not in simulator.stderr.text()
 
 
-async def test_simulate_without_a_key_prints_the_one_it_made(tmp_path: Path) -> None:
-    argv = [sys.executable, "-m", "instantly_oauth_async", "simulate"]
+async def test_simulate_without_a_key_prints_the_one_it_made_and_compresses_time(
+    tmp_path: Path,
+) -> None:
+    """No ``--api-key``: a random one, printed; ``--compress 60``: a session lives 10 s, not
+    10 min; Ctrl-C (SIGINT) stops it with exit code 0."""
+    argv = [sys.executable, "-m", "instantly_oauth_async", "simulate", "--compress", "60"]
     async with running(argv, cwd=tmp_path, env=child_env()) as simulator:
         with anyio.fail_after(30):
             key_line = await simulator.stdout.wait_for(r"^INSTANTLY_API_KEY=sim_")
         url = simulator.stdout.lines[0].removeprefix("INSTANTLY_BASE_URL=")
         assert re.fullmatch(r"http://127\.0\.0\.1:\d+", url) and not url.endswith(":0")
         key = key_line.removeprefix("INSTANTLY_API_KEY=")
-        code, _, err = await cli("account", "nobody@acme.io", "--base-url", url, key=key)
-        assert code == 7, err  # the key works: 404 for the account, not 401
+        async with InstantlyClient(key, base_url=url) as client:
+            session = await client.init_oauth("google")
+        assert session.server_date is not None  # the simulator's Date header (whole seconds)
+        lifetime = (session.expires_at - session.server_date).total_seconds()
+        assert 8 <= lifetime <= 11, lifetime
+        _signal(simulator.process, signal.SIGINT)
+        with anyio.fail_after(15):
+            assert await simulator.wait() == 0, simulator.stderr.text()
+
+
+async def test_connect_uses_the_store_instantly_store_names(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    workspace = sim.add_workspace("acme")
+    path = tmp_path / "shared.db"
+    env = child_env(INSTANTLY_API_KEY=workspace.api_key, INSTANTLY_BASE_URL=sim.url,
+                    INSTANTLY_STORE=str(path))
+    argv = [sys.executable, "-m", "instantly_oauth_async", "connect", "--provider", "google",
+            "--json"]
+    async with running(argv, cwd=tmp_path, env=env) as connect, anyio.create_task_group() as g:
+        g.start_soon(allow_everyone, sim, "acme.io")
+        with anyio.fail_after(30):
+            assert await connect.wait() == 0, connect.stderr.text()
+        g.cancel_scope.cancel()
+    session_id = json.loads(connect.stdout.lines[0])["session_id"]
+    with sqlite3.connect(path) as db:  # the session was registered in the file, with its outcome
+        tables = [name for (name,) in db.execute("SELECT name FROM sqlite_master")]
+        dump = "\n".join(db.iterdump())
+    assert tables and session_id in dump
 
 
 async def test_simulate_on_a_port_in_use_says_so(tmp_path: Path) -> None:
