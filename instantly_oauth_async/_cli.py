@@ -387,11 +387,13 @@ _GLOBAL_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
 
 def _parser() -> argparse.ArgumentParser:
     formatter = argparse.RawDescriptionHelpFormatter
+    # No abbreviations: ``connect --api-key KEY`` must not be taken for --api-key-file.
     parser = argparse.ArgumentParser(prog="instantly-oauth", description=_DESCRIPTION,
-                                     epilog=_EPILOG, formatter_class=formatter)
+                                     epilog=_EPILOG, formatter_class=formatter,
+                                     allow_abbrev=False)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}",
                         help="print the version and exit")
-    common = argparse.ArgumentParser(add_help=False)
+    common = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     for flags, options in _GLOBAL_OPTIONS:
         parser.add_argument(*flags, **options)
         after = {**options, "default": argparse.SUPPRESS}
@@ -402,7 +404,8 @@ def _parser() -> argparse.ArgumentParser:
     add_parser = sub.add_parser
 
     def command(name: str, summary: str) -> argparse.ArgumentParser:
-        return add_parser(name, parents=[common], help=summary, description=summary)
+        return add_parser(name, parents=[common], help=summary, description=summary,
+                          allow_abbrev=False)
 
     connect = command("connect", "create sessions and follow them to the end")
     connect.add_argument("--provider", required=True, choices=[p.value for p in Provider],
