@@ -1,12 +1,17 @@
 """A worker of a fleet: run it on as many hosts and processes as you like, one Redis between them.
 
     pip install 'instantly-oauth-async[redis]'
-    INSTANTLY_API_KEY=... REDIS_URL=redis://10.0.0.5:6379/0 python fleet_worker.py google 200
+    INSTANTLY_API_KEY=... INSTANTLY_STORE=redis://10.0.0.5:6379/0 python fleet_worker.py google 200
 
-Every worker draws on the same init budgets (75/min per workspace, 150/min per IP, per provider),
-status budget, learned blocks and breakers, so adding workers never adds 429s. Each auth URL goes
-to stdout as one JSON line for whatever delivers it to the person, flushed at once (piped, stdout
-is block-buffered); results follow as they come. INSTANTLY_BASE_URL points it at another API host.
+``OAuthManager.from_env()`` reads the configuration: the key, the store (``INSTANTLY_STORE``: a
+``redis://`` or ``rediss://`` URL; a SQLite file path for the workers of one host), and
+``INSTANTLY_BASE_URL`` and ``INSTANTLY_WORKSPACE`` when set. Every worker draws on the same init
+budgets (75/min per workspace, 150/min per IP, per provider), status budget, learned blocks and
+breakers, so adding workers never adds 429s. While Redis is unreachable a worker waits for it (the
+store's default; to carry on alone with a share of each budget, pass a store of your own,
+``RedisStore.from_url(url, fallback_share=1 / 3)``, as ``store=``). Each auth URL goes to stdout
+as one JSON line for whatever delivers it to the person, flushed at once (piped, stdout is
+block-buffered); results follow as they come.
 
 ``--metrics-port 9464`` (``pip install prometheus-client``) serves the worker's figures for
 Prometheus at ``http://127.0.0.1:9464/metrics`` while it runs, through a hook of the manager:
@@ -22,11 +27,14 @@ import asyncio
 import json
 import os
 import sys
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from instantly_oauth_async import (
     BreakerChanged,
     BudgetWaited,
+    ConfigurationError,
+    EnvironmentVariableError,
     Event,
     Hook,
     InitDenied,
@@ -37,7 +45,6 @@ from instantly_oauth_async import (
     SessionResolved,
     SessionStarted,
 )
-from instantly_oauth_async.redis import RedisStore
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -87,10 +94,13 @@ def prometheus_hook(registry: CollectorRegistry) -> Hook:
 
 
 async def main(provider: str, count: int, *, metrics_port: int | None = None,
-               **manager_options: Any) -> None:
-    # fallback_share: while Redis is unreachable, this worker may use a third of each budget on
-    # its own (right for up to three workers); the default, 0, waits for Redis instead.
-    store = RedisStore.from_url(os.environ["REDIS_URL"], fallback_share=1 / 3)
+               environ: Mapping[str, str] | None = None, **manager_options: Any) -> None:
+    env = os.environ if environ is None else environ
+    if "store" not in manager_options and env.get("INSTANTLY_STORE", "").strip().lower() in (
+            "", "memory"):
+        raise EnvironmentVariableError(
+            "INSTANTLY_STORE", "INSTANTLY_STORE must name the store the fleet shares "
+            "(redis://HOST:6379/0): on a store of its own, each worker spends the whole budget")
     metrics_server = None
     try:
         if metrics_port is not None:
@@ -101,11 +111,8 @@ async def main(provider: str, count: int, *, metrics_port: int | None = None,
             metrics_server, _ = start_http_server(metrics_port, "127.0.0.1", registry)
             print(f"metrics: http://127.0.0.1:{metrics_server.server_port}/metrics",
                   file=sys.stderr, flush=True)
-        if "INSTANTLY_BASE_URL" in os.environ:  # another API host (a proxy, or a simulator)
-            manager_options.setdefault("base_url", os.environ["INSTANTLY_BASE_URL"])
-        async with OAuthManager(
-            os.environ["INSTANTLY_API_KEY"], store=store, **manager_options
-        ) as manager:
+        # The store built from INSTANTLY_STORE is the manager's: closed with it.
+        async with OAuthManager.from_env(env, **manager_options) as manager:
             def hand_out(session: OAuthSession) -> None:
                 # flush: piped to another program, stdout is block-buffered, and a link that
                 # waits in the buffer until the worker exits is useless (its session expires)
@@ -119,7 +126,6 @@ async def main(provider: str, count: int, *, metrics_port: int | None = None,
                 print(json.dumps({"session": sid, "status": status, "email": result.email}),
                       flush=True)
     finally:
-        await store.aclose()
         if metrics_server is not None:
             metrics_server.shutdown()
             metrics_server.server_close()
@@ -132,4 +138,7 @@ if __name__ == "__main__":
     parser.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on "
                         "127.0.0.1:PORT (0: a free port) while the worker runs")
     args = parser.parse_args()
-    asyncio.run(main(args.provider, args.count, metrics_port=args.metrics_port))
+    try:
+        asyncio.run(main(args.provider, args.count, metrics_port=args.metrics_port))
+    except ConfigurationError as exc:  # a variable missing or malformed: its message names it
+        sys.exit(f"fleet_worker: {exc}")

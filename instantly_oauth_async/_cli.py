@@ -1,9 +1,13 @@
-"""``instantly-oauth``: connect mailboxes from a terminal, look sessions up, or run the demo.
+"""``instantly-oauth``: connect mailboxes from a terminal, look sessions up, run the demo, or
+serve the simulator for local runs.
 
-The API key comes from ``INSTANTLY_API_KEY`` or ``--api-key-file``, never from an argument that
-would land in shell history. Every failure is one line on stderr and an exit code of its own.
-``-v`` shows the library's log at INFO on stderr, ``-vv`` at DEBUG; ``--log-format json`` makes
-each record one JSON object per line, with its structured fields (``iox_event`` and the rest).
+Configuration is read as ``OAuthManager.from_env`` reads it (``INSTANTLY_API_KEY``,
+``INSTANTLY_BASE_URL``, ``INSTANTLY_WORKSPACE``, ``INSTANTLY_STORE``); the key never comes from an
+argument that would land in shell history. The global options (``-v``, ``--log-format``,
+``--base-url``, ``--api-key-file``) go before or after the command. Every failure is one line on
+stderr and an exit code of its own. ``-v`` shows the library's log at INFO on stderr, ``-vv`` at
+DEBUG; ``--log-format json`` makes each record one JSON object per line, with its structured
+fields (``iox_event`` and the rest).
 """
 
 from __future__ import annotations
@@ -12,8 +16,8 @@ import argparse
 import contextlib
 import json
 import logging
-import os
 import random
+import signal
 import statistics
 import sys
 import time
@@ -27,13 +31,15 @@ from typing import Any, NoReturn
 import aiohttp
 import anyio
 
-from . import __version__
-from ._client import DEFAULT_BASE_URL, InstantlyClient
+from . import __version__, _config
+from ._client import DEFAULT_BASE_URL, InstantlyClient, validate_api_key
 from ._exceptions import (
     ConfigurationError,
+    EnvironmentVariableError,
     ForbiddenError,
     InstantlyError,
     IPBlockedError,
+    NotFoundError,
     RateLimitedError,
     TransportError,
     UnauthorizedError,
@@ -60,23 +66,35 @@ class _Fail(Exception):
         self.code = code
 
 
-def _api_key(args: argparse.Namespace) -> str:
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """What the command line says over the environment: the key from --api-key-file, and
+    --base-url. The rest comes from the environment, as ``OAuthManager.from_env`` reads it."""
+    given: dict[str, Any] = {}
     if args.api_key_file:
         try:
             key = Path(args.api_key_file).read_text(encoding="utf-8").strip()
         except OSError as exc:
             raise _Fail(NO_KEY, f"cannot read --api-key-file: {exc.strerror}") from None
-    else:
-        key = os.environ.get("INSTANTLY_API_KEY", "").strip()
-    if not key:
-        raise _Fail(NO_KEY, "no API key: set INSTANTLY_API_KEY or pass --api-key-file")
-    return key
+        if not key:
+            raise _Fail(NO_KEY, "--api-key-file is empty")
+        given["api_key"] = key
+    if args.base_url:
+        given["base_url"] = args.base_url
+    return given
+
+
+def _client(args: argparse.Namespace) -> InstantlyClient:
+    """A client for the one-shot commands, configured as ``from_env`` configures a manager."""
+    settings = _config.read_settings(**_overrides(args), store=False)
+    return InstantlyClient(settings.api_key, base_url=settings.base_url or DEFAULT_BASE_URL)
 
 
 def _explain(exc: BaseException) -> _Fail:
     """One line for an error, with its exit code; the key never appears (errors never hold it)."""
     if isinstance(exc, _Fail):
         return exc
+    if isinstance(exc, EnvironmentVariableError) and exc.variable == _config.API_KEY:
+        return _Fail(NO_KEY, f"{exc}, or pass --api-key-file")
     if isinstance(exc, (UnauthorizedError, ForbiddenError)):
         return _Fail(AUTH, f"the API key was refused ({exc})")
     if isinstance(exc, TransportError):
@@ -182,14 +200,13 @@ async def _run_connect(
 
 async def _connect(args: argparse.Namespace) -> int:
     console = _console()
-    key = _api_key(args)
     provider = Provider(args.provider)
     emails = args.expected_email or None
     if emails is not None and len(emails) != args.count:
         raise _Fail(USAGE, f"give --expected-email {args.count} times, once per session")
     # A person at a terminal wants to hear about an unreachable API in seconds, not a minute.
     retry = RetryPolicy(attempts=3, base=0.5, cap=5.0)
-    async with OAuthManager(key, base_url=args.base_url, retry=retry) as manager:
+    async with OAuthManager.from_env(**_overrides(args), retry=retry) as manager:
         board = await _run_connect(manager, provider, args.count, emails, as_json=args.json,
                                    open_browser=args.open, console=console)
     if not args.json:
@@ -198,16 +215,26 @@ async def _connect(args: argparse.Namespace) -> int:
 
 
 async def _status(args: argparse.Namespace) -> int:
-    async with InstantlyClient(_api_key(args), base_url=args.base_url) as client:
-        status = await client.get_oauth_status(args.session_id)
+    async with _client(args) as client:
+        try:
+            status = await client.get_oauth_status(args.session_id)
+        except NotFoundError:
+            raise _Fail(API, "no such session: a finished session (success or error) is "
+                        "deleted on its first read, which alone got its outcome (connect "
+                        "reads it as it polls); another workspace's session, or a mistyped "
+                        "id, is not found either") from None
     print(json.dumps({"status": status.status.value, "email": status.email,
                       "error": status.error, "error_description": status.error_description}))
     return OK
 
 
 async def _account(args: argparse.Namespace) -> int:
-    async with InstantlyClient(_api_key(args), base_url=args.base_url) as client:
-        account = await client.get_account(args.email)
+    async with _client(args) as client:
+        try:
+            account = await client.get_account(args.email)
+        except NotFoundError:
+            raise _Fail(API, f"no account {args.email} in this workspace: it was never "
+                        "connected, or has been removed") from None
     print(json.dumps({"email": account.email, "status": account.status,
                       "provider_code": account.provider_code,
                       "first_name": account.first_name, "last_name": account.last_name,
@@ -266,10 +293,14 @@ async def _demo(args: argparse.Namespace) -> int:
     p50 = statistics.median(durations) if durations else 0.0
     p95 = (statistics.quantiles(durations, n=20)[-1] if len(durations) >= 2
            else (durations[0] if durations else 0.0))
+    # Rates are per simulated minute (the limits' own unit); waits are real seconds, with
+    # what they stand for in simulated time beside them.
     console.print(
         f"inits: {len(inits)} in {span_minutes:.1f} simulated minutes "
-        f"({len(inits) / span_minutes:.0f}/min against the limit of 75/min); 429s: {rejected}; "
-        f"time to connect p50 {p50:.1f} s, p95 {p95:.1f} s; demo took {took:.0f} s",
+        f"({len(inits) / span_minutes:.0f}/simulated min against the limit of 75/min); "
+        f"429s: {rejected}; time to connect p50 {p50:.1f} s, p95 {p95:.1f} s of real time "
+        f"({p50 / window:.1f} and {p95 / window:.1f} simulated minutes); the demo took "
+        f"{took:.0f} s of real time",
         soft_wrap=True)
     return OK
 
@@ -324,59 +355,144 @@ def _configure_logging(verbosity: int, log_format: str) -> None:
 
 # -- entry point -------------------------------------------------------------------------------
 
+_DESCRIPTION = """\
+Connect mailboxes to an Instantly workspace from a terminal, look sessions up, run the demo,
+or serve the simulator for local runs.
+
+Configuration comes from the environment, as OAuthManager.from_env reads it: INSTANTLY_API_KEY
+(required by connect, status and account), INSTANTLY_BASE_URL, INSTANTLY_WORKSPACE and
+INSTANTLY_STORE. The key never comes from an argument, which would land in shell history: use
+INSTANTLY_API_KEY or --api-key-file. The global options (-v, --log-format, --base-url,
+--api-key-file) go before or after the command."""
+
+_EPILOG = """\
+exit codes: 0 all connected, 1 some not connected, 2 bad usage, 3 no API key, 4 key refused,
+5 API unreachable, 6 rate limited or blocked, 7 another API error, 130 interrupted."""
+
+#: The global options: (flags, keyword arguments) for the main parser, and again (each default
+#: SUPPRESS) for every command, so they go before or after it. After it, -v adds to what came
+#: before (its own dest) and the others replace it.
+_GLOBAL_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
+    (("-v", "--verbose"), {"action": "count", "default": 0,
+                           "help": "the library's log on stderr: -v INFO, -vv DEBUG"}),
+    (("--log-format",), {"choices": ["text", "json"], "default": "text",
+                         "help": "json: one object per line with the structured fields"}),
+    (("--base-url",), {"metavar": "URL", "default": None,
+                       "help": "the API root (else INSTANTLY_BASE_URL, else "
+                               f"{DEFAULT_BASE_URL}); plain http only for a loopback host"}),
+    (("--api-key-file",), {"metavar": "FILE", "default": None,
+                           "help": "read the API key from this file (else INSTANTLY_API_KEY)"}),
+]
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="instantly-oauth", description=__doc__)
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    # -v and --log-format go before the command or after it; after it, they add to (-v) or
-    # replace (--log-format) what came before (SUPPRESS: a subcommand sets only what it got).
-    parser.add_argument("-v", "--verbose", action="count", default=0,
-                        help="the library's log on stderr: -v INFO, -vv DEBUG")
-    parser.add_argument("--log-format", choices=["text", "json"], default="text",
-                        help="json: one object per line with the structured fields")
-    logs = argparse.ArgumentParser(add_help=False)
-    logs.add_argument("-v", "--verbose", action="count", dest="more_verbose",
-                      default=argparse.SUPPRESS,
-                      help="the library's log on stderr: -v INFO, -vv DEBUG")
-    logs.add_argument("--log-format", choices=["text", "json"], default=argparse.SUPPRESS,
-                      help="json: one object per line with the structured fields")
-    sub = parser.add_subparsers(dest="command", required=True)
+    formatter = argparse.RawDescriptionHelpFormatter
+    # No abbreviations: ``connect --api-key KEY`` must not be taken for --api-key-file.
+    parser = argparse.ArgumentParser(prog="instantly-oauth", description=_DESCRIPTION,
+                                     epilog=_EPILOG, formatter_class=formatter,
+                                     allow_abbrev=False)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}",
+                        help="print the version and exit")
+    common = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    for flags, options in _GLOBAL_OPTIONS:
+        parser.add_argument(*flags, **options)
+        after = {**options, "default": argparse.SUPPRESS}
+        if flags[0] == "-v":
+            after["dest"] = "more_verbose"
+        common.add_argument(*flags, **after)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_parser = sub.add_parser
 
-    def command(name: str, **kwargs: Any) -> argparse.ArgumentParser:
-        return add_parser(name, parents=[logs], **kwargs)
+    def command(name: str, summary: str) -> argparse.ArgumentParser:
+        return add_parser(name, parents=[common], help=summary, description=summary,
+                          allow_abbrev=False)
 
-    def with_key(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--api-key-file", help="read the key from this file (else the "
-                       "INSTANTLY_API_KEY environment variable)")
-        p.add_argument("--base-url", default=os.environ.get("INSTANTLY_BASE_URL",
-                                                            DEFAULT_BASE_URL))
-
-    connect = command("connect", help="create sessions and follow them to the end")
-    connect.add_argument("--provider", required=True, choices=[p.value for p in Provider])
-    connect.add_argument("--count", type=int, default=1)
-    connect.add_argument("--expected-email", action="append", metavar="EMAIL")
+    connect = command("connect", "create sessions and follow them to the end")
+    connect.add_argument("--provider", required=True, choices=[p.value for p in Provider],
+                         help="the mailboxes' provider: google (Google Workspace) or microsoft")
+    connect.add_argument("--count", type=int, default=1, metavar="N",
+                         help="how many sessions (mailboxes) to create (default 1)")
+    connect.add_argument("--expected-email", action="append", metavar="EMAIL",
+                         help="the mailbox each session is for, once per session in order: an "
+                              "outcome for another mailbox is flagged")
     connect.add_argument("--open", action="store_true", help="open each auth URL in a browser")
     connect.add_argument("--json", action="store_true", help="one JSON object per line")
-    with_key(connect)
-    status = command("status", help="one status read (a final answer is given once)")
-    status.add_argument("session_id")
-    with_key(status)
-    account = command("account", help="look a connected mailbox up")
-    account.add_argument("email")
-    with_key(account)
-    demo = command("demo", help="the whole job against a built-in simulator, no key")
-    demo.add_argument("--mailboxes", type=int, default=150)
-    demo.add_argument("--seed", type=int, default=1)
+    status = command("status", "one status read (a final answer is given once)")
+    status.add_argument("session_id", metavar="SESSION_ID", help="the session to read")
+    account = command("account", "look a connected mailbox up")
+    account.add_argument("email", metavar="EMAIL", help="the connected mailbox's address")
+    demo = command("demo", "the whole job against a built-in simulator, no key")
+    demo.add_argument("--mailboxes", type=int, default=150, metavar="N",
+                      help="how many simulated people to connect (default 150)")
+    demo.add_argument("--seed", type=int, default=1,
+                      help="seed of the simulated people's choices (default 1)")
+    simulate = command("simulate", "serve the simulator on loopback, for the CLI, the "
+                                   "examples and your own tools")
+    simulate.add_argument("--port", type=int, default=0,
+                          help="port on 127.0.0.1 (default 0: a free one, printed)")
+    simulate.add_argument("--api-key", metavar="KEY",
+                          help="the simulated workspace's API key (default: a random one, "
+                               "printed); a made-up key, not your real one")
+    simulate.add_argument("--compress", type=float, default=1.0, metavar="FACTOR",
+                          help="divide every window and lifetime by FACTOR (a minute lasts "
+                               "60/FACTOR s); default 1, the real ones")
     return parser
+
+
+async def _simulate(args: argparse.Namespace) -> int:
+    # Only this command and the demo need the simulator (and aiohttp.web).
+    from .testing import Simulator, SimulatorLimits  # noqa: PLC0415
+
+    if args.api_key is not None:
+        try:
+            validate_api_key(args.api_key)
+        except ConfigurationError:
+            raise _Fail(USAGE, "--api-key must be printable, with no spaces around it, "
+                        "and not empty") from None
+    if not 0 <= args.port < 65536:
+        raise _Fail(USAGE, "--port must be from 0 to 65535")
+    if not 1 <= args.compress < 1e6:
+        raise _Fail(USAGE, "--compress must be at least 1")
+    limits = SimulatorLimits()
+    sim = Simulator(limits=limits.compressed(args.compress) if args.compress != 1 else limits,
+                    port=args.port)
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        try:
+            await sim.start()
+        except OSError as exc:
+            await sim.aclose()
+            raise _Fail(USAGE, f"cannot listen on 127.0.0.1:{args.port}: "
+                        f"{exc.strerror or exc}") from None
+        try:
+            workspace = sim.add_workspace("local", api_key=args.api_key)
+            print(f"INSTANTLY_BASE_URL={sim.url}", flush=True)
+            if args.api_key is None:  # a made-up key the caller needs to know
+                print(f"INSTANTLY_API_KEY={workspace.api_key}", flush=True)
+            print(f"instantly-oauth: the simulator serves {sim.url} (limits and lifetimes "
+                  f"{'real' if args.compress == 1 else f'compressed {args.compress:g}x'}); "
+                  "each auth_url is a consent form: POST it action=allow&email=ADDRESS "
+                  "(or action=deny). Ctrl-C or SIGTERM stops it.", file=sys.stderr, flush=True)
+            async for _ in signals:
+                break
+        finally:
+            with anyio.CancelScope(shield=True):
+                await sim.aclose()
+    return OK
+
+
+_ACCESS = {"connect": True, "status": True, "account": True, "demo": False, "simulate": False}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if getattr(args, "count", 1) < 1 or getattr(args, "mailboxes", 1) < 1:
         _die(USAGE, "--count and --mailboxes must be at least 1")
+    if not _ACCESS[args.command] and (args.base_url or args.api_key_file):
+        _die(USAGE, f"{args.command} serves its own simulator: --base-url and --api-key-file "
+                    "do not apply")
     _configure_logging(args.verbose + getattr(args, "more_verbose", 0), args.log_format)
     command = {"connect": _connect, "status": _status, "account": _account,
-               "demo": _demo}[args.command]
+               "demo": _demo, "simulate": _simulate}[args.command]
     try:
         return anyio.run(command, args)
     except KeyboardInterrupt:

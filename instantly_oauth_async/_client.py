@@ -270,7 +270,9 @@ class InstantlyClient:
         except ResponseTooLargeError as exc:
             failure = exc
         except aiohttp.ClientConnectorError as exc:
-            failure = TransportError(f"{method} {path}: cannot connect: {exc}", maybe_sent=False)
+            failure = TransportError(
+                f"{method} {path}: cannot connect to {self._base}: {_why_not(exc, self._base)}",
+                maybe_sent=False)
         except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
             failure = RequestTimeoutError(f"{method} {path}: no answer in time")
         except aiohttp.ClientError as exc:
@@ -312,6 +314,23 @@ class InstantlyClient:
                 )
             chunks.append(chunk)
         return b"".join(chunks)
+
+
+def _why_not(exc: aiohttp.ClientConnectorError, base: URL) -> str:
+    """What failed, in words: not aiohttp's ``ssl:default [Connect call failed ...]``."""
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return "its TLS certificate is not trusted"
+    if isinstance(exc, aiohttp.ClientConnectorSSLError):
+        return ("the TLS handshake failed (a plain-http server answering on this https URL?)"
+                if base.scheme == "https" else "the TLS handshake failed")
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return f"the host name {base.host} does not resolve (DNS)"
+    error = exc.os_error
+    if isinstance(error, ConnectionRefusedError):
+        return "connection refused (nothing listens on that port)"
+    if isinstance(error, TimeoutError):
+        return "the connection timed out"
+    return error.strerror or type(error).__name__
 
 
 def _require_text(value: object, name: str) -> str:

@@ -2,6 +2,8 @@
 
     InstantlyError
     ├── ConfigurationError (also ValueError)      bad argument: base URL, provider, email, limit
+    │   └── EnvironmentVariableError              ``from_env``: a variable missing or malformed;
+    │                                             ``variable`` names it
     ├── ClientStateError (also RuntimeError)      used before open or after close
     ├── TransportError                            no HTTP answer: refused, reset, DNS
     │   └── RequestTimeoutError                   no answer in time (also TimeoutError)
@@ -59,6 +61,7 @@ __all__ = [
     "CircuitOpenError",
     "ClientStateError",
     "ConfigurationError",
+    "EnvironmentVariableError",
     "ForbiddenError",
     "IPBlockedError",
     "InstantlyError",
@@ -83,6 +86,22 @@ class InstantlyError(Exception):
 
 class ConfigurationError(InstantlyError, ValueError):
     """An argument the library cannot work with."""
+
+
+class EnvironmentVariableError(ConfigurationError):
+    """A variable that ``OAuthManager.from_env`` needs is missing, or its value is malformed.
+
+    ``variable`` is its name (``"INSTANTLY_API_KEY"``, ``"INSTANTLY_STORE"``, ...). The message
+    names it and says what is expected; it never holds the API key, nor a password or query
+    value of a URL.
+    """
+
+    def __init__(self, variable: str, message: str) -> None:
+        super().__init__(message)
+        self.variable = variable
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.variable, str(self)))
 
 
 class ClientStateError(InstantlyError, RuntimeError):

@@ -16,16 +16,16 @@ import math
 import random
 import secrets
 import warnings
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import anyio
 import anyio.abc
 from yarl import URL
 
-from . import _bulk
+from . import _bulk, _config
 from ._admission import Admission
 from ._breaker import BreakerPolicy
 from ._budget import DEFAULT_STANDARD_LIMIT, DEFAULT_STATUS_LIMIT, Budget, limits_of
@@ -53,14 +53,20 @@ from ._store import MemoryStore, Store, default_store
 
 __all__ = ["OAuthManager"]
 
+_M = TypeVar("_M", bound="OAuthManager")
+
 
 class OAuthManager:
     """Connects mailboxes: creates sessions within the init limits and polls them to the end.
 
     Use as ``async with OAuthManager(api_key) as manager:``; leaving the block cancels every poll,
     sends nothing more and closes the HTTP session. Keyword arguments default to the documented
-    limits; see the README's "Limits and guarantees" for what each one promises.
+    limits; the README's "The manager: limits, polling, results" and docs/LIMITS.md say what each
+    one promises. :meth:`from_env` builds one from ``INSTANTLY_*`` environment variables.
     """
+
+    #: A store :meth:`from_env` built: the manager's own, closed by :meth:`aclose`.
+    _owned_store: Store | None = None
 
     def __init__(
         self,
@@ -189,6 +195,21 @@ class OAuthManager:
         self._closed: anyio.Event | None = None
         self._state = "unopened"
 
+    @classmethod
+    def from_env(cls: type[_M], environ: Mapping[str, str] | None = None, **overrides: Any
+                 ) -> _M:
+        """A manager configured from the environment (``environ``, default ``os.environ``).
+
+        ``INSTANTLY_API_KEY`` (required), ``INSTANTLY_BASE_URL``, ``INSTANTLY_WORKSPACE`` and
+        ``INSTANTLY_STORE`` (``memory``, ``redis://...``, ``rediss://...``, ``sqlite:///PATH`` or
+        a file path); ``overrides`` are keyword arguments of the constructor (and ``api_key``),
+        each winning over its variable. A store built from ``INSTANTLY_STORE`` is closed by
+        :meth:`aclose`; a ``store=`` passed in stays the caller's. A missing or malformed
+        variable raises :class:`EnvironmentVariableError` naming it. The README's
+        "Configuration" section has the details.
+        """
+        return _config.manager_from_env(cls, environ, overrides)
+
     def __repr__(self) -> str:
         return (
             f"<OAuthManager base_url={self._client.base_url!r} state={self._state} "
@@ -271,6 +292,8 @@ class OAuthManager:
             self._poller.abandon_all()
             with anyio.CancelScope(shield=True):
                 await self._client.aclose()
+                if self._owned_store is not None:  # built by from_env(): no one else has it
+                    await self._owned_store.aclose()
             if self._closed is not None:
                 self._closed.set()
 

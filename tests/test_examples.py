@@ -36,6 +36,101 @@ def test_quickstart_connects_one_mailbox() -> None:
 
 
 @pytest.mark.anyio
+async def test_quickstart_reads_the_environment_and_connects_through_instantly_oauth_simulate(
+    tmp_path: Path,
+) -> None:
+    """As its docstring says: ``instantly-oauth simulate`` in one process, the quickstart in
+    another pointed at it by INSTANTLY_BASE_URL and INSTANTLY_API_KEY; the person opens the
+    printed link (plain HTTP here), enters a mailbox and clicks Allow."""
+    key = "local-key"
+    simulate = [sys.executable, "-m", "instantly_oauth_async", "simulate", "--api-key", key]
+    async with running(simulate, cwd=tmp_path, env=child_env()) as simulator, \
+            aiohttp.ClientSession() as person:
+        with anyio.fail_after(30):
+            url = (await simulator.stdout.wait_for("^INSTANTLY_BASE_URL=")).split("=", 1)[1]
+        env = child_env(INSTANTLY_API_KEY=key, INSTANTLY_BASE_URL=url)
+        argv = [sys.executable, str(ROOT / "examples" / "quickstart.py")]
+        async with running(argv, cwd=tmp_path, env=env) as quickstart:
+            with anyio.fail_after(30):
+                line = await quickstart.stdout.wait_for("^2. send the person to: ")
+            auth_url = line.rsplit(" ", 1)[1]
+            assert auth_url.startswith(f"{url}/")
+            async with person.post(auth_url, data={"action": "allow", "email": "bob@acme.io"}
+                                   ) as answer:
+                assert answer.status == 200
+            with anyio.fail_after(30):  # polled every 5 s, the default
+                assert await quickstart.wait() == 0, quickstart.stderr.text()
+    assert "3. status: success (bob@acme.io)" in quickstart.stdout.lines
+    assert any(line.startswith("4. account bob@acme.io") for line in quickstart.stdout.lines)
+
+
+@pytest.mark.parametrize("example", ["quickstart.py", "bulk_worker.py", "fleet_worker.py"])
+def test_an_example_with_a_malformed_variable_says_which_without_a_traceback(
+    example: str, tmp_path: Path
+) -> None:
+    mailboxes = tmp_path / "mailboxes.txt"
+    mailboxes.write_text("ann@acme.io\n", encoding="utf-8")
+    args = {"quickstart.py": [], "bulk_worker.py": ["google", str(mailboxes)],
+            "fleet_worker.py": ["google", "1"]}[example]
+    env = child_env(INSTANTLY_API_KEY="k" * 20, INSTANTLY_STORE="memroy",
+                    INSTANTLY_BASE_URL="http://127.0.0.1:1")
+    if example == "bulk_worker.py":  # and without a key at all
+        del env["INSTANTLY_API_KEY"]
+    done = subprocess.run(  # noqa: S603 - our own argv
+        [sys.executable, str(ROOT / "examples" / example), *args], cwd=tmp_path, env=env,
+        capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 1
+    variable = "INSTANTLY_API_KEY is not set" if example == "bulk_worker.py" else (
+        "INSTANTLY_STORE must be")
+    assert done.stderr.startswith(f"{example.removesuffix('.py')}: {variable}"), done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_fleet_worker_refuses_a_store_of_its_own(tmp_path: Path) -> None:
+    env = child_env(INSTANTLY_API_KEY="k" * 20)
+    env.pop("INSTANTLY_STORE", None)
+    done = subprocess.run(  # noqa: S603 - our own argv
+        [sys.executable, str(ROOT / "examples" / "fleet_worker.py"), "google", "1"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 1
+    assert done.stderr == ("fleet_worker: INSTANTLY_STORE must name the store the fleet shares "
+                           "(redis://HOST:6379/0): on a store of its own, each worker spends "
+                           "the whole budget\n")
+
+
+@pytest.mark.anyio
+async def test_bulk_worker_prints_each_result_as_it_comes(tmp_path: Path) -> None:
+    """``python examples/bulk_worker.py google mailboxes.txt``, configured by the environment:
+    the first person's result is on stdout while the second person has not come yet."""
+    mailboxes = tmp_path / "mailboxes.txt"
+    mailboxes.write_text("ann@acme.io\nbob@acme.io\n", encoding="utf-8")
+    async with Simulator() as sim:
+        workspace = sim.add_workspace("acme")
+        env = child_env(INSTANTLY_API_KEY=workspace.api_key, INSTANTLY_BASE_URL=sim.url)
+        argv = [sys.executable, str(ROOT / "examples" / "bulk_worker.py"), "google",
+                str(mailboxes)]
+        async with running(argv, cwd=tmp_path, env=env) as worker:
+            with anyio.fail_after(30):
+                handed = [json.loads(await worker.stdout.wait_for('"auth_url"', nth=n))
+                          for n in (1, 2)]
+            assert [h["email"] for h in handed] == ["ann@acme.io", "bob@acme.io"]
+            sim.complete(sim.session_for(handed[0]["auth_url"]).session_id, "ann@acme.io")
+            with anyio.fail_after(30):  # polled every 5 s, the default
+                first = json.loads(await worker.stdout.wait_for('"status"'))
+            assert first == {"expected": "ann@acme.io", "status": "success",
+                             "connected": "ann@acme.io", "mismatch": False}
+            assert worker.running  # printed as it came, not at the end
+            assert sim.session_for(handed[1]["auth_url"]).state == "pending"
+            sim.complete(sim.session_for(handed[1]["auth_url"]).session_id, "other@acme.io")
+            with anyio.fail_after(30):
+                assert await worker.wait() == 1  # bob's person connected another mailbox
+    last = json.loads(worker.stdout.lines[-1])
+    assert (last["expected"], last["connected"], last["mismatch"]) == (
+        "bob@acme.io", "other@acme.io", True)
+    assert workspace.api_key not in worker.stdout.text() + worker.stderr.text()
+
+
+@pytest.mark.anyio
 async def test_bulk_worker_connects_each_mailbox_and_reports_a_wrong_one() -> None:
     async with Simulator(limits=SimulatorLimits().compressed(60)) as sim:
         workspace = sim.add_workspace("acme")
@@ -48,7 +143,7 @@ async def test_bulk_worker_connects_each_mailbox_and_reports_a_wrong_one() -> No
         async with OAuthManager(workspace.api_key, base_url=sim.url, poll_interval=0.05,
                                 init_limit=RateLimit(75, per=1),
                                 ip_init_limit=RateLimit(150, per=1)) as manager:
-            results = await bulk_connect(manager, "google", wanted, person)
+            results = [r async for r in bulk_connect(manager, "google", wanted, person)]
     by_expected = {r.expected_email: r for r in results}
     assert set(by_expected) == set(wanted)
     assert all(r.ok for r in results)
@@ -65,7 +160,7 @@ async def test_fleet_worker_connects_through_redis(
     try:
         async with Simulator(limits=SimulatorLimits().compressed(60)) as sim:
             workspace = sim.add_workspace("fleet")
-            monkeypatch.setenv("REDIS_URL", server.url)
+            monkeypatch.setenv("INSTANTLY_STORE", server.url)
             monkeypatch.setenv("INSTANTLY_API_KEY", workspace.api_key)
 
             async with anyio.create_task_group() as group:
@@ -89,7 +184,7 @@ async def test_fleet_worker_piped_hands_out_each_auth_url_while_it_runs() -> Non
     try:
         async with Simulator() as sim:
             workspace = sim.add_workspace("fleet")
-            env = child_env(REDIS_URL=server.url, INSTANTLY_API_KEY=workspace.api_key,
+            env = child_env(INSTANTLY_STORE=server.url, INSTANTLY_API_KEY=workspace.api_key,
                             INSTANTLY_BASE_URL=sim.url)
             argv = [sys.executable, "examples/fleet_worker.py", "google", "2"]
             async with running(argv, cwd=ROOT, env=env) as worker:
@@ -131,7 +226,7 @@ async def test_fleet_worker_metrics_agree_with_the_simulator_while_it_runs() -> 
         async with Simulator() as sim:
             workspace = sim.add_workspace("fleet")
             sim.enqueue("status", CannedResponse(429, "{}", (("Retry-After", "0"),)))
-            env = child_env(REDIS_URL=server.url, INSTANTLY_API_KEY=workspace.api_key,
+            env = child_env(INSTANTLY_STORE=server.url, INSTANTLY_API_KEY=workspace.api_key,
                             INSTANTLY_BASE_URL=sim.url)
             argv = [sys.executable, "examples/fleet_worker.py", "google", "4",
                     "--metrics-port", "0"]

@@ -59,6 +59,10 @@ async def test_every_python_block_of_the_readme_runs(
         for name, value in defaults.items():
             monkeypatch.setitem(manager_defaults, name, value)
         monkeypatch.setitem(client_defaults, "base_url", sim.url)
+        # OAuthManager.from_env(): the key from the environment, the rest the defaults above
+        monkeypatch.setenv("INSTANTLY_API_KEY", workspace.api_key)
+        for name in ("INSTANTLY_BASE_URL", "INSTANTLY_WORKSPACE", "INSTANTLY_STORE"):
+            monkeypatch.delenv(name, raising=False)
         people = 0
 
         def redirect_the_person_to(url: str) -> None:
