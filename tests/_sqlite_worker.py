@@ -7,8 +7,9 @@ as it goes, as said), and nothing else on stdout.
   long each took from the event loop (submitted to answered).
 - ``churn``: a victim to be killed with SIGKILL: loops on big transactions (registering
   sessions, renewing all their leases at once, taking slots) until killed. Prints ``ready``.
-- ``taker``: takes slots of one budget for ``--seconds`` (asking in the fleet-wide line, as a
-  FairLimiter does), with a registry step between; reports each grant as the times
+- ``taker``: says ``taking``, then takes slots of one budget for ``--seconds`` or until the
+  ``--stop`` file exists (asking in the fleet-wide line, as a FairLimiter does), with a
+  registry step between; reports each grant as the times
   (CLOCK_MONOTONIC) just before its step was asked and just after it answered.
 - ``watch``: for each session id read from stdin, prints ``waiting ID`` and then ``seen ID T``
   once the registry says it is decided (T: CLOCK_MONOTONIC), waiting on the registry only.
@@ -25,6 +26,7 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -113,17 +115,21 @@ async def taker(args: argparse.Namespace) -> dict[str, Any]:
     granted: list[tuple[float, float]] = []
     specs = [("taker:k", RateLimit(args.limit, per=args.window, margin=0))]
     asker = f"taker{os.getpid()}"
+    stop = Path(args.stop) if args.stop else None
     async with SQLiteStore(args.db) as store:
-        end = time.monotonic() + args.seconds
-        while (before := time.monotonic()) < end:
+        began = time.monotonic()
+        end = began + args.seconds
+        _say("taking")
+        while (before := time.monotonic()) < end and not (stop is not None and stop.exists()):
             wait, _ = await store.take(specs, [], asker=asker)
             if wait > 0:
                 await anyio.sleep(min(wait, end - time.monotonic()))
                 continue
             granted.append((before, time.monotonic()))
             await store.registry.orphans(NS)
+        ended = time.monotonic()
         await store.leave(specs, asker)
-    return {"granted": granted}
+    return {"granted": granted, "seconds": ended - began}
 
 
 async def watch(args: argparse.Namespace) -> dict[str, Any]:
@@ -178,6 +184,7 @@ def main() -> None:
     parser.add_argument("--window", type=float, default=1.0)
     parser.add_argument("--limit", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=1.0)
+    parser.add_argument("--stop", default="", help="taker: stop once this file exists")
     parser.add_argument("--status-share", type=float, default=0.5)
     parser.add_argument("--name", default="w")
     args = parser.parse_args()

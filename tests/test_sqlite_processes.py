@@ -125,41 +125,47 @@ def _most_surely_within(spans: list[tuple[float, float]], width: float) -> int:
 async def test_processes_killed_inside_transactions_leave_the_others_going(
     tmp_path: Path, reaped: list[asyncio.subprocess.Process],
 ) -> None:
-    """Two processes take slots of one budget (10 a 0.5 s window) for 8 s while victims,
-    started one after another, loop on long transactions (a renew of 200 leases) and are
-    killed with SIGKILL at a random moment, mostly inside one: the takers never stall behind a
-    dead process's lock, no window holds more than 10 grants, the file stays sound, and every
-    session a victim registered is whole, and adopted once its lease lapses."""
+    """Two processes take slots of one budget (10 a 0.5 s window) while six victims, started
+    one after another, loop on long transactions (a renew of 200 leases) and are killed with
+    SIGKILL at a random moment, mostly inside one: the takers never stall behind a dead
+    process's lock, no window holds more than 10 grants, the file stays sound, and every
+    session a victim registered is whole, and adopted once its lease lapses. (The takers run
+    until the last victim is dead, however long a busy machine takes to start six processes.)"""
     db = tmp_path / "kill.db"
+    stop = tmp_path / "stop"
     async with SQLiteStore(db):
         pass  # made first: the takers and victims race for nothing else
-    takers = [await spawn("taker", db, "--seconds", "8", "--limit", "10", "--window", "0.5")
-              for _ in range(2)]
+    takers = [await spawn("taker", db, "--seconds", "120", "--stop", str(stop), "--limit", "10",
+                          "--window", "0.5") for _ in range(2)]
     reaped.extend(takers)
-    rng, victims, started = random.Random(7), [], time.monotonic()  # noqa: S311
-    while time.monotonic() - started < 6.5:
-        victim = await spawn("churn", db)
-        reaped.append(victim)
-        assert await line(victim) == "ready"
-        await anyio.sleep(rng.uniform(0.05, 0.3))
-        victim.send_signal(signal.SIGKILL)
-        await victim.wait()
-        assert victim.returncode == -signal.SIGKILL
-        victims.append(victim.pid)
+    for taker in takers:
+        assert await line(taker) == "taking"
+    rng, victims = random.Random(7), []  # noqa: S311
+    with anyio.fail_after(90):
+        for _ in range(6):
+            victim = await spawn("churn", db)
+            reaped.append(victim)
+            assert await line(victim) == "ready"
+            await anyio.sleep(rng.uniform(0.05, 0.3))
+            victim.send_signal(signal.SIGKILL)
+            await victim.wait()
+            assert victim.returncode == -signal.SIGKILL
+            victims.append(victim.pid)
+    stop.touch()
     reports = [await report(p) for p in takers]
     spans = sorted((before, after) for r in reports for before, after in r["granted"])
-    assert len(victims) >= 5
     assert _most_surely_within(spans, 0.5) <= 10
     grants = sorted(after for _, after in spans)
     gaps = [b - a for a, b in itertools.pairwise(grants)]
     # Never stalled behind a dead process's lock (that would be lock_timeout, 5 s, at least):
     # the longest gap is a window (the budget full), plus what a busy machine adds.
     assert max(gaps) < 2.0
-    assert len(grants) >= 0.5 * 8 / 0.5 * 10
+    seconds = min(r["seconds"] for r in reports)
+    assert len(grants) >= 0.5 * seconds / 0.5 * 10
     hops = sorted(after - before for before, after in spans)
-    print(f"{len(victims)} processes killed; {len(grants)} grants to the 2 others, a step "
-          f"p50 {percentile(hops, 50) * 1e3:.2f} ms, max {hops[-1] * 1e3:.1f} ms; longest "
-          f"gap {max(gaps) * 1e3:.0f} ms")
+    print(f"{len(victims)} processes killed in {seconds:.1f} s; {len(grants)} grants to the 2 "
+          f"others, a step p50 {percentile(hops, 50) * 1e3:.2f} ms, max {hops[-1] * 1e3:.1f} "
+          f"ms; longest gap {max(gaps) * 1e3:.0f} ms")
     with sqlite3.connect(db) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
         rows = conn.execute("SELECT sid, owner, fence, length(data), outcome FROM entries "
