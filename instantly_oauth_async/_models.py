@@ -168,6 +168,26 @@ class OAuthSession:
     provider: Provider
     server_date: datetime | None = None
 
+    def to_json(self) -> str:
+        """This session as JSON text, to store it and :meth:`OAuthManager.resume` it later
+        (from another process too): ``OAuthSession.from_json(session.to_json()) == session``.
+
+        The text holds the ``auth_url``, the person's single-use consent link: keep it where
+        you would keep that link, not in a log.
+        """
+        from ._convert import to_json  # noqa: PLC0415 - _convert imports this module
+
+        return to_json(self)
+
+    @classmethod
+    def from_json(cls, text: str | bytes | bytearray) -> OAuthSession:
+        """The session :meth:`to_json` wrote. Raises
+        :class:`~instantly_oauth_async.ConfigurationError` (a ``ValueError``) for text that is
+        not JSON or not a session; its message names the faulty field, never a value."""
+        from ._convert import from_json  # noqa: PLC0415 - _convert imports this module
+
+        return from_json(text, cls)
+
 
 @attrs.frozen
 class OAuthStatus:
