@@ -35,7 +35,7 @@ class SessionFor:
     the sessions were asked for (0 to ``count - 1``). ``expected_email`` is
     ``expected_emails[index]`` (None without them). ``renewal`` is 0 for the person's first
     session and n for the n-th that replaced an expired one (``renew_expired``): a renewal
-    keeps the index, and comes after sessions made for later people.
+    keeps the index, and may come after sessions made for later people.
     """
 
     session: OAuthSession

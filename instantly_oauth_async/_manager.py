@@ -437,8 +437,8 @@ class OAuthManager:
             on_session_for: instead of ``on_session``, called (sync or async) with a
                 :class:`SessionFor`: the session, the ``index`` of the person it is for (in
                 ``expected_emails``, else in creation order), their ``expected_email`` and
-                the ``renewal`` number. Send each person their link from it: a renewal comes
-                later than the sessions of the people after it.
+                the ``renewal`` number. Send each person their link from it: a renewal may
+                come later than the sessions of the people after it.
             expected_emails: one address per session (``len == count``), each the
                 ``expected_email`` of its session (see ``start()``).
             max_pending: at most this many sessions pending at once; 1 or more.
