@@ -1,5 +1,6 @@
 """What a manager counts for ``stats()`` (answers by endpoint, breaker states, outcomes, waits),
-and where each of those moments is told to the hooks and to the ``instantly_oauth_async`` logger.
+and where each of those moments is told to the hooks and to the ``instantly_oauth_async`` logger
+(except a request's record, which the client writes: one per request, see ``_client``).
 
 Every stage reports to one :class:`Tally`; the Tally builds an event only when a hook listens,
 and a log record only when the logger is enabled for its level, so an uninstrumented manager pays
