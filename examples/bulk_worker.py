@@ -26,6 +26,7 @@ from instantly_oauth_async import (
     OAuthManager,
     OAuthSession,
     Provider,
+    SessionFor,
 )
 
 
@@ -35,15 +36,13 @@ def bulk_connect(
     mailboxes: Sequence[str],
     hand_out: Callable[[str, OAuthSession], object],
 ) -> AsyncIterator[ConnectResult]:
-    """Connect ``mailboxes``; ``hand_out(email, session)`` sends each person their link. Yields
-    each result as it comes."""
-    queue = list(mailboxes)
-
-    def on_session(session: OAuthSession) -> None:
-        hand_out(queue.pop(0), session)  # connect_many makes sessions in expected_emails order
+    """Connect ``mailboxes``; ``hand_out(email, session)`` sends each person their link (a
+    renewal, after an expiry, too). Yields each result as it comes."""
+    def on_session_for(made: SessionFor) -> None:
+        hand_out(mailboxes[made.index], made.session)
 
     return manager.connect_many(provider, len(mailboxes), expected_emails=mailboxes,
-                                on_session=on_session, max_pending=50)
+                                on_session_for=on_session_for, max_pending=50)
 
 
 async def main(provider: str, mailboxes: list[str]) -> int:
@@ -55,7 +54,7 @@ async def main(provider: str, mailboxes: list[str]) -> int:
         async for r in bulk_connect(manager, provider, mailboxes, hand_out):
             print(json.dumps({"expected": r.expected_email, "status": r.status.value,
                               "connected": r.email, "mismatch": r.email_mismatch}), flush=True)
-            connected += r.ok and not r.email_mismatch
+            connected += r.connected_expected
     return 0 if connected == len(mailboxes) else 1
 
 

@@ -4,6 +4,7 @@ import logging as _logging
 
 from ._breaker import BreakerPolicy, BreakerTransition, CircuitState
 from ._budget import DEFAULT_STANDARD_LIMIT, DEFAULT_STATUS_LIMIT, Budget
+from ._bulk import SessionFor
 from ._client import InstantlyClient, __version__
 from ._clock import Clock, SystemClock
 from ._events import (
@@ -108,6 +109,7 @@ __all__ = [
     "ServerError",
     "ServiceUnavailableError",
     "SessionCancelledError",
+    "SessionFor",
     "SessionResolved",
     "SessionStarted",
     "SessionStatus",

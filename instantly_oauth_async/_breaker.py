@@ -37,6 +37,25 @@ class CircuitState(str, enum.Enum):
 
 @attrs.frozen
 class BreakerPolicy:
+    """How each provider's init circuit breaker opens and closes:
+    ``OAuthManager(breaker=BreakerPolicy(...))``. Only inits pass through it; a Microsoft
+    outage never slows Google. With a Redis or SQLite store its state is shared by the fleet.
+
+    Args:
+        failure_threshold: inits in a row that got a 503 or no answer (default 3) before the
+            breaker opens; a success resets the count, other errors leave it as it is.
+        cooldown: seconds (default 5.0) the breaker stays open the first time; each reopening
+            after a failed probe doubles it. A 503's ``Retry-After`` lengthens it.
+        max_cooldown: seconds (default 300.0): no opening lasts longer, ``Retry-After``
+            included.
+        probe_timeout: seconds (default 60.0) after which a half-open probe that never
+            reported back (its caller was cancelled) is replaced by another.
+
+    While it is open, ``start()`` waits until it may probe, up to its deadline (``timeout``),
+    then raises :class:`~instantly_oauth_async.CircuitOpenError`. Values are not checked here:
+    give positive numbers.
+    """
+
     failure_threshold: int = 3
     cooldown: float = 5.0
     max_cooldown: float = 300.0

@@ -7,10 +7,11 @@ import inspect
 import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import anyio
 import anyio.abc
+import attrs
 
 from ._convert import coerce_provider
 from ._exceptions import ClientStateError, ConfigurationError, InstantlyError
@@ -18,11 +19,32 @@ from ._models import OAuthSession, Provider, SessionStatus
 from ._outcome import ConnectResult
 from ._polling import PendingConnection
 
-__all__ = ["OnSession", "connect_many"]
+__all__ = ["OnSession", "OnSessionFor", "SessionFor", "connect_many"]
 
 logger = logging.getLogger("instantly_oauth_async")
 
 OnSession = Callable[[OAuthSession], Awaitable[object] | object]
+
+
+@attrs.frozen
+class SessionFor:
+    """A session ``connect_many`` made, and the person it is for: what its ``on_session_for``
+    callback receives.
+
+    ``index`` is the person's position: in ``expected_emails`` when given, else in the order
+    the sessions were asked for (0 to ``count - 1``). ``expected_email`` is
+    ``expected_emails[index]`` (None without them). ``renewal`` is 0 for the person's first
+    session and n for the n-th that replaced an expired one (``renew_expired``): a renewal
+    keeps the index, and may come after sessions made for later people.
+    """
+
+    session: OAuthSession
+    index: int
+    expected_email: str | None = None
+    renewal: int = 0
+
+
+OnSessionFor = Callable[[SessionFor], Awaitable[object] | object]
 
 
 class _Start(Protocol):
@@ -38,6 +60,7 @@ async def connect_many(  # noqa: PLR0915 - producer and slots read best side by 
     count: int,
     *,
     on_session: OnSession | None = None,
+    on_session_for: OnSessionFor | None = None,
     expected_emails: Sequence[str] | None = None,
     max_pending: int = 100,
     renew_expired: int = 0,
@@ -48,6 +71,8 @@ async def connect_many(  # noqa: PLR0915 - producer and slots read best side by 
     chosen = coerce_provider(provider)
     if count < 0 or max_pending < 1 or renew_expired < 0:
         raise ConfigurationError("count >= 0, max_pending >= 1 and renew_expired >= 0")
+    if on_session is not None and on_session_for is not None:
+        raise ConfigurationError("pass on_session or on_session_for, not both")
     emails = list(expected_emails) if expected_emails is not None else None
     if emails is not None and len(emails) != count:
         raise ConfigurationError("expected_emails must hold one address per session")
@@ -61,7 +86,14 @@ async def connect_many(  # noqa: PLR0915 - producer and slots read best side by 
     settled = 0  # of them: a result sent, or an error kept for the caller
     producer_ended = False
 
-    async def slot(pending: PendingConnection) -> None:
+    async def announce(session: OAuthSession, index: int, email: str | None, renewal: int
+                       ) -> None:
+        if on_session_for is not None:
+            await _call(on_session_for, SessionFor(session, index, email, renewal))
+        else:
+            await _call(on_session, session)
+
+    async def slot(pending: PendingConnection, index: int) -> None:
         nonlocal created, settled
         renewals = renew_expired
         try:
@@ -84,7 +116,8 @@ async def connect_many(  # noqa: PLR0915 - producer and slots read best side by 
                         created += 1
                         settled += 1  # the expired one, replaced
                         live.add(pending)
-                        await _call(on_session, pending.session)
+                        await announce(pending.session, index, email,
+                                       renew_expired - renewals)
                     except Exception as exc:  # noqa: BLE001 - also the caller's callback
                         errors.append(exc)
                         settled += 1
@@ -115,9 +148,9 @@ async def connect_many(  # noqa: PLR0915 - producer and slots read best side by 
                             break
                         created += 1
                         live.add(pending)
-                        slots_group.start_soon(slot, pending)
+                        slots_group.start_soon(slot, pending, index)
                         try:
-                            await _call(on_session, pending.session)
+                            await announce(pending.session, index, email, 0)
                         except Exception as exc:  # noqa: BLE001 - the caller's callback
                             errors.append(exc)
                             break
@@ -174,9 +207,10 @@ class _Demand:
             await self._event.wait()
 
 
-async def _call(callback: OnSession | None, session: OAuthSession) -> None:
+async def _call(callback: Callable[[Any], Awaitable[object] | object] | None, arg: object
+                ) -> None:
     if callback is None:
         return
-    outcome = callback(session)
+    outcome = callback(arg)
     if inspect.isawaitable(outcome):
         await outcome

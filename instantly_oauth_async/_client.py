@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import hashlib
+import hmac
 import ipaddress
 import logging
+import secrets
 import time
 import warnings
 from importlib.metadata import PackageNotFoundError, version
 from types import TracebackType
-from typing import Any, Final, TypeVar
+from typing import Any, Final, NamedTuple, TypeVar
 
 import aiohttp
 import attrs
@@ -41,6 +44,10 @@ DEFAULT_BASE_URL: Final = "https://api.instantly.ai"
 DEFAULT_TIMEOUT: Final = 30.0
 DEFAULT_MAX_BODY: Final = 1 << 20  # 1 MiB: an Account is a few KiB
 _READ_CHUNK: Final = 64 * 1024  # the decoded body is read this much at a time, up to the cap
+# Keys the hashes that stand for a session id or an email in a logged path: one value within a
+# process (two reads of one mailbox show the same tag), unguessable and never logged, so a tag
+# cannot be matched to an address outside the process.
+_TAG_SALT: Final = secrets.token_bytes(16)
 
 try:
     __version__ = version("instantly-oauth-async")
@@ -205,7 +212,9 @@ class InstantlyClient:
         Sent once: this method never retries, since every attempt spends the init rate budget.
         """
         chosen = coerce_provider(provider)
-        data, date, status = await self._request("POST", f"/api/v2/oauth/{chosen.value}/init")
+        path = f"/api/v2/oauth/{chosen.value}/init"
+        data, date, status = await self._request("POST", path, operation="init", shown=path,
+                                                 provider=chosen.value)
         if isinstance(data, dict):
             data = {**data, "provider": chosen.value}
         session = structure(data, OAuthSession, status=status)
@@ -224,7 +233,8 @@ class InstantlyClient:
         """
         sid = _require_text(session_id, "session_id")
         data, date, status = await self._request(
-            "GET", f"/api/v2/oauth/session/status/{encode_segment(sid)}", timeout=timeout
+            "GET", f"/api/v2/oauth/session/status/{encode_segment(sid)}", timeout=timeout,
+            operation="status", shown=f"/api/v2/oauth/session/status/{_tag('session', sid)}",
         )
         return _with_date(structure(data, OAuthStatus, status=status), date)
 
@@ -234,18 +244,24 @@ class InstantlyClient:
         if "@" not in address:
             raise ConfigurationError("email must be an email address")
         data, _, status = await self._request(
-            "GET", f"/api/v2/accounts/{encode_segment(address)}", timeout=timeout
+            "GET", f"/api/v2/accounts/{encode_segment(address)}", timeout=timeout,
+            operation="account", shown=f"/api/v2/accounts/{_tag('email', address)}",
         )
         return structure(data, Account, status=status)
 
     # -- the one place that does I/O ---------------------------------------------------------
 
     async def _request(
-        self, method: str, path: str, *, timeout: float | None = None
+        self, method: str, path: str, *, timeout: float | None = None, operation: str,
+        shown: str, provider: str | None = None,
     ) -> tuple[Any, str | None, int]:
-        """Decoded JSON of a 2xx answer, its ``Date`` header and its status; else raises."""
+        """Decoded JSON of a 2xx answer, its ``Date`` header and its status; else raises.
+
+        Logs one record per request, however it ended (``shown`` is the path as logged: any
+        session id or email in it replaced by a tag, see :func:`_tag`)."""
         session = self._open()
         url = URL(f"{self._base}{path}", encoded=True)
+        label = _Label(method, shown, operation, provider)
         headers = {
             "Authorization": f"Bearer {self._key.reveal()}",
             "User-Agent": USER_AGENT,
@@ -278,15 +294,21 @@ class InstantlyClient:
         except aiohttp.ClientError as exc:
             # Built from the class name only: aiohttp errors can hold request_info with headers.
             failure = TransportError(f"{method} {path}: {type(exc).__name__}")
+        except asyncio.CancelledError:
+            _log_request(label, started, None, "CancelledError")
+            raise
         else:
-            elapsed = (time.perf_counter() - started) * 1000
-            logger.debug("%s %s -> %d in %.1f ms", method, path, status, elapsed)
             date = response_headers.get("Date")
-            data = decipher_response(status, response_headers, body, method=method,
-                                     url=str(url), secrets=(self._key.reveal(),))
+            try:
+                data = decipher_response(status, response_headers, body, method=method,
+                                         url=str(url), secrets=(self._key.reveal(),))
+            except InstantlyError as exc:
+                _log_request(label, started, status, exc)
+                raise
+            _log_request(label, started, status, None)
             return data, date, status
+        _log_request(label, started, getattr(failure, "status", None), failure)
         # Raised outside the except block: no __context__ keeps aiohttp's request_info alive.
-        logger.debug("%s %s -> %s", method, path, type(failure).__name__)
         raise failure
 
     async def _read_capped(self, response: aiohttp.ClientResponse) -> bytes:
@@ -331,6 +353,40 @@ def _why_not(exc: aiohttp.ClientConnectorError, base: URL) -> str:
     if isinstance(error, TimeoutError):
         return "the connection timed out"
     return error.strerror or type(error).__name__
+
+
+def _tag(kind: str, value: str) -> str:
+    """What stands for a session id or an email in a logged path: ``<email:3f2a9c0b1d4e>``, a
+    keyed hash (:data:`_TAG_SALT`) that is the same for one value within the process."""
+    digest = hmac.new(_TAG_SALT, value.encode("utf-8", "surrogatepass"), hashlib.sha256)
+    return f"<{kind}:{digest.hexdigest()[:12]}>"
+
+
+class _Label(NamedTuple):
+    """A request as its log record names it."""
+
+    method: str
+    path: str  #: as logged: a session id or email replaced by its tag
+    operation: str
+    provider: str | None
+
+
+def _log_request(label: _Label, started: float, status: int | None,
+                 error: BaseException | str | None) -> None:
+    """The one record of one request: ``request_finished``, at WARNING for a 429, else DEBUG."""
+    method, shown, operation, provider = label
+    level = logging.WARNING if status == 429 else logging.DEBUG
+    if not logger.isEnabledFor(level):
+        return
+    duration = time.perf_counter() - started
+    error_type = error if isinstance(error, str) or error is None else type(error).__name__
+    retry_after = getattr(error, "retry_after", None)
+    outcome = " ".join(str(part) for part in (status, error_type) if part is not None)
+    logger.log(level, "%s %s -> %s in %.1f ms", method, shown, outcome, duration * 1000,
+               extra={"iox_event": "request_finished", "operation": operation,
+                      "provider": provider, "method": method, "path": shown, "status": status,
+                      "error_type": error_type, "duration": duration,
+                      "retry_after": retry_after})
 
 
 def _require_text(value: object, name: str) -> str:

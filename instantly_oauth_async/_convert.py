@@ -9,6 +9,7 @@ missing or mistyped required field (a session without ``session_id``) is a
 from __future__ import annotations
 
 import enum
+import json
 import math
 import re
 import types
@@ -32,7 +33,7 @@ from ._models import (
     WarmupStatus,
 )
 
-__all__ = ["coerce_provider", "converter", "parse_datetime", "structure"]
+__all__ = ["coerce_provider", "converter", "from_json", "parse_datetime", "structure", "to_json"]
 
 T = TypeVar("T")
 E = TypeVar("E", bound=enum.IntEnum)
@@ -256,6 +257,44 @@ def structure(data: Any, cls: type[T], *, status: int | None = None) -> T:
         raise MalformedResponseError(
             f"malformed {cls.__name__}: {_leaf_message(exc)}", status=status
         ) from None
+
+
+def to_json(record: object) -> str:
+    """``record`` (an ``OAuthSession``, a ``ConnectResult``, ...) as compact JSON text, which
+    :func:`from_json` turns back into an equal record: timestamps as ISO 8601 with their offset
+    and microseconds, enums as their values, every field present.
+
+    A number JSON cannot carry (NaN, infinity: never in a record the API gave) raises
+    :class:`~instantly_oauth_async.ConfigurationError`.
+    """
+    try:
+        return json.dumps(converter.unstructure(record), allow_nan=False,
+                          separators=(",", ":"))
+    except ValueError:
+        raise ConfigurationError(
+            f"{type(record).__name__} holds a number JSON cannot carry (NaN or infinity)"
+        ) from None
+
+
+def from_json(text: str | bytes | bytearray, cls: type[T]) -> T:
+    """The ``cls`` record that :func:`to_json` wrote as ``text``.
+
+    Unknown fields are ignored, as in an API answer. Text that is not JSON, or not a ``cls``
+    (a missing or mistyped field), raises :class:`~instantly_oauth_async.ConfigurationError`
+    (a ``ValueError``), whose message names the field and the type found, never a value.
+    """
+    name = cls.__name__
+    if not isinstance(text, (str, bytes, bytearray)):
+        raise ConfigurationError(
+            f"{name}.from_json takes JSON text (str or bytes), not {type(text).__name__}")
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError):  # JSONDecodeError, bad UTF-8, absurd nesting
+        raise ConfigurationError(f"{name}.from_json: the text is not JSON") from None
+    try:
+        return structure(data, cls)
+    except MalformedResponseError as exc:
+        raise ConfigurationError(f"{name}.from_json: {exc}") from None
 
 
 # Touch the generated hooks once so a broken record definition fails at import, not in production.

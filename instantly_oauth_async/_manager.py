@@ -62,7 +62,23 @@ class OAuthManager:
     Use as ``async with OAuthManager(api_key) as manager:``; leaving the block cancels every poll,
     sends nothing more and closes the HTTP session. Keyword arguments default to the documented
     limits; the README's "The manager: limits, polling, results" and docs/LIMITS.md say what each
-    one promises. :meth:`from_env` builds one from ``INSTANTLY_*`` environment variables.
+    one promises. :meth:`from_env` builds one from ``INSTANTLY_*`` environment variables. Among
+    the arguments:
+
+    - ``fetch_account`` (default True): on SUCCESS, read the mailbox's ``Account`` with one
+      ``GET /api/v2/accounts/{email}`` (on the status share of the budget, retried under
+      ``retry``) into ``ConnectResult.account``; a failed read leaves ``account`` None and says
+      why in ``account_error``, never turning the success into a failure. False sends no
+      account read for a success (``account`` stays None); a lost answer is still reconciled
+      through GET accounts when ``expected_email`` was given.
+    - ``retry`` (:class:`RetryPolicy`): how inits that got no answer, 503s, and failed status
+      and account reads are retried.
+    - ``breaker`` (:class:`BreakerPolicy`): the per-provider init circuit breaker.
+    - ``seed`` (default None: from the OS): seeds the random jitter of retries and backoff, so
+      a test can replay the same delays. It makes nothing else deterministic (no session ids,
+      no timing) and is no security setting.
+
+    Raises :class:`ConfigurationError` for a bad argument.
     """
 
     #: A store :meth:`from_env` built: the manager's own, closed by :meth:`aclose`.
@@ -438,23 +454,48 @@ class OAuthManager:
         expected_emails: Sequence[str] | None = None,
         max_pending: int = 100,
         renew_expired: int = 0,
+        on_session_for: _bulk.OnSessionFor | None = None,
     ) -> AsyncIterator[ConnectResult]:
         """Create ``count`` sessions and yield their results as they complete.
 
-        Sessions are created one after another, the i-th with ``expected_emails[i]``, and
-        ``on_session`` is called with each before the next is created.
+        Sessions are created one after another, the i-th with ``expected_emails[i]``, and the
+        callback is called with each before the next is created. At most ``max_pending``
+        sessions wait for people at once, so none is created long before someone can act on it.
 
-        At most ``max_pending`` sessions wait for people at once, so none is created long before
-        someone can act on it. ``on_session`` (sync or async) is called with each new session.
-        ``renew_expired`` lets each slot replace an expired session with a new one that many
-        times (``on_session`` is called again). A lost outcome or a failure to create sessions
-        (a long IP block, an open circuit, a bad key) is raised after every result that could
-        still be delivered was yielded.
+        Args:
+            provider: ``Provider`` or its name.
+            count: how many sessions (people); 0 or more.
+            on_session: called (sync or async) with each new ``OAuthSession``.
+            on_session_for: instead of ``on_session``, called (sync or async) with a
+                :class:`SessionFor`: the session, the ``index`` of the person it is for (in
+                ``expected_emails``, else in creation order), their ``expected_email`` and
+                the ``renewal`` number. Send each person their link from it: a renewal may
+                come later than the sessions of the people after it.
+            expected_emails: one address per session (``len == count``), each the
+                ``expected_email`` of its session (see ``start()``).
+            max_pending: at most this many sessions pending at once; 1 or more.
+            renew_expired: how many times each person's session may be replaced by a new one
+                when it ends EXPIRED (default 0: never). A renewed person's expired result is
+                not yielded; their new session goes to the callback (same index, next
+                ``renewal``) and its result is yielded instead. Each renewal is one more init.
+
+        Yields:
+            One ``ConnectResult`` per person, in the order the sessions end.
+
+        Raises:
+            ConfigurationError: a bad argument, or both callbacks given.
+            ClientStateError: the manager closed before every session had a result.
+            InstantlyError: a lost outcome (``OutcomeLostError``) or a failure to create a
+                session (a long IP block, an open circuit, a bad key).
+            Exception: whatever the callback raised (no session is created after it).
+
+        Those last two are raised after every result that could still be delivered was
+        yielded; when several happened, the first is raised and the others are logged.
         """
         return _bulk.connect_many(
             self.start, self._require_open, provider, count, on_session=on_session,
-            expected_emails=expected_emails, max_pending=max_pending,
-            renew_expired=renew_expired)
+            on_session_for=on_session_for, expected_emails=expected_emails,
+            max_pending=max_pending, renew_expired=renew_expired)
 
 
 def _positive(value: object) -> bool:

@@ -139,17 +139,41 @@ class RateLimit:
 
 @attrs.frozen
 class RetryPolicy:
-    """Jittered exponential backoff for transient failures, bounded in attempts and time.
+    """Jittered exponential backoff for transient failures, bounded in attempts and time:
+    ``OAuthManager(retry=RetryPolicy(...))``.
 
-    The n-th retry waits a random time between half and all of ``min(cap, base * 2**(n-1))``,
-    and at least the server's ``Retry-After`` when it sent one.
+    Args:
+        attempts: tries in all, the first included (default 5), for one init (after a 503, a
+            5xx, no answer, or a short 429, within ``start()``'s deadline), and for one
+            account read; a session's status reads fail that many times in a row past its
+            expiry before its outcome is given up as lost. 1 means no retry.
+        base: seconds (default 0.5) of the first retry's ceiling, doubled at each retry.
+        cap: seconds (default 30.0): no ceiling, and no ``Retry-After`` honoured here, goes
+            past it.
+
+    The n-th retry waits a random time between half and all of ``min(cap, base * 2**(n-1))``
+    (``delay``), and at least the server's ``Retry-After`` (up to ``cap``) when it sent one; a
+    status read waits at most ``poll_interval``. Raises
+    :class:`~instantly_oauth_async.ConfigurationError` for a count below 1 or a time that is
+    not a finite number of seconds (negative, or a ``cap`` under ``base``).
     """
 
     attempts: int = 5
     base: float = 0.5
     cap: float = 30.0
 
+    def __attrs_post_init__(self) -> None:
+        attempts, base, cap = _integer(self.attempts), _number(self.base), _number(self.cap)
+        if attempts is None or attempts < 1:
+            raise ConfigurationError(
+                f"RetryPolicy.attempts must be a positive integer, got {self.attempts!r}")
+        if base is None or cap is None or not 0 <= base <= cap < float("inf"):
+            raise ConfigurationError(
+                "RetryPolicy.base and cap must be seconds with 0 <= base <= cap < inf, "
+                f"got base={self.base!r}, cap={self.cap!r}")
+
     def delay(self, attempt: int, rng: random.Random, retry_after: float | None = None) -> float:
+        """Seconds to wait before retry number ``attempt`` (from 1), drawn with ``rng``."""
         ceiling = min(self.cap, self.base * (2.0 ** min(max(attempt - 1, 0), 30)))
         return max(ceiling * rng.uniform(0.5, 1.0), min(retry_after or 0.0, self.cap))
 
@@ -167,6 +191,26 @@ class OAuthSession:
     expires_at: datetime
     provider: Provider
     server_date: datetime | None = None
+
+    def to_json(self) -> str:
+        """This session as JSON text, to store it and :meth:`OAuthManager.resume` it later
+        (from another process too): ``OAuthSession.from_json(session.to_json()) == session``.
+
+        The text holds the ``auth_url``, the person's single-use consent link: keep it where
+        you would keep that link, not in a log.
+        """
+        from ._convert import to_json  # noqa: PLC0415 - _convert imports this module
+
+        return to_json(self)
+
+    @classmethod
+    def from_json(cls, text: str | bytes | bytearray) -> OAuthSession:
+        """The session :meth:`to_json` wrote. Raises
+        :class:`~instantly_oauth_async.ConfigurationError` (a ``ValueError``) for text that is
+        not JSON or not a session; its message names the faulty field, never a value."""
+        from ._convert import from_json  # noqa: PLC0415 - _convert imports this module
+
+        return from_json(text, cls)
 
 
 @attrs.frozen

@@ -15,6 +15,7 @@ import anyio
 import attrs
 
 from ._clock import Clock
+from ._convert import from_json, to_json
 from ._exceptions import (
     ClientStateError,
     InstantlyError,
@@ -80,7 +81,19 @@ class ConnectResult:
 
     @property
     def ok(self) -> bool:
+        """The session succeeded: *a* mailbox was connected, perhaps not the one expected (see
+        :attr:`connected_expected`)."""
         return self.status is SessionStatus.SUCCESS
+
+    @property
+    def connected_expected(self) -> bool:
+        """The session succeeded with the mailbox asked for: ``email`` equals
+        ``expected_email`` (case and surrounding spaces aside). Without an ``expected_email``
+        any mailbox is the one asked for, and this is :attr:`ok`."""
+        if not self.ok or self.expected_email is None:
+            return self.ok
+        return (self.email is not None
+                and self.email.strip().lower() == self.expected_email.strip().lower())
 
     @property
     def email_mismatch(self) -> bool:
@@ -91,6 +104,19 @@ class ConnectResult:
             and self.email is not None
             and self.email.strip().lower() != self.expected_email.strip().lower()
         )
+
+    def to_json(self) -> str:
+        """This result as JSON text (its session and account included), which
+        :meth:`from_json` turns back into an equal result. It holds the session's ``auth_url``
+        and the mailbox's address: keep it out of logs."""
+        return to_json(self)
+
+    @classmethod
+    def from_json(cls, text: str | bytes | bytearray) -> ConnectResult:
+        """The result :meth:`to_json` wrote. Raises
+        :class:`~instantly_oauth_async.ConfigurationError` (a ``ValueError``) for text that is
+        not JSON or not a result; its message names the faulty field, never a value."""
+        return from_json(text, cls)
 
 
 class ClosedDuringFetchError(ClientStateError):

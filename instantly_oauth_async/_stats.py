@@ -1,5 +1,6 @@
 """What a manager counts for ``stats()`` (answers by endpoint, breaker states, outcomes, waits),
-and where each of those moments is told to the hooks and to the ``instantly_oauth_async`` logger.
+and where each of those moments is told to the hooks and to the ``instantly_oauth_async`` logger
+(except a request's record, which the client writes: one per request, see ``_client``).
 
 Every stage reports to one :class:`Tally`; the Tally builds an event only when a hook listens,
 and a log record only when the logger is enabled for its level, so an uninstrumented manager pays
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import secrets
 from collections import Counter, deque
 
 import attrs
@@ -30,11 +32,19 @@ from ._events import (
 from ._exceptions import APIError, MalformedResponseError
 from ._models import Provider
 
-__all__ = ["ManagerStats", "Tally"]
+__all__ = ["ManagerStats", "Tally", "session_key"]
 
 # Session keys are unique in the process, so one hook shared by several managers pairs each
 # SessionStarted with its own SessionResolved.
 _KEYS = itertools.count(1)
+# Log records name a session by ``<process tag>-<key>``: unique within the process, told apart
+# from other processes' (in a fleet's merged logs) by a random tag, and never the session id.
+_PROCESS_TAG = secrets.token_hex(4)
+
+
+def session_key(key: int) -> str:
+    """The ``session_key`` of a session's log records, from its events' ``key``."""
+    return f"{_PROCESS_TAG}-{key}"
 
 logger = logging.getLogger("instantly_oauth_async")
 
@@ -74,7 +84,8 @@ class Tally:
         self, endpoint: Operation, exc: BaseException | None = None, *,
         provider: str | None = None, duration: float = 0.0, attempt: int = 1,
     ) -> None:
-        """One request to ``endpoint`` ended: with its answer, or with ``exc``."""
+        """One request to ``endpoint`` ended: with its answer, or with ``exc``. (Its log
+        record is the client's, one per request: see ``_client._log_request``.)"""
         status = 200
         if isinstance(exc, APIError):
             status = exc.status
@@ -85,20 +96,13 @@ class Tally:
         if status == 429:
             self.rate_limited += 1
         self.requests.setdefault(endpoint, Counter())[status] += 1
-        level = logging.WARNING if status == 429 else logging.DEBUG
-        if not self.hooks and not logger.isEnabledFor(level):
+        if not self.hooks:
             return
         error_type = None if exc is None else type(exc).__name__
         retry_after = getattr(exc, "retry_after", None)
-        if self.hooks:
-            self.hooks.emit(RequestFinished(
-                endpoint, provider, status or None, error_type, duration, attempt,
-                retry_after if isinstance(retry_after, (int, float)) else None, *self._server))
-        logger.log(level, "%s %s in %.3f s", endpoint, error_type or status, duration,
-                   extra={"iox_event": "request_finished", "operation": endpoint,
-                          "provider": provider, "status": status or None,
-                          "error_type": error_type, "duration": duration, "attempt": attempt,
-                          "retry_after": retry_after})
+        self.hooks.emit(RequestFinished(
+            endpoint, provider, status or None, error_type, duration, attempt,
+            retry_after if isinstance(retry_after, (int, float)) else None, *self._server))
 
     def waited(self, budget: BudgetName, provider: str | None, seconds: float, *,
                granted: bool = True) -> None:
@@ -126,9 +130,10 @@ class Tally:
         if self.hooks:
             self.hooks.emit(SessionStarted(provider.value, key, resumed))
         if logger.isEnabledFor(logging.DEBUG):
+            name = session_key(key)
             logger.debug("%s session %s", provider.value, "resumed" if resumed else "started",
-                         extra={"iox_event": "session_started", "provider": provider.value,
-                                "resumed": resumed})
+                         extra={"iox_event": "session_started", "session_key": name,
+                                "provider": provider.value, "resumed": resumed})
         return key
 
     def resolved(self, provider: Provider, outcome: Outcome, label: str | None, *,
@@ -141,11 +146,12 @@ class Tally:
                                             key))
         level = logging.WARNING if outcome in ("lost", "failed") else logging.INFO
         if logger.isEnabledFor(level):
+            name = session_key(key)
             logger.log(level, "%s session ended: %s after %.1f s, %d polls", provider.value,
                        outcome, latency, polls,
-                       extra={"iox_event": "session_resolved", "provider": provider.value,
-                              "outcome": outcome, "latency": latency, "polls": polls,
-                              "reconciled": reconciled})
+                       extra={"iox_event": "session_resolved", "session_key": name,
+                              "provider": provider.value, "outcome": outcome,
+                              "latency": latency, "polls": polls, "reconciled": reconciled})
 
     def transition(self, provider: Provider, transition: BreakerTransition | None) -> None:
         if transition is None:

@@ -13,6 +13,7 @@ from instantly_oauth_async import (
     Account,
     AccountStatus,
     ConfigurationError,
+    ConnectResult,
     MalformedResponseError,
     OAuthSession,
     OAuthStatus,
@@ -210,3 +211,58 @@ def test_session_round_trips(session: OAuthSession) -> None:
 @given(statuses)
 def test_status_round_trips(status: OAuthStatus) -> None:
     assert converter.structure(converter.unstructure(status), OAuthStatus) == status
+
+
+# -- public JSON: to_json() / from_json() (issue 23) -------------------------------------------
+
+@given(sessions)
+def test_session_json_round_trips(session: OAuthSession) -> None:
+    assert OAuthSession.from_json(session.to_json()) == session
+
+
+@given(sessions, accounts)
+def test_result_json_round_trips_with_its_account(session: OAuthSession, account: Account
+                                                  ) -> None:
+    result = ConnectResult(session, SessionStatus.SUCCESS, email=account.email, account=account,
+                           expected_email=account.email, reconciled=True)
+    assert ConnectResult.from_json(result.to_json().encode()) == result
+
+
+PLAIN = OAuthSession("s-1", "https://u", datetime(2026, 1, 14, 12, 0, 0, 5, timezone.utc),
+                     Provider.MICROSOFT)
+
+
+def test_to_json_is_compact_and_complete() -> None:
+    assert PLAIN.to_json() == (
+        '{"session_id":"s-1","auth_url":"https://u",'
+        '"expires_at":"2026-01-14T12:00:00.000005+00:00","provider":"microsoft",'
+        '"server_date":null}')
+
+
+def test_from_json_takes_bytes_and_bytearrays() -> None:
+    assert OAuthSession.from_json(bytearray(PLAIN.to_json(), "utf-8")) == PLAIN
+
+
+def test_to_json_refuses_what_json_cannot_carry() -> None:
+    from instantly_oauth_async._convert import to_json  # noqa: PLC0415 - the function itself
+
+    with pytest.raises(ConfigurationError) as info:
+        to_json(StatusMessage(response_code=float("inf")))
+    assert str(info.value) == "StatusMessage holds a number JSON cannot carry (NaN or infinity)"
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    (7, "OAuthSession.from_json takes JSON text (str or bytes), not int"),
+    (None, "OAuthSession.from_json takes JSON text (str or bytes), not NoneType"),
+    ("", "OAuthSession.from_json: the text is not JSON"),
+    ("NaN-ish", "OAuthSession.from_json: the text is not JSON"),
+    ("[" * 200_000, "OAuthSession.from_json: the text is not JSON"),  # past the recursion limit
+    ("{}", "OAuthSession.from_json: malformed OAuthSession: missing field 'session_id'"),
+    ('"s"', "OAuthSession.from_json: expected a JSON object for OAuthSession"),
+])
+def test_from_json_errors_say_what_is_wrong(text: Any, message: str) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        OAuthSession.from_json(text)
+    assert str(info.value) == message
+    assert info.value.__cause__ is None
+    assert info.value.__context__ is None or info.value.__suppress_context__
