@@ -101,6 +101,8 @@ def _validate_base_url(base_url: str | URL) -> URL:
         raise ConfigurationError("base_url is not a URL") from None
     if url.scheme not in ("https", "http") or not url.host:
         raise ConfigurationError(f"base_url must be an absolute http(s) URL, got {str(url)!r}")
+    if url.explicit_port == 0:
+        raise ConfigurationError("base_url's port must be 1 to 65535, got 0")
     if url.scheme == "http" and not _is_loopback(url.host):
         raise ConfigurationError(
             "base_url must use https: plain http would send the API key in clear text "

@@ -163,13 +163,7 @@ def parse_store(value: str | None) -> StoreSpec:
 def shown_url(value: str) -> str:
     """``value`` fit for a message: no user, password, query values or fragment, even when it
     is too malformed to parse."""
-    try:
-        return redact_url(value) or ""
-    except ValueError:  # yarl parses a port only when asked for it
-        scheme, _, rest = value.partition("://")
-        rest = rest.split("?", 1)[0].split("#", 1)[0]
-        netloc, slash, path = rest.partition("/")
-        return f"{scheme}://{netloc.rpartition('@')[2]}{slash}{path}"
+    return redact_url(value) or ""
 
 
 def _check_redis_url(value: str) -> str:

@@ -180,20 +180,32 @@ def redact_headers(headers: _HeadersLike, secrets: Iterable[str] = ()) -> CIMult
 
 
 def redact_url(url: str | URL | None) -> str | None:
-    """``url`` without user, password or fragment, and with every query value redacted."""
+    """``url`` without user, password or fragment, and with every query value redacted (one
+    too malformed to parse without user, password, query or fragment)."""
     if url is None:
         return None
-    try:
+    try:  # yarl parses some parts lazily: a bad port raises on first use, not in URL()
         parsed = url if isinstance(url, URL) else URL(str(url), encoded=True)
-    except (TypeError, ValueError):
-        return REDACTED
-    if parsed.user is None and parsed.password is None and not parsed.query_string \
-            and not parsed.fragment:
+        if parsed.user is None and parsed.password is None and not parsed.query_string \
+                and not parsed.fragment:
+            return str(parsed)
+        parsed = parsed.with_user(None).with_fragment(None)
+        if parsed.query_string:
+            parsed = parsed.with_query([(key, "redacted") for key in parsed.query])
         return str(parsed)
-    parsed = parsed.with_user(None).with_fragment(None)
-    if parsed.query_string:
-        parsed = parsed.with_query([(key, "redacted") for key in parsed.query])
-    return str(parsed)
+    except (TypeError, ValueError):
+        return _cut(str(url))
+
+
+def _cut(text: str) -> str:
+    """A URL too malformed to parse (a port yarl cannot read), cut by hand: no user, password,
+    query or fragment; without a scheme, nothing of it."""
+    scheme, sep, rest = text.partition("://")
+    if not sep or not scheme.isalpha():
+        return REDACTED
+    rest = rest.split("?", 1)[0].split("#", 1)[0]
+    netloc, slash, path = rest.partition("/")
+    return f"{scheme}://{netloc.rpartition('@')[2]}{slash}{path}"
 
 
 class APIError(InstantlyError):

@@ -29,6 +29,7 @@ from instantly_oauth_async import (
     UnauthorizedError,
     __version__,
 )
+from instantly_oauth_async._exceptions import redact_url
 from instantly_oauth_async.testing import CannedResponse, Faults, Simulator, Workspace
 
 pytestmark = pytest.mark.anyio
@@ -244,10 +245,18 @@ async def test_per_call_timeout_overrides_the_default(sim: Simulator,
 
 @pytest.mark.parametrize("url", ["http://api.instantly.ai", "http://10.0.0.1:8080",
                                  "ftp://127.0.0.1", "not a url", "https://u:p@host.example",
-                                 "https://host.example/?q=1"])
+                                 "https://host.example/?q=1", "https://h:port", "https://h:99999",
+                                 "https://h:0", "http://127.0.0.1:0"])
 def test_unsafe_or_odd_base_urls_are_refused(url: str) -> None:
     with pytest.raises(ConfigurationError):
         InstantlyClient("k", base_url=url)
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("https://h:port/x?token=s3cret#f", "https://h:port/x"), ("https://h:99999/?k=v", "https://h:99999/"),
+    ("https://u:pw@h:-1/", "https://h:-1/"), ("u:pw@h:-1?k=v", "<redacted>")])
+def test_a_url_yarl_cannot_take_apart_is_cut_by_hand(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
 
 
 @pytest.mark.parametrize("url", ["http://127.0.0.1:8080", "http://localhost:1", "http://[::1]:80",
