@@ -14,14 +14,21 @@ connect, a user holds one pending connection (asking again gives back the same o
 ``max_pending`` are pending in all, each leaves once its session is decided, and the links it
 hands out are signed for their user. That guard lives in the store, so it holds across workers.
 
-Many workers, as a real deployment runs them: give each the same INSTANTLY_API_KEY, APP_PASSWORD
-and store, and a port of its own, behind your load balancer (no sticky sessions needed). On one
-host, a SQLite file (``--sqlite PATH``, or INSTANTLY_SQLITE); on several, Redis (``--redis URL``,
-or REDIS_URL)::
+With INSTANTLY_API_KEY set, ``OAuthManager.from_env()`` reads the configuration: the key, and
+INSTANTLY_BASE_URL, INSTANTLY_WORKSPACE and INSTANTLY_STORE when set (INSTANTLY_STORE or
+INSTANTLY_BASE_URL without the key is refused: the simulator lives in one process). Many workers,
+as a real deployment runs them: give each the same INSTANTLY_API_KEY, APP_PASSWORD and
+INSTANTLY_STORE, and a port of its own, behind your load balancer (no sticky sessions needed).
+On one host, a SQLite file (``sqlite:///var/lib/app/iox.db``); on several, a Redis
+(``redis://10.0.0.5:6379/0``)::
 
-    export INSTANTLY_API_KEY=... APP_PASSWORD=choose-one INSTANTLY_SQLITE=/var/lib/app/iox.db
+    export INSTANTLY_API_KEY=... APP_PASSWORD=choose-one
+    export INSTANTLY_STORE=sqlite:///var/lib/app/iox.db
     python examples/aiohttp_app.py --host 0.0.0.0 8081 &
     python examples/aiohttp_app.py --host 0.0.0.0 8082 &
+
+To try that without the real API, serve ``instantly-oauth simulate --port 8800 --api-key
+local-key`` and set ``INSTANTLY_BASE_URL=http://127.0.0.1:8800 INSTANTLY_API_KEY=local-key``.
 
 Any worker answers for a session any worker started (``manager.attach()``). A worker that stops
 hands its sessions over: at once on SIGTERM, ``--session-lease`` seconds (15) after a crash; the
@@ -44,8 +51,7 @@ from typing import Any
 
 from aiohttp import web
 
-from instantly_oauth_async import OAuthManager, Store
-from instantly_oauth_async.sqlite import SQLiteStore
+from instantly_oauth_async import ConfigurationError, EnvironmentVariableError, OAuthManager
 from instantly_oauth_async.testing import Simulator
 from instantly_oauth_async.web import ConnectFlow
 from instantly_oauth_async.web.aiohttp import install
@@ -167,41 +173,29 @@ def make_app(manager: OAuthManager, *, password: str, max_pending: int = 100) ->
     return app
 
 
-@contextlib.asynccontextmanager
-async def manager_for_this_run(args: argparse.Namespace) -> AsyncIterator[tuple[OAuthManager,
-                                                                                 str]]:
-    """The real API with INSTANTLY_API_KEY (``--base-url``: another server, a staging one or a
-    simulator of your own); otherwise the built-in simulator. Yields (manager, where)."""
-    lease = args.session_lease
-    options: dict[str, Any] = {"session_lease": lease, "status_timeout": min(5.0, lease / 4)}
-    if args.poll_interval is not None:
-        options["poll_interval"] = args.poll_interval
-    key = os.environ.get("INSTANTLY_API_KEY")
-    if not key:
-        if args.redis or args.sqlite:  # each worker would have a simulator of its own
-            flag = "--redis" if args.redis else "--sqlite"
-            sys.exit(f"{flag} needs INSTANTLY_API_KEY: the built-in simulator lives in one process")
-        async with Simulator() as sim:
-            workspace = sim.add_workspace("example")
-            options = {"poll_interval": 1, **options}
-            async with OAuthManager(workspace.api_key, base_url=sim.url, **options) as manager:
-                yield manager, f"the simulator at {sim.url}"
-        return
-    if args.base_url:
-        options["base_url"] = args.base_url
-    where = args.base_url or "the Instantly API"
-    async with contextlib.AsyncExitStack() as stack:
-        store: Store | None = None
-        if args.redis:  # every worker with the same Redis: one budget, one session registry
-            from instantly_oauth_async.redis import RedisStore  # noqa: PLC0415 - extra "redis"
+SHARED = {"SQLiteStore": "shared through SQLite", "RedisStore": "shared through Redis"}
 
-            store = await stack.enter_async_context(RedisStore.from_url(args.redis))
-            where += ", shared through Redis"
-        elif args.sqlite:  # every worker of this host on one file: the same, with no server
-            store = await stack.enter_async_context(SQLiteStore(args.sqlite))
-            where += ", shared through SQLite"
-        manager = await stack.enter_async_context(OAuthManager(key, store=store, **options))
-        yield manager, where
+
+@contextlib.asynccontextmanager
+async def manager_for_this_run(options: dict[str, Any]) -> AsyncIterator[tuple[OAuthManager, str]]:
+    """With INSTANTLY_API_KEY (or ``api_key`` in ``options``), ``OAuthManager.from_env``: it
+    reads INSTANTLY_BASE_URL, INSTANTLY_WORKSPACE and INSTANTLY_STORE too, and closes the store
+    it builds; ``options`` (the manager's keyword arguments) win. Otherwise the built-in
+    simulator, in this process. Yields (manager, where its sessions come from)."""
+    if options.get("api_key") or os.environ.get("INSTANTLY_API_KEY", "").strip():
+        async with OAuthManager.from_env(**options) as manager:
+            shared = SHARED.get(type(manager.store).__name__, "in this process's memory")
+            yield manager, f"{manager.client.base_url}, {shared}"
+        return
+    for name in ("INSTANTLY_STORE", "INSTANTLY_BASE_URL"):  # no other worker could reach it
+        if os.environ.get(name, "").strip().lower() not in ("", "memory"):
+            raise EnvironmentVariableError(name, f"{name} needs INSTANTLY_API_KEY: without it "
+                                           "the app runs the built-in simulator, in one process")
+    async with Simulator() as sim:
+        environ = {"INSTANTLY_API_KEY": sim.add_workspace("example").api_key,
+                   "INSTANTLY_BASE_URL": sim.url}
+        async with OAuthManager.from_env(environ, **{"poll_interval": 1, **options}) as manager:
+            yield manager, f"the simulator at {sim.url}"
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -209,20 +203,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("port", nargs="?", type=int, default=8080)
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to serve on (0.0.0.0 behind a load balancer on another host)")
-    parser.add_argument("--redis", default=os.environ.get("REDIS_URL") or None,
-                        help="a Redis every worker shares (default: REDIS_URL; none: one process)")
-    parser.add_argument("--sqlite", default=os.environ.get("INSTANTLY_SQLITE") or None,
-                        help="a SQLite file the workers of one host share (INSTANTLY_SQLITE)")
     parser.add_argument("--session-lease", type=float, default=15.0,
                         help="seconds after a crash before another worker takes its sessions over")
     parser.add_argument("--poll-interval", type=float, default=None,
                         help="seconds between status reads of a session (default 5)")
-    parser.add_argument("--base-url", default=None, help="another API server than Instantly's")
     return parser.parse_args(argv)
 
 
 async def main(args: argparse.Namespace, password: str) -> None:
-    async with manager_for_this_run(args) as (manager, where):
+    lease = args.session_lease
+    options: dict[str, Any] = {"session_lease": lease, "status_timeout": min(5.0, lease / 4)}
+    if args.poll_interval is not None:
+        options["poll_interval"] = args.poll_interval
+    async with manager_for_this_run(options) as (manager, where):
         runner = web.AppRunner(make_app(manager, password=password), shutdown_timeout=5)
         await runner.setup()
         await web.TCPSite(runner, args.host, args.port).start()
@@ -241,4 +234,7 @@ async def main(args: argparse.Namespace, password: str) -> None:
 if __name__ == "__main__":
     if not os.environ.get("APP_PASSWORD"):
         sys.exit("set APP_PASSWORD: the password people sign in with (a stand-in for your app's)")
-    asyncio.run(main(parse_args(), os.environ["APP_PASSWORD"]))
+    try:
+        asyncio.run(main(parse_args(), os.environ["APP_PASSWORD"]))
+    except ConfigurationError as exc:  # a variable missing or malformed: its message names it
+        sys.exit(f"aiohttp_app: {exc}")

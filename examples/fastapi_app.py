@@ -9,10 +9,14 @@ same as there, copied, so that each example stands alone). The manager and the c
 (``instantly_oauth_async.web.asgi``: ``POST /connect``, ``GET /events/{id}``, ``GET
 /result/{id}``) live as long as the app (FastAPI's lifespan).
 
-Several workers share one store: on one host a SQLite file named by INSTANTLY_SQLITE, on several
-a Redis named by REDIS_URL (both need INSTANTLY_API_KEY: the simulator lives in one process)::
+With INSTANTLY_API_KEY set, ``OAuthManager.from_env()`` reads the configuration: the key, and
+INSTANTLY_BASE_URL, INSTANTLY_WORKSPACE and INSTANTLY_STORE when set (INSTANTLY_STORE or
+INSTANTLY_BASE_URL without the key is refused: the simulator lives in one process). Several
+workers share the store INSTANTLY_STORE names: on one host a SQLite file, on several a Redis
+(``redis://10.0.0.5:6379/0``)::
 
-    export INSTANTLY_API_KEY=... APP_PASSWORD=choose-one INSTANTLY_SQLITE=/var/lib/app/iox.db
+    export INSTANTLY_API_KEY=... APP_PASSWORD=choose-one
+    export INSTANTLY_STORE=sqlite:///var/lib/app/iox.db
     cd examples && uvicorn fastapi_app:app --workers 4 --timeout-graceful-shutdown 5
 
 (``--timeout-graceful-shutdown``: an open event stream would otherwise hold a stopping worker;
@@ -34,8 +38,7 @@ from urllib.parse import parse_qs
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 
-from instantly_oauth_async import OAuthManager, Store
-from instantly_oauth_async.sqlite import SQLiteStore
+from instantly_oauth_async import EnvironmentVariableError, OAuthManager
 from instantly_oauth_async.testing import Simulator
 from instantly_oauth_async.web import ConnectFlow
 from instantly_oauth_async.web.asgi import connect_routes
@@ -126,62 +129,50 @@ def user_of(request: Request) -> str | None:
     return login.user_of(request.cookies.get(COOKIE))
 
 
-@contextlib.asynccontextmanager
-async def manager_for_this_run(
-    api_key: str | None, base_url: str | None, options: dict[str, Any]
-) -> AsyncIterator[tuple[OAuthManager, str]]:
-    """``api_key`` (or INSTANTLY_API_KEY) against the API, on the store REDIS_URL or
-    INSTANTLY_SQLITE names (none: this process's memory); otherwise the built-in simulator."""
-    key = api_key or os.environ.get("INSTANTLY_API_KEY")
-    options = dict(options)
-    redis_url, sqlite_path = os.environ.get("REDIS_URL"), os.environ.get("INSTANTLY_SQLITE")
-    if not key:
-        if redis_url or sqlite_path:
-            raise RuntimeError("REDIS_URL and INSTANTLY_SQLITE need INSTANTLY_API_KEY: the "
-                               "built-in simulator lives in one process")
-        async with Simulator() as sim:
-            workspace = sim.add_workspace("example")
-            options = {"poll_interval": 1, **options}
-            async with OAuthManager(workspace.api_key, base_url=sim.url, **options) as manager:
-                yield manager, f"the simulator at {sim.url}"
-        return
-    where = base_url or "the Instantly API"
-    if base_url:
-        options = {"base_url": base_url, **options}
-    async with contextlib.AsyncExitStack() as stack:
-        store: Store | None = options.pop("store", None)  # a store the caller passed wins
-        if store is not None:
-            pass
-        elif redis_url:  # every worker with the same Redis: one budget, one session registry
-            from instantly_oauth_async.redis import RedisStore  # noqa: PLC0415 - extra "redis"
+SHARED = {"SQLiteStore": "shared through SQLite", "RedisStore": "shared through Redis"}
 
-            store = await stack.enter_async_context(RedisStore.from_url(redis_url))
-            where += ", shared through Redis"
-        elif sqlite_path:  # every worker of this host on one file
-            store = await stack.enter_async_context(SQLiteStore(sqlite_path))
-            where += ", shared through SQLite"
-        manager = await stack.enter_async_context(OAuthManager(key, store=store, **options))
-        yield manager, where
+
+@contextlib.asynccontextmanager
+async def manager_for_this_run(options: dict[str, Any]) -> AsyncIterator[tuple[OAuthManager, str]]:
+    """With INSTANTLY_API_KEY (or ``api_key`` in ``options``), ``OAuthManager.from_env``: it
+    reads INSTANTLY_BASE_URL, INSTANTLY_WORKSPACE and INSTANTLY_STORE too, and closes the store
+    it builds; ``options`` (the manager's keyword arguments) win. Otherwise the built-in
+    simulator, in this process. Yields (manager, where its sessions come from)."""
+    if options.get("api_key") or os.environ.get("INSTANTLY_API_KEY", "").strip():
+        async with OAuthManager.from_env(**options) as manager:
+            shared = SHARED.get(type(manager.store).__name__, "in this process's memory")
+            yield manager, f"{manager.client.base_url}, {shared}"
+        return
+    for name in ("INSTANTLY_STORE", "INSTANTLY_BASE_URL"):  # no other worker could reach it
+        if os.environ.get(name, "").strip().lower() not in ("", "memory"):
+            raise EnvironmentVariableError(name, f"{name} needs INSTANTLY_API_KEY: without it "
+                                           "the app runs the built-in simulator, in one process")
+    async with Simulator() as sim:
+        environ = {"INSTANTLY_API_KEY": sim.add_workspace("example").api_key,
+                   "INSTANTLY_BASE_URL": sim.url}
+        async with OAuthManager.from_env(environ, **{"poll_interval": 1, **options}) as manager:
+            yield manager, f"the simulator at {sim.url}"
 
 
 def make_app(
     api_key: str | None = None,
     *,
     password: str | None = None,
-    base_url: str | None = None,
     max_pending: int = 100,
     **manager_options: Any,
 ) -> FastAPI:
     """The app; its lifespan opens the manager and the flow. ``api_key`` defaults to
     INSTANTLY_API_KEY (none: the simulator), ``password`` (the stand-in sign-in's) to
-    APP_PASSWORD; ``max_pending`` bounds the pending connections of all users."""
+    APP_PASSWORD; ``max_pending`` bounds the pending connections of all users;
+    ``manager_options`` (``base_url=``, ``store=``...) win over the environment's."""
+    options = manager_options if api_key is None else {"api_key": api_key, **manager_options}
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         secret = password or os.environ.get("APP_PASSWORD")
         if not secret:
             raise RuntimeError("set APP_PASSWORD: the password people sign in with")
-        async with manager_for_this_run(api_key, base_url, manager_options) as (manager, where):
+        async with manager_for_this_run(options) as (manager, where):
             print(f"sessions from {where}", flush=True)
             app.state.login = login = Login(secret)
             async with ConnectFlow(manager, secret=login.secret,

@@ -1,7 +1,8 @@
 """The FastAPI example as the multi-worker tests serve it: ``uvicorn tests._webflow_apps:app``
-(``--workers N`` too). The example's own ``make_app`` with what only a test needs: the
-simulator's URL (IOX_TEST_SIM_URL), compressed leases and polls, and each answer marked with the
-PID of the worker process that served it (``X-Worker``)."""
+(``--workers N`` too). The example's own ``make_app``, configured by the environment as the
+example is (INSTANTLY_API_KEY, INSTANTLY_BASE_URL, INSTANTLY_STORE), with what only a test
+needs: compressed leases and polls, and each answer marked with the PID of the worker process
+that served it (``X-Worker``)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,7 @@ from fastapi import Request, Response
 
 from examples.fastapi_app import make_app
 
-app = make_app(base_url=os.environ.get("IOX_TEST_SIM_URL"), poll_interval=0.1,
-               session_lease=1.5, status_timeout=0.3)
+app = make_app(poll_interval=0.1, session_lease=1.5, status_timeout=0.3)
 
 
 @app.middleware("http")

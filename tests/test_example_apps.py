@@ -229,11 +229,12 @@ async def test_an_entry_leaves_when_its_session_cannot_start(kind: str, sim: Sim
 
 def test_the_copies_in_both_apps_are_the_same() -> None:
     """Each example is one file, so fastapi_app.py carries a copy of aiohttp_app.py's stand-in
-    sign-in and pages: they must not drift apart (the flow itself is the library's)."""
-    for name in ("Login",):
+    sign-in, pages and configuration (``OAuthManager.from_env`` or the simulator): they must not
+    drift apart (the flow itself is the library's)."""
+    for name in ("Login", "manager_for_this_run"):
         copies = {inspect.getsource(getattr(module, name)) for module in (aiohttp_app, fastapi_app)}
         assert len(copies) == 1, name
-    for name in ("COOKIE", "USER_NAME", "LOGIN_PAGE", "PAGE"):
+    for name in ("COOKIE", "USER_NAME", "LOGIN_PAGE", "PAGE", "SHARED"):
         assert getattr(aiohttp_app, name) == getattr(fastapi_app, name), name
 
 

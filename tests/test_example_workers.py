@@ -1,5 +1,6 @@
 """The aiohttp example as a real deployment runs it: two worker processes sharing a RedisStore
-(``python examples/aiohttp_app.py --redis URL PORT``, each started here and stopped by its PID),
+(``INSTANTLY_STORE=redis://... python examples/aiohttp_app.py PORT``, each started here and
+stopped by its PID),
 a real redis-server, the simulator on loopback, and a real headless Chromium (Debian's, driven
 by Playwright) playing the person.
 
@@ -23,8 +24,9 @@ import pytest
 from playwright.async_api import Browser, Page, Response, async_playwright
 
 from instantly_oauth_async.testing import Simulator
-from tests._processes import ROOT, Child, _signal, child_env, running
+from tests._processes import ROOT, Child, _signal, running
 from tests._redis import RedisServer
+from tests._webflow_workers import example_env
 from tests.test_browser import CHROMIUM, FLAGS, PASSWORD
 
 pytestmark = pytest.mark.anyio
@@ -36,9 +38,9 @@ async def worker(redis: RedisServer, sim: Simulator, api_key: str, port: int = 0
                  ) -> AsyncIterator[tuple[Child, str]]:
     """One worker process, as its docstring starts it; yields it and its base URL."""
     argv = [sys.executable, str(ROOT / "examples" / "aiohttp_app.py"), str(port),
-            "--redis", redis.url, "--base-url", sim.url, "--session-lease", str(LEASE),
-            "--poll-interval", "0.1"]
-    env = child_env(INSTANTLY_API_KEY=api_key, APP_PASSWORD=PASSWORD)
+            "--session-lease", str(LEASE), "--poll-interval", "0.1"]
+    env = example_env(INSTANTLY_API_KEY=api_key, INSTANTLY_BASE_URL=sim.url,
+                      INSTANTLY_STORE=redis.url, APP_PASSWORD=PASSWORD)
     async with running(argv, cwd=ROOT, env=env) as child:
         with anyio.fail_after(30):
             line = await child.stdout.wait_for(r"^http://127\.0\.0\.1:\d+ ")
@@ -149,12 +151,28 @@ async def test_a_worker_restarted_mid_flow_still_delivers_the_result(
     assert 404 not in status_reads(csim, session_id)  # the one-time answer was read once
 
 
-async def test_a_worker_without_an_api_key_refuses_redis(redis_server: RedisServer) -> None:
+@pytest.mark.parametrize("kind", ["aiohttp", "fastapi"])
+@pytest.mark.parametrize("variable", ["INSTANTLY_STORE", "INSTANTLY_BASE_URL"])
+async def test_a_worker_without_an_api_key_refuses_a_shared_store_or_another_server(
+    kind: str, variable: str, redis_server: RedisServer, sim: Simulator,
+) -> None:
     """Without INSTANTLY_API_KEY a worker would serve a simulator of its own, which no other
-    worker could reach: it says so instead of starting."""
-    argv = [sys.executable, str(ROOT / "examples" / "aiohttp_app.py"), "0",
-            "--redis", redis_server.url]
-    async with running(argv, cwd=ROOT, env=child_env(APP_PASSWORD=PASSWORD)) as refused:
+    worker could reach (and not the server INSTANTLY_BASE_URL names): it says so, naming the
+    variable, instead of starting."""
+    value = redis_server.url if variable == "INSTANTLY_STORE" else sim.url
+    if kind == "aiohttp":
+        argv = [sys.executable, str(ROOT / "examples" / "aiohttp_app.py"), "0"]
+    else:
+        argv = [sys.executable, "-m", "uvicorn", "fastapi_app:app", "--port", "0"]
+    env = example_env(APP_PASSWORD=PASSWORD, **{variable: value})
+    cwd = ROOT if kind == "aiohttp" else ROOT / "examples"
+    async with running(argv, cwd=cwd, env=env) as refused:
         with anyio.fail_after(30):
             assert await refused.wait() != 0
-    assert "--redis needs INSTANTLY_API_KEY" in refused.stderr.text()
+    message = f"{variable} needs INSTANTLY_API_KEY: without it the app runs the built-in simulator"
+    text = refused.stderr.text()
+    if kind == "aiohttp":  # one line, and nothing else
+        assert text.strip().splitlines() == [f"aiohttp_app: {message}, in one process"], text
+    else:  # uvicorn reports a failed lifespan with its traceback; the error ends it
+        assert f"EnvironmentVariableError: {message}" in text, text
+    assert sim.requests == []
