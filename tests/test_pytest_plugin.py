@@ -43,7 +43,7 @@ async def test_the_fixtures_come_started_and_compressed_from_the_wheel(
         instantly_manager, instantly_simulator, instantly_workspace, request):
     assert instantly_oauth_async.__file__.startswith(sys.prefix)  # the venv's, not a checkout
     plugin = request.config.pluginmanager.get_plugin("instantly_oauth_async")
-    assert plugin.__name__ == "instantly_oauth_async.testing.pytest_plugin"
+    assert plugin.__name__ == "instantly_oauth_async.testing._pytest_plugin"
     assert instantly_simulator.url.startswith("http://127.0.0.1:")
     assert instantly_simulator.limits == SimulatorLimits().compressed(60)
     assert list(instantly_simulator.workspaces) == [instantly_workspace.api_key]
@@ -168,7 +168,7 @@ def test_the_wheels_plugin_gives_anyio_tests_a_simulator_and_a_manager(
     assert not list(folder.glob("**/conftest.py"))
     site = re.escape(str(venv.parent.parent))
     assert re.search(rf"(?m)^\s+instantly-oauth-async-\S+ at {site}\S+/instantly_oauth_async/"
-                     r"testing/pytest_plugin\.py$", output), output[-4000:]  # its entry point
+                     r"testing/_pytest_plugin\.py$", output), output[-4000:]  # its entry point
     assert {name for name, outcome in outcomes.items() if outcome == "PASSED"} == PASSED, output
     name, message = SYNC_ERROR
     assert outcomes[name] == "ERROR" and message in output

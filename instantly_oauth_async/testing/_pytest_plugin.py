@@ -29,8 +29,10 @@ Each public fixture is a plain function that asks the async plugin running the t
 matching async fixture, so neither plugin is required and neither sees an async fixture it
 does not own. aiohttp needs asyncio, so anyio's trio backend is refused with a clear message.
 
-Nothing here is imported by ``instantly_oauth_async`` or ``instantly_oauth_async.testing``: the
-library never imports pytest, and this module imports the library only when a fixture is used.
+Nothing imports this module but pytest: ``instantly_oauth_async`` and its ``testing`` never
+import pytest, and the module is private, so the package's namespace stays as it was. pytest
+imports it (and so the library) at start-up, as it does any plugin living in its library's
+package; ``-p no:instantly_oauth_async`` turns it off. A server starts only for a test that asks.
 """
 
 from __future__ import annotations
@@ -38,14 +40,13 @@ from __future__ import annotations
 import contextlib
 import importlib
 from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import pytest
 
-if TYPE_CHECKING:
-    from .._manager import OAuthManager
-    from ._rules import SimulatorLimits
-    from ._simulator import Simulator, Workspace
+from .._manager import OAuthManager
+from ._rules import SimulatorLimits
+from ._simulator import Simulator, Workspace
 
 __all__ = [
     "instantly_manager",
@@ -67,8 +68,6 @@ except ImportError:  # not installed: anyio's plugin it is
 @pytest.fixture
 def instantly_simulator_limits() -> SimulatorLimits:
     """The simulator's rules: the documented limits, every duration compressed 60 times."""
-    from ._rules import SimulatorLimits  # noqa: PLC0415 - the library loads only when used
-
     return SimulatorLimits().compressed(60)
 
 
@@ -114,16 +113,12 @@ def _async_plugin(request: pytest.FixtureRequest) -> Literal["anyio", "asyncio"]
 
 @contextlib.asynccontextmanager
 async def _simulator(limits: SimulatorLimits) -> AsyncIterator[Simulator]:
-    from ._simulator import Simulator  # noqa: PLC0415 - the library loads only when used
-
     async with Simulator(limits=limits) as simulator:
         yield simulator
 
 
 @contextlib.asynccontextmanager
 async def _manager(simulator: Simulator, workspace: Workspace) -> AsyncIterator[OAuthManager]:
-    from .._manager import OAuthManager  # noqa: PLC0415 - the library loads only when used
-
     async with OAuthManager(workspace.api_key, base_url=simulator.url,
                             **simulator.limits.manager_limits()) as manager:
         yield manager
