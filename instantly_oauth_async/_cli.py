@@ -274,8 +274,8 @@ async def _demo(args: argparse.Namespace) -> int:
 
         started = time.monotonic()
         async with OAuthManager(
-            workspace.api_key, base_url=sim.url, poll_interval=0.5, expiry_grace=1.5,
-            **sim.limits.manager_limits(),
+            workspace.api_key, base_url=sim.url,
+            **sim.limits.manager_limits(poll_interval=0.5, expiry_grace=1.5),
         ) as manager, anyio.create_task_group() as people:
             async def on_session(session: OAuthSession) -> None:
                 people.start_soon(person, session)  # each person in their own time

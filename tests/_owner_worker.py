@@ -92,9 +92,9 @@ async def main() -> None:
                         help="the documented limits with durations divided by this (0: as "
                              "documented), and requests timing out as much sooner")
     args = parser.parse_args()
-    limits: dict[str, Any] = {}
+    limits: dict[str, Any] = {"poll_interval": 0.1}
     if args.limits_factor:
-        limits = SimulatorLimits().compressed(args.limits_factor).manager_limits()
+        limits = SimulatorLimits().compressed(args.limits_factor).manager_limits(poll_interval=0.1)
         limits["request_timeout"] = 30 / args.limits_factor
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.die_before_write:
@@ -104,7 +104,7 @@ async def main() -> None:
         args.redis, clock=clock, retry_interval=0.2,
     ) as store, OAuthManager(
         os.environ["INSTANTLY_API_KEY"], base_url=args.base_url, store=store, clock=clock,
-        session=http, poll_interval=0.1, fetch_account=False, session_lease=args.lease,
+        session=http, fetch_account=False, session_lease=args.lease,
         status_timeout=args.lease / 4, **limits,
     ) as manager:
         pendings = []

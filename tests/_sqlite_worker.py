@@ -162,7 +162,7 @@ async def loop_until_error(args: argparse.Namespace) -> dict[str, Any]:
 async def owner(args: argparse.Namespace) -> dict[str, Any]:
     async with SQLiteStore(args.db) as store, OAuthManager(
             os.environ["INSTANTLY_API_KEY"], base_url=args.base_url, store=store,
-            **SimulatorLimits().compressed(20).manager_limits(), poll_interval=0.05,
+            **SimulatorLimits().compressed(20).manager_limits(poll_interval=0.05),
             session_lease=1.5, status_timeout=0.5) as manager:
         for _ in range(args.count):
             _say((await manager.start("google")).session.session_id)

@@ -57,7 +57,7 @@ async def test_a_scripted_session_tells_its_story_and_no_secret(csim: Simulator)
     workspace = csim.add_workspace()
     events: list[Event] = []
     async with OAuthManager(workspace.api_key, base_url=csim.url, store=MemoryStore(),
-                            **csim.limits.manager_limits(), poll_interval=0.05,
+                            **csim.limits.manager_limits(poll_interval=0.05),
                             hooks=[events.append, lambda e: 1 / 0]) as manager:
         csim.enqueue("status", CannedResponse(429, "{}", (("Retry-After", "0"),)))
         pending = await manager.start("google", expected_email="ann@acme.io")

@@ -159,11 +159,13 @@ async def test_a_scripted_run_records_exact_metrics_and_one_span_per_session(
     handler_span = traces.get_tracer("app").start_span("handler")
     async with OAuthManager(
         workspace.api_key, base_url=csim.url, store=MemoryStore(),
-        **csim.limits.manager_limits(), poll_interval=0.1, expiry_grace=1.0,
-        breaker=BreakerPolicy(failure_threshold=2, cooldown=0.3),
-        # retry: a read without an answer is read again min(poll_interval, 0.1-0.2 s) later,
-        # time enough to end the fault below before then
-        retry=RetryPolicy(attempts=2, base=0.2), hooks=[hook, events.append],
+        **csim.limits.manager_limits(
+            poll_interval=0.1, expiry_grace=1.0,
+            breaker=BreakerPolicy(failure_threshold=2, cooldown=0.3),
+            # retry: a read without an answer is read again min(poll_interval, 0.1-0.2 s)
+            # later, time enough to end the fault below before then
+            retry=RetryPolicy(attempts=2, base=0.2)),
+        hooks=[hook, events.append],
     ) as manager:
         # success, after a 429 on its first status read; started inside the app's own span
         csim.enqueue("status", CannedResponse(429, "{}", (("Retry-After", "0"),)))
@@ -304,7 +306,7 @@ async def test_spans_are_opt_in(csim: Simulator, meters: Metrics,
     workspace = csim.add_workspace()
     hook = OpenTelemetryHook(meters.provider, tracer_provider(exporter))
     async with OAuthManager(workspace.api_key, base_url=csim.url, store=MemoryStore(),
-                            **csim.limits.manager_limits(), poll_interval=0.05,
+                            **csim.limits.manager_limits(poll_interval=0.05),
                             hooks=[hook]) as manager:
         pending = await manager.start("google")
         csim.complete(pending.session.session_id, "bob@acme.io")

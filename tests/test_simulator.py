@@ -3,18 +3,27 @@ but the network delay, which only checks a lower bound)."""
 
 from __future__ import annotations
 
+import inspect
+import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from typing import Any
 
 import aiohttp
+import anyio
 import pytest
 
-from instantly_oauth_async import RateLimit
+from instantly_oauth_async import (
+    BreakerPolicy,
+    OAuthManager,
+    RateLimit,
+    RetryPolicy,
+    SystemClock,
+)
 from instantly_oauth_async._convert import parse_datetime
-from instantly_oauth_async.testing import Network, Simulator, SimulatorLimits
+from instantly_oauth_async.testing import FakeClock, Network, Simulator, SimulatorLimits
 
 pytestmark = pytest.mark.anyio
 
@@ -269,3 +278,108 @@ def test_manager_limits_mirror_the_rules_compressed_or_not() -> None:
     assert limits["status_limit"] == limits["standard_limit"]
     half = SimulatorLimits().manager_limits()["status_limit"]
     assert half == (RateLimit(50, per=1.0), RateLimit(3000, per=60.0))
+
+
+# -- one clock for the simulator and the manager; compressed limits compress the manager too ------
+
+def test_manager_limits_of_real_time_are_the_managers_own_defaults() -> None:
+    defaults = inspect.signature(OAuthManager.__init__).parameters
+    limits = SimulatorLimits().manager_limits()
+    timed = ("poll_interval", "expiry_grace", "start_timeout", "max_block_wait", "breaker",
+             "retry")
+    assert {name: limits[name] for name in timed} == {
+        name: defaults[name].default for name in timed}
+    assert limits["init_limit"] == defaults["init_limit"].default
+    assert limits["standard_limit"] == defaults["standard_limit"].default
+
+
+def test_compressed_limits_compress_every_duration_the_manager_waits() -> None:
+    limits = SimulatorLimits().compressed(6).compressed(10)  # 60 times faster, in two steps
+    assert limits.time_scale == 60
+    kwargs = limits.manager_limits()
+    assert kwargs["poll_interval"] == pytest.approx(5.0 / 60)
+    assert kwargs["expiry_grace"] == pytest.approx(1.0)
+    assert kwargs["start_timeout"] == pytest.approx(10.0)
+    assert kwargs["max_block_wait"] == pytest.approx(2.0)
+    breaker, retry = kwargs["breaker"], kwargs["retry"]
+    assert isinstance(breaker, BreakerPolicy) and isinstance(retry, RetryPolicy)
+    assert (breaker.failure_threshold, breaker.cooldown, breaker.max_cooldown,
+            breaker.probe_timeout) == pytest.approx((3, 5.0 / 60, 5.0, 1.0))
+    assert (retry.attempts, retry.base, retry.cap) == pytest.approx((5, 0.5 / 60, 0.5))
+    # the I/O bounds and the fleet's lease stay the manager's: loopback is not compressed
+    assert not {"request_timeout", "status_timeout", "session_lease", "retention"} & set(kwargs)
+
+
+def test_manager_limits_take_overrides_of_any_manager_argument() -> None:
+    kwargs = SimulatorLimits().compressed(60).manager_limits(poll_interval=0.01,
+                                                             fetch_account=False)
+    assert kwargs["poll_interval"] == 0.01 and kwargs["fetch_account"] is False
+    assert kwargs["expiry_grace"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("factor", [0, -2, math.inf, math.nan])
+def test_compressing_by_a_factor_that_is_not_a_positive_number_is_refused(factor: float) -> None:
+    with pytest.raises(ValueError, match="positive, finite"):
+        SimulatorLimits().compressed(factor)
+
+
+@pytest.mark.timing
+async def test_a_compressed_simulator_and_its_manager_limits_end_one_session_in_well_under_a_second(
+) -> None:
+    async with Simulator(limits=SimulatorLimits().compressed(60)) as sim:
+        key = sim.add_workspace().api_key
+        began = time.monotonic()
+        async with OAuthManager(key, base_url=sim.url, **sim.limits.manager_limits()) as manager:
+            pending = await manager.start("google")
+            await sim.wait_for(lambda: any(r.kind == "status" for r in sim.requests))
+            sim.complete(pending.session.session_id, "ann@acme.io")
+            with anyio.fail_after(5):
+                result = await pending
+            took = time.monotonic() - began
+    reads = [r.at for r in sim.requests if r.kind == "status"]
+    print(f"one session, start to ConnectResult with its account: {took * 1000:.0f} ms, "
+          f"{len(reads)} status reads")
+    assert result.ok and result.account is not None
+    assert reads[-1] - reads[0] < 1.0  # polled at the compressed interval, not every 5 s
+    assert took < 1.0
+
+
+@pytest.mark.parametrize("make", [FakeClock, SystemClock, lambda: time.monotonic])
+async def test_the_simulator_takes_a_clock_as_the_manager_does_or_a_callable(
+    make: Callable[[], Any], http: aiohttp.ClientSession,
+) -> None:
+    clock = make()
+    async with Simulator(clock=clock) as sim:
+        reading = clock.monotonic() if hasattr(clock, "monotonic") else clock()
+        assert reading <= sim.clock() < reading + 60
+        key = sim.add_workspace().api_key
+        assert (await init(http, sim, key))[0] == 200
+
+
+async def test_a_fake_clock_shared_by_the_simulator_and_the_manager_moves_both(
+    http: aiohttp.ClientSession,
+) -> None:
+    clock = FakeClock(1000.0)
+    async with Simulator(clock=clock, limits=SimulatorLimits(session_ttl=60.0)) as sim:
+        key = sim.add_workspace().api_key
+        async with OAuthManager(key, base_url=sim.url, clock=clock, **sim.limits.manager_limits(
+                poll_interval=5.0)) as manager:
+            pending = await manager.start("google")
+            sim.complete(pending.session.session_id, "ann@acme.io")
+            await anyio.wait_all_tasks_blocked()
+            assert [r.kind for r in sim.requests] == ["init"]  # no poll before its time comes
+            await clock.jump(5.0)
+            with anyio.fail_after(5):
+                assert (await pending).ok
+        # the server's sessions live by the same clock: this one is expired 60 s on
+        _, _, body = await init(http, sim, key)
+        clock.advance(60.0)
+        status, _, answer = await call(
+            http, sim, key, "GET", f"/api/v2/oauth/session/status/{body['session_id']}")
+    assert status == 200 and answer["status"] == "expired"
+
+
+@pytest.mark.parametrize("clock", [5, "soon", object()])
+def test_a_clock_that_is_neither_a_clock_nor_callable_is_a_type_error(clock: Any) -> None:
+    with pytest.raises(TypeError, match="clock must be a Clock"):
+        Simulator(clock=clock)

@@ -54,9 +54,10 @@ async def test_every_session_resolves_once_with_its_true_outcome() -> None:
     async with Simulator(limits=SimulatorLimits().compressed(FACTOR), faults=FAULTS) as sim:
         workspace = sim.add_workspace("soak")
         async with OAuthManager(
-            workspace.api_key, base_url=sim.url, poll_interval=0.2, expiry_grace=1.0,
-            **sim.limits.manager_limits(),
-            retry=RetryPolicy(attempts=6, base=0.05, cap=0.5), max_block_wait=30,
+            workspace.api_key, base_url=sim.url,
+            **sim.limits.manager_limits(poll_interval=0.2, expiry_grace=1.0,
+                                        retry=RetryPolicy(attempts=6, base=0.05, cap=0.5),
+                                        max_block_wait=30),
             request_timeout=2.0, status_timeout=2.0,
         ) as manager:
 

@@ -232,8 +232,8 @@ async def test_a_killed_owners_sessions_are_adopted_by_another_process(
         sids = [await line(owner) for _ in range(3)]
         assert await line(owner) == "ready"
         async with SQLiteStore(db) as store, OAuthManager(
-                key, base_url=sim.url, store=store, **sim.limits.manager_limits(),
-                poll_interval=0.05, session_lease=1.5, status_timeout=0.5) as survivor:
+                key, base_url=sim.url, store=store, **sim.limits.manager_limits(
+                    poll_interval=0.05), session_lease=1.5, status_timeout=0.5) as survivor:
             handles = [await survivor.attach(sid) for sid in sids]
             with anyio.fail_after(10):
                 await sim.wait_for(lambda: all(_reads(sim, sid) >= 1 for sid in sids))

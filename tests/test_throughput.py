@@ -59,8 +59,8 @@ async def test_three_workspaces_two_providers_zero_429_and_95_percent_of_allowed
                 (workspaces[2], "google")]
         managers = {
             ws.api_key: OAuthManager(
-                ws.api_key, base_url=sim.url, store=store, poll_interval=0.25,
-                fetch_account=False, **limits.manager_limits(),
+                ws.api_key, base_url=sim.url, store=store,
+                fetch_account=False, **limits.manager_limits(poll_interval=0.25),
             )
             for ws in workspaces
         }

@@ -2,7 +2,12 @@
 
 ``Simulator`` is a real ``aiohttp.web`` server on loopback that enforces the documented limits;
 point an ``InstantlyClient`` or ``OAuthManager`` at ``sim.url`` to test your own code without the
-real API. ``FakeClock`` moves only when told to, for tests of anything that waits.
+real API. ``FakeClock`` moves only when told to, for tests of anything that waits; the simulator
+and the manager take the same one as ``clock=``.
+
+pytest finds the fixtures ``instantly_simulator``, ``instantly_workspace`` and
+``instantly_manager`` by itself (the ``pytest11`` entry point, ``_pytest_plugin``); this package
+never imports pytest.
 """
 
 from ._clock import FakeClock

@@ -11,7 +11,8 @@ from typing import Any, NamedTuple
 
 import attrs
 
-from .._models import RateLimit
+from .._breaker import BreakerPolicy
+from .._models import RateLimit, RetryPolicy
 
 __all__ = ["RateRules", "Rejection", "SimulatorLimits", "retry_after_header"]
 
@@ -31,11 +32,21 @@ class SimulatorLimits:
     abuse_threshold: int = 10
     block_durations: tuple[float, ...] = (1800.0, 7200.0, 86400.0)
     purge_after: float = 600.0  #: how long an expired session still answers ``expired``
+    #: how many times faster than real time these rules run: :meth:`compressed` multiplies it,
+    #: and :meth:`manager_limits` divides the manager's own durations by it
+    time_scale: float = 1.0
 
-    def manager_limits(self, *, status_share: float = 0.5) -> dict[str, Any]:
-        """``OAuthManager`` keyword arguments that mirror these rules exactly: ``init_limit``,
+    def manager_limits(self, *, status_share: float = 0.5, **overrides: Any) -> dict[str, Any]:
+        """``OAuthManager`` keyword arguments that mirror these rules: ``init_limit``,
         ``ip_init_limit``, ``standard_limit``, and ``status_limit`` as ``status_share`` of the
-        standard budget (1: polling may spend all that inits leave).
+        standard budget (1: polling may spend all that inits leave); and the manager's own
+        pacing compressed as these rules are (every default divided by :attr:`time_scale`):
+        ``poll_interval``, ``expiry_grace``, ``start_timeout``, ``max_block_wait``, ``breaker``
+        and ``retry``. ``overrides`` (any ``OAuthManager`` keyword argument) replace or add.
+
+        The bounds on real I/O (``request_timeout``, ``status_timeout``) and the fleet's lease
+        (``session_lease``, ``retention``) are left to the manager's defaults: loopback is not
+        faster for being compressed, and a lease must outlast two status reads.
 
         ``OAuthManager(key, base_url=sim.url, **sim.limits.manager_limits())``
         """
@@ -43,6 +54,8 @@ class SimulatorLimits:
             raise ValueError("status_share must be a fraction above 0, at most 1")
         standard = (RateLimit(self.api_per_second, per=self.api_second_window),
                     RateLimit(self.api_per_minute, per=self.api_minute_window))
+        scale = self.time_scale
+        breaker, retry = BreakerPolicy(), RetryPolicy()
         return {
             "init_limit": RateLimit(self.init_per_workspace, per=self.init_window),
             "ip_init_limit": RateLimit(self.init_per_ip, per=self.init_window),
@@ -50,12 +63,27 @@ class SimulatorLimits:
             "status_limit": tuple(
                 RateLimit(max(1, math.floor(limit.count * status_share)), per=limit.per)
                 for limit in standard),
+            # OAuthManager's defaults (tests/test_simulator.py holds them equal), compressed
+            "poll_interval": 5.0 / scale,
+            "expiry_grace": 60.0 / scale,
+            "start_timeout": 600.0 / scale,
+            "max_block_wait": 120.0 / scale,
+            "breaker": attrs.evolve(
+                breaker, cooldown=breaker.cooldown / scale,
+                max_cooldown=breaker.max_cooldown / scale,
+                probe_timeout=breaker.probe_timeout / scale),
+            "retry": attrs.evolve(retry, base=retry.base / scale, cap=retry.cap / scale),
+            **overrides,
         }
 
     def compressed(self, factor: float) -> SimulatorLimits:
-        """The same counts with every duration divided by ``factor`` (60 s becomes 60/factor)."""
+        """The same counts with every duration divided by ``factor`` (60 s becomes 60/factor),
+        :meth:`manager_limits`' durations too."""
+        if not 0 < factor < math.inf:  # NaN fails too
+            raise ValueError("factor must be a positive, finite number")
         return attrs.evolve(
             self,
+            time_scale=self.time_scale * factor,
             init_window=self.init_window / factor,
             api_second_window=self.api_second_window / factor,
             api_minute_window=self.api_minute_window / factor,

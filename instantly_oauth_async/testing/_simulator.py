@@ -38,6 +38,7 @@ import anyio
 import attrs
 from aiohttp import web
 
+from .._clock import Clock
 from ._accounts import AccountBook
 from ._rules import RateRules, Rejection, SimulatorLimits, retry_after_header
 from ._sessions import SessionBook, SimSession, consent_given, consent_page, expired_page
@@ -98,6 +99,21 @@ class LoggedRequest:
                 self.at if self.answered is None else self.answered)
 
 
+def _monotonic_of(clock: Clock | Callable[[], float] | None) -> Callable[[], float]:
+    """The monotonic-seconds reader of ``clock``: a :class:`~instantly_oauth_async.Clock` (the one
+    ``OAuthManager(clock=...)`` takes, such as :class:`FakeClock`), or a plain callable."""
+    if clock is None:
+        return time.monotonic
+    monotonic = getattr(clock, "monotonic", None)
+    if callable(monotonic):
+        return monotonic  # type: ignore[no-any-return]
+    if callable(clock):
+        return clock
+    raise TypeError(
+        f"clock must be a Clock (with a monotonic() method, such as FakeClock or SystemClock) "
+        f"or a callable returning monotonic seconds, not {type(clock).__name__}")
+
+
 def _scope_ok(scopes: Iterable[str], needed: str) -> bool:
     resource, action = needed.split(":")
     have = set(scopes)
@@ -113,7 +129,7 @@ class Simulator:
         self,
         *,
         limits: SimulatorLimits | None = None,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock | Callable[[], float] | None = None,
         wall_skew: float = 0.0,
         faults: Faults | None = None,
         network: Network | None = None,
@@ -122,7 +138,7 @@ class Simulator:
         port: int = 0,
     ) -> None:
         self.limits = limits or SimulatorLimits()
-        self._base_clock = clock
+        self._base_clock = _monotonic_of(clock)
         self._offset = 0.0
         #: seconds the server's wall clock runs ahead of the real one (negative: behind)
         self.wall_skew = wall_skew
@@ -131,7 +147,7 @@ class Simulator:
         self.network = network or Network()
         self.trust_forwarded_for = trust_forwarded_for
         self._host, self._port = host, port
-        self._epoch = time.time() - clock()
+        self._epoch = time.time() - self._base_clock()
         self._misbehaviour = Misbehaviour(lambda: self.faults, lambda: self.network)
         self.workspaces: dict[str, Workspace] = {}
         self.requests: list[LoggedRequest] = []
