@@ -8,8 +8,6 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
-import html
-import json
 import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
@@ -27,6 +25,7 @@ from .._fleet import UnknownSessionError
 from .._manager import OAuthManager
 from .._models import Provider
 from .._polling import PendingConnection
+from . import _pages
 
 __all__ = ["ConnectFlow", "Refusal", "Started", "UserOf"]
 
@@ -64,41 +63,6 @@ class Started:
         return attrs.asdict(self)
 
 
-NOT_FOUND_PAGE = """<!doctype html>
-<html><head><meta charset="utf-8"><title>No such session</title></head>
-<body><h1>No such session</h1>
-<p id="not-found">This link names no session of yours: it may be mistyped, belong to someone
-else, or have ended long ago. Connect again from the start page.</p>
-</body></html>
-"""
-
-EXPIRED_PAGE = """<!doctype html>
-<html><head><meta charset="utf-8"><title>Link expired</title></head>
-<body><h1>Link expired</h1>
-<p id="expired">This link has expired. Connect again from the start page.</p>
-</body></html>
-"""
-
-RESULT_PAGE = """<!doctype html>
-<html><head><meta charset="utf-8"><title>Connecting a mailbox</title></head>
-<body>
-  <h1>Connecting a mailbox</h1>
-  <p id="result" aria-live="polite">{text}</p>
-  <script>
-    const stream = location.pathname.replace(/\\/result\\/([^/]*)$/, "/events/$1")
-      + location.search;
-    if ({waiting}) {{
-      const events = new EventSource(stream);  // this worker or, when it goes, another
-      events.addEventListener("result", (event) => {{
-        const r = JSON.parse(event.data);
-        result.textContent = r.ok ? `Connected ${{r.email}}` : `Not connected: ${{r.reason}}`;
-        events.close();
-      }});
-    }}
-  </script>
-</body></html>
-"""
-WAITING = "Waiting for you to allow access..."
 
 
 class ConnectFlow:
@@ -232,9 +196,9 @@ class ConnectFlow:
         expires, _, signature = (tag or "").partition(".")
         if not expires.isdigit() or len(expires) > 12 or not hmac.compare_digest(
                 signature.encode(), self._signature(user, session_id, int(expires)).encode()):
-            raise Refusal(404, NOT_FOUND_PAGE, page=True)
+            raise Refusal(404, _pages.NOT_FOUND_PAGE, page=True)
         if int(expires) <= self._wall():
-            raise Refusal(410, EXPIRED_PAGE, page=True)
+            raise Refusal(410, _pages.EXPIRED_PAGE, page=True)
 
     def _started(self, user: str, prefix: str, pending: PendingConnection) -> Started:
         sid = pending.session.session_id
@@ -355,7 +319,7 @@ class ConnectFlow:
         try:
             return await self.attach(session_id)
         except UnknownSessionError:
-            raise Refusal(404, NOT_FOUND_PAGE, page=True) from None
+            raise Refusal(404, _pages.NOT_FOUND_PAGE, page=True) from None
         except Refusal:
             raise
         except InstantlyError as exc:  # the store is away: the browser will ask again
@@ -363,12 +327,8 @@ class ConnectFlow:
 
     async def result_page(self, user: str, session_id: str, tag: str | None) -> str:
         pending = await self.watched(user, session_id, tag)
-        text, waiting = WAITING, "true"
-        if pending.done():
-            payload = await self._payload(pending)
-            if payload is not None:
-                text, waiting = _shown(payload), "false"
-        return RESULT_PAGE.format(text=html.escape(text), waiting=waiting)
+        payload = await self._payload(pending) if pending.done() else None
+        return _pages.result_page(payload)
 
     async def events(self, user: str, session_id: str, tag: str | None
                      ) -> AsyncIterator[bytes]:
@@ -379,9 +339,7 @@ class ConnectFlow:
         return self._stream(user, pending)
 
     async def _stream(self, user: str, pending: PendingConnection) -> AsyncIterator[bytes]:
-        # A stream cut short (the worker stops or dies) is opened again by the browser after
-        # this many milliseconds, on whichever worker then answers.
-        yield b"retry: 1000\n\n"
+        yield _pages.RECONNECT  # a stream cut short is opened again, on any worker
         payload = None
         while not self.closing.is_set():  # one pass a keepalive; ends with the session
             with anyio.move_on_after(self._keepalive):
@@ -396,12 +354,12 @@ class ConnectFlow:
             if payload is not None or pending.done():
                 break
             if not self.closing.is_set():
-                yield b": keepalive\n\n"
+                yield _pages.KEEPALIVE
         if payload is None:
             return
         with contextlib.suppress(InstantlyError):  # delivered: the user's claim may leave now
             await self.claims.drop(self._ns, user, session_id=pending.session.session_id)
-        yield f"event: result\ndata: {json.dumps(payload)}\n\n".encode()
+        yield _pages.result_event(payload)
 
     @staticmethod
     async def _payload(pending: PendingConnection) -> dict[str, Any] | None:
@@ -436,11 +394,6 @@ class ConnectFlow:
     async def __aexit__(self, exc_type: type[BaseException] | None,
                         exc: BaseException | None, tb: TracebackType | None) -> None:
         await self.aclose()
-
-
-def _shown(payload: dict[str, Any]) -> str:
-    return f"Connected {payload['email']}" if payload["ok"] else \
-        f"Not connected: {payload['reason']}"
 
 
 def _quote(text: str) -> str:
