@@ -129,6 +129,9 @@ class Fleet:
     decisions: int
     trips: int
     took: list[float]
+    #: seconds from the first init to the last of the first window's (where the rate is lost:
+    #: the second window's last init goes a window after the first window's last slot ended)
+    burst: float
 
     def per_request(self, count: int) -> float:
         return count / max(self.inits + self.polls, 1)
@@ -163,7 +166,8 @@ async def fleet(store: str, spec: str, *, workers: int, factor: float, folder: s
                  sum(1 for r in sim.requests if r.status == 429),
                  sum(int(r["decisions"]) for r in reports),
                  sum(int(r["trips"]) for r in reports),
-                 [float(t) for r in reports for t in r["took"]])
+                 [float(t) for r in reports for t in r["took"]],
+                 times[min(74, len(times) - 1)] - times[0] if times else 0.0)
 
 
 async def watchers(spec: str, *, count: int, factor: float, folder: str, seed: int
@@ -250,7 +254,8 @@ async def run(*, quick: bool) -> list[Row]:
         server.close()
 
     rows = [Row(BENCH, f"{f.workers} processes, one workspace, {f.store}: {f.inits} inits, "
-                f"{f.rejected} x 429", f"{f.ratio:.1%} of allowed", ">= 98%, 0 x 429",
+                f"{f.rejected} x 429; the first 75 sent in {f.burst:.2f} s",
+                f"{f.ratio:.1%} of allowed", ">= 98%, 0 x 429",
                 f.ratio >= 0.98 and f.rejected == 0) for f in fleets]
     for f in fleets:
         if f.store == "SQLite":
