@@ -105,9 +105,11 @@ async def _lines() -> asyncio.StreamReader:
 
 
 def _manager(store: Store, args: argparse.Namespace, **extra: Any) -> OAuthManager:
-    limits = SimulatorLimits().compressed(args.factor).manager_limits()
+    # The simulator's limits (the documented ones at factor 1, so the manager's defaults), with
+    # ``extra`` winning over any of its keys (a pacing it may hold too, such as poll_interval).
+    kwargs = {**SimulatorLimits().compressed(args.factor).manager_limits(), **extra}
     return OAuthManager(os.environ["INSTANTLY_API_KEY"], base_url=args.base_url, store=store,
-                        fetch_account=False, **limits, **extra)
+                        fetch_account=False, **kwargs)
 
 
 async def fleet(args: argparse.Namespace) -> dict[str, Any]:
