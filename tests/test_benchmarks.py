@@ -37,3 +37,31 @@ async def test_the_hooks_row_runs_in_its_quick_form_and_leaves_logging_as_it_was
     assert "OpenTelemetry" in rows[1].what and "null stream" in rows[2].what
     assert re.fullmatch(r"no-op \d+\.\d\d us, OpenTelemetry \d+\.\d us per read", rows[3].figure)
     assert (library.handlers, library.level) == (handlers, level)
+
+
+@pytest.mark.timing
+@pytest.mark.timeout(120)
+async def test_the_stores_row_runs_in_its_quick_form() -> None:
+    """Row 9 alone (2 and 4 processes, limits compressed 60x, 10 watched outcomes): SQLite
+    beside Redis in every figure, no 429 from either store's fleet, and the SQLite watcher's
+    p99 within its 250 ms goal (its 50 ms poll does not depend on the compression)."""
+    rows = await main(True, ["9"])
+    assert {row.bench for row in rows} == {"9 stores"}
+    fleets = [row for row in rows if "inits" in row.what]
+    assert [(r.what.split(",")[0], r.what.split(",")[2].split(":")[0]) for r in fleets] == [
+        ("2 processes", " SQLite"), ("2 processes", " Redis"),
+        ("4 processes", " SQLite"), ("4 processes", " Redis")]
+    assert all(re.search(r"150 inits, 0 x 429; the first 75 sent in \d+\.\d\d s$", r.what)
+               for r in fleets)
+    assert all(re.fullmatch(r"\d+\.\d% of allowed", r.figure) for r in fleets)
+    costs = [row for row in rows if "per API request" in row.what]
+    assert [("SQLite" in r.what, "Redis" in r.what) for r in costs] == [(True, False),
+                                                                        (False, True)] * 2
+    for row in costs:
+        assert re.fullmatch(r"\d+\.\d\d / \d+\.\d\d ms; \d+\.\d\d( \(\d+\.\d\d\))?", row.figure)
+        # every request takes its slot through the store: one decision a request at least
+        assert float(row.figure.split("; ")[1].split()[0]) >= 1
+    watched = [row for row in rows if "attach()" in row.what]
+    assert [("SQLite" in r.what, r.target, r.ok) for r in watched] == [
+        (True, "p99 <= 250 ms", True), (False, "", None)]
+    assert all(re.fullmatch(r"\d+\.\d\d / \d+\.\d\d ms", r.figure) for r in watched)
