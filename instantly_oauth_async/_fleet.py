@@ -297,6 +297,8 @@ class Fleet:
         it once more itself. A store away lets the lease lapse instead."""
         if session_id in self._unwritten:
             return  # it has an outcome, to be written when the store is back: kept till then
+        if self._closed:
+            return  # closing: release_all lets go of every lease, this one with them
         fence = self.fences.get(session_id)
         data = self._data.get(session_id)
         self._unregistered.pop(session_id, None)

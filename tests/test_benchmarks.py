@@ -18,8 +18,10 @@ pytestmark = pytest.mark.anyio
 @pytest.mark.timing
 @pytest.mark.timeout(240)
 async def test_every_benchmark_runs_in_its_quick_form() -> None:
-    rows = await main(True, list(BENCHES))
-    assert {row.bench.split()[0] for row in rows} == set(BENCHES)
+    """Every row but 7 and 9, which have tests of their own below."""
+    others = [key for key in BENCHES if key not in ("7", "9")]
+    rows = await main(True, others)
+    assert {row.bench.split()[0] for row in rows} == set(others)
     table = render(rows)
     assert "OAuthManager" in table
     assert "never finished" in table  # aiolimiter's burst earns 429s and then a block

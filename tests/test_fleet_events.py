@@ -183,6 +183,37 @@ async def test_cancelled_sessions_are_handed_over_and_finished_by_the_fleet(
             assert all(overlapping_reads(sim, p.session.session_id) == [] for p in pendings)
 
 
+@pytest.mark.parametrize("kind", KINDS)
+async def test_sessions_cancelled_right_before_aclose_are_released_with_the_rest(
+    request: pytest.FixtureRequest, kind: str
+) -> None:
+    """A worker cancels its sessions and closes at once (a deploy's SIGTERM while leaving a
+    connect_many loop): the hand-over of each cancelled session, still to run when the close
+    began, leaves it to the close's release. Every session is let go then, so the other manager
+    adopts them at once (the lease is 30 s: a lapse would take 20 s and more) and polls each to
+    its real outcome for the attach() handles. (The hand-over used to drop each session from
+    the closing manager's books without letting go of it: it stayed held until its lease
+    lapsed.)"""
+    async with Simulator(limits=SimulatorLimits().compressed(20)) as sim, \
+            two_stores(request, kind) as stores:
+        key = sim.add_workspace().api_key
+        opts = options(sim, session_lease=30.0)
+        async with OAuthManager(key, store=stores[0], **opts) as other:
+            async with OAuthManager(key, store=stores[1], **opts) as worker:
+                pendings = [await worker.start("google") for _ in range(5)]
+                attached = [await other.attach(p.session.session_id) for p in pendings]
+                for p in pendings:
+                    p.cancel()
+            with anyio.fail_after(5):
+                await sim.wait_for(lambda: all(
+                    p.session.session_id in other._poller.pending for p in pendings))
+            for i, p in enumerate(pendings):
+                sim.complete(p.session.session_id, f"p{i}@acme.io")
+            with anyio.fail_after(5):
+                results = [await a for a in attached]
+        assert [r.status for r in results] == [SessionStatus.SUCCESS] * 5
+
+
 async def test_a_lone_manager_reads_its_cancelled_sessions_once_after_their_deadline() -> None:
     """With nobody else to hand them to, a cancelled session is not polled by its manager
     until its deadline (expiry + grace) has passed; then one read tells its real outcome, which

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -29,7 +28,6 @@ from instantly_oauth_async import (
     UnauthorizedError,
 )
 from instantly_oauth_async._breaker import BreakerPolicy, CircuitState
-from instantly_oauth_async._convert import converter
 from instantly_oauth_async.testing import CannedResponse, Faults, Simulator, SimulatorLimits
 
 pytestmark = pytest.mark.anyio
@@ -286,17 +284,20 @@ async def test_pending_cancel_stops_only_that_session(csim: Simulator,
 
 async def test_resume_polls_a_session_created_elsewhere(csim: Simulator,
                                                         make: MakeManager) -> None:
+    """Saved as JSON by one manager, which cancels it and closes (its lease let go), and
+    resumed by another on the same store: polled at once, not after the lease lapses."""
     key = csim.add_workspace().api_key
     async with make(key) as creator:
         pending = await creator.start("microsoft")
-        wire = json.dumps(converter.unstructure(pending.session))
+        wire = pending.session.to_json()
         pending.cancel()
-    session = converter.structure(json.loads(wire), OAuthSession)
+    session = OAuthSession.from_json(wire)
     async with make(key) as worker:
         resumed = worker.resume(session)
         assert worker.resume(session) is resumed
         csim.complete(session.session_id, "bo@corp.io")
-        result = await resumed
+        with anyio.fail_after(5):  # the lease is 30 s: a lapse would take 20 s
+            result = await resumed
     assert result.ok and result.session == session
 
 
