@@ -206,7 +206,8 @@ async def _connect(args: argparse.Namespace) -> int:
         raise _Fail(USAGE, f"give --expected-email {args.count} times, once per session")
     # A person at a terminal wants to hear about an unreachable API in seconds, not a minute.
     retry = RetryPolicy(attempts=3, base=0.5, cap=5.0)
-    async with OAuthManager.from_env(**_overrides(args), retry=retry) as manager:
+    async with OAuthManager.from_env(**_overrides(args), retry=retry,
+                                     poll_interval=args.poll_interval) as manager:
         board = await _run_connect(manager, provider, args.count, emails, as_json=args.json,
                                    open_browser=args.open, console=console)
     if not args.json:
@@ -415,6 +416,9 @@ def _parser() -> argparse.ArgumentParser:
     connect.add_argument("--expected-email", action="append", metavar="EMAIL",
                          help="the mailbox each session is for, once per session in order: an "
                               "outcome for another mailbox is flagged")
+    connect.add_argument("--poll-interval", type=float, default=5.0, metavar="SECONDS",
+                         help="seconds between two status reads of a session (default 5, the "
+                              "documented pace; every read spends the workspace's budget)")
     connect.add_argument("--open", action="store_true", help="open each auth URL in a browser")
     connect.add_argument("--json", action="store_true", help="one JSON object per line")
     status = command("status", "one status read (a final answer is given once)")
