@@ -13,12 +13,12 @@ from collections.abc import Awaitable, Callable
 
 import anyio
 
-from . import _fleet, _hooks, _init_rate, _latency, _overhead, _scale, _standard
+from . import _cpu, _fleet, _hooks, _init_rate, _latency, _overhead, _scale, _standard
 from ._common import Row
 
 BENCHES: dict[str, Callable[..., Awaitable[list[Row]]]] = {
     "1": _init_rate.run, "2": _overhead.run, "3": _scale.run, "4": _latency.run, "5": _fleet.run,
-    "6": _standard.run, "7": _hooks.run,
+    "6": _standard.run, "7": _hooks.run, "8": _cpu.run,
 }
 
 
