@@ -49,7 +49,7 @@ async def test_a_manager_has_at_most_100_status_reads_in_flight(slow_sim: Simula
             while sum(manager.stats().requests.get("status", {}).values()) < 450:
                 most = max(most, len(slow_sim.in_flight("status")))
                 seen = len(slow_sim.requests)
-                await slow_sim.wait_for(lambda: len(slow_sim.requests) > seen)
+                await slow_sim.wait_for(lambda seen=seen: len(slow_sim.requests) > seen)
     assert _MAX_STEPS == 100
     assert 50 < most <= 100
 
