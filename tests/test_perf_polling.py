@@ -3,6 +3,7 @@ that holds no serialized copy of a pending session yet hands out the same text a
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import AsyncIterator
 from typing import cast
@@ -21,6 +22,10 @@ from instantly_oauth_async.testing import FakeClock, Network, Simulator, Simulat
 pytestmark = pytest.mark.anyio
 BIG = 10**6
 OPEN = RateLimit(BIG, per=1)
+
+
+def _more(sim: Simulator, seen: int) -> bool:
+    return len(sim.requests) > seen
 
 
 @pytest.fixture
@@ -48,8 +53,8 @@ async def test_a_manager_has_at_most_100_status_reads_in_flight(slow_sim: Simula
         with anyio.fail_after(20):
             while sum(manager.stats().requests.get("status", {}).values()) < 450:
                 most = max(most, len(slow_sim.in_flight("status")))
-                seen = len(slow_sim.requests)
-                await slow_sim.wait_for(lambda seen=seen: len(slow_sim.requests) > seen)
+                await slow_sim.wait_for(functools.partial(_more, slow_sim,
+                                                          len(slow_sim.requests)))
     assert _MAX_STEPS == 100
     assert 50 < most <= 100
 
