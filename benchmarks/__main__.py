@@ -13,13 +13,12 @@ from collections.abc import Awaitable, Callable
 
 import anyio
 
-from . import _fleet, _hooks, _init_rate, _latency, _overhead, _scale, _standard, _stores
+from . import _cpu, _fleet, _hooks, _init_rate, _latency, _overhead, _scale, _standard, _stores
 from ._common import Row
 
 BENCHES: dict[str, Callable[..., Awaitable[list[Row]]]] = {
     "1": _init_rate.run, "2": _overhead.run, "3": _scale.run, "4": _latency.run, "5": _fleet.run,
-    "6": _standard.run, "7": _hooks.run,
-    "9": _stores.run,
+    "6": _standard.run, "7": _hooks.run, "8": _cpu.run, "9": _stores.run,
 }
 
 

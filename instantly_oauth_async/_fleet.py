@@ -18,7 +18,16 @@ from ._convert import converter
 from ._exceptions import InstantlyError
 from ._models import Account, OAuthSession, SessionStatus
 from ._outcome import ConnectResult, OutcomeLostError
-from ._registry import ANSWER, EXPIRED, LOST, Entry, Registry, RegistryUnavailableError
+from ._registry import (
+    ANSWER,
+    EXPIRED,
+    LOST,
+    Data,
+    Entry,
+    MemoryRegistry,
+    Registry,
+    RegistryUnavailableError,
+)
 
 __all__ = ["Fleet", "UnknownSessionError", "decode_outcome", "decode_session",
            "encode_outcome", "encode_session"]
@@ -42,6 +51,19 @@ class UnknownSessionError(InstantlyError):
 def encode_session(session: OAuthSession, expected_email: str | None) -> str:
     return json.dumps({"session": converter.unstructure(session),
                        "expected_email": expected_email})
+
+
+class _Encoded:
+    """A session's registry data made when read: the in-process registry keeps this rather
+    than a second, serialized copy of the records the manager holds anyway."""
+
+    __slots__ = ("expected_email", "session")
+
+    def __init__(self, session: OAuthSession, expected_email: str | None) -> None:
+        self.session, self.expected_email = session, expected_email
+
+    def __call__(self) -> str:
+        return encode_session(self.session, self.expected_email)
 
 
 def decode_session(data: str) -> tuple[OAuthSession, str | None]:
@@ -87,7 +109,10 @@ class Fleet:
         self.fences: dict[str, int] = {}
         self._until: dict[str, float] = {}
         self._unregistered: dict[str, str] = {}  # started while the store was away
-        self._data: dict[str, str] = {}  # every session held, as registered: to register again
+        # Every session held, as registered (to register again): on the in-process registry
+        # the same callable its entry keeps, not the JSON (see MemoryRegistry).
+        self._data: dict[str, Data] = {}
+        self._lazy = isinstance(registry, MemoryRegistry)
         # Outcomes decided while the store was away: (outcome, rank), written by the next renew
         # that reaches it; their leases are kept meanwhile, so nobody adopts and reads again.
         self._unwritten: dict[str, tuple[str, int]] = {}
@@ -115,10 +140,10 @@ class Fleet:
         """Whether the manager is closing (:meth:`release_all` was called)."""
         return self._closed
 
-    def _hold(self, entry: Entry) -> None:
+    def _hold(self, entry: Entry, data: Data | None = None) -> None:
         self.fences[entry.session_id] = entry.fence
         self._until[entry.session_id] = entry.lease_until
-        self._data[entry.session_id] = entry.data
+        self._data[entry.session_id] = entry.data if data is None else data
 
     def drop(self, session_id: str) -> None:
         self._unwritten.pop(session_id, None)
@@ -131,16 +156,18 @@ class Fleet:
         """Register (and hold) a new session. While the registry's store is away, the session
         is held locally and registered when the store is back (:meth:`renew` does it): nobody
         else can adopt what the registry does not know."""
-        data = encode_session(session, expected_email)
+        data: Data = (_Encoded(session, expected_email) if self._lazy
+                      else encode_session(session, expected_email))
         try:
             entry = await self._register(session.session_id, data)
         except RegistryUnavailableError:
-            self._unregistered[session.session_id] = data
-            self._data[session.session_id] = data
+            text = data if isinstance(data, str) else data()
+            self._unregistered[session.session_id] = text
+            self._data[session.session_id] = text
             self.fences[session.session_id] = 1
             return
         if entry.owner == self.owner and not entry.decided:
-            self._hold(entry)
+            self._hold(entry, data)
 
     def holds(self, session_id: str) -> bool:
         """Whether this manager's lease on ``session_id`` is still good by the store's clock
@@ -239,12 +266,18 @@ class Fleet:
                     self._until[session_id] = began + self.lease  # it ends no earlier than this
         return [sid for sid in lost if not await self._register_again(sid)]
 
-    async def _register(self, session_id: str, data: str) -> Entry:
+    async def _register(self, session_id: str, data: Data) -> Entry:
         """Register ``session_id`` as this manager's (the entry already there, if any)."""
-        return await self.registry.register(self.ns, session_id, data, owner=self.owner,
-                                            lease=self.lease, retention=self.retention)
+        registry = self.registry
+        if isinstance(registry, MemoryRegistry):
+            return await registry.register(self.ns, session_id, data, owner=self.owner,
+                                           lease=self.lease, retention=self.retention)
+        return await registry.register(self.ns, session_id,
+                                       data if isinstance(data, str) else data(),
+                                       owner=self.owner, lease=self.lease,
+                                       retention=self.retention)
 
-    async def _store_anew(self, session_id: str, data: str, outcome: str, rank: int
+    async def _store_anew(self, session_id: str, data: Data, outcome: str, rank: int
                           ) -> Entry | None:
         """Register again a session the registry lost (a Redis restarted empty, a failover)
         and store its outcome: nobody else can hold what the registry did not know. If another

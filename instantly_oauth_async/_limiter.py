@@ -21,10 +21,12 @@ from __future__ import annotations
 import collections
 import heapq
 import itertools
+import math
 from collections.abc import Sequence
 from typing import Protocol
 
 import anyio
+import anyio.lowlevel
 import attrs
 
 from ._breaker import Admission, BreakerPolicy
@@ -47,12 +49,26 @@ class SlotLog:
 
     freed: list[float] = attrs.Factory(list)
     held: dict[str, float] = attrs.Factory(dict)
+    # No held slot comes back before this: a bound kept as leases are held, so that pruning
+    # looks through ``held`` only when one may have run out (its own release may have come
+    # first: then one look finds the true soonest again). Not part of the log's value.
+    _soonest: float = attrs.field(default=math.inf, init=False, eq=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._soonest = min(self.held.values(), default=math.inf)
+
+    def hold(self, lease: str, until: float) -> None:
+        """``lease`` holds a slot until it is released, or until ``until`` at the latest."""
+        self.held[lease] = until
+        self._soonest = min(self._soonest, until)
 
     def prune(self, now: float) -> None:
-        while self.freed and self.freed[0] <= now:
-            heapq.heappop(self.freed)
-        if self.held and min(self.held.values()) <= now:
+        freed = self.freed
+        while freed and freed[0] <= now:
+            heapq.heappop(freed)
+        if self._soonest <= now:
             self.held = {lease: until for lease, until in self.held.items() if until > now}
+            self._soonest = min(self.held.values(), default=math.inf)
 
     def wait(self, limit: RateLimit, now: float) -> float:
         """Seconds until a slot is free (0 when one is); the log must be pruned at ``now``.
@@ -67,11 +83,18 @@ class SlotLog:
         return soonest - now
 
 
+def _log(logs: dict[str, SlotLog], key: str) -> SlotLog:
+    log = logs.get(key)
+    if log is None:
+        log = logs[key] = SlotLog()
+    return log
+
+
 def check(logs: dict[str, SlotLog], specs: Sequence[tuple[str, RateLimit]], now: float) -> float:
     """Seconds until every budget in ``specs`` could give a slot (0: now); spends nothing."""
     wait = 0.0
     for key, limit in specs:
-        log = logs.setdefault(key, SlotLog())
+        log = _log(logs, key)
         log.prune(now)
         wait = max(wait, log.wait(limit, now))
     return wait
@@ -86,11 +109,11 @@ def spend(
 ) -> None:
     """Record one slot of every budget as spent at ``now``, whatever :func:`check` would say."""
     for key, limit in specs:
-        log = logs.setdefault(key, SlotLog())
+        log = _log(logs, key)
         if lease is None:
             heapq.heappush(log.freed, now + limit.window)
         else:
-            log.held[lease] = now + hold + limit.window
+            log.hold(lease, now + hold + limit.window)
 
 
 def take(
@@ -121,7 +144,7 @@ def release(
     reached the server only now, so the window is counted again from here.
     """
     for key, limit in specs:
-        log = logs.setdefault(key, SlotLog())
+        log = _log(logs, key)
         log.held.pop(lease, None)
         heapq.heappush(log.freed, now + limit.window)
 
@@ -181,6 +204,29 @@ class Grant:
     probe: bool = False
 
 
+class _Turn:
+    """A waiter's place in a :class:`FairLimiter`'s queue. The head of the queue goes at once
+    (its event is made only by one that must wait for those ahead of it)."""
+
+    __slots__ = ("event", "ready")
+
+    def __init__(self, *, ready: bool) -> None:
+        self.ready = ready
+        self.event: anyio.Event | None = None
+
+    def set(self) -> None:
+        self.ready = True
+        if self.event is not None:
+            self.event.set()
+
+    async def wait(self) -> None:
+        if self.ready:  # first in line: no wait, but a cancelled caller goes no further
+            await anyio.lowlevel.checkpoint_if_cancelled()
+            return
+        self.event = anyio.Event()
+        await self.event.wait()
+
+
 _leases = itertools.count()
 _askers = itertools.count()
 
@@ -192,7 +238,8 @@ class FairLimiter:
     of every budget in ``specs``; a key in ``block_keys`` that the store marks blocked holds
     everyone back until the block ends. With ``gate`` (a breaker's key and policy), the store asks
     the breaker in the same step as the budgets: a grant may be the half-open probe, and an open
-    circuit raises :class:`GateShutError`.
+    circuit raises :class:`GateShutError`. ``immediate``: the store answers every step without
+    suspending (``MemoryStore``), so no step needs shielding from a cancellation.
     """
 
     def __init__(
@@ -204,14 +251,18 @@ class FairLimiter:
         *,
         prefix: str = "",
         gate: tuple[str, BreakerPolicy] | None = None,
+        immediate: bool = False,
     ) -> None:
         self._store = store
+        # The store never suspends inside a step (``MemoryStore``): a cancellation cannot come
+        # between asking and being answered, so takes and releases need no shield.
+        self._immediate = immediate
         self._specs = tuple(specs)
         self._block_keys = tuple(block_keys)
         self._clock = clock
         self._prefix = prefix
         self._gate = gate
-        self._queue: collections.deque[anyio.Event] = collections.deque()
+        self._queue: collections.deque[_Turn] = collections.deque()
         # This limiter in the store's line of askers (a store shared by many processes serves
         # its askers in turn); in line once refused, until a grant or until nobody waits here.
         self._asker = f"{prefix}q{next(_askers)}"
@@ -233,10 +284,8 @@ class FairLimiter:
         ended. Raises :class:`TooLongError` when the store reports a block longer than
         ``max_block``, :class:`GateShutError` when the gate's circuit is open.
         """
-        turn = anyio.Event()
+        turn = _Turn(ready=not self._queue)
         self._queue.append(turn)
-        if self._queue[0] is turn:
-            turn.set()
         started = self._clock.monotonic()
         lease = f"{self._prefix}{next(_leases)}" if hold > 0 else None
         try:
@@ -281,17 +330,22 @@ class FairLimiter:
         the time a cancellation arrives, and the caller must learn of it to release it.
         ``(wait, blocked, probe)``."""
         probe = False
-        with anyio.CancelScope(shield=True):
-            if self._gate is None:
-                wait, blocked = await self._store.take(
-                    self._specs, self._block_keys, lease=lease, hold=hold, asker=self._asker)
-            else:
-                wait, blocked, admission = await self._store.take_gated(
-                    self._specs, self._block_keys, self._gate, lease=lease, hold=hold,
-                    asker=self._asker)
-                if not admission.allowed:
-                    raise GateShutError(admission.wait)
-                probe = admission.probe
+        if self._gate is None and self._immediate:  # nothing can come between: no shield
+            wait, blocked = await self._store.take(
+                self._specs, self._block_keys, lease=lease, hold=hold, asker=self._asker)
+        else:
+            with anyio.CancelScope(shield=True):
+                if self._gate is None:
+                    wait, blocked = await self._store.take(
+                        self._specs, self._block_keys, lease=lease, hold=hold,
+                        asker=self._asker)
+                else:
+                    wait, blocked, admission = await self._store.take_gated(
+                        self._specs, self._block_keys, self._gate, lease=lease, hold=hold,
+                        asker=self._asker)
+                    if not admission.allowed:
+                        raise GateShutError(admission.wait)
+                    probe = admission.probe
         if wait <= 0:
             self._in_line = False  # the store took this asker out of its line
         elif not blocked:
@@ -300,6 +354,10 @@ class FairLimiter:
 
     async def release(self, grant: Grant) -> None:
         """The request made with ``grant`` has ended: its slots start coming back now."""
-        if grant.lease is not None:
+        if grant.lease is None:
+            return
+        if self._immediate:
+            await self._store.release(self._specs, grant.lease)
+        else:
             with anyio.CancelScope(shield=True):
                 await self._store.release(self._specs, grant.lease)

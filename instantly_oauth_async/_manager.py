@@ -163,7 +163,8 @@ class OAuthManager:
 
         def limiter(specs: list[tuple[str, RateLimit]], blocks: list[str],
                     gate: tuple[str, BreakerPolicy] | None = None) -> FairLimiter:
-            return FairLimiter(store, specs, blocks, self._clock, prefix=lease_prefix, gate=gate)
+            return FairLimiter(store, specs, blocks, self._clock, prefix=lease_prefix, gate=gate,
+                               immediate=isinstance(store, MemoryStore))
 
         # A lease a crashed holder never released frees its slots after its hold.
         init_hold = float(request_timeout) + 5.0

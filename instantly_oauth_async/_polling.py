@@ -10,6 +10,8 @@ changes nothing.
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import contextlib
 import heapq
 import logging
@@ -21,6 +23,7 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 
 from ._clock import Clock, SystemClock
 from ._events import Outcome
@@ -45,6 +48,13 @@ from ._stats import Tally
 __all__ = ["PendingConnection", "Poller"]
 
 logger = logging.getLogger("instantly_oauth_async")
+
+#: Workers kept waiting for the next step, beyond which one that runs out of steps ends.
+_MAX_IDLE = 64
+#: Steps under way at most: aiohttp's connection pool holds 100 connections by default, and a
+#: read past them would wait for one while holding its slot (and, by the thousand, costs the
+#: event loop and the garbage collector more than it reads).
+_MAX_STEPS = 100
 
 
 class PendingConnection:
@@ -193,6 +203,11 @@ class Poller:
         self._step_ended: anyio.Event | None = None  # set when a step ends: settle()
         # attach() handles waiting on the registry, ended with the manager if still waiting
         self._watching: set[PendingConnection] = set()
+        # Steps handed out by the scheduler, and the workers waiting for one (see _worker).
+        self._work: collections.deque[tuple[PendingConnection, Grant]] = collections.deque()
+        self._idle: list[asyncio.Future[None]] = []  # bare futures: cheaper than an Event
+        self._steps = 0  # handed out and not ended
+        self._room: anyio.Event | None = None  # set when a step ends, for a scheduler at the cap
 
     # -- sessions in, sessions out -----------------------------------------------------------
 
@@ -309,6 +324,7 @@ class Poller:
         Beside it, the reaper ends sessions whose deadline passed while no read could be made.
         """
         self._group = group
+        dispatched = 0
         group.start_soon(self._reap)
         if self._fleet is not None:
             group.start_soon(self._beat, self._fleet)
@@ -322,6 +338,10 @@ class Poller:
             at, _, pending = self._due[0]
             if at > self._clock.monotonic():
                 await self._sleep_until(at)
+                continue
+            if self._steps >= _MAX_STEPS:  # a slot now would wait for a connection, held
+                self._room = anyio.Event()
+                await self._room.wait()
                 continue
             heapq.heappop(self._due)
             # Its _due_seq stays set while it waits for a slot: it is on its way to a step, and
@@ -343,7 +363,44 @@ class Poller:
                 await self._reads.release(grant)  # nobody to spend it on
             else:
                 pending._in_step = True  # from here cancel() leaves the ending to the step
-                group.start_soon(self._step, pending, grant)
+                self._dispatch(group, pending, grant)
+                dispatched += 1
+                if dispatched % 64 == 0:  # a store that never waits: let the reads run too
+                    await anyio.lowlevel.checkpoint()
+
+    def _dispatch(self, group: anyio.abc.TaskGroup, pending: PendingConnection, grant: Grant
+                  ) -> None:
+        """Hand one step to an idle worker, or to a new one when none is idle: a task per
+        read costs several times what waking a waiting one does (anyio's ``start_soon``)."""
+        self._work.append((pending, grant))
+        self._steps += 1
+        while self._idle:
+            wake = self._idle.pop()
+            if not wake.done():  # (a worker cancelled as the manager closes left it done)
+                wake.set_result(None)
+                return
+        group.start_soon(self._worker)
+
+    async def _worker(self) -> None:
+        """Runs steps, one at a time, while there are any; waits for the next one while fewer
+        than ``_MAX_IDLE`` others wait, else ends. Each step handed out has a worker of its own
+        (woken or new), so no step waits behind another's read."""
+        work = self._work
+        while True:
+            while work:
+                pending, grant = work.popleft()
+                try:
+                    await self._step(pending, grant)
+                finally:
+                    self._steps -= 1
+                    if self._room is not None and self._steps <= _MAX_STEPS * 3 // 4:
+                        self._room.set()  # room for a batch: one wake-up for many reads
+                        self._room = None
+            if len(self._idle) >= _MAX_IDLE:
+                return
+            wake = asyncio.get_running_loop().create_future()
+            self._idle.append(wake)
+            await wake
 
     @staticmethod
     def _live(entry: tuple[float, int, PendingConnection]) -> bool:

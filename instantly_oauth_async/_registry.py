@@ -30,8 +30,8 @@ from __future__ import annotations
 import collections
 import heapq
 import math
-from collections.abc import Mapping
-from typing import Protocol, runtime_checkable
+from collections.abc import Callable, Mapping
+from typing import Protocol, cast, runtime_checkable
 
 import anyio
 import attrs
@@ -39,7 +39,7 @@ import attrs
 from ._clock import Clock
 from ._exceptions import InstantlyError
 
-__all__ = ["ANSWER", "EXPIRED", "LOST", "RELEASED", "Entry", "MemoryRegistry", "Registry",
+__all__ = ["ANSWER", "EXPIRED", "LOST", "RELEASED", "Data", "Entry", "MemoryRegistry", "Registry",
            "RegistryUnavailableError"]
 
 LOST, EXPIRED, ANSWER = 1, 2, 3  # outcome precedence ranks
@@ -125,12 +125,19 @@ class Registry(Protocol):
         ...
 
 
+#: What :meth:`MemoryRegistry.register` keeps as an entry's ``data``: the JSON itself, or a
+#: callable that makes it when it is read. A manager in this process hands in the latter (its
+#: own records, encoded on demand), so a pending session costs no second, serialized copy.
+Data = str | Callable[[], str]
+
+
 class MemoryRegistry:
     """The registry of one process, timed by ``clock``; lost with the process.
 
     Entries leave ``retention`` seconds after they were registered, or decided, whichever was
     later: every step first forgets what is due, so a long-running process holds only what its
-    retention asks for. An adoption pass looks through the undecided entries only."""
+    retention asks for. An adoption pass looks through the undecided entries only. An entry's
+    ``data`` may be kept as a callable (:data:`Data`); every entry handed out has it as text."""
 
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
@@ -178,6 +185,14 @@ class MemoryRegistry:
         self._forget_due()
         return self._entries.get(key)
 
+    @staticmethod
+    def _out(entry: Entry) -> Entry:
+        """The entry as it is handed out: its data as text (made now if kept as a callable)."""
+        data: Data = entry.data
+        if isinstance(data, str):
+            return entry
+        return attrs.evolve(entry, data=data())
+
     def _put(self, key: tuple[str, str], entry: Entry) -> Entry:
         self._entries[key] = entry
         if entry.decided:
@@ -192,17 +207,20 @@ class MemoryRegistry:
         if event is not None:
             event.set()
 
-    async def register(self, ns: str, session_id: str, data: str, *, owner: str, lease: float,
+    async def register(self, ns: str, session_id: str, data: Data, *, owner: str, lease: float,
                        retention: float) -> Entry:
         now, key = self.now(), (ns, session_id)
         existing = self._live(key)
         if existing is not None:
-            return existing
+            return self._out(existing)
         self._keep_until(key, now + retention)  # renewed when decided
-        return self._put(key, Entry(session_id, data, now, owner, 1, now + lease))
+        # Kept as given (a callable stays one): the Entry holds it until it is handed out.
+        return self._out(self._put(key, Entry(session_id, cast("str", data), now, owner, 1,
+                                              now + lease)))
 
     async def get(self, ns: str, session_id: str) -> Entry | None:
-        return self._live((ns, session_id))
+        entry = self._live((ns, session_id))
+        return None if entry is None else self._out(entry)
 
     async def claim(self, ns: str, session_id: str, owner: str, *, lease: float) -> Entry | None:
         key, now = (ns, session_id), self.now()
@@ -211,8 +229,8 @@ class MemoryRegistry:
             return None
         if entry.owner is not None and entry.owner != owner and entry.lease_until > now:
             return None
-        return self._put(key, attrs.evolve(entry, owner=owner, fence=entry.fence + 1,
-                                           lease_until=now + lease))
+        return self._out(self._put(key, attrs.evolve(entry, owner=owner, fence=entry.fence + 1,
+                                                     lease_until=now + lease)))
 
     async def renew(self, ns: str, owner: str, fences: Mapping[str, int], *, lease: float
                     ) -> list[str]:
@@ -224,7 +242,10 @@ class MemoryRegistry:
                     or entry.lease_until <= now:
                 lost.append(session_id)
                 continue
-            self._entries[key] = attrs.evolve(entry, lease_until=now + lease)
+            # A new Entry as attrs.evolve would make it, without its per-call look at the fields
+            # (a renew touches every lease a manager holds: 100,000 of them, every 5 s).
+            self._entries[key] = Entry(entry.session_id, entry.data, entry.created_at, owner,
+                                       fence, now + lease, entry.outcome, entry.rank)
         return lost
 
     async def release(self, ns: str, owner: str, fences: Mapping[str, int]) -> None:
@@ -243,12 +264,12 @@ class MemoryRegistry:
         if entry is None:
             return None
         if fence is not None and fence != entry.fence:
-            return entry  # a stale owner: the fence refuses its write
+            return self._out(entry)  # a stale owner: the fence refuses its write
         if entry.decided and rank <= entry.rank:
-            return entry  # first writer wins; only a better-founded outcome replaces it
+            return self._out(entry)  # first writer wins; only a better-founded one replaces it
         self._keep_until(key, self.now() + retention)
-        return self._put(key, attrs.evolve(entry, outcome=outcome, rank=rank, owner=None,
-                                           lease_until=-math.inf))
+        return self._out(self._put(key, attrs.evolve(entry, outcome=outcome, rank=rank,
+                                                     owner=None, lease_until=-math.inf)))
 
     async def orphans(self, ns: str, *, limit: int = 100) -> list[str]:
         self._forget_due()

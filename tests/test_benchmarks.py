@@ -18,8 +18,8 @@ pytestmark = pytest.mark.anyio
 @pytest.mark.timing
 @pytest.mark.timeout(240)
 async def test_every_benchmark_runs_in_its_quick_form() -> None:
-    """Every row but 7 and 9, which have tests of their own below."""
-    others = [key for key in BENCHES if key not in ("7", "9")]
+    """Every row but 7, 8 and 9, which have tests of their own below."""
+    others = [key for key in BENCHES if key not in ("7", "8", "9")]
     rows = await main(True, others)
     assert {row.bench.split()[0] for row in rows} == set(others)
     table = render(rows)
@@ -67,3 +67,17 @@ async def test_the_stores_row_runs_in_its_quick_form() -> None:
     assert [("SQLite" in r.what, r.target, r.ok) for r in watched] == [
         (True, "p99 <= 250 ms", True), (False, "", None)]
     assert all(re.fullmatch(r"\d+\.\d\d / \d+\.\d\d ms", r.figure) for r in watched)
+
+
+@pytest.mark.timeout(180)
+async def test_the_cpu_row_runs_in_its_quick_form() -> None:
+    """Row 8 alone: raw aiohttp first and last, the client, 1, 20 and 100 managers, Redis and
+    SQLite, memory per session and CPU per poll at two sizes; every ratio against raw."""
+    rows = await main(True, ["8"])
+    assert [row.bench for row in rows] == ["8 cpu"] * 9
+    assert [row.target for row in rows] == [
+        "", "", "<= 1.5x raw", "", "<= 1.6x raw", "", "", "<= 1 KiB", "<= 1.2x"]
+    assert all(re.fullmatch(r"\d+ us/read = \d+\.\d\dx raw", r.figure) for r in rows[1:7])
+    assert "RedisStore" in rows[5].what and "SQLiteStore" in rows[6].what
+    assert re.fullmatch(r"\d+\.\d\d KiB", rows[7].figure)
+    assert re.fullmatch(r"\d+\.\d\dx", rows[8].figure)

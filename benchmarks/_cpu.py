@@ -1,0 +1,232 @@
+"""Row 8: the client's CPU per status read at saturation, the manager's beside a bare request's.
+
+The simulator runs in another process with its limits out of the way, so nothing waits on a
+budget and every figure is this process's CPU time (``time.process_time``) over the status
+reads it made in the same span: what each read costs the caller's process, whatever the
+server takes. Every variant runs side by side in one run:
+
+- raw aiohttp (``session.get`` plus ``response.json()``) and ``InstantlyClient.get_oauth_status``,
+  32 tasks each reading the same pending session in a loop;
+- one ``OAuthManager`` polling 2,000 pending sessions, ``poll_interval`` a millisecond, so its
+  scheduler always has a session due (saturation: reads/s is what one core gives);
+- 20 and 100 managers (workspaces) sharing one ``aiohttp.ClientSession`` and one store, 2,000
+  sessions between them;
+- the one-manager case on ``RedisStore`` (a redis-server on loopback, started here) and on
+  ``SQLiteStore``: the store's cost per read (redis-server's own CPU is not counted);
+- scale: S sessions made pending under tracemalloc (bytes held per session, the registry's
+  entries included), then polled on the default status budget (50/s) for a span that holds
+  several heartbeats and adoption passes: CPU per poll at 10,000 and at 100,000 (row 3's
+  method with a longer span; everything periodic over all sessions is in the figure).
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+import tracemalloc
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import TypedDict
+
+import aiohttp
+import anyio
+
+from instantly_oauth_async import InstantlyClient, OAuthManager, RateLimit
+from instantly_oauth_async._budget import DEFAULT_STATUS_LIMIT
+from instantly_oauth_async._store import MemoryStore, Store
+
+from ._common import OPEN, Row, ServerProcess
+
+
+class _Each(TypedDict):
+    sessions: int
+    warm: float
+    seconds: float
+
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = "8 cpu"
+
+
+class Span:
+    """Reads counted and CPU time spent over one measured span, after a warm-up."""
+
+    def __init__(self, reads: int, cpu: float, wall: float) -> None:
+        self.reads, self.cpu, self.wall = reads, cpu, wall
+
+    @property
+    def per_read_us(self) -> float:
+        return self.cpu / max(self.reads, 1) * 1e6
+
+    @property
+    def rate(self) -> float:
+        return self.reads / self.wall
+
+
+async def _span(count: Callable[[], int], warm: float, seconds: float) -> Span:
+    await anyio.sleep(warm)
+    reads, cpu, wall = count(), time.process_time(), time.perf_counter()
+    await anyio.sleep(seconds)
+    return Span(count() - reads, time.process_time() - cpu, time.perf_counter() - wall)
+
+
+async def _loops(one: Callable[[], Awaitable[object]], tasks: int, warm: float,
+                 seconds: float) -> Span:
+    done = 0
+    stop = False
+
+    async def loop() -> None:
+        nonlocal done
+        while not stop:
+            await one()
+            done += 1
+
+    async with anyio.create_task_group() as group:
+        for _ in range(tasks):
+            group.start_soon(loop)
+        span = await _span(lambda: done, warm, seconds)
+        stop = True
+    return span
+
+
+def _status_reads(managers: list[OAuthManager]) -> int:
+    return sum(sum(m.stats().requests.get("status", {}).values()) for m in managers)
+
+
+async def _start_many(managers: list[OAuthManager], count: int, inflight: int = 64) -> None:
+    """``count`` Google sessions spread over ``managers``, ``inflight`` inits at a time."""
+    limiter = anyio.CapacityLimiter(inflight)
+
+    async def one(manager: OAuthManager) -> None:
+        async with limiter:
+            await manager.start("google")
+
+    async with anyio.create_task_group() as group:
+        for i in range(count):
+            group.start_soon(one, managers[i % len(managers)])
+
+
+@asynccontextmanager
+async def _managers(url: str, key: str, http: aiohttp.ClientSession, store: Store, n: int,
+                    *, poll_interval: float,
+                    status_limit: RateLimit | tuple[RateLimit, ...] = OPEN,
+                    ) -> AsyncIterator[list[OAuthManager]]:
+    async with AsyncExitStack() as stack:
+        managers = [
+            await stack.enter_async_context(OAuthManager(
+                key, base_url=url, init_limit=OPEN, ip_init_limit=OPEN, standard_limit=OPEN,
+                status_limit=status_limit, fetch_account=False, start_timeout=600,
+                poll_interval=poll_interval, session=http, store=store,
+                workspace=f"bench-{i}"))
+            for i in range(n)]
+        yield managers
+
+
+async def _polling(url: str, key: str, http: aiohttp.ClientSession, store: Store, *, n: int,
+                   sessions: int, warm: float, seconds: float) -> Span:
+    async with _managers(url, key, http, store, n, poll_interval=0.001) as managers:
+        await _start_many(managers, sessions)
+        return await _span(lambda: _status_reads(managers), warm, seconds)
+
+
+async def _scale(url: str, key: str, sessions: int, seconds: float, interval: float
+                 ) -> tuple[float, Span]:
+    """(KiB per pending session, span polling them on the default status budget)."""
+    async with aiohttp.ClientSession() as http:
+        tracemalloc.start()
+        before = tracemalloc.get_traced_memory()[0]
+        async with _managers(url, key, http, MemoryStore(), 1, poll_interval=interval,
+                             status_limit=DEFAULT_STATUS_LIMIT) as managers:
+            await _start_many(managers, sessions)
+            held = tracemalloc.get_traced_memory()[0] - before
+            tracemalloc.stop()
+            span = await _span(lambda: _status_reads(managers), 1.0, seconds)
+    return held / sessions / 1024, span
+
+
+def _redis_server() -> object:
+    sys.path.insert(0, str(ROOT))
+    from tests._redis import RedisServer  # noqa: PLC0415 - the tests' helper, from a checkout
+
+    server = RedisServer()
+    server.start()
+    return server
+
+
+async def run(*, quick: bool) -> list[Row]:
+    from instantly_oauth_async.redis import RedisStore  # noqa: PLC0415 - the redis extra
+    from instantly_oauth_async.sqlite import SQLiteStore  # noqa: PLC0415
+
+    warm, seconds = (0.3, 0.7) if quick else (1.0, 4.0)
+    sessions = 200 if quick else 2000
+    scale_sizes = (200, 1000) if quick else (10_000, 100_000)
+    scale_seconds, interval = (2.0, 0.5) if quick else (16.0, 5.0)
+    spans: dict[str, Span] = {}
+    redis = _redis_server()
+    try:
+        async with ServerProcess("--open") as (url, key):
+            async with aiohttp.ClientSession() as http, \
+                    InstantlyClient(key, base_url=url, session=http) as client:
+                session = await client.init_oauth("google")
+                status_url = f"{url}/api/v2/oauth/session/status/{session.session_id}"
+                headers = {"Authorization": f"Bearer {key}"}
+
+                async def raw() -> None:
+                    async with http.get(status_url, headers=headers) as response:
+                        await response.json()
+
+                async def library() -> None:
+                    await client.get_oauth_status(session.session_id)
+
+                spans["raw"] = await _loops(raw, 32, warm, seconds)
+                spans["client"] = await _loops(library, 32, warm, seconds)
+                each = _Each(sessions=sessions, warm=warm, seconds=seconds)
+                spans["one"] = await _polling(url, key, http, MemoryStore(), n=1, **each)
+                spans["20"] = await _polling(url, key, http, MemoryStore(), n=20, **each)
+                spans["100"] = await _polling(url, key, http, MemoryStore(), n=100, **each)
+                spans["raw again"] = await _loops(raw, 32, warm, seconds)
+                async with RedisStore.from_url(redis.url) as store:  # type: ignore[attr-defined]
+                    spans["redis"] = await _polling(url, key, http, store, n=1, **each)
+                with tempfile.TemporaryDirectory(prefix="iox-bench-") as tmp:
+                    async with SQLiteStore(Path(tmp) / "bench.db") as lite:
+                        spans["sqlite"] = await _polling(url, key, http, lite, n=1, **each)
+            small_kib, small = await _scale(url, key, scale_sizes[0], scale_seconds,
+                                              interval)
+            big_kib, big = await _scale(url, key, scale_sizes[1], scale_seconds, interval)
+    finally:
+        redis.close()  # type: ignore[attr-defined]
+
+    raw_us = (spans["raw"].per_read_us + spans["raw again"].per_read_us) / 2
+
+    def row(name: str, what: str, goal: float | None = None) -> Row:
+        span = spans[name]
+        ratio = span.per_read_us / raw_us
+        return Row(BENCH, f"{what}: {span.rate:,.0f} reads/s",
+                   f"{span.per_read_us:.0f} us/read = {ratio:.2f}x raw",
+                   "" if goal is None else f"<= {goal:.1f}x raw",
+                   None if goal is None else ratio <= goal)
+
+    n = sessions
+    scale_ratio = big.per_read_us / small.per_read_us
+    return [
+        Row(BENCH, f"raw aiohttp GET + json(), 32 concurrent: {spans['raw'].rate:,.0f} and "
+            f"{spans['raw again'].rate:,.0f} reads/s (first and last)",
+            f"{spans['raw'].per_read_us:.0f} / {spans['raw again'].per_read_us:.0f} us/read",
+            ""),
+        row("client", "InstantlyClient.get_oauth_status, 32 concurrent"),
+        row("one", f"1 OAuthManager polling {n} pending sessions", 1.5),
+        row("20", f"20 OAuthManagers (workspaces), one ClientSession, {n // 20} pending each"),
+        row("100", f"100 OAuthManagers (workspaces), one ClientSession, {n // 100} pending each",
+            1.6),
+        row("redis", f"1 OAuthManager on RedisStore, {n} pending"),
+        row("sqlite", f"1 OAuthManager on SQLiteStore, {n} pending"),
+        Row(BENCH, f"memory per pending session at {scale_sizes[1]:,} (tracemalloc; registry "
+            f"included); {small_kib:.2f} KiB at {scale_sizes[0]:,}", f"{big_kib:.2f} KiB",
+            "<= 1 KiB", big_kib <= 1.0),
+        Row(BENCH, f"CPU per poll on the default 50/s budget, {scale_seconds:g} s: "
+            f"{small.per_read_us:.0f} us at {scale_sizes[0]:,} ({small.reads} polls), "
+            f"{big.per_read_us:.0f} us at {scale_sizes[1]:,} ({big.reads} polls)",
+            f"{scale_ratio:.2f}x", "<= 1.2x", scale_ratio <= 1.2),
+    ]
