@@ -159,10 +159,10 @@ async def run(*, quick: bool) -> list[Row]:
     from instantly_oauth_async.redis import RedisStore  # noqa: PLC0415 - the redis extra
     from instantly_oauth_async.sqlite import SQLiteStore  # noqa: PLC0415
 
-    warm, seconds = (0.3, 0.7) if quick else (1.0, 4.0)
-    sessions = 200 if quick else 2000
-    scale_sizes = (200, 1000) if quick else (10_000, 100_000)
-    scale_seconds, interval = (2.0, 0.5) if quick else (16.0, 5.0)
+    warm, seconds = (0.1, 0.3) if quick else (1.0, 4.0)
+    sessions = 100 if quick else 2000
+    scale_sizes = (100, 300) if quick else (10_000, 100_000)
+    scale_seconds, interval = (1.0, 0.5) if quick else (16.0, 5.0)
     spans: dict[str, Span] = {}
     redis = _redis_server()
     try:

@@ -69,6 +69,7 @@ async def test_the_stores_row_runs_in_its_quick_form() -> None:
     assert all(re.fullmatch(r"\d+\.\d\d / \d+\.\d\d ms", r.figure) for r in watched)
 
 
+@pytest.mark.timing  # about 10 s; three times that under asyncio's debug mode
 @pytest.mark.timeout(180)
 async def test_the_cpu_row_runs_in_its_quick_form() -> None:
     """Row 8 alone: raw aiohttp first and last, the client, 1, 20 and 100 managers, Redis and
