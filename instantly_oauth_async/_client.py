@@ -8,11 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import hashlib
-import hmac
 import ipaddress
 import logging
-import secrets
 import time
 import warnings
 from importlib.metadata import PackageNotFoundError, version
@@ -32,6 +29,7 @@ from ._exceptions import (
     RequestTimeoutError,
     ResponseTooLargeError,
     TransportError,
+    log_tag,
 )
 from ._models import Account, OAuthSession, OAuthStatus, Provider
 from ._sansio import decipher_response, encode_segment, parse_http_date
@@ -47,7 +45,6 @@ _READ_CHUNK: Final = 64 * 1024  # the decoded body is read this much at a time, 
 # Keys the hashes that stand for a session id or an email in a logged path: one value within a
 # process (two reads of one mailbox show the same tag), unguessable and never logged, so a tag
 # cannot be matched to an address outside the process.
-_TAG_SALT: Final = secrets.token_bytes(16)
 
 try:
     __version__ = version("instantly-oauth-async")
@@ -236,7 +233,7 @@ class InstantlyClient:
         sid = _require_text(session_id, "session_id")
         data, date, status = await self._request(
             "GET", f"/api/v2/oauth/session/status/{encode_segment(sid)}", timeout=timeout,
-            operation="status", shown=f"/api/v2/oauth/session/status/{_tag('session', sid)}",
+            operation="status", shown=f"/api/v2/oauth/session/status/{log_tag('session', sid)}",
         )
         return _with_date(structure(data, OAuthStatus, status=status), date)
 
@@ -247,7 +244,7 @@ class InstantlyClient:
             raise ConfigurationError("email must be an email address")
         data, _, status = await self._request(
             "GET", f"/api/v2/accounts/{encode_segment(address)}", timeout=timeout,
-            operation="account", shown=f"/api/v2/accounts/{_tag('email', address)}",
+            operation="account", shown=f"/api/v2/accounts/{log_tag('email', address)}",
         )
         return structure(data, Account, status=status)
 
@@ -355,13 +352,6 @@ def _why_not(exc: aiohttp.ClientConnectorError, base: URL) -> str:
     if isinstance(error, TimeoutError):
         return "the connection timed out"
     return error.strerror or type(error).__name__
-
-
-def _tag(kind: str, value: str) -> str:
-    """What stands for a session id or an email in a logged path: ``<email:3f2a9c0b1d4e>``, a
-    keyed hash (:data:`_TAG_SALT`) that is the same for one value within the process."""
-    digest = hmac.new(_TAG_SALT, value.encode("utf-8", "surrogatepass"), hashlib.sha256)
-    return f"<{kind}:{digest.hexdigest()[:12]}>"
 
 
 class _Label(NamedTuple):

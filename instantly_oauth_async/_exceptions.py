@@ -47,6 +47,9 @@ credentials (``Authorization``, cookies, tokens) and any value holding the key r
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
+import secrets
 import sys
 from collections.abc import Iterable, Mapping
 from datetime import datetime
@@ -145,6 +148,22 @@ class ResponseTooLargeError(MalformedResponseError):
 
 
 REDACTED = "<redacted>"
+#: The key of :func:`log_tag`: random for each process, so a tag cannot be traced back.
+_TAG_SALT = secrets.token_bytes(16)
+
+
+def log_tag(kind: str, value: str) -> str:
+    """What stands for a session id or an email in a log record: ``<session:3f2a9c0b1d4e>``, a
+    keyed hash, the same for one value within the process (so a session's records pair up),
+    that cannot be traced back to the value."""
+    digest = hmac.new(_TAG_SALT, value.encode("utf-8", "surrogatepass"), hashlib.sha256)
+    return f"<{kind}:{digest.hexdigest()[:12]}>"
+
+
+def session_key(session_id: str) -> str:
+    """How every log record names a session (its ``session_key``, and in a request's ``path``):
+    :func:`log_tag` of its id, never the id itself."""
+    return log_tag("session", session_id)
 
 _HeadersLike = Mapping[str, str] | Iterable[tuple[str, str]] | None
 

@@ -15,7 +15,7 @@ from collections.abc import Collection
 import anyio
 
 from ._convert import converter
-from ._exceptions import InstantlyError
+from ._exceptions import InstantlyError, session_key
 from ._models import Account, OAuthSession, SessionStatus
 from ._outcome import ConnectResult, OutcomeLostError
 from ._registry import (
@@ -210,13 +210,13 @@ class Fleet:
                 # The registry lost it (a Redis restarted empty, a failover) while this
                 # manager held it: nobody else can hold it, so register it again and store.
                 logger.warning("session %s was missing from the registry as its outcome was "
-                               "written: registered again", session_id)
+                               "written: registered again", session_key(session_id))
                 entry = await self._store_anew(session_id, data, *encoded)
         except RegistryUnavailableError:
             if fence is not None:  # ours: keep the lease and write it when the store is back
                 self._unwritten[session_id] = encoded
                 logger.warning("outcome of %s not stored yet (registry unreachable): it will "
-                               "be written when it is back", session_id)
+                               "be written when it is back", session_key(session_id))
                 return result, error
             raise
         self.drop(session_id)
@@ -318,7 +318,7 @@ class Fleet:
                 or entry.lease_until - self.registry.now() <= self._read_margin:
             return False  # not made anew by this call: lost indeed
         logger.warning("session %s was missing from the registry (its store lost its data): "
-                       "registered again", session_id)
+                       "registered again", session_key(session_id))
         self._hold(entry)
         self.registered_again.append(session_id)
         return True
@@ -348,8 +348,8 @@ class Fleet:
                     await self.registry.release(self.ns, self.owner,
                                                 {session_id: entry.fence})
         except RegistryUnavailableError as exc:
-            logger.info("session %s not handed over (%s): its lease lapses", session_id,
-                        type(exc).__name__)
+            logger.info("session %s not handed over (%s): its lease lapses",
+                        session_key(session_id), type(exc).__name__)
         finally:
             self.drop(session_id)
 

@@ -23,6 +23,7 @@ from ._exceptions import (
     RateLimitedError,
     ServerError,
     TransportError,
+    session_key,
 )
 from ._models import Account, OAuthSession, OAuthStatus, RetryPolicy, SessionStatus
 from ._reads import Reads
@@ -247,7 +248,8 @@ class Outcomes:
                 session.session_id,
                 f"{why}; {email} was connected {when}, so its account cannot tell whether "
                 "this session connected it", account=account)
-        logger.info("session %s reconciled as success through GET accounts", session.session_id)
+        logger.info("session %s reconciled as success through GET accounts",
+                    session_key(session.session_id))
         return ConnectResult(session, SessionStatus.SUCCESS, email=account.email,
                              name=" ".join(p for p in (account.first_name, account.last_name) if p)
                              or None, account=account, expected_email=email, reconciled=True)

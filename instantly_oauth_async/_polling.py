@@ -36,6 +36,7 @@ from ._exceptions import (
     ServerError,
     SessionCancelledError,
     TransportError,
+    session_key,
 )
 from ._fleet import Fleet, UnknownSessionError, decode_outcome, decode_session
 from ._limiter import Grant
@@ -217,7 +218,7 @@ class Poller:
         registry's clock), for one adopted; else its life is counted from the init's ``Date``
         (and set right by the first status answer's)."""
         pending = PendingConnection(session, expected_email, self._finished, clock=self._clock)
-        pending._key = self._tally.started(session.provider, resumed=resumed)
+        pending._key = self._tally.started(session.provider, session.session_id, resumed=resumed)
         self.pending[session.session_id] = pending
         self._set_deadline(pending, self._deadline_of(session, age))
         self._schedule(pending, first_poll)
@@ -254,7 +255,7 @@ class Poller:
         else:
             outcome, label = "failed", type(error).__name__
         self._tally.resolved(
-            pending.session.provider, outcome, label,
+            pending.session.provider, pending.session.session_id, outcome, label,
             latency=self._clock.monotonic() - pending._born, polls=pending._polls,
             reconciled=result is not None and result.reconciled, key=pending._key)
         if not pending._in_step:  # else the step hands it over as it ends
@@ -349,8 +350,8 @@ class Poller:
             try:
                 grant = await self._reads.slot()
             except InstantlyError as exc:  # the store refuses (StoreError): waiting won't cure it
-                logger.warning("no slot for session %s: %s", pending.session.session_id,
-                               type(exc).__name__)
+                logger.warning("no slot for session %s: %s",
+                               session_key(pending.session.session_id), type(exc).__name__)
                 pending._due_seq = 0
                 pending._finish(error=exc)
                 continue
@@ -492,11 +493,12 @@ class Poller:
             else:
                 self._schedule(pending, pending._next_at)
         except InstantlyError as exc:
-            logger.warning("session %s ended with %s", pending.session.session_id,
+            logger.warning("session %s ended with %s", session_key(pending.session.session_id),
                            type(exc).__name__)
             await self._conclude(pending, None, exc)
         except Exception as exc:  # a bug of ours must reach the awaiter, not kill the group
-            logger.exception("unexpected error polling session %s", pending.session.session_id)
+            logger.exception("unexpected error polling session %s",
+                             session_key(pending.session.session_id))
             pending._finish(error=exc)
         finally:
             pending._in_step = False
@@ -527,8 +529,8 @@ class Poller:
                 result, error = await self._fleet.write(pending.session.session_id, result,
                                                         error)
             except InstantlyError as exc:  # the registry is away: ours, unshared, still stands
-                logger.warning("outcome of %s not stored: %s", pending.session.session_id,
-                               type(exc).__name__)
+                logger.warning("outcome of %s not stored: %s",
+                               session_key(pending.session.session_id), type(exc).__name__)
         pending._finish(result=result, error=error)
 
     # -- the fleet: heartbeat, adoption, watchers ---------------------------------------------
@@ -670,7 +672,7 @@ class Poller:
         except (TransportError, ServerError, MalformedResponseError) as exc:
             pending._failures += 1
             pending._unsure = True
-            logger.info("status of %s failed (%s); retrying", session.session_id,
+            logger.info("status of %s failed (%s); retrying", session_key(session.session_id),
                         type(exc).__name__)
             if (self._clock.monotonic() > pending._deadline
                     and pending._failures >= self._retry.attempts):

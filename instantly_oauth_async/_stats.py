@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import secrets
 from collections import Counter, deque
 
 import attrs
@@ -29,22 +28,14 @@ from ._events import (
     SessionResolved,
     SessionStarted,
 )
-from ._exceptions import APIError, MalformedResponseError
+from ._exceptions import APIError, MalformedResponseError, session_key
 from ._models import Provider
 
-__all__ = ["ManagerStats", "Tally", "session_key"]
+__all__ = ["ManagerStats", "Tally"]
 
 # Session keys are unique in the process, so one hook shared by several managers pairs each
 # SessionStarted with its own SessionResolved.
 _KEYS = itertools.count(1)
-# Log records name a session by ``<process tag>-<key>``: unique within the process, told apart
-# from other processes' (in a fleet's merged logs) by a random tag, and never the session id.
-_PROCESS_TAG = secrets.token_hex(4)
-
-
-def session_key(key: int) -> str:
-    """The ``session_key`` of a session's log records, from its events' ``key``."""
-    return f"{_PROCESS_TAG}-{key}"
 
 logger = logging.getLogger("instantly_oauth_async")
 
@@ -124,20 +115,21 @@ class Tally:
                        extra={"iox_event": "init_denied", "provider": provider.value,
                               "reason": reason})
 
-    def started(self, provider: Provider, *, resumed: bool = False) -> int:
+    def started(self, provider: Provider, session_id: str, *, resumed: bool = False) -> int:
         """A session began to be polled; returns its key for :meth:`resolved`."""
         key = next(self._keys)
         if self.hooks:
             self.hooks.emit(SessionStarted(provider.value, key, resumed))
         if logger.isEnabledFor(logging.DEBUG):
-            name = session_key(key)
+            name = session_key(session_id)
             logger.debug("%s session %s", provider.value, "resumed" if resumed else "started",
                          extra={"iox_event": "session_started", "session_key": name,
                                 "provider": provider.value, "resumed": resumed})
         return key
 
-    def resolved(self, provider: Provider, outcome: Outcome, label: str | None, *,
-                 latency: float, polls: int, reconciled: bool, key: int = 0) -> None:
+    def resolved(self, provider: Provider, session_id: str, outcome: Outcome,
+                 label: str | None, *, latency: float, polls: int, reconciled: bool,
+                 key: int = 0) -> None:
         """A session ended; ``label`` is what ``stats().results`` counts it as (None: not)."""
         if label is not None:
             self.results[label] += 1
@@ -146,7 +138,7 @@ class Tally:
                                             key))
         level = logging.WARNING if outcome in ("lost", "failed") else logging.INFO
         if logger.isEnabledFor(level):
-            name = session_key(key)
+            name = session_key(session_id)
             logger.log(level, "%s session ended: %s after %.1f s, %d polls", provider.value,
                        outcome, latency, polls,
                        extra={"iox_event": "session_resolved", "session_key": name,

@@ -11,6 +11,7 @@ from collections import Counter
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+import anyio
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -379,3 +380,39 @@ async def test_a_request_without_an_answer_is_one_record_with_its_error(
     got: Any = record
     assert (got.status, got.error_type, got.provider, got.path) == (
         None, "TransportError", "google", "/api/v2/oauth/google/init")
+
+
+async def test_no_log_record_names_a_session_id_or_an_auth_url(
+    csim: Simulator, make: MakeManager,  # noqa: F811 - the fixture
+    logs: pytest.LogCaptureFixture,
+) -> None:
+    """Every record of a run at DEBUG (two managers sharing a store, sessions that succeed,
+    are denied and are cancelled, one of them handed over as its manager closes) names a
+    session only by its ``session_key``: never its id, never its auth URL, in the message or in
+    any field. Requests and session records share that key."""
+    store = MemoryStore()
+    sessions: list[OAuthSession] = []
+    key = csim.add_workspace().api_key
+    async with make(key, store=store) as other:
+        async with make(key, store=store) as manager:
+            made = [await manager.start("google") for _ in range(4)]
+            sessions += [p.session for p in made]
+            csim.complete(made[0].session.session_id, "ann@acme.io")
+            csim.deny(made[1].session.session_id)
+            made[2].cancel()
+            assert (await made[0]).ok
+            assert not (await made[1]).ok
+        # made[3] was handed over as its manager closed: the other one adopts and finishes it
+        with anyio.fail_after(10):
+            await csim.wait_for(lambda: made[3].session.session_id in other._poller.pending)
+        csim.complete(made[3].session.session_id, "bo@acme.io")
+        with anyio.fail_after(10):
+            assert (await other._poller.pending[made[3].session.session_id]).ok
+    secrets = [s.session_id for s in sessions] + [s.auth_url for s in sessions]
+    seen = [(r.getMessage(), json.dumps(r.__dict__, default=str)) for r in logs.records]
+    assert len(seen) > 20
+    leaks = [text for text in seen for secret in secrets if secret in text[0] or secret in text[1]]
+    assert leaks == []
+    keys = {getattr(r, "session_key", None) for r in logs.records} - {None}
+    paths = {getattr(r, "path", "") for r in logs.records}
+    assert keys and all(any(k in p for p in paths) for k in keys)  # the same key in both
