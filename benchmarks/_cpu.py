@@ -34,8 +34,8 @@ import aiohttp
 import anyio
 
 from instantly_oauth_async import InstantlyClient, OAuthManager, RateLimit
-from instantly_oauth_async._budget import DEFAULT_STATUS_LIMIT
-from instantly_oauth_async._store import MemoryStore, Store
+from instantly_oauth_async._manager.budget import DEFAULT_STATUS_LIMIT
+from instantly_oauth_async._stores.store import MemoryStore, Store
 
 from ._common import OPEN, Row, ServerProcess
 

@@ -31,7 +31,7 @@ from instantly_oauth_async import (
     RateLimit,
     RequestFinished,
 )
-from instantly_oauth_async._events import Hooks
+from instantly_oauth_async._observe.events import Hooks
 
 from ._common import Row, ServerProcess
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import aiohttp
 import anyio
 
-from instantly_oauth_async._store import MemoryStore, Store
+from instantly_oauth_async._stores.store import MemoryStore, Store
 
 from ._common import ServerProcess
 from ._cpu import _managers, _redis_server, _span, _start_many, _status_reads
@@ -46,7 +46,7 @@ async def main(case: str, size: int) -> None:
         if case == "scale":
             async with _managers(url, key, http, MemoryStore(), 1, poll_interval=5.0,
                                  status_limit=__import__(
-                                     "instantly_oauth_async._budget",
+                                     "instantly_oauth_async._manager.budget",
                                      fromlist=["x"]).DEFAULT_STATUS_LIMIT) as managers:
                 await _start_many(managers, size)
                 profile.enable()

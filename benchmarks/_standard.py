@@ -21,7 +21,7 @@ import aiohttp
 import anyio
 
 from instantly_oauth_async import OAuthManager, RateLimit
-from instantly_oauth_async._budget import DEFAULT_STANDARD_LIMIT
+from instantly_oauth_async._manager.budget import DEFAULT_STANDARD_LIMIT
 
 from ._common import OPEN, Row, ServerProcess, start_many, utilisation
 

@@ -2,12 +2,15 @@
 
 import logging as _logging
 
-from ._breaker import BreakerPolicy, BreakerTransition, CircuitState
-from ._budget import DEFAULT_STANDARD_LIMIT, DEFAULT_STATUS_LIMIT, Budget
-from ._bulk import SessionFor
-from ._client import InstantlyClient, __version__
-from ._clock import Clock, SystemClock
-from ._events import (
+from ._limits.breaker import BreakerPolicy, BreakerTransition, CircuitState
+from ._limits.clock import Clock, SystemClock
+from ._manager.budget import DEFAULT_STANDARD_LIMIT, DEFAULT_STATUS_LIMIT, Budget
+from ._manager.bulk import SessionFor
+from ._manager.fleet import UnknownSessionError
+from ._manager.manager import OAuthManager
+from ._manager.outcome import ConnectResult, OutcomeLostError
+from ._manager.polling import PendingConnection
+from ._observe.events import (
     BreakerChanged,
     BudgetWaited,
     Event,
@@ -17,7 +20,10 @@ from ._events import (
     SessionResolved,
     SessionStarted,
 )
-from ._exceptions import (
+from ._observe.stats import ManagerStats
+from ._stores.store import MemoryStore, Store, StoreError
+from ._wire.client import InstantlyClient, __version__
+from ._wire.exceptions import (
     APIError,
     BadRequestError,
     CircuitOpenError,
@@ -40,9 +46,7 @@ from ._exceptions import (
     TransportError,
     UnauthorizedError,
 )
-from ._fleet import UnknownSessionError
-from ._manager import OAuthManager
-from ._models import (
+from ._wire.models import (
     Account,
     AccountStatus,
     OAuthSession,
@@ -57,10 +61,6 @@ from ._models import (
     WarmupAdvanced,
     WarmupStatus,
 )
-from ._outcome import ConnectResult, OutcomeLostError
-from ._polling import PendingConnection
-from ._stats import ManagerStats
-from ._store import MemoryStore, Store, StoreError
 
 __all__ = [
     "DEFAULT_STANDARD_LIMIT",

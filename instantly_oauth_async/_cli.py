@@ -31,9 +31,12 @@ from typing import Any, NoReturn
 import aiohttp
 import anyio
 
-from . import __version__, _config
-from ._client import DEFAULT_BASE_URL, InstantlyClient, validate_api_key
-from ._exceptions import (
+from . import __version__
+from ._manager import config as _config
+from ._manager.manager import OAuthManager
+from ._manager.outcome import ConnectResult
+from ._wire.client import DEFAULT_BASE_URL, InstantlyClient, validate_api_key
+from ._wire.exceptions import (
     ConfigurationError,
     EnvironmentVariableError,
     ForbiddenError,
@@ -44,9 +47,7 @@ from ._exceptions import (
     TransportError,
     UnauthorizedError,
 )
-from ._manager import OAuthManager
-from ._models import OAuthSession, Provider, RetryPolicy
-from ._outcome import ConnectResult
+from ._wire.models import OAuthSession, Provider, RetryPolicy
 
 try:
     from rich.console import Console

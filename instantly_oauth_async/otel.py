@@ -46,8 +46,7 @@ from typing import Any, Final
 
 from opentelemetry import metrics, trace
 
-from ._client import __version__
-from ._events import (
+from ._observe.events import (
     BreakerChanged,
     BudgetWaited,
     Event,
@@ -57,6 +56,7 @@ from ._events import (
     SessionStarted,
     Throttle,
 )
+from ._wire.client import __version__
 
 __all__ = [
     "BUDGET_WAIT_BUCKETS",

@@ -26,8 +26,8 @@ import aiohttp
 import anyio
 
 from instantly_oauth_async import OAuthManager
-from instantly_oauth_async._fleet import Fleet
-from instantly_oauth_async._polling import PendingConnection
+from instantly_oauth_async._manager.fleet import Fleet
+from instantly_oauth_async._manager.polling import PendingConnection
 from instantly_oauth_async.redis import RedisStore
 from instantly_oauth_async.testing import SimulatorLimits
 

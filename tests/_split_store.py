@@ -4,7 +4,7 @@ the registry under a Redis fault (killed, wiped) whose own budgets need not wait
 from __future__ import annotations
 
 from instantly_oauth_async import MemoryStore
-from instantly_oauth_async._clock import Clock
+from instantly_oauth_async._limits.clock import Clock
 from instantly_oauth_async.redis import RedisRegistry, RedisStore
 
 

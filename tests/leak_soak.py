@@ -26,7 +26,7 @@ import anyio
 
 from benchmarks._common import OPEN, ServerProcess
 from instantly_oauth_async import InstantlyError, OAuthManager, PendingConnection, RateLimit
-from instantly_oauth_async._registry import MemoryRegistry
+from instantly_oauth_async._stores.registry import MemoryRegistry
 
 
 def rss_kib() -> int:

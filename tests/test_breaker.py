@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from instantly_oauth_async import BreakerPolicy, CircuitState
-from instantly_oauth_async._breaker import BreakerState, admit, record, release
+from instantly_oauth_async._limits.breaker import BreakerState, admit, record, release
 
 POLICY = BreakerPolicy(failure_threshold=3, cooldown=10, max_cooldown=100, probe_timeout=30)
 

@@ -22,7 +22,7 @@ from instantly_oauth_async import (
     SessionCancelledError,
     SessionStatus,
 )
-from instantly_oauth_async._limiter import FairLimiter
+from instantly_oauth_async._limits.limiter import FairLimiter
 from instantly_oauth_async.testing import FakeClock, Simulator, SimulatorLimits
 
 pytestmark = pytest.mark.anyio

@@ -29,7 +29,7 @@ from instantly_oauth_async import (
     UnauthorizedError,
     __version__,
 )
-from instantly_oauth_async._exceptions import redact_url
+from instantly_oauth_async._wire.exceptions import redact_url
 from instantly_oauth_async.testing import CannedResponse, Faults, Simulator, Workspace
 
 pytestmark = pytest.mark.anyio

@@ -19,7 +19,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from instantly_oauth_async import OAuthManager, PendingConnection, Provider, SessionStatus
-from instantly_oauth_async._registry import ANSWER
+from instantly_oauth_async._stores.registry import ANSWER
 from instantly_oauth_async.redis import RedisRegistry, RedisStore
 from instantly_oauth_async.testing import Simulator, SimulatorLimits
 from tests._redis_cluster import RedisCluster

@@ -24,7 +24,7 @@ from instantly_oauth_async import (
     RateLimit,
     StartTimeoutError,
 )
-from instantly_oauth_async._config import parse_store
+from instantly_oauth_async._manager.config import parse_store
 from instantly_oauth_async.sqlite import SQLiteStore
 from instantly_oauth_async.testing import Simulator
 from tests._redis import RedisServer

@@ -19,9 +19,9 @@ from instantly_oauth_async import (
     SessionStatus,
     Store,
 )
-from instantly_oauth_async._clock import SystemClock
-from instantly_oauth_async._fleet import Fleet, UnknownSessionError
-from instantly_oauth_async._registry import MemoryRegistry, Registry
+from instantly_oauth_async._limits.clock import SystemClock
+from instantly_oauth_async._manager.fleet import Fleet, UnknownSessionError
+from instantly_oauth_async._stores.registry import MemoryRegistry, Registry
 from instantly_oauth_async.redis import RedisStore
 from instantly_oauth_async.testing import Network, Simulator, SimulatorLimits
 from tests._reads import overlapping_reads

@@ -22,7 +22,7 @@ from instantly_oauth_async import (
     SessionStatus,
     Store,
 )
-from instantly_oauth_async._registry import MemoryRegistry
+from instantly_oauth_async._stores.registry import MemoryRegistry
 from instantly_oauth_async.redis import RedisStore
 from instantly_oauth_async.testing import FakeClock, Faults, Network, Simulator, SimulatorLimits
 from tests._reads import overlapping_reads, status_reads
@@ -349,7 +349,7 @@ async def test_a_failed_renew_does_not_revive_a_lease_that_had_lapsed() -> None:
     failed, and it extended every lease it held, the lapsed one too, so it read a session
     another manager had adopted (two reads, the second a 404). A failed renew now extends only
     what is still good."""
-    from instantly_oauth_async._fleet import Fleet  # noqa: PLC0415
+    from instantly_oauth_async._manager.fleet import Fleet  # noqa: PLC0415
     from tests._redis import RedisServer  # noqa: PLC0415
 
     clock, server = FakeClock(), RedisServer()

@@ -25,9 +25,9 @@ import anyio
 import pytest
 
 from instantly_oauth_async import OAuthManager, SessionStatus
-from instantly_oauth_async._fleet import UnknownSessionError
-from instantly_oauth_async._outcome import OutcomeLostError
-from instantly_oauth_async._registry import ANSWER, LOST, Entry, RegistryUnavailableError
+from instantly_oauth_async._manager.fleet import UnknownSessionError
+from instantly_oauth_async._manager.outcome import OutcomeLostError
+from instantly_oauth_async._stores.registry import ANSWER, LOST, Entry, RegistryUnavailableError
 from instantly_oauth_async.redis import RedisStore
 from instantly_oauth_async.testing import LoggedRequest, Network, Simulator
 from tests._owner_worker import OffsetClock, http_session

@@ -9,7 +9,7 @@ import attrs
 import pytest
 
 from instantly_oauth_async import ConfigurationError, MemoryStore, OAuthManager
-from instantly_oauth_async._events import (
+from instantly_oauth_async._observe.events import (
     BudgetWaited,
     Event,
     Hooks,

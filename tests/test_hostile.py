@@ -18,7 +18,7 @@ from instantly_oauth_async import (
     OAuthStatus,
     RateLimitedError,
 )
-from instantly_oauth_async._sansio import MAX_RETRY_AFTER
+from instantly_oauth_async._wire.sansio import MAX_RETRY_AFTER
 from instantly_oauth_async.testing import CannedResponse, Simulator, Workspace
 
 pytestmark = pytest.mark.anyio

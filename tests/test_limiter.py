@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from instantly_oauth_async import MemoryStore, RateLimit
-from instantly_oauth_async._limiter import FairLimiter, SlotLog, TooLongError, release, take
+from instantly_oauth_async._limits.limiter import FairLimiter, SlotLog, TooLongError, release, take
 from instantly_oauth_async.testing import FakeClock
 from tests._windows import max_in_window
 

@@ -27,7 +27,7 @@ from instantly_oauth_async import (
     SessionStatus,
     UnauthorizedError,
 )
-from instantly_oauth_async._breaker import BreakerPolicy, CircuitState
+from instantly_oauth_async._limits.breaker import BreakerPolicy, CircuitState
 from instantly_oauth_async.testing import CannedResponse, Faults, Simulator, SimulatorLimits
 
 pytestmark = pytest.mark.anyio

@@ -26,7 +26,7 @@ from instantly_oauth_async import (
     WarmupAdvanced,
     WarmupStatus,
 )
-from instantly_oauth_async._convert import converter, structure
+from instantly_oauth_async._wire.convert import converter, structure
 
 ACCOUNT: dict[str, Any] = {
     "email": "ann@acme.io",
@@ -244,7 +244,7 @@ def test_from_json_takes_bytes_and_bytearrays() -> None:
 
 
 def test_to_json_refuses_what_json_cannot_carry() -> None:
-    from instantly_oauth_async._convert import to_json  # noqa: PLC0415 - the function itself
+    from instantly_oauth_async._wire.convert import to_json  # noqa: PLC0415 - the function itself
 
     with pytest.raises(ConfigurationError) as info:
         to_json(StatusMessage(response_code=float("inf")))

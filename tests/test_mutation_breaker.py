@@ -9,7 +9,7 @@ import math
 import pytest
 
 from instantly_oauth_async import BreakerPolicy, CircuitState
-from instantly_oauth_async._breaker import (
+from instantly_oauth_async._limits.breaker import (
     Admission,
     BreakerState,
     admit,

@@ -24,7 +24,7 @@ from instantly_oauth_async import (
     StatusMessage,
     WarmupStatus,
 )
-from instantly_oauth_async._convert import (
+from instantly_oauth_async._wire.convert import (
     _leaf_message,
     _lenient_enum_factory,
     _lenient_enum_of,

@@ -16,8 +16,8 @@ import anyio.lowlevel
 import pytest
 
 from instantly_oauth_async import BreakerPolicy, CircuitState, MemoryStore, RateLimit
-from instantly_oauth_async._breaker import Admission
-from instantly_oauth_async._limiter import (
+from instantly_oauth_async._limits.breaker import Admission
+from instantly_oauth_async._limits.limiter import (
     FairLimiter,
     GateShutError,
     Grant,

@@ -10,7 +10,14 @@ import math
 import anyio
 import pytest
 
-from instantly_oauth_async._registry import ANSWER, EXPIRED, LOST, RELEASED, Entry, MemoryRegistry
+from instantly_oauth_async._stores.registry import (
+    ANSWER,
+    EXPIRED,
+    LOST,
+    RELEASED,
+    Entry,
+    MemoryRegistry,
+)
 from instantly_oauth_async.testing import FakeClock
 
 pytestmark = pytest.mark.anyio

@@ -19,8 +19,8 @@ from instantly_oauth_async import (
     ServerError,
     ServiceUnavailableError,
 )
-from instantly_oauth_async._exceptions import REDACTED
-from instantly_oauth_async._sansio import (
+from instantly_oauth_async._wire.exceptions import REDACTED
+from instantly_oauth_async._wire.sansio import (
     MAX_RETRY_AFTER,
     decipher_response,
     encode_segment,

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from instantly_oauth_async import _redis_lua
+from instantly_oauth_async.redis import _lua as _redis_lua
 
 ROOT = Path(__file__).resolve().parent.parent
 LICENSE_LINES = ("MIT License", "Copyright (c) 2026 instantly-oauth-async developers")
@@ -120,15 +120,16 @@ def test_the_wheel_carries_every_lua_script_and_loads_them_from_itself(
     dists: tuple[tarfile.TarFile, zipfile.ZipFile], tmp_path: Path,
 ) -> None:
     _, wheel = dists
-    scripts = sorted(p.name for p in (ROOT / "instantly_oauth_async" / "_lua").glob("*.lua"))
+    lua = ROOT / "instantly_oauth_async" / "redis" / "lua"
+    scripts = sorted(p.name for p in lua.glob("*.lua"))
     assert "take.lua" in scripts and "batch.lua" in scripts
     shipped = sorted(Path(n).name for n in wheel.namelist()
-                     if n.startswith("instantly_oauth_async/_lua/") and n.endswith(".lua"))
+                     if n.startswith("instantly_oauth_async/redis/lua/") and n.endswith(".lua"))
     assert shipped == scripts
     # Unpacked alone (no checkout on the path), the wheel builds the same batch script.
     wheel.extractall(tmp_path)  # noqa: S202 - the wheel we just built
     code = ("import sys; sys.path.insert(0, sys.argv[1]); import pathlib; "
-            "import instantly_oauth_async._redis_lua as m; "
+            "import instantly_oauth_async.redis._lua as m; "
             "assert pathlib.Path(m.__file__).is_relative_to(sys.argv[1]), m.__file__; "
             "print(m.BATCH)")
     done = subprocess.run(  # noqa: S603 - our own argv

@@ -21,10 +21,16 @@ from hypothesis import strategies as st
 
 from benchmarks._common import utilisation
 from instantly_oauth_async import OAuthManager, Provider, RateLimit, SessionStatus
-from instantly_oauth_async._breaker import BreakerPolicy, BreakerState, admit, record, release
-from instantly_oauth_async._limiter import SlotLog
-from instantly_oauth_async._limiter import release as release_slot
-from instantly_oauth_async._limiter import take as take_slot
+from instantly_oauth_async._limits.breaker import (
+    BreakerPolicy,
+    BreakerState,
+    admit,
+    record,
+    release,
+)
+from instantly_oauth_async._limits.limiter import SlotLog
+from instantly_oauth_async._limits.limiter import release as release_slot
+from instantly_oauth_async._limits.limiter import take as take_slot
 from instantly_oauth_async.redis import RedisStore
 from instantly_oauth_async.testing import Network, Simulator, SimulatorLimits
 from tests._redis import RedisServer

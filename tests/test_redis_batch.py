@@ -21,12 +21,13 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from instantly_oauth_async import RateLimit, _redis_lua
-from instantly_oauth_async._breaker import BreakerPolicy
-from instantly_oauth_async._clock import SystemClock
-from instantly_oauth_async._limiter import FairLimiter
-from instantly_oauth_async._redis_batch import Batcher, _Lane, hash_tag
+from instantly_oauth_async import RateLimit
+from instantly_oauth_async._limits.breaker import BreakerPolicy
+from instantly_oauth_async._limits.clock import SystemClock
+from instantly_oauth_async._limits.limiter import FairLimiter
 from instantly_oauth_async.redis import RedisStore, StoreError
+from instantly_oauth_async.redis import _lua as _redis_lua
+from instantly_oauth_async.redis._batch import Batcher, _Lane, hash_tag
 from tests._redis import RedisServer, free_port
 
 pytestmark = pytest.mark.anyio
@@ -204,7 +205,7 @@ async def test_a_script_error_names_its_lua_file_and_line(
     assert str(wrong_type).startswith("WRONGTYPE")  # the code stays first, for StoreError.code
     assert str(wrong_type).endswith("(in blocked_for.lua)")
     # A Lua error: the file and the line in it, not the line of the whole batch script.
-    lines = (Path(_redis_lua.__file__).parent / "_lua" / "block.lua").read_text().splitlines()
+    lines = (Path(_redis_lua.__file__).parent / "lua" / "block.lua").read_text().splitlines()
     line = 1 + next(i for i, text in enumerate(lines) if "tonumber(ARGV[1])" in text)
     assert isinstance(no_number, ResponseError)
     assert f"block.lua:{line}: attempt to perform arithmetic" in str(no_number)

@@ -37,7 +37,7 @@ from instantly_oauth_async import (
     RateLimit,
     Store,
 )
-from instantly_oauth_async._breaker import BreakerPolicy
+from instantly_oauth_async._limits.breaker import BreakerPolicy
 from instantly_oauth_async.redis import RedisStore, StoreError
 from instantly_oauth_async.testing import Simulator
 from tests._redis import RedisServer

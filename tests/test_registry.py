@@ -19,8 +19,8 @@ import anyio
 import pytest
 import redis.asyncio as aioredis
 
-from instantly_oauth_async import ClientStateError, MemoryStore, _redis_registry
-from instantly_oauth_async._registry import (
+from instantly_oauth_async import ClientStateError, MemoryStore
+from instantly_oauth_async._stores.registry import (
     ANSWER,
     EXPIRED,
     LOST,
@@ -34,6 +34,7 @@ from instantly_oauth_async.redis import (
     RegistryUnavailableError,
     StoreError,
 )
+from instantly_oauth_async.redis import _registry as _redis_registry
 from instantly_oauth_async.testing import FakeClock
 from tests._redis import RedisServer, free_port
 

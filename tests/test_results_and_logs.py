@@ -29,7 +29,7 @@ from instantly_oauth_async import (
     SessionFor,
     SessionStatus,
 )
-from instantly_oauth_async._convert import structure
+from instantly_oauth_async._wire.convert import structure
 from instantly_oauth_async.testing import CannedResponse, Simulator
 from tests.test_manager import MakeManager, make  # noqa: F401 - the fixture, shared
 from tests.test_models import ACCOUNT

@@ -22,7 +22,7 @@ from instantly_oauth_async import (
     ServiceUnavailableError,
     UnauthorizedError,
 )
-from instantly_oauth_async._sansio import (
+from instantly_oauth_async._wire.sansio import (
     MAX_RETRY_AFTER,
     decipher_response,
     encode_segment,

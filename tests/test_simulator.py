@@ -22,7 +22,7 @@ from instantly_oauth_async import (
     RetryPolicy,
     SystemClock,
 )
-from instantly_oauth_async._convert import parse_datetime
+from instantly_oauth_async._wire.convert import parse_datetime
 from instantly_oauth_async.testing import FakeClock, Network, Simulator, SimulatorLimits
 
 pytestmark = pytest.mark.anyio

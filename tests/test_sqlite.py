@@ -17,13 +17,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from instantly_oauth_async import OAuthManager, Provider, RateLimit, SessionStatus, Store
-from instantly_oauth_async._breaker import BreakerPolicy, BreakerState, CircuitState, admit
-from instantly_oauth_async._breaker import record as record_verdict
-from instantly_oauth_async._breaker import release as release_probe
-from instantly_oauth_async._limiter import SlotLog
-from instantly_oauth_async._limiter import release as release_slot
-from instantly_oauth_async._limiter import take as take_slot
-from instantly_oauth_async._registry import ANSWER, Registry
+from instantly_oauth_async._limits.breaker import BreakerPolicy, BreakerState, CircuitState, admit
+from instantly_oauth_async._limits.breaker import record as record_verdict
+from instantly_oauth_async._limits.breaker import release as release_probe
+from instantly_oauth_async._limits.limiter import SlotLog
+from instantly_oauth_async._limits.limiter import release as release_slot
+from instantly_oauth_async._limits.limiter import take as take_slot
+from instantly_oauth_async._stores.registry import ANSWER, Registry
 from instantly_oauth_async.sqlite import SQLiteRegistry, SQLiteStore, StoreError
 from instantly_oauth_async.testing import FakeClock, Network, Simulator, SimulatorLimits
 from tests._reads import overlapping_reads

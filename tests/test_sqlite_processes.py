@@ -26,7 +26,7 @@ import pytest
 
 from benchmarks._common import percentile, utilisation
 from instantly_oauth_async import OAuthManager, RateLimit
-from instantly_oauth_async._registry import ANSWER
+from instantly_oauth_async._stores.registry import ANSWER
 from instantly_oauth_async.sqlite import RegistryUnavailableError, SQLiteStore, StoreError
 from instantly_oauth_async.testing import Simulator, SimulatorLimits
 from tests._reads import overlapping_reads

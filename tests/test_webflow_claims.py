@@ -17,7 +17,7 @@ import anyio
 import pytest
 
 from instantly_oauth_async import ConfigurationError, MemoryStore, StoreError
-from instantly_oauth_async._claims import Claims
+from instantly_oauth_async._stores.claims import Claims
 from instantly_oauth_async.redis import RedisStore
 from instantly_oauth_async.sqlite import SQLiteStore
 from instantly_oauth_async.testing import FakeClock
@@ -163,7 +163,8 @@ async def test_a_redis_claims_script_error_names_its_lua_file(redis_server: Redi
             await store.claims.claim(NS, "ann", hold=60, per_user=1, limit=10)
         assert raised.value.code == "WRONGTYPE"
         # Outside a pcall, Redis names the failing line: the file and line it came from.
-        lines = (ROOT / "instantly_oauth_async" / "_lua" / "claims.lua").read_text().splitlines()
+        claims_lua = ROOT / "instantly_oauth_async" / "redis" / "lua" / "claims.lua"
+        lines = claims_lua.read_text().splitlines()
         line = 1 + next(i for i, text in enumerate(lines) if "ZRANGEBYSCORE" in text)
         assert f"@claims.lua:{line}." in str(raised.value)
         assert "user_script" not in str(raised.value)

@@ -42,11 +42,11 @@ from instantly_oauth_async import (
     StartTimeoutError,
     UnauthorizedError,
 )
-from instantly_oauth_async._breaker import BreakerPolicy, CircuitState
-from instantly_oauth_async._client import DEFAULT_MAX_BODY
-from instantly_oauth_async._convert import parse_datetime
-from instantly_oauth_async._exceptions import redact_url
-from instantly_oauth_async._sansio import decipher_response
+from instantly_oauth_async._limits.breaker import BreakerPolicy, CircuitState
+from instantly_oauth_async._wire.client import DEFAULT_MAX_BODY
+from instantly_oauth_async._wire.convert import parse_datetime
+from instantly_oauth_async._wire.exceptions import redact_url
+from instantly_oauth_async._wire.sansio import decipher_response
 from instantly_oauth_async.testing import (
     CannedResponse,
     FakeClock,

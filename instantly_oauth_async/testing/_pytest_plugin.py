@@ -44,7 +44,7 @@ from typing import Any, Literal
 
 import pytest
 
-from .._manager import OAuthManager
+from .._manager.manager import OAuthManager
 from ._rules import SimulatorLimits
 from ._simulator import Simulator, Workspace
 

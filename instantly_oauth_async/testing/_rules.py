@@ -11,8 +11,8 @@ from typing import Any, NamedTuple
 
 import attrs
 
-from .._breaker import BreakerPolicy
-from .._models import RateLimit, RetryPolicy
+from .._limits.breaker import BreakerPolicy
+from .._wire.models import RateLimit, RetryPolicy
 
 __all__ = ["RateRules", "Rejection", "SimulatorLimits", "retry_after_header"]
 

@@ -38,7 +38,7 @@ import anyio
 import attrs
 from aiohttp import web
 
-from .._clock import Clock
+from .._limits.clock import Clock
 from ._accounts import AccountBook
 from ._rules import RateRules, Rejection, SimulatorLimits, retry_after_header
 from ._sessions import SessionBook, SimSession, consent_given, consent_page, expired_page

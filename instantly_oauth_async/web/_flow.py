@@ -19,12 +19,12 @@ from urllib.parse import quote
 import anyio
 import attrs
 
-from .._claims import Claims
-from .._exceptions import ClientStateError, ConfigurationError, InstantlyError
-from .._fleet import UnknownSessionError
-from .._manager import OAuthManager
-from .._models import Provider
-from .._polling import PendingConnection
+from .._manager.fleet import UnknownSessionError
+from .._manager.manager import OAuthManager
+from .._manager.polling import PendingConnection
+from .._stores.claims import Claims
+from .._wire.exceptions import ClientStateError, ConfigurationError, InstantlyError
+from .._wire.models import Provider
 from . import _pages
 
 __all__ = ["ConnectFlow", "Refusal", "Started", "UserOf"]

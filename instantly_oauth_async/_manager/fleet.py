@@ -1,0 +1,430 @@
+"""The manager's side of the session registry: sessions registered before ``start()`` returns,
+the lease of the one poller of each, the heartbeat that renews them, adoption of orphans,
+outcomes written ahead of any future, and watchers that wait on the registry, not the API.
+
+What is durable and what can still be lost: docs/FLEET.md.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from collections.abc import Collection
+
+import anyio
+
+from .._stores.registry import (
+    ANSWER,
+    EXPIRED,
+    LOST,
+    Data,
+    Entry,
+    MemoryRegistry,
+    Registry,
+    RegistryUnavailableError,
+)
+from .._wire.convert import converter
+from .._wire.exceptions import InstantlyError, session_key
+from .._wire.models import Account, OAuthSession, SessionStatus
+from .outcome import ConnectResult, OutcomeLostError
+
+__all__ = ["Fleet", "UnknownSessionError", "decode_outcome", "decode_session",
+           "encode_outcome", "encode_session"]
+
+logger = logging.getLogger("instantly_oauth_async")
+
+
+class UnknownSessionError(InstantlyError):
+    """``attach()`` was given a session id the registry does not know (never registered in this
+    workspace, or decided longer ago than the retention); or a session awaited through
+    ``attach()`` vanished from the registry and no manager registered it again within a lease
+    (its store lost its data, say a Redis restarted without persistence, while no live manager
+    held the session). Either way nobody polls it: this is not an outcome of the session."""
+
+    def __init__(self, session_id: str, detail: str = "") -> None:
+        self.session_id = session_id
+        super().__init__(f"no session {session_id} in this workspace's registry"
+                         + (f": {detail}" if detail else ""))
+
+
+def encode_session(session: OAuthSession, expected_email: str | None) -> str:
+    return json.dumps({"session": converter.unstructure(session),
+                       "expected_email": expected_email})
+
+
+class _Encoded:
+    """A session's registry data made when read: the in-process registry keeps this rather
+    than a second, serialized copy of the records the manager holds anyway."""
+
+    __slots__ = ("expected_email", "session")
+
+    def __init__(self, session: OAuthSession, expected_email: str | None) -> None:
+        self.session, self.expected_email = session, expected_email
+
+    def __call__(self) -> str:
+        return encode_session(self.session, self.expected_email)
+
+
+def decode_session(data: str) -> tuple[OAuthSession, str | None]:
+    raw = json.loads(data)
+    return converter.structure(raw["session"], OAuthSession), raw.get("expected_email")
+
+
+def encode_outcome(result: ConnectResult | None, error: BaseException | None
+                   ) -> tuple[str, int] | None:
+    """The outcome as the registry stores it, with its precedence; None: nothing to store (a
+    cancellation, the manager closing, a bug: the lease lapses and another manager goes on)."""
+    if result is not None:
+        rank = EXPIRED if result.status is SessionStatus.EXPIRED else ANSWER
+        return json.dumps({"result": converter.unstructure(result)}), rank
+    if isinstance(error, OutcomeLostError):
+        account = None if error.account is None else converter.unstructure(error.account)
+        return json.dumps({"lost": error.detail, "account": account}), LOST
+    return None
+
+
+def decode_outcome(outcome: str, session_id: str) -> ConnectResult | OutcomeLostError:
+    raw = json.loads(outcome)
+    if "result" in raw:
+        result: ConnectResult = converter.structure(raw["result"], ConnectResult)
+        return result
+    account = raw.get("account")
+    return OutcomeLostError(
+        session_id, raw.get("lost", "lost"),
+        account=None if account is None else converter.structure(account, Account))
+
+
+class Fleet:
+    """The leases this manager holds in one workspace's registry, by session id."""
+
+    def __init__(self, registry: Registry, ns: str, owner: str, *, lease: float,
+                 retention: float, read_margin: float) -> None:
+        self.registry = registry
+        self.ns = ns
+        self.owner = owner
+        self.lease = lease
+        self.retention = retention
+        self._read_margin = read_margin
+        self.fences: dict[str, int] = {}
+        self._until: dict[str, float] = {}
+        self._unregistered: dict[str, str] = {}  # started while the store was away
+        # Every session held, as registered (to register again): on the in-process registry
+        # the same callable its entry keeps, not the JSON (see MemoryRegistry).
+        self._data: dict[str, Data] = {}
+        self._lazy = isinstance(registry, MemoryRegistry)
+        # Outcomes decided while the store was away: (outcome, rank), written by the next renew
+        # that reaches it; their leases are kept meanwhile, so nobody adopts and reads again.
+        self._unwritten: dict[str, tuple[str, int]] = {}
+        self._closed = False  # closing: it adopts nothing more
+        self._held: dict[str, int] = {}  # closing: leases kept until their reads ended
+        self._adopting = anyio.Lock()  # an adoption pass; release_all waits for it to end
+        # Sessions this manager handed over without an outcome (cancelled): it does not adopt
+        # them back before the time given (the store's clock), their deadline.
+        self._shunned: dict[str, float] = {}
+        self._rng = random.Random()  # noqa: S311 - spreads claims, no secret
+        #: The last renew could not reach the store (the heartbeat tries again sooner).
+        self.renew_failed = False
+        #: Sessions a renew registered again (the registry had lost them), for the poller.
+        self.registered_again: list[str] = []
+
+    def __repr__(self) -> str:
+        return f"<Fleet leases={len(self.fences)} lease={self.lease:g}s>"
+
+    @property
+    def read_margin(self) -> float:
+        """A read starts only while its lease has more than this left (seconds)."""
+        return self._read_margin
+
+    def closed(self) -> bool:
+        """Whether the manager is closing (:meth:`release_all` was called)."""
+        return self._closed
+
+    def _hold(self, entry: Entry, data: Data | None = None) -> None:
+        self.fences[entry.session_id] = entry.fence
+        self._until[entry.session_id] = entry.lease_until
+        self._data[entry.session_id] = entry.data if data is None else data
+
+    def drop(self, session_id: str) -> None:
+        self._unwritten.pop(session_id, None)
+        self.fences.pop(session_id, None)
+        self._until.pop(session_id, None)
+        self._unregistered.pop(session_id, None)
+        self._data.pop(session_id, None)
+
+    async def register(self, session: OAuthSession, expected_email: str | None) -> None:
+        """Register (and hold) a new session. While the registry's store is away, the session
+        is held locally and registered when the store is back (:meth:`renew` does it): nobody
+        else can adopt what the registry does not know."""
+        data: Data = (_Encoded(session, expected_email) if self._lazy
+                      else encode_session(session, expected_email))
+        try:
+            entry = await self._register(session.session_id, data)
+        except RegistryUnavailableError:
+            text = data if isinstance(data, str) else data()
+            self._unregistered[session.session_id] = text
+            self._data[session.session_id] = text
+            self.fences[session.session_id] = 1
+            return
+        if entry.owner == self.owner and not entry.decided:
+            self._hold(entry, data)
+
+    def holds(self, session_id: str) -> bool:
+        """Whether this manager's lease on ``session_id`` is still good by the store's clock
+        (always for a session the registry has not got yet, or one kept at close for its
+        step). A lease that lapsed (this process was paused, say) may be another's by now:
+        whoever holds none decides nothing for the fleet."""
+        if session_id in self._unregistered or session_id in self._held:
+            return True
+        until = self._until.get(session_id)
+        if until is None:
+            return False
+        try:
+            return until > self.registry.now()
+        except RegistryUnavailableError:
+            return True  # never reached: every lease held is of a session not registered yet
+
+    def may_read(self, session_id: str) -> bool:
+        """True while this manager's lease has more time left than a read can take; always
+        for a session the registry has not got yet (nobody else can know it, so nobody else
+        reads it: not even a store never reached, whose clock is unknown, stops its reads)."""
+        if session_id in self._unregistered:
+            return True
+        until = self._until.get(session_id)
+        return until is not None and until - self.registry.now() > self._read_margin
+
+    async def write(self, session_id: str, result: ConnectResult | None,
+                    error: BaseException | None
+                    ) -> tuple[ConnectResult | None, BaseException | None]:
+        """Store the outcome ahead of any future; what to resolve with (the stored winner)."""
+        encoded = encode_outcome(result, error)
+        fence = self.fences.get(session_id, self._held.get(session_id))
+        if encoded is None:
+            return result, error  # no outcome: the poller hands the session over
+        try:
+            entry = await self.registry.decide(self.ns, session_id, *encoded, fence=fence,
+                                               retention=self.retention)
+            data = self._data.get(session_id)
+            if entry is None and fence is not None and data is not None \
+                    and self.holds(session_id):
+                # The registry lost it (a Redis restarted empty, a failover) while this
+                # manager held it: nobody else can hold it, so register it again and store.
+                logger.warning("session %s was missing from the registry as its outcome was "
+                               "written: registered again", session_key(session_id))
+                entry = await self._store_anew(session_id, data, *encoded)
+        except RegistryUnavailableError:
+            if fence is not None:  # ours: keep the lease and write it when the store is back
+                self._unwritten[session_id] = encoded
+                logger.warning("outcome of %s not stored yet (registry unreachable): it will "
+                               "be written when it is back", session_key(session_id))
+                return result, error
+            raise
+        self.drop(session_id)
+        if entry is None or entry.outcome is None:
+            return result, error  # unknown to the registry, or fenced out: ours stands alone
+        stored = decode_outcome(entry.outcome, session_id)
+        return (stored, None) if isinstance(stored, ConnectResult) else (None, stored)
+
+    async def renew(self) -> list[str]:
+        """One step renewing every lease held; the ids whose lease was lost.
+
+        While the store is away, nothing is extended: a lease is good for as long as the store
+        last confirmed it (by its clock), so a read starts only while the store's own view
+        gives it time to spare. After an outage, or across a network split, another manager
+        may find the lease lapsed and adopt the session: this one has stopped reading it by
+        then. :attr:`renew_failed` tells the heartbeat to try again soon.
+
+        A session the registry no longer knows at all (its store came back without its data: a
+        Redis restarted without persistence, or failed over to a replica that had not got it)
+        is registered again, as new (fence 1), and kept: nobody else can have claimed what the
+        registry did not hold, and its waiters find it again.
+        """
+        if not self.fences:
+            return []
+        try:
+            began: float | None = self.registry.now()
+        except RegistryUnavailableError:
+            began = None  # never reached: every lease held is of a session not registered yet
+        try:
+            await self._write_unwritten()
+            for session_id, data in list(self._unregistered.items()):
+                entry = await self._register(session_id, data)
+                self._unregistered.pop(session_id, None)
+                if entry.owner != self.owner or entry.decided:
+                    self.drop(session_id)
+                else:
+                    self._hold(entry)  # its lease, on the store's clock
+            lost = await self.registry.renew(self.ns, self.owner, dict(self.fences),
+                                             lease=self.lease)
+        except RegistryUnavailableError:
+            self.renew_failed = True
+            return []
+        self.renew_failed = False
+        if began is not None:  # else each was just registered, and holds that lease
+            for session_id in self.fences:
+                if session_id not in lost:
+                    self._until[session_id] = began + self.lease  # it ends no earlier than this
+        return [sid for sid in lost if not await self._register_again(sid)]
+
+    async def _register(self, session_id: str, data: Data) -> Entry:
+        """Register ``session_id`` as this manager's (the entry already there, if any)."""
+        registry = self.registry
+        if isinstance(registry, MemoryRegistry):
+            return await registry.register(self.ns, session_id, data, owner=self.owner,
+                                           lease=self.lease, retention=self.retention)
+        return await registry.register(self.ns, session_id,
+                                       data if isinstance(data, str) else data(),
+                                       owner=self.owner, lease=self.lease,
+                                       retention=self.retention)
+
+    async def _store_anew(self, session_id: str, data: Data, outcome: str, rank: int
+                          ) -> Entry | None:
+        """Register again a session the registry lost (a Redis restarted empty, a failover)
+        and store its outcome: nobody else can hold what the registry did not know. If another
+        manager registered it meanwhile, its entry stands and nothing is written."""
+        entry = await self._register(session_id, data)
+        if entry.owner != self.owner or entry.decided:
+            return entry
+        return await self.registry.decide(self.ns, session_id, outcome, rank,
+                                          fence=entry.fence, retention=self.retention)
+
+    async def _write_unwritten(self) -> None:
+        """Store the outcomes decided while the store was away (first writer wins, as ever)."""
+        for session_id, (outcome, rank) in list(self._unwritten.items()):
+            data = self._unregistered.get(session_id)
+            if data is not None:  # started and ended while away: register it first
+                await self._register(session_id, data)
+                self._unregistered.pop(session_id, None)  # only once that is done
+            entry = await self.registry.decide(self.ns, session_id, outcome, rank,
+                                               fence=self.fences.get(session_id),
+                                               retention=self.retention)
+            known = self._data.get(session_id)
+            if entry is None and known is not None:  # lost with the store's data meanwhile
+                await self._store_anew(session_id, known, outcome, rank)
+            self.drop(session_id)
+
+    async def _register_again(self, session_id: str) -> bool:
+        """After a renew named ``session_id`` lost: True when the registry had forgotten it and
+        it is ours again; else it is dropped (decided, or another manager holds it)."""
+        data = self._data.get(session_id)
+        self.drop(session_id)
+        if data is None:
+            return False
+        try:
+            entry = await self._register(session_id, data)
+        except RegistryUnavailableError:
+            return False  # lost for now: the poller's next step tries to register it
+        if entry.owner != self.owner or entry.decided \
+                or entry.lease_until - self.registry.now() <= self._read_margin:
+            return False  # not made anew by this call: lost indeed
+        logger.warning("session %s was missing from the registry (its store lost its data): "
+                       "registered again", session_key(session_id))
+        self._hold(entry)
+        self.registered_again.append(session_id)
+        return True
+
+    async def hand_over(self, session_id: str, shun_for: float) -> None:
+        """Let go of one session that ended here without an outcome (cancelled): another
+        manager adopts it and polls it to its real outcome. This one does not adopt it back for
+        ``shun_for`` seconds (until its deadline): then, if still nobody decided it, it reads
+        it once more itself. A store away lets the lease lapse instead."""
+        if session_id in self._unwritten:
+            return  # it has an outcome, to be written when the store is back: kept till then
+        if self._closed:
+            return  # closing: release_all lets go of every lease, this one with them
+        fence = self.fences.get(session_id)
+        data = self._data.get(session_id)
+        self._unregistered.pop(session_id, None)
+        if fence is None or data is None or not self.holds(session_id):
+            self.drop(session_id)  # not ours (any more): nothing to hand over
+            return
+        try:
+            self._shunned[session_id] = self.registry.now() + shun_for
+            with anyio.CancelScope(shield=True):  # bounded by the store's timeout
+                # Registered again first if the registry lost it (a Redis restarted empty):
+                # else nobody would ever poll it, and its waiters would never learn its end.
+                entry = await self._register(session_id, data)
+                if entry.owner == self.owner and not entry.decided:
+                    await self.registry.release(self.ns, self.owner,
+                                                {session_id: entry.fence})
+        except RegistryUnavailableError as exc:
+            logger.info("session %s not handed over (%s): its lease lapses",
+                        session_key(session_id), type(exc).__name__)
+        finally:
+            self.drop(session_id)
+
+    def _forget_shunned(self, now: float) -> None:
+        for session_id, until in list(self._shunned.items()):
+            if until <= now:
+                del self._shunned[session_id]
+
+    async def adopt(self, limit: int = 100, *, passes: int = 10) -> list[Entry]:
+        """Claim the workspace's orphans (exactly one claimer wins each): ``limit`` a look, and
+        another look while one found ``limit`` (at most ``passes``). Nothing once this manager
+        is closing. Each manager claims them in an order of its own, so managers woken by one
+        release mostly claim different sessions instead of racing for the same ones."""
+        won: list[Entry] = []
+        async with self._adopting:
+            try:
+                for _ in range(passes):
+                    found = await self.registry.orphans(self.ns, limit=limit)
+                    self._rng.shuffle(found)
+                    now = self.registry.now()
+                    self._forget_shunned(now)
+                    for session_id in found:
+                        if self._closed:
+                            return won
+                        if session_id in self._shunned:  # due ones were just forgotten
+                            continue
+                        entry = await self.registry.claim(self.ns, session_id, self.owner,
+                                                          lease=self.lease)
+                        if entry is not None:
+                            self._hold(entry)
+                            won.append(entry)
+                    if len(found) < limit:
+                        break
+            except InstantlyError as exc:
+                if not won:
+                    raise
+                # What was won is held: it must be polled, whatever cut the pass short.
+                logger.info("adoption cut short after %d sessions: %s", len(won),
+                            type(exc).__name__)
+        return won
+
+    async def release_all(self, busy: Collection[str] = ()) -> None:
+        """Let go of every lease, as the manager closes; no adoption after this (an adoption
+        pass under way ends first, and what it won is let go too). The registry tells the other
+        managers, who adopt at once. A session with a read in flight (``busy``) is not let go
+        yet but its lease shortened to the read margin, so nobody reads it while that read may
+        still be on the wire: :meth:`release_held` lets go of those once their reads ended
+        (if it never comes, their leases lapse by then)."""
+        self._closed = True
+        self._until.clear()  # no read starts from now on (may_read is False)
+        async with self._adopting:
+            if self._unwritten:
+                try:
+                    await self._write_unwritten()
+                except RegistryUnavailableError:
+                    logger.warning("%d outcomes decided while the registry was unreachable "
+                                   "were never stored: other managers will find those "
+                                   "sessions lost", len(self._unwritten))
+            if not self.fences:
+                return
+            fences, self.fences = dict(self.fences), {}
+            self._until.clear()
+            held = {sid: fence for sid, fence in fences.items() if sid in busy}
+            free = {sid: fence for sid, fence in fences.items() if sid not in busy}
+            if held:
+                self._held = held
+                await self.registry.renew(self.ns, self.owner, held, lease=self._read_margin)
+            await self.registry.release(self.ns, self.owner, free)
+
+    def holding(self) -> bool:
+        """Whether :meth:`release_all` kept leases for reads in flight."""
+        return bool(self._held)
+
+    async def release_held(self) -> None:
+        """Let go of the leases :meth:`release_all` kept for reads in flight, now ended (one
+        decided meanwhile is left as it is)."""
+        held, self._held = self._held, {}
+        await self.registry.release(self.ns, self.owner, held)

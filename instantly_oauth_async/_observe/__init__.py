@@ -1,0 +1,1 @@
+"""What the manager tells: its events (hooks) and its tally (stats, log records)."""

@@ -1,0 +1,295 @@
+"""The session registry: every session a workspace's managers started, the lease of its one
+poller, and its outcome, written ahead of any future or callback.
+
+The registry lives behind the store (``store.registry``): :class:`MemoryRegistry` for the
+managers of one process, ``RedisRegistry`` (``instantly_oauth_async.redis``) for a fleet. Every
+method is one atomic step timed by the store's own clock (Redis ``TIME``), never a host's. The
+registry stores opaque JSON strings; what they mean is ``_fleet``'s business.
+
+Rules every implementation keeps (``tests/test_registry.py`` runs the same contract against
+both):
+
+- ``register`` makes an entry claimed by its starter, fence 1, before ``start()`` returns.
+- ``claim`` takes an undecided entry whose lease ran out (or was released) and bumps the fence:
+  of racing claimers exactly one wins.
+- ``renew`` extends every lease an owner still holds with the fence it holds, in one step, and
+  names the ones it lost; a stale owner (a lower fence) renews nothing.
+- ``decide`` stores an outcome with a precedence rank (answer 3 > expired 2 > lost 1): the first
+  writer wins, except that a higher rank replaces a lower one; a fenced write with a stale fence
+  is refused. Decided entries are kept ``retention`` seconds, then forgotten.
+- ``wait`` returns when the entry may have changed, or after ``within`` seconds: waiters
+  re-read, so a dropped notification costs at most one ``within``.
+
+A remote registry that cannot reach its store raises :class:`RegistryUnavailableError` (retry
+the step later); one that gets an error waiting will not cure raises ``StoreError``. Neither
+falls back to this process's memory: a lease or an outcome the fleet cannot see is no registry.
+"""
+
+from __future__ import annotations
+
+import collections
+import heapq
+import math
+from collections.abc import Callable, Mapping
+from typing import Protocol, cast, runtime_checkable
+
+import anyio
+import attrs
+
+from .._limits.clock import Clock
+from .._wire.exceptions import InstantlyError
+
+__all__ = ["ANSWER", "EXPIRED", "LOST", "RELEASED", "Data", "Entry", "MemoryRegistry", "Registry",
+           "RegistryUnavailableError"]
+
+LOST, EXPIRED, ANSWER = 1, 2, 3  # outcome precedence ranks
+#: The id :meth:`Registry.wait` takes to wait for a release in the namespace (no session has
+#: it): a manager closing lets go of its leases, and the others adopt them at once.
+RELEASED = ""
+
+
+class RegistryUnavailableError(InstantlyError):
+    """The registry's store could not be reached: refused, reset, slower than its timeout, or
+    busy for now (``BUSY``, ``LOADING``, ``MASTERDOWN``, ``TRYAGAIN``).
+
+    The step may or may not have happened. Every step may be repeated: ``register`` returns the
+    entry already there, a repeated ``claim`` by the same owner bumps the fence once more (the
+    owner holds the newer one), and ``renew``, ``release`` and ``decide`` are idempotent. So
+    retry it later; the registry keeps no local copy meanwhile.
+    """
+
+
+@attrs.frozen
+class Entry:
+    """One session as the registry holds it; ``data`` and ``outcome`` are opaque JSON."""
+
+    session_id: str
+    data: str
+    created_at: float
+    owner: str | None
+    fence: int
+    lease_until: float
+    outcome: str | None = None
+    rank: int = 0
+
+    @property
+    def decided(self) -> bool:
+        return self.outcome is not None
+
+
+@runtime_checkable
+class Registry(Protocol):
+    """The sessions of every workspace sharing the store, by namespace ``ns`` (one workspace)."""
+
+    def now(self) -> float:
+        """The store's clock, in seconds (for a remote store: its last reading, advanced).
+
+        Raises :class:`RegistryUnavailableError` when a remote store was never reached."""
+        ...
+
+    async def register(self, ns: str, session_id: str, data: str, *, owner: str, lease: float,
+                       retention: float) -> Entry: ...
+
+    async def get(self, ns: str, session_id: str) -> Entry | None: ...
+
+    async def claim(self, ns: str, session_id: str, owner: str, *, lease: float) -> Entry | None:
+        """The entry, now ours with a bumped fence; None when unknown, decided, or held."""
+        ...
+
+    async def renew(self, ns: str, owner: str, fences: Mapping[str, int], *, lease: float
+                    ) -> list[str]:
+        """Extend every lease in ``fences`` still ours; the ids no longer ours."""
+        ...
+
+    async def release(self, ns: str, owner: str, fences: Mapping[str, int]) -> None: ...
+
+    async def decide(self, ns: str, session_id: str, outcome: str, rank: int, *,
+                     fence: int | None, retention: float) -> Entry | None:
+        """Store ``outcome`` by the precedence rules; the entry as it stands after (None when
+        unknown)."""
+        ...
+
+    async def orphans(self, ns: str, *, limit: int = 100) -> list[str]:
+        """Undecided sessions whose lease ran out, oldest first."""
+        ...
+
+    async def wait(self, ns: str, session_id: str, within: float) -> None:
+        """Until the entry may have changed, or ``within`` seconds; with ``session_id``
+        :data:`RELEASED`, until a lease of the namespace may have been released."""
+        ...
+
+    def releases(self, ns: str) -> int:
+        """How many releases of leases in ``ns`` this registry has heard of so far: compared
+        before and after an adoption pass, it tells of one that came meanwhile. (A remote store
+        may miss some, as pub/sub drops messages; a reconnection counts as one.)"""
+        ...
+
+
+#: What :meth:`MemoryRegistry.register` keeps as an entry's ``data``: the JSON itself, or a
+#: callable that makes it when it is read. A manager in this process hands in the latter (its
+#: own records, encoded on demand), so a pending session costs no second, serialized copy.
+Data = str | Callable[[], str]
+
+
+class MemoryRegistry:
+    """The registry of one process, timed by ``clock``; lost with the process.
+
+    Entries leave ``retention`` seconds after they were registered, or decided, whichever was
+    later: every step first forgets what is due, so a long-running process holds only what its
+    retention asks for. An adoption pass looks through the undecided entries only. An entry's
+    ``data`` may be kept as a callable (:data:`Data`); every entry handed out has it as text."""
+
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+        self._entries: dict[tuple[str, str], Entry] = {}
+        self._forget_at: dict[tuple[str, str], float] = {}
+        self._forget: list[tuple[float, tuple[str, str]]] = []  # a heap of (when, key)
+        self._open: dict[str, dict[str, None]] = {}  # undecided entries by namespace
+        self._changed: dict[tuple[str, str], anyio.Event] = {}
+        self._releases: collections.Counter[str] = collections.Counter()
+
+    def __repr__(self) -> str:
+        return f"<MemoryRegistry sessions={len(self._entries)}>"
+
+    def __len__(self) -> int:
+        """How many entries it holds (undecided, and decided within their retention)."""
+        return len(self._entries)
+
+    def now(self) -> float:
+        return self._clock.monotonic()
+
+    def _forget_due(self) -> None:
+        now, heap = self.now(), self._forget
+        while heap and heap[0][0] <= now:
+            at, key = heapq.heappop(heap)
+            if self._forget_at.get(key) != at:
+                continue  # moved later since (decided), or forgotten already
+            del self._forget_at[key]
+            self._entries.pop(key, None)
+            self._close(key)
+            self._wake(key)  # a waiter re-reads, and finds it gone
+
+    def _keep_until(self, key: tuple[str, str], at: float) -> None:
+        self._forget_at[key] = at
+        heapq.heappush(self._forget, (at, key))
+
+    def _close(self, key: tuple[str, str]) -> None:
+        ns, session_id = key
+        open_ = self._open.get(ns)
+        if open_ is not None:
+            open_.pop(session_id, None)
+            if not open_:
+                del self._open[ns]
+
+    def _live(self, key: tuple[str, str]) -> Entry | None:
+        self._forget_due()
+        return self._entries.get(key)
+
+    @staticmethod
+    def _out(entry: Entry) -> Entry:
+        """The entry as it is handed out: its data as text (made now if kept as a callable)."""
+        data: Data = entry.data
+        if isinstance(data, str):
+            return entry
+        return attrs.evolve(entry, data=data())
+
+    def _put(self, key: tuple[str, str], entry: Entry) -> Entry:
+        self._entries[key] = entry
+        if entry.decided:
+            self._close(key)
+        else:
+            self._open.setdefault(key[0], {})[key[1]] = None
+        self._wake(key)
+        return entry
+
+    def _wake(self, key: tuple[str, str]) -> None:
+        event = self._changed.pop(key, None)
+        if event is not None:
+            event.set()
+
+    async def register(self, ns: str, session_id: str, data: Data, *, owner: str, lease: float,
+                       retention: float) -> Entry:
+        now, key = self.now(), (ns, session_id)
+        existing = self._live(key)
+        if existing is not None:
+            return self._out(existing)
+        self._keep_until(key, now + retention)  # renewed when decided
+        # Kept as given (a callable stays one): the Entry holds it until it is handed out.
+        return self._out(self._put(key, Entry(session_id, cast("str", data), now, owner, 1,
+                                              now + lease)))
+
+    async def get(self, ns: str, session_id: str) -> Entry | None:
+        entry = self._live((ns, session_id))
+        return None if entry is None else self._out(entry)
+
+    async def claim(self, ns: str, session_id: str, owner: str, *, lease: float) -> Entry | None:
+        key, now = (ns, session_id), self.now()
+        entry = self._live(key)
+        if entry is None or entry.decided:
+            return None
+        if entry.owner is not None and entry.owner != owner and entry.lease_until > now:
+            return None
+        return self._out(self._put(key, attrs.evolve(entry, owner=owner, fence=entry.fence + 1,
+                                                     lease_until=now + lease)))
+
+    async def renew(self, ns: str, owner: str, fences: Mapping[str, int], *, lease: float
+                    ) -> list[str]:
+        lost, now = [], self.now()
+        for session_id, fence in fences.items():
+            key = (ns, session_id)
+            entry = self._live(key)
+            if entry is None or entry.decided or entry.owner != owner or entry.fence != fence \
+                    or entry.lease_until <= now:
+                lost.append(session_id)
+                continue
+            # A new Entry as attrs.evolve would make it, without its per-call look at the fields
+            # (a renew touches every lease a manager holds: 100,000 of them, every 5 s).
+            self._entries[key] = Entry(entry.session_id, entry.data, entry.created_at, owner,
+                                       fence, now + lease, entry.outcome, entry.rank)
+        return lost
+
+    async def release(self, ns: str, owner: str, fences: Mapping[str, int]) -> None:
+        for session_id, fence in fences.items():
+            key = (ns, session_id)
+            entry = self._live(key)
+            if entry is not None and entry.owner == owner and entry.fence == fence:
+                self._put(key, attrs.evolve(entry, owner=None, lease_until=-math.inf))
+                self._releases[ns] += 1
+                self._wake((ns, RELEASED))
+
+    async def decide(self, ns: str, session_id: str, outcome: str, rank: int, *,
+                     fence: int | None, retention: float) -> Entry | None:
+        key = (ns, session_id)
+        entry = self._live(key)
+        if entry is None:
+            return None
+        if fence is not None and fence != entry.fence:
+            return self._out(entry)  # a stale owner: the fence refuses its write
+        if entry.decided and rank <= entry.rank:
+            return self._out(entry)  # first writer wins; only a better-founded one replaces it
+        self._keep_until(key, self.now() + retention)
+        return self._out(self._put(key, attrs.evolve(entry, outcome=outcome, rank=rank,
+                                                     owner=None, lease_until=-math.inf)))
+
+    async def orphans(self, ns: str, *, limit: int = 100) -> list[str]:
+        self._forget_due()
+        now, entries = self.now(), self._entries
+        found = [entry for sid in self._open.get(ns, ())
+                 if (entry := entries[(ns, sid)]).lease_until <= now]
+        found.sort(key=lambda e: e.created_at)
+        return [e.session_id for e in found[:limit]]
+
+    def releases(self, ns: str) -> int:
+        return self._releases[ns]
+
+    async def wait(self, ns: str, session_id: str, within: float) -> None:
+        key = (ns, session_id)
+        event = self._changed.setdefault(key, anyio.Event())
+        try:
+            with self._clock.deadline(within if within < math.inf else 86400.0):
+                await event.wait()
+        finally:
+            # Timed out or cancelled: drop the event unless another waiter still uses it (the
+            # last one to leave drops it; a wake-up drops it anyway).
+            if self._changed.get(key) is event and event.statistics().tasks_waiting == 0:
+                del self._changed[key]
