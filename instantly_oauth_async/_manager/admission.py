@@ -85,6 +85,30 @@ class Admission:
         self._clock = clock
         self._tally = tally
 
+    async def create(self, budget: float) -> OAuthSession:
+        """A new session within ``budget`` seconds (``start()``'s timeout: 0 never waits); a
+        denial (the circuit open, a block, no slot in time) is counted by its reason, then
+        raised."""
+        try:
+            return await self._within(budget)
+        except CircuitOpenError:
+            self._tally.denied(self.provider, "breaker_open")
+            raise
+        except IPBlockedError:
+            self._tally.denied(self.provider, "blocked")
+            raise
+        except StartTimeoutError:
+            self._tally.denied(self.provider, "budget" if budget == 0 else "deadline")
+            raise
+
+    async def _within(self, budget: float) -> OAuthSession:
+        deadline = self._clock.monotonic() + budget
+        if budget == 0:
+            return await self.init(deadline, wait=False)
+        with self._clock.deadline(budget):
+            return await self.init(deadline)
+        raise StartTimeoutError(f"no {self.provider.value} session within {budget:g} s")
+
     async def init(self, deadline: float, *, wait: bool = True) -> OAuthSession:
         """A new session, retried within ``deadline`` (this clock's monotonic seconds).
 

@@ -9,12 +9,6 @@ owns their lifetime. A request's life, one module per stage::
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import hashlib
-import math
-import random
-import secrets
 import warnings
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from types import TracebackType
@@ -26,31 +20,25 @@ import anyio.abc
 from yarl import URL
 
 from .._limits.breaker import BreakerPolicy
-from .._limits.clock import Clock, SystemClock
-from .._limits.limiter import FairLimiter
-from .._observe.events import Hook, Hooks
-from .._observe.stats import ManagerStats, Tally
-from .._stores.guard import Guard
-from .._stores.store import MemoryStore, Store, default_store
+from .._limits.clock import Clock
+from .._observe.events import Hook
+from .._observe.stats import ManagerStats
+from .._stores.store import Store
 from .._wire.client import DEFAULT_BASE_URL, InstantlyClient
 from .._wire.convert import coerce_provider
 from .._wire.exceptions import (
-    CircuitOpenError,
     ClientStateError,
     ConfigurationError,
-    InstantlyError,
-    IPBlockedError,
-    StartTimeoutError,
 )
 from .._wire.models import OAuthSession, Provider, RateLimit, RetryPolicy
 from . import bulk as _bulk
 from . import config as _config
-from .admission import Admission
-from .budget import DEFAULT_STANDARD_LIMIT, DEFAULT_STATUS_LIMIT, Budget, limits_of
-from .fleet import Fleet, UnknownSessionError, decode_session
-from .outcome import ConnectResult, Outcomes
-from .polling import PendingConnection, Poller
-from .reads import Reads
+from . import parts as _parts
+from .budget import DEFAULT_STANDARD_LIMIT, DEFAULT_STATUS_LIMIT, Budget
+from .fleet import UnknownSessionError, decode_session
+from .lifetime import Lifetime
+from .outcome import ConnectResult
+from .polling import PendingConnection
 
 __all__ = ["OAuthManager"]
 
@@ -112,106 +100,20 @@ class OAuthManager:
         seed: int | None = None,
         hooks: Iterable[Hook] = (),
     ) -> None:
-        self._client = InstantlyClient(
-            api_key, base_url=base_url, session=session, timeout=request_timeout
-        )
-        for name, value in (("poll_interval", poll_interval), ("max_block_wait", max_block_wait),
-                            ("start_timeout", start_timeout), ("status_timeout", status_timeout)):
-            if not _positive(value):
-                raise ConfigurationError(f"{name} must be a positive number of seconds")
-        if not (_positive(session_lease) and _positive(retention)):
-            raise ConfigurationError("session_lease and retention must be positive seconds")
-        if _positive(status_timeout) and not status_timeout < session_lease / 2:
-            raise ConfigurationError(
-                "status_timeout must be under half of session_lease: a read starts only while "
-                "its poller's lease has more time left than the read can take")
-        if not 0 <= expiry_grace < math.inf:
-            raise ConfigurationError("expiry_grace must be a non-negative number of seconds")
-        limits = limits_of("status_limit", status_limit)
-        standard = limits_of("standard_limit", standard_limit)
-        if workspace is not None and not str(workspace).strip():
-            raise ConfigurationError("workspace must be a non-empty string")
-        for name, limit in (("init_limit", init_limit), ("ip_init_limit", ip_init_limit)):
-            if not isinstance(limit, RateLimit):
-                raise ConfigurationError(f"{name} must be a RateLimit")
-        # A store's own clock when none is given (a MemoryStore or SQLiteStore on a FakeClock).
-        self._clock: Clock = clock or getattr(store, "clock", None) or SystemClock()
-        if store is None:
-            store = default_store() if clock is None else MemoryStore(self._clock)
-        self._store = store
-        self._start_timeout = float(start_timeout)
-        rng = random.Random(seed)  # noqa: S311 - backoff jitter, not security
-        url = URL(self._client.base_url)
-        self._tally = Tally(Hooks(hooks), server=(url.host or "", url.port or 0))
-
-        # Keys: budgets belong to the workspace, shared by all its keys (by default one key is
-        # taken for one workspace; ``workspace=`` names it when several share one). A 429 for
-        # the standard limit holds back every request of the workspace: the standard key.
-        # Every budget, block and breaker key of one API server shares one hash tag, so each
-        # script touches one Redis Cluster slot (an init takes the workspace's and the IP's keys
-        # at once, and the IP's are shared by every workspace sending from this host).
-        server = f"{url.host}:{url.port}"
-        namespace = f"iox:{{{server}}}"
-        name = api_key.strip() if workspace is None else f"workspace:{workspace.strip()}"
-        ws_id = hashlib.sha256(name.encode()).hexdigest()[:16]
-        standard_key = f"{namespace}:std:ws:{ws_id}"
-        standard_specs = [(f"{standard_key}:{i}", limit) for i, limit in enumerate(standard)]
-        status_specs = [(f"{namespace}:status:ws:{ws_id}:{i}", lim) for i, lim in enumerate(limits)]
-        lease_prefix = f"{secrets.token_hex(6)}:"  # leases of this manager, unique in a fleet
-        # An in-process store shared by nobody else: warn if another process of the host uses
-        # the workspace on one of its own (each would spend the whole budget).
-        self._guard = Guard(ws_id) if isinstance(store, MemoryStore) else None
-
-        def limiter(specs: list[tuple[str, RateLimit]], blocks: list[str],
-                    gate: tuple[str, BreakerPolicy] | None = None) -> FairLimiter:
-            return FairLimiter(store, specs, blocks, self._clock, prefix=lease_prefix, gate=gate,
-                               immediate=isinstance(store, MemoryStore))
-
-        # A lease a crashed holder never released frees its slots after its hold.
-        init_hold = float(request_timeout) + 5.0
-        self._admission: dict[Provider, Admission] = {}
-        for p in Provider:
-            ws_key = f"{namespace}:init:{p.value}:ws:{ws_id}"
-            ip_key = f"{namespace}:init:{p.value}:ip"
-            breaker_key = f"{namespace}:breaker:{p.value}"
-            self._admission[p] = Admission(
-                p, self._client, store,
-                limiter([(ws_key, init_limit), (ip_key, ip_init_limit), *standard_specs],
-                        [ws_key, ip_key, standard_key], gate=(breaker_key, breaker)),
-                block_keys=(ws_key, ip_key), breaker_key=breaker_key,
-                breaker=breaker, window=init_limit.per, hold=init_hold,
-                max_block_wait=float(max_block_wait), retry=retry, rng=rng, clock=self._clock,
-                tally=self._tally)
-        self._reads = Reads(
-            self._client, store, limiter([*status_specs, *standard_specs], [standard_key]),
-            standard_key, self._tally,
-            hold=max(float(request_timeout), float(status_timeout)) + 5.0,
-            status_timeout=float(status_timeout))
-        registry = getattr(store, "registry", None)
-        # The registry's namespace names the budgets' hash tag: one slot, and shared trips.
-        self._fleet = None if registry is None else Fleet(
-            registry, f"{{{server}}}:{ws_id}", lease_prefix.rstrip(":"),
-            lease=float(session_lease), retention=float(retention),
-            # Renewed every third of a lease, a lease keeps over 2/3 of it; a read needs its
-            # timeout and a tenth of a lease to spare (under 0.6 of it, as checked above).
-            read_margin=float(status_timeout) + float(session_lease) / 10)
-        self._poller = Poller(
-            self._reads, Outcomes(self._reads, self._clock, retry, rng,
-                                  fetch_account=fetch_account,
-                                  account_wait=2 * float(request_timeout)),
-            self._clock, self._tally, retry=retry, rng=rng,
-            poll_interval=float(poll_interval), expiry_grace=float(expiry_grace),
-            fleet=self._fleet, close_fetch_wait=float(status_timeout))
-        # How long aclose() waits for steps under way: a status read's timeout and the account
-        # read's bound at close, and the outcome's write (a tenth of a lease, as a read has).
-        self._close_wait = 2 * float(status_timeout) + float(session_lease) / 10 + 2.0
-        self._budget = Budget(limiter(standard_specs, [standard_key]), hold=init_hold,
-                              tally=self._tally)
-        self._group: anyio.abc.TaskGroup | None = None
-        self._host: asyncio.Task[None] | None = None
-        self._stop: anyio.Event | None = None  # made with the loop, in __aenter__
-        self._closed: anyio.Event | None = None
-        self._state = "unopened"
+        parts = _parts.build(
+            api_key, base_url=base_url, init_limit=init_limit, ip_init_limit=ip_init_limit,
+            standard_limit=standard_limit, status_limit=status_limit, workspace=workspace,
+            poll_interval=poll_interval, store=store, clock=clock, breaker=breaker, retry=retry,
+            fetch_account=fetch_account, max_block_wait=max_block_wait,
+            start_timeout=start_timeout, expiry_grace=expiry_grace,
+            request_timeout=request_timeout, status_timeout=status_timeout,
+            session_lease=session_lease, retention=retention, session=session, seed=seed,
+            hooks=hooks)
+        self._client, self._clock, self._store = parts.client, parts.clock, parts.store
+        self._tally, self._admission, self._reads = parts.tally, parts.admission, parts.reads
+        self._fleet, self._poller, self._budget = parts.fleet, parts.poller, parts.budget
+        self._start_timeout = parts.start_timeout
+        self._life = Lifetime(parts)
 
     @classmethod
     def from_env(cls: type[_M], environ: Mapping[str, str] | None = None, **overrides: Any
@@ -233,35 +135,15 @@ class OAuthManager:
 
     def __repr__(self) -> str:
         return (
-            f"<OAuthManager base_url={self._client.base_url!r} state={self._state} "
+            f"<OAuthManager base_url={self._client.base_url!r} state={self._life.state} "
             f"pending={len(self._poller.pending)}>"
         )
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def __aenter__(self) -> OAuthManager:
-        if self._state != "unopened":
-            raise ClientStateError("an OAuthManager can be entered only once")
-        self._state = "opening"
-        await self._client.__aenter__()
-        if self._guard is not None:
-            self._guard.enter()
-        # The manager's tasks live in a task of their own, not in the caller's: so any task may
-        # close it, and closing never cancels the code that called aclose().
-        ready, self._stop, self._closed = anyio.Event(), anyio.Event(), anyio.Event()
-        self._host = asyncio.get_running_loop().create_task(self._run(ready))
-        await ready.wait()
-        self._state = "opened"
+        await self._life.open()
         return self
-
-    async def _run(self, ready: anyio.Event) -> None:
-        assert self._stop is not None  # noqa: S101 - made before this task
-        async with anyio.create_task_group() as group:
-            self._group = group
-            group.start_soon(self._poller.run, group)
-            ready.set()
-            await self._stop.wait()
-            group.cancel_scope.cancel()
 
     async def __aexit__(
         self,
@@ -277,59 +159,16 @@ class OAuthManager:
         Idempotent, and safe from any task: a second caller waits for the first to finish.
         Cancelling the caller does not interrupt the closing.
         """
-        if self._state == "closed":
-            if self._closed is not None:
-                with anyio.CancelScope(shield=True):
-                    await self._closed.wait()
-            return
-        self._state = "closed"
-        # No read starts from now on. Sessions in a step (a status read on the wire, or the
-        # account read after a one-time answer) end it: their answers are stored before their
-        # leases go. An account read gets at most status_timeout more (the success is then
-        # stored without its account); real time bounds the whole wait.
-        self._poller.closing()
-        busy = self._poller.busy()
-        if self._fleet is not None:  # others adopt at once, not one lease later
-            with anyio.CancelScope(shield=True), self._clock.deadline(2.0), \
-                    contextlib.suppress(InstantlyError):  # else the leases lapse by themselves
-                await self._fleet.release_all(busy=busy)
-        if busy:
-            with anyio.CancelScope(shield=True), anyio.move_on_after(self._close_wait), \
-                    contextlib.suppress(InstantlyError):
-                await self._poller.settle(busy)
-        if self._fleet is not None and self._fleet.holding():
-            with anyio.CancelScope(shield=True), anyio.move_on_after(2.0), \
-                    contextlib.suppress(InstantlyError):
-                await self._fleet.release_held()
-        self._group = None
-        try:
-            with anyio.CancelScope(shield=True):
-                if self._host is not None and self._stop is not None:
-                    self._stop.set()
-                    await asyncio.shield(self._host)
-        finally:
-            if self._guard is not None:
-                self._guard.exit()
-            self._poller.abandon_all()
-            with anyio.CancelScope(shield=True):
-                await self._client.aclose()
-                if self._owned_store is not None:  # built by from_env(): no one else has it
-                    await self._owned_store.aclose()
-            if self._closed is not None:
-                self._closed.set()
+        await self._life.close(self._owned_store)
 
     def __del__(self, _warn: Any = warnings.warn) -> None:
-        if getattr(self, "_state", None) == "opened":
+        life = getattr(self, "_life", None)
+        if life is not None and life.state == "opened":
             _warn(f"unclosed {self!r}; use 'async with' or aclose()", ResourceWarning,
                   stacklevel=1)
 
     def _require_open(self) -> anyio.abc.TaskGroup:
-        if self._group is None:
-            raise ClientStateError(
-                "use the OAuthManager inside 'async with' (it is "
-                f"{'closed' if self._state == 'closed' else 'not open yet'})"
-            )
-        return self._group
+        return self._life.require_open()
 
     @property
     def client(self) -> InstantlyClient:
@@ -380,22 +219,11 @@ class OAuthManager:
         budget = self._start_timeout if timeout is None else float(timeout)
         if not budget >= 0:
             raise ConfigurationError("timeout must be a non-negative number of seconds")
-        deadline = self._clock.monotonic() + budget
-        try:
-            session = await self._init(chosen, budget, deadline)
-        except CircuitOpenError:
-            self._tally.denied(chosen, "breaker_open")
-            raise
-        except IPBlockedError:
-            self._tally.denied(chosen, "blocked")
-            raise
-        except StartTimeoutError:
-            self._tally.denied(chosen, "budget" if budget == 0 else "deadline")
-            raise
+        session = await self._admission[chosen].create(budget)
         self._tally.created += 1
         if self._fleet is not None:  # known to the fleet before the caller sees it
             await self._fleet.register(session, expected_email)
-        if self._state == "closed":  # closed while the init or its registration was under way
+        if self._life.state == "closed":  # closed while the init or its registration was under way
             sid = session.session_id
             if self._fleet is None:
                 raise ClientStateError(
@@ -407,13 +235,6 @@ class OAuthManager:
                 f"handed over to the fleet: attach('{sid}') from another manager")
         first_poll = self._clock.monotonic() + self._poller.poll_interval
         return self._poller.track(session, expected_email, first_poll)
-
-    async def _init(self, provider: Provider, budget: float, deadline: float) -> OAuthSession:
-        if budget == 0:
-            return await self._admission[provider].init(deadline, wait=False)
-        with self._clock.deadline(budget):
-            return await self._admission[provider].init(deadline)
-        raise StartTimeoutError(f"no {provider.value} session within {budget:g} s")
 
     def resume(self, session: OAuthSession, *, expected_email: str | None = None
                ) -> PendingConnection:
@@ -502,6 +323,3 @@ class OAuthManager:
             on_session_for=on_session_for, expected_emails=expected_emails,
             max_pending=max_pending, renew_expired=renew_expired)
 
-
-def _positive(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < math.inf
