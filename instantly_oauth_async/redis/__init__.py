@@ -56,9 +56,9 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
 
-try:  # the client needs the extra: check it first
-    from ._client import RedisClient as RedisClient
-    from ._client import client_from_url
+try:  # the extra, checked before the modules beside this one import it
+    import redis.asyncio.retry as _retry  # noqa: F401 - redis-py 5 or later
+    import redis.backoff as _backoff  # noqa: F401
 except ModuleNotFoundError as exc:  # the extra is not installed (or redis-py is too old)
     if exc.name != "redis" and not (exc.name or "").startswith("redis."):
         raise  # something redis itself needs: its own message says what
@@ -79,6 +79,8 @@ from .._wire.exceptions import ConfigurationError
 from .._wire.models import RateLimit
 from ._batch import Batcher
 from ._claims import RedisClaims
+from ._client import RedisClient as RedisClient
+from ._client import client_from_url
 from ._epoch import Epochs
 from ._errors import FAILURES as _FAILURES
 from ._errors import outage as _outage

@@ -1,7 +1,6 @@
 """Which Redis client a store works on: the clients it accepts (:data:`RedisClient`, one server
 or a Redis Cluster), and the one ``RedisStore.from_url`` makes, whose ``timeout`` bounds every
-call and which hides no outage behind retries of its own. Importing it is the check that the
-``redis`` extra is installed (see ``redis/__init__``)."""
+call and which hides no outage behind retries of its own."""
 
 from __future__ import annotations
 
