@@ -34,7 +34,7 @@ from instantly_oauth_async.redis import (
     RegistryUnavailableError,
     StoreError,
 )
-from instantly_oauth_async.redis import _registry as _redis_registry
+from instantly_oauth_async.redis import _subscriptions as _redis_subscriptions
 from instantly_oauth_async.testing import FakeClock
 from tests._redis import RedisServer, free_port
 
@@ -370,7 +370,7 @@ async def test_a_subscription_gone_silent_is_noticed_and_made_again(
 ) -> None:
     """A connection that dies without a reset (here: the server stopped with SIGSTOP) answers
     no PING: the listener connects again, and waiters hear decisions again once it is back."""
-    monkeypatch.setattr(_redis_registry, "_IDLE_READ", 0.05)
+    monkeypatch.setattr(_redis_subscriptions, "_IDLE_READ", 0.05)
     spare = RedisServer()
     spare.start()
     assert spare.process is not None

@@ -49,20 +49,16 @@ once, since waiting will not cure it: from ``start()``, ``budget.slot()`` or a p
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import contextlib
-import logging
 import math
-import secrets
 from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
 
-try:
-    import redis.asyncio as aioredis
-    from redis.asyncio.retry import Retry
-    from redis.backoff import NoBackoff
+try:  # the extra, checked before the modules beside this one import it
+    import redis.asyncio.retry as _retry  # noqa: F401 - redis-py 5 or later
+    import redis.backoff as _backoff  # noqa: F401
 except ModuleNotFoundError as exc:  # the extra is not installed (or redis-py is too old)
     if exc.name != "redis" and not (exc.name or "").startswith("redis."):
         raise  # something redis itself needs: its own message says what
@@ -71,41 +67,30 @@ except ModuleNotFoundError as exc:  # the extra is not installed (or redis-py is
         "installs: pip install 'instantly-oauth-async[redis]'", name="redis") from exc
 
 
-from .._limits import limiter as _limiter
 from .._limits.breaker import Admission, BreakerPolicy, BreakerTransition, CircuitState
 from .._limits.clock import Clock, SystemClock
 from .._stores.registry import RegistryUnavailableError as RegistryUnavailableError
-from .._stores.store import MemoryStore, gated
 
 # Re-exported (``as``: explicit for type checkers) so callers catch them where they are raised;
 # ``__all__`` stays the store alone (its registry is ``store.registry``).
 from .._stores.store import StoreError as StoreError
+from .._stores.store import gated
 from .._wire.exceptions import ConfigurationError
 from .._wire.models import RateLimit
-from ._batch import Batcher, hash_tag
+from ._batch import Batcher
 from ._claims import RedisClaims
+from ._client import RedisClient as RedisClient
+from ._client import client_from_url
+from ._epoch import Epochs
 from ._errors import FAILURES as _FAILURES
 from ._errors import outage as _outage
 from ._errors import store_error as _store_error
-from ._registry import RedisClient as RedisClient
+from ._fallback import Fallback
 from ._registry import RedisRegistry as RedisRegistry
+from ._replay import replay_steps
+from ._steps import RECORD_WITHIN, Steps, line_keys, policy_args, slot_keys
 
 __all__ = ["RedisStore"]
-
-
-logger = logging.getLogger("instantly_oauth_async")
-
-#: How long past the time it was told an asker keeps its place in a budget's line (seconds).
-_GRACE = 1.0
-#: The longest a posted release waits for a trip to ride on (see _redis_batch), in seconds: from
-#: a budget that was full, and from one at most half spent; and for a breaker's quiet record, or
-#: an asker leaving its line (nothing waits on either).
-_RELEASE_WITHIN = 0.02
-_ROOMY_RELEASE_WITHIN = 0.25
-_RECORD_WITHIN = 0.05
-def _policy_args(policy: BreakerPolicy) -> list[str]:
-    return [repr(float(policy.failure_threshold)), repr(policy.cooldown),
-            repr(policy.max_cooldown), repr(policy.probe_timeout)]
 
 
 class RedisStore:
@@ -126,25 +111,14 @@ class RedisStore:
             raise ConfigurationError("retry_interval must be a positive number of seconds")
         self._redis = client
         self._owns = owns_client
-        self._share = float(fallback_share)
         self._retry_interval = float(retry_interval)
         self.clock: Clock = clock or SystemClock()
         # Every step of the store and of its registry, coalesced (see _redis_batch).
         self._batch = Batcher(client)
-        self._local = MemoryStore(self.clock)  # blocks and breakers while Redis is away
-        self._logs: dict[str, _limiter.SlotLog] = {}  # slots spent while Redis is away
-        self._local_leases: set[str] = set()  # spent only in the local logs
-        self._roomy: set[str] = set()  # held slots taken from budgets at most half spent
-        self._dual_leases: set[str] = set()  # spent in Redis and, after a return, locally too
-        self._down_since: float | None = None
-        self._careful_until = -math.inf  # after Redis returns: takes must fit the local share too
-        self._max_hold = 0.0
-        self._max_window = 0.0
-        self._next_try = -math.inf
-        self._members = f"{secrets.token_hex(6)}:"
-        self._serial = 0
-        # The store's epoch token, and when this process last took with it, by hash tag.
-        self._epochs: dict[str, tuple[str, float]] = {}
+        self._fallback = Fallback(self.clock, share=float(fallback_share),
+                                  retry_interval=self._retry_interval)
+        self._epochs = Epochs(self._fallback, self._batch)
+        self._steps = Steps(self._epochs)
         #: ``None`` in production; tests set it to drive the scripts' clock (seconds).
         self.time_override: float | None = None
         self._registry: RedisRegistry | None = None
@@ -157,23 +131,12 @@ class RedisStore:
 
         ``cluster=True``: ``url`` names one node of a Redis Cluster (7.0 or later), from which
         the client learns the others and which slots each holds (database 0 only)."""
-        client: RedisClient
-        if cluster:
-            # One retry, after the client has refreshed its map of the cluster (a failover); not
-            # redis-py's default of three with backoff, which would hide an outage for seconds.
-            client = aioredis.RedisCluster.from_url(
-                url, socket_timeout=timeout, socket_connect_timeout=timeout,
-                retry=Retry(NoBackoff(), 1))
-        else:
-            client = aioredis.Redis.from_url(
-                url, socket_timeout=timeout, socket_connect_timeout=timeout,
-                retry_on_timeout=False,
-            )
+        client = client_from_url(url, timeout=timeout, cluster=cluster)
         return cls(client, owns_client=True, **kwargs)
 
     def __repr__(self) -> str:
-        state = "degraded" if self._down_since is not None else "shared"
-        return f"<RedisStore {state} fallback_share={self._share:g}>"
+        state = "degraded" if self._fallback.degraded else "shared"
+        return f"<RedisStore {state} fallback_share={self._fallback.share:g}>"
 
     async def __aenter__(self) -> RedisStore:
         return self
@@ -218,9 +181,23 @@ class RedisStore:
     @property
     def degraded(self) -> bool:
         """True while Redis is unreachable and this process lives on its fallback share."""
-        return self._down_since is not None
+        return self._fallback.degraded
 
     # -- plumbing ----------------------------------------------------------------------------
+
+    @property
+    def _next_try(self) -> float:
+        """When Redis is tried again while it is away (the tests move it)."""
+        return self._fallback.next_try
+
+    @_next_try.setter
+    def _next_try(self, at: float) -> None:
+        self._fallback.next_try = at
+
+    @property
+    def _roomy(self) -> set[str]:
+        """The held slots whose release may wait longer for a trip (for the tests)."""
+        return self._steps.roomy
 
     def _now_arg(self) -> str:
         return "" if self.time_override is None else repr(self.time_override)
@@ -231,20 +208,16 @@ class RedisStore:
         Raises :class:`StoreError` for an error reply that is not an outage (see the module).
         """
         now = self.clock.monotonic()
-        if self._down_since is not None and now < self._next_try:
+        if self._fallback.resting(now):
             return None
         try:
-            if self._down_since is not None:
+            if self._fallback.degraded:
                 await self._recover()
             return await self._batch.run(name, keys, [*args, self._now_arg()])
         except _FAILURES as exc:
             if not _outage(exc):
                 raise _store_error(f"the {name} script", exc) from exc
-            if self._down_since is None:
-                self._down_since = now
-                logger.warning("Redis unreachable (%s); living on a %g share of each budget",
-                               type(exc).__name__, self._share)
-            self._next_try = now + self._retry_interval
+            self._fallback.lost(now, exc)
             return None
 
     async def _recover(self) -> None:
@@ -252,59 +225,15 @@ class RedisStore:
         hash tag: one for each API server this store served, which on a cluster may be on
         different masters), then leave degraded mode."""
         now = self.clock.monotonic()
-        steps: dict[str, tuple[list[str], list[str]]] = {}
-
-        def put(key: str, seconds: float, member: str) -> None:
-            keys, args = steps.setdefault(hash_tag(key), ([], []))
-            if not keys or keys[-1] != key:
-                keys.append(key)
-            args += [str(len(keys)), repr(seconds), member]
-
-        for key, log in self._logs.items():
-            log.prune(now)
-            for until in list(log.freed) + list(log.held.values()):
-                self._serial += 1
-                put(f"{key}:freed", until - now, f"{self._members}r{self._serial}")
-        # Every block this process knows of: learned while Redis was away, or before a restart
-        # emptied it. The longer block wins, so one Redis already holds is never shortened.
-        for key, left in self._local.blocks_left().items():
-            put(key, left, "")
+        steps = replay_steps(self._fallback.learned(now, self._steps.member))
         for keys, args in steps.values():
             await self._batch.run("REPLAY", keys, [*args, self._now_arg()])
         if not steps:
             self._batch.round_trips += 1
             await self._redis.ping()
-        down = now if self._down_since is None else self._down_since
-        logger.warning("Redis reachable again after %.1f s", now - down)
-        self._down_since = None
-        if self._share > 0:  # with no share, nobody spent anything on their own meanwhile
-            self._careful_until = now + self._max_window
-        self._dual_leases |= self._local_leases  # their release goes to both places now
-        self._local_leases.clear()
-
-    @staticmethod
-    def _slot_keys(specs: Sequence[tuple[str, RateLimit]]) -> list[str]:
-        return [k for key, _ in specs for k in (f"{key}:freed", f"{key}:held")]
-
-    @staticmethod
-    def _line_keys(specs: Sequence[tuple[str, RateLimit]]) -> list[str]:
-        """The line of askers of one set of budgets (named by its first), and its due index."""
-        first = specs[0][0]
-        return [f"{first}:line", f"{first}:due"]
+        self._fallback.back(now)
 
     # -- budgets -----------------------------------------------------------------------------
-
-    def _shares(
-        self, specs: Sequence[tuple[str, RateLimit]]
-    ) -> list[tuple[str, RateLimit]] | None:
-        """This process's share of each budget; None when a share rounds down to nothing."""
-        shares = []
-        for key, limit in specs:
-            count = math.floor(limit.count * self._share)
-            if count < 1:
-                return None
-            shares.append((key, RateLimit(count, limit.per, limit.margin)))
-        return shares
 
     async def take(
         self,
@@ -315,86 +244,34 @@ class RedisStore:
         hold: float = 0.0,
         asker: str | None = None,
     ) -> tuple[float, bool]:
-        if await self._local.blocked_for(block_keys) > 0:
+        if await self._fallback.local.blocked_for(block_keys) > 0:
             # Learned here (perhaps while Redis was away); the fleet's may be longer.
             return await self.blocked_for(block_keys), True
-        self._max_hold = max(self._max_hold, hold)
-        self._max_window = max(self._max_window, *(limit.window for _, limit in specs))
-        now = self.clock.monotonic()
-        careful = self._down_since is None and now < self._careful_until
-        shares = self._shares(specs) if careful else None
-        if careful:
-            wait = _limiter.check(self._logs, shares, now) if shares else self._retry_interval
-            if wait > 0:
-                return wait, False
-        elif self._down_since is None and self._logs:
-            self._logs.clear()  # the careful window is over
-            self._dual_leases.clear()
-        keys, args = self._take_step(specs, block_keys, lease, hold, asker)
+        self._fallback.seen(specs, hold)
+        wait, shares = self._fallback.careful(specs)
+        if wait > 0:
+            return wait, False
+        keys, args = self._steps.take(specs, block_keys, lease, hold, asker)
         reply = await self._run("TAKE", keys, args)
         if reply is None:
-            return self._take_locally(specs, lease, hold)
+            return self._fallback.take(specs, lease, hold)
         wait, blocked = float(reply[0]), bool(int(reply[1]))
-        self._note_epoch(specs, reply[3])
+        self._epochs.note(specs[0][0], reply[3], self._now_arg())
         if wait <= 0:
-            self._note_fill(lease, reply)
+            self._steps.note_fill(lease, reply)
         if wait <= 0 and shares:  # granted while careful: count it against the share too
-            _limiter.spend(self._logs, shares, self.clock.monotonic(), lease, hold)
-            if lease is not None:
-                self._dual_leases.add(lease)
+            self._fallback.spend(shares, lease, hold)
         return wait, blocked
 
-    def _take_locally(
-        self, specs: Sequence[tuple[str, RateLimit]], lease: str | None, hold: float
-    ) -> tuple[float, bool]:
-        now = self.clock.monotonic()
-        retry = max(0.0, self._next_try - now) + 1e-3
-        shares = self._shares(specs)
-        if shares is None:
-            return retry, False  # no share of this budget: wait for Redis
-        # The fleet may have spent the whole budget just before Redis went away, and an init
-        # granted then may reach the server up to a hold later.
-        down = now if self._down_since is None else self._down_since
-        settled = down + self._max_hold + self._max_window
-        if now < settled:
-            return min(settled - now, retry), False
-        wait = _limiter.take(self._logs, shares, now, lease, hold)
-        if wait <= 0 and lease is not None:
-            self._local_leases.add(lease)
-        return (min(wait, retry), False) if wait > 0 else (0.0, False)
-
     async def release(self, specs: Sequence[tuple[str, RateLimit]], lease: str) -> None:
-        roomy = lease in self._roomy
-        self._roomy.discard(lease)
-        if lease in self._local_leases:
-            self._local_leases.discard(lease)
-            _limiter.release(self._logs, specs, lease, self.clock.monotonic())
-            return
-        if lease in self._dual_leases:
-            self._dual_leases.discard(lease)
-            _limiter.release(self._logs, specs, lease, self.clock.monotonic())
-        if self._down_since is not None:
-            return  # unreachable: the held slot comes back by itself when its hold runs out
+        roomy = self._steps.forget(lease)
+        if self._fallback.release(specs, lease):
+            return  # spent only here, or Redis is away
         # Posted: it rides on the next trip (see _redis_batch); lost with Redis, the held slot
-        # comes back by itself when its hold runs out. It tells Redis how long ago the request
-        # ended, measured as it leaves, so the slot comes back a window after that, however
-        # late it was sent. Until it arrives the slot counts as held, which only the askers of
-        # a full budget notice (a held slot comes back no sooner than a window after they ask):
-        # so it waits at most 1/200 of its shortest window, or a quarter of it (up to 250 ms)
-        # when its budgets were at most half spent as it was taken.
-        windows = [repr(limit.window) for _, limit in specs]
-        now_arg = self._now_arg()
-        loop = asyncio.get_running_loop()
-        ended = loop.time()
-
-        def args() -> list[str]:  # with a test's clock (time_override) the model's: no age
-            ago = 0.0 if now_arg else max(0.0, loop.time() - ended)
-            return [lease, repr(ago), *windows, now_arg]
-
-        shortest = min(limit.window for _, limit in specs)
-        within = min(_ROOMY_RELEASE_WITHIN, shortest / 4) if roomy else \
-            min(_RELEASE_WITHIN, shortest / 200)
-        self._batch.post("RELEASE", self._slot_keys(specs), args, within=within)
+        # comes back by itself when its hold runs out.
+        self._batch.post("RELEASE", slot_keys(specs),
+                         self._steps.release_args(specs, lease, self._now_arg()),
+                         within=self._steps.release_within(specs, roomy))
 
     async def take_gated(
         self,
@@ -406,104 +283,49 @@ class RedisStore:
         hold: float = 0.0,
         asker: str | None = None,
     ) -> tuple[float, bool, Admission]:
-        now = self.clock.monotonic()
-        if self._down_since is not None or now < self._careful_until or \
-                await self._local.blocked_for(block_keys) > 0:
+        if not self._fallback.settled() or \
+                await self._fallback.local.blocked_for(block_keys) > 0:
             # Away, just back, or blocked here: the breaker and the budgets one after the other,
             # each with its fallback, as take() does.
             return await gated(self, specs, block_keys, breaker, lease=lease, hold=hold,
                                asker=asker)
-        self._max_hold = max(self._max_hold, hold)
-        self._max_window = max(self._max_window, *(limit.window for _, limit in specs))
-        if self._logs:
-            self._logs.clear()  # the careful window is over
-            self._dual_leases.clear()
+        self._fallback.seen(specs, hold)
+        self._fallback.end_careful()
         key, policy = breaker
-        keys, args = self._take_step(specs, block_keys, lease, hold, asker)
-        reply = await self._run("GATED_TAKE", [key, *keys], [*_policy_args(policy), *args])
+        keys, args = self._steps.take(specs, block_keys, lease, hold, asker)
+        reply = await self._run("GATED_TAKE", [key, *keys], [*policy_args(policy), *args])
         if reply is None:
             return await gated(self, specs, block_keys, breaker, lease=lease, hold=hold,
                                asker=asker)
         wait, code, probe = float(reply[0]), int(reply[1]), bool(int(reply[2]))
         if code == 2:
             return wait, False, Admission(False, wait=wait)
-        self._note_epoch(specs, reply[4])
+        self._epochs.note(specs[0][0], reply[4], self._now_arg())
         if wait <= 0:  # reply: wait, code, probe, share spent (as TAKE's, one item later)
-            self._note_fill(lease, reply[1:])
+            self._steps.note_fill(lease, reply[1:])
         return wait, code == 1, Admission(True, probe=probe)
 
-    def _note_fill(self, lease: str | None, reply: Sequence[Any]) -> None:
-        """Remember a held slot whose budgets were at most half spent when it was taken: its
-        release may wait longer for a trip to ride on (see :meth:`release`)."""
-        if lease is not None and len(reply) > 2 and float(reply[2]) <= 0.5:
-            self._roomy.add(lease)
-
-    def _take_step(
-        self, specs: Sequence[tuple[str, RateLimit]], block_keys: Sequence[str],
-        lease: str | None, hold: float, asker: str | None,
-    ) -> tuple[list[str], list[str]]:
-        """The keys and args of one TAKE step (see _redis_lua)."""
-        self._serial += 1
-        args = [str(len(specs)), lease or "", repr(float(hold)), f"{self._members}{self._serial}",
-                asker or "", repr(_GRACE)]
-        for _, limit in specs:
-            args += [str(limit.count), repr(limit.window)]
-        first = specs[0][0]
-        tag = hash_tag(first)
-        settle_for = self._max_window + self._max_hold
-        token, seen_at = self._epochs.get(tag, ("", -math.inf))
-        if self.clock.monotonic() - seen_at > settle_for:
-            token = ""  # nothing this process spent can still count: no loss to tell of
-        # A token of this step's own if the epoch is to be made: never one this process made
-        # before (a store wiped after this process made its epoch would get the same back).
-        args += [token, f"{self._members}{self._serial}", repr(settle_for)]
-        epoch = f"iox:{{{tag}}}:epoch" if tag != first else f"{first}:epoch"  # one slot
-        return [*self._slot_keys(specs), *self._line_keys(specs), *block_keys, epoch], args
-
-    def _note_epoch(self, specs: Sequence[tuple[str, RateLimit]], token: Any) -> None:
-        """Remember the store's epoch (see TAKE in _redis_lua). A new one means the store lost
-        its data: the fleet's takes wait until every slot spent before has come back, and the
-        blocks this process knows are written into it again."""
-        if isinstance(token, bytes):
-            token = token.decode()
-        tag = hash_tag(specs[0][0])
-        seen, seen_at = self._epochs.get(tag, (None, -math.inf))
-        now = self.clock.monotonic()
-        self._epochs[tag] = (token, now)
-        if seen is not None and seen != token \
-                and now - seen_at <= self._max_window + self._max_hold:
-            logger.warning("Redis lost its data (restarted empty, or failed over): every take "
-                           "waits until the slots spent before the loss have come back (up to "
-                           "%.0f s)", self._max_window + self._max_hold)
-            blocks = {key: left for key, left in self._local.blocks_left().items()
-                      if hash_tag(key) == tag}
-            if blocks:
-                keys = list(blocks)
-                args = [a for i, key in enumerate(keys)
-                        for a in (str(i + 1), repr(blocks[key]), "")]
-                self._batch.post("REPLAY", keys, [*args, self._now_arg()], within=0.0)
-
     async def leave(self, specs: Sequence[tuple[str, RateLimit]], asker: str) -> None:
-        if self._down_since is None:
-            self._batch.post("LEAVE", self._line_keys(specs), [asker], within=_RECORD_WITHIN)
+        if not self._fallback.degraded:
+            self._batch.post("LEAVE", line_keys(specs), [asker], within=RECORD_WITHIN)
 
     # -- blocks ------------------------------------------------------------------------------
 
     async def block(self, keys: Sequence[str], seconds: float) -> None:
-        await self._local.block(keys, seconds)
+        await self._fallback.local.block(keys, seconds)
         await self._run("BLOCK", keys, [repr(max(0.0, float(seconds)))])
 
     async def blocked_for(self, keys: Sequence[str]) -> float:
-        local = await self._local.blocked_for(keys)
+        local = await self._fallback.local.blocked_for(keys)
         reply = await self._run("BLOCKED_FOR", keys, [])
         return max(local, float(reply) if reply is not None else 0.0)
 
     # -- breakers ----------------------------------------------------------------------------
 
     async def breaker_admit(self, key: str, policy: BreakerPolicy) -> Admission:
-        reply = await self._run("BREAKER_ADMIT", [key], _policy_args(policy))
+        reply = await self._run("BREAKER_ADMIT", [key], policy_args(policy))
         if reply is None:
-            return await self._local.breaker_admit(key, policy)
+            return await self._fallback.local.breaker_admit(key, policy)
         return Admission(bool(int(reply[0])), probe=bool(int(reply[1])), wait=float(reply[2]))
 
     async def breaker_record(
@@ -516,15 +338,15 @@ class RedisStore:
         retry_after: float | None = None,
         quiet: bool = False,
     ) -> BreakerTransition | None:
-        args = [*_policy_args(policy), "1" if success else "0", "1" if probe else "0",
+        args = [*policy_args(policy), "1" if success else "0", "1" if probe else "0",
                 "" if retry_after is None else repr(float(retry_after))]
-        if quiet and self._down_since is None:
+        if quiet and not self._fallback.degraded:
             self._batch.post("BREAKER_RECORD", [key], [*args, self._now_arg()],
-                             within=_RECORD_WITHIN)
+                             within=RECORD_WITHIN)
             return None
         reply = await self._run("BREAKER_RECORD", [key], args)
         if reply is None:
-            return await self._local.breaker_record(
+            return await self._fallback.local.breaker_record(
                 key, policy, success=success, probe=probe, retry_after=retry_after)
         old, new, reason = (part.decode() for part in reply)
         if not reason or old == new:
@@ -534,7 +356,7 @@ class RedisStore:
 
     async def breaker_release(self, key: str, *, probe: bool) -> None:
         if await self._run("BREAKER_RELEASE", [key], ["1" if probe else "0"]) is None:
-            await self._local.breaker_release(key, probe=probe)
+            await self._fallback.local.breaker_release(key, probe=probe)
 
     async def breaker_state(self, key: str) -> CircuitState:
         try:
@@ -543,7 +365,7 @@ class RedisStore:
         except _FAILURES as exc:
             if not _outage(exc):
                 raise _store_error("a breaker read (HGET)", exc) from exc
-            return await self._local.breaker_state(key)
+            return await self._fallback.local.breaker_state(key)
         if isinstance(state, bytes):
             state = state.decode()
         return CircuitState(state) if state else CircuitState.CLOSED

@@ -12,9 +12,8 @@ import sqlite3
 from collections.abc import Mapping
 from typing import Any
 
-import anyio
-
 from .._stores.registry import RELEASED, Entry, RegistryUnavailableError
+from .._stores.waiters import Waiters, waiting, wake
 from .._wire.exceptions import ClientStateError, ConfigurationError
 from ._db import Busy, Database
 
@@ -69,7 +68,7 @@ class SQLiteRegistry:
 
     def __init__(self, db: Database) -> None:
         self._db = db
-        self._waiters: dict[str, dict[str, set[anyio.Event]]] = {}
+        self._waiters: Waiters = {}
         self._releases: collections.Counter[str] = collections.Counter()
         self._missed = 0  # polls that fell behind the notices kept: every count moves
         self._watching = False
@@ -235,21 +234,12 @@ class SQLiteRegistry:
     async def wait(self, ns: str, session_id: str, within: float) -> None:
         if self._closed:
             raise ClientStateError("the registry is closed (its store was closed)")
-        event = anyio.Event()
-        self._waiters.setdefault(ns, {}).setdefault(session_id, set()).add(event)
-        self._watch()
         try:
-            with self._db.clock.deadline(within if within < math.inf else 86400.0):
-                await event.wait()
+            with waiting(self._waiters, ns, session_id) as event:
+                self._watch()
+                with self._db.clock.deadline(within if within < math.inf else 86400.0):
+                    await event.wait()
         finally:
-            sessions = self._waiters.get(ns, {})
-            waiting = sessions.get(session_id)
-            if waiting is not None:
-                waiting.discard(event)
-                if not waiting:
-                    del sessions[session_id]
-            if not sessions:
-                self._waiters.pop(ns, None)
             self._watch()
 
     def _watch(self) -> None:
@@ -276,12 +266,7 @@ class SQLiteRegistry:
         self._watch()
 
     def _wake(self, ns: str, session_id: str) -> None:
-        sessions = self._waiters.get(ns)
-        if sessions:
-            for event in sessions.pop(session_id, ()):
-                event.set()
-            if not sessions:
-                del self._waiters[ns]
+        wake(self._waiters, ns, session_id)
 
     def _wake_all(self) -> None:
         waiters, self._waiters = self._waiters, {}
