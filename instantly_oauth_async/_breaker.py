@@ -41,7 +41,7 @@ class BreakerPolicy:
     ``OAuthManager(breaker=BreakerPolicy(...))``. Only inits pass through it; a Microsoft
     outage never slows Google. With a Redis or SQLite store its state is shared by the fleet.
 
-    Args:
+    Attributes:
         failure_threshold: inits in a row that got a 503 or no answer (default 3) before the
             breaker opens; a success resets the count, other errors leave it as it is.
         cooldown: seconds (default 5.0) the breaker stays open the first time; each reopening

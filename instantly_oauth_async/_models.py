@@ -142,7 +142,7 @@ class RetryPolicy:
     """Jittered exponential backoff for transient failures, bounded in attempts and time:
     ``OAuthManager(retry=RetryPolicy(...))``.
 
-    Args:
+    Attributes:
         attempts: tries in all, the first included (default 5), for one init (after a 503, a
             5xx, no answer, or a short 429, within ``start()``'s deadline), and for one
             account read; a session's status reads fail that many times in a row past its
