@@ -30,6 +30,9 @@ __all__ = [
 
 
 class CircuitState(str, enum.Enum):
+    """A provider's init breaker: ``CLOSED`` (inits go), ``OPEN`` (none go until the cooldown
+    ends) or ``HALF_OPEN`` (one probe goes; its verdict closes or reopens the breaker).
+    """
     CLOSED = "closed"
     OPEN = "open"
     HALF_OPEN = "half_open"
@@ -62,6 +65,9 @@ class BreakerPolicy:
     probe_timeout: float = 60.0
 
     def open_for(self, reopenings: int, retry_after: float | None) -> float:
+        """Seconds the breaker stays open after ``reopenings`` failed probes: ``cooldown`` doubled
+        that many times, at least ``retry_after``, at most ``max_cooldown`` either way.
+        """
         backoff = min(self.max_cooldown, self.cooldown * (2.0 ** min(reopenings, 30)))
         return max(backoff, min(retry_after or 0.0, self.max_cooldown))
 

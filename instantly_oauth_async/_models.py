@@ -227,6 +227,9 @@ class OAuthStatus:
 
 @attrs.frozen
 class WarmupAdvanced:
+    """The advanced warmup settings of an account (:class:`Warmup`'s ``advanced``); a field the
+    API left out is None.
+    """
     warm_ctd: bool | None = None
     open_rate: float | None = None
     important_rate: float | None = None
@@ -237,6 +240,7 @@ class WarmupAdvanced:
 
 @attrs.frozen
 class Warmup:
+    """An account's warmup settings, as the API sends them; a field the API left out is None."""
     limit: float | None = None
     advanced: WarmupAdvanced | None = None
     warmup_custom_ftag: str | None = None
@@ -246,6 +250,9 @@ class Warmup:
 
 @attrs.frozen
 class StatusMessage:
+    """An account's status message, as the API sends it: ``code``, ``command``, ``response``
+    and ``e_message`` when present (any may be None).
+    """
     code: str | None = None
     command: str | None = None
     response: str | None = None
