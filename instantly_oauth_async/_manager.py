@@ -270,8 +270,8 @@ class OAuthManager:
         a file path); ``overrides`` are keyword arguments of the constructor (and ``api_key``),
         each winning over its variable. A store built from ``INSTANTLY_STORE`` is closed by
         :meth:`aclose`; a ``store=`` passed in stays the caller's. A missing or malformed
-        variable raises :class:`EnvironmentVariableError` naming it. The README's
-        "Configuration" section has the details.
+        variable raises :class:`EnvironmentVariableError` naming it. The site's
+        "Configuration" reference page (docs/reference/configuration.md) has the details.
         """
         return _config.manager_from_env(cls, environ, overrides)
 
