@@ -1,6 +1,7 @@
 """The pytest plugin as a user meets it: the wheel installed into a fresh venv, a test file of
-theirs (the README's example and a few more) in an empty folder with no conftest, and pytest run
-there in a subprocess, under anyio's plugin and under pytest-asyncio's (strict and auto).
+theirs (docs/how-to/testing.md's example and a few more) in an empty folder with no conftest,
+and pytest run there in a subprocess, under anyio's plugin and under pytest-asyncio's (strict
+and auto).
 
 The venv gets the wheel alone (``--no-deps``); its dependencies, pytest included, are this venv's,
 through a folder of links to everything in its site-packages but this project's editable
@@ -21,11 +22,12 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-README_BLOCK = next(block for block in re.findall(
-    r"```python\n(.*?)```", (ROOT / "README.md").read_text(encoding="utf-8"), re.S)
+GUIDE_BLOCK = next(block for block in re.findall(
+    r"```python\n(.*?)```", (ROOT / "docs" / "how-to" / "testing.md").read_text(encoding="utf-8"),
+    re.S)
     if "instantly_manager" in block)
 
-# The user's tests besides the README's. MARK is the async plugin's marker.
+# The user's tests besides the guide's. MARK is the async plugin's marker.
 USER_TESTS = '''
 import sys
 
@@ -99,8 +101,8 @@ SYNC_ERROR = ("test_a_sync_test_is_told_what_the_manager_needs",
 
 
 def user_tests(mark: str) -> str:
-    """The README's example and the tests above, for ``mark`` ("" for pytest-asyncio's auto)."""
-    text = "import pytest\n\n" + README_BLOCK + USER_TESTS
+    """The guide's example and the tests above, for ``mark`` ("" for pytest-asyncio's auto)."""
+    text = "import pytest\n\n" + GUIDE_BLOCK + USER_TESTS
     text = text.replace("@pytest.mark.anyio", "@MARK")
     return re.sub(r"(?m)^(\s*)@MARK\b.*\n", (rf"\1{mark}\n" if mark else ""), text)
 

@@ -1,30 +1,66 @@
-"""Every ```python block of the README runs, in order, in one namespace, like a notebook.
+"""Every ```python block of the README and of every page of the site (docs/) runs: a page's
+blocks in order, in one namespace, like a notebook, and a comment ``# -> text`` on a line of a
+block says what the block prints (the test checks that it printed ``text``).
 
 The blocks are written against the real API. Here the library's default base URL (and, for the
-manager, its limits) point at a compressed simulator, ``api_key`` is a workspace key of it, the
-helpers the blocks call (``redirect_the_person_to``, ``show_url``) play the person, and the fleet
-block's Redis URL is a redis-server of the test's own.
+manager, its limits) point at a compressed simulator, ``api_key`` is a workspace key of it (and
+``INSTANTLY_API_KEY`` too), the helpers the blocks call (``redirect_the_person_to``,
+``show_url``) play the person, and the Redis URL of the fleet blocks is a redis-server of the
+test's own. A few pages show fragments of a larger program (docs/LIMITS.md, docs/FLEET.md): the
+names they take from it (``manager``, ``http``, ``session_id``, ...) are given to them here.
 """
 
 from __future__ import annotations
 
 import ast
+import asyncio
+import contextlib
+import io
 import re
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from instantly_oauth_async import InstantlyClient, OAuthManager, OAuthSession, RateLimit
+from instantly_oauth_async.redis import RedisStore
 from instantly_oauth_async.testing import Simulator, SimulatorLimits
 from tests._redis import RedisServer
 
 pytestmark = pytest.mark.anyio
-README = Path(__file__).resolve().parent.parent / "README.md"
-BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), re.S)
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+DOCS = ROOT / "docs"
 FLEET_URL = "redis://10.0.0.5:6379/0"
 SQLITE_PATH = "/var/lib/myapp/instantly.db"
+PRINTS = re.compile(r"#\s*->\s*(.+?)\s*$", re.M)
+# Pages whose person is nobody the blocks name: the test's person allows every session at once.
+PEOPLE_COME = {"docs/tutorial.md", "docs/FLEET.md"}
+
+
+def python_blocks(text: str) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", text, re.S)
+
+
+def page_name(path: Path) -> str:
+    return path.relative_to(ROOT).as_posix()
+
+
+#: Every page with a python block, by its path in the repository: README.md, docs/...
+PAGES = {page_name(p): p.read_text(encoding="utf-8") for p in [README, *sorted(DOCS.rglob("*.md"))]
+         if python_blocks(p.read_text(encoding="utf-8"))}
+
+
+class Namespace(dict[str, Any]):
+    """The blocks' globals: ``session_id``, when no block set it, is the last started session's
+    (docs/FLEET.md's fragment "in any process of the fleet" names one)."""
+
+    def __missing__(self, name: str) -> Any:
+        if name == "session_id" and "pending" in self:
+            return self["pending"].session.session_id
+        raise KeyError(name)
 
 
 @pytest.fixture
@@ -37,16 +73,41 @@ def redis_url() -> Iterator[str]:
         server.close()
 
 
-def test_the_readme_has_the_blocks_this_test_knows() -> None:
-    assert len(BLOCKS) >= 4
-    assert any(FLEET_URL in block for block in BLOCKS)
-    assert any(SQLITE_PATH in block for block in BLOCKS)
+def test_the_pages_have_the_blocks_this_test_knows() -> None:
+    blocks = [b for text in PAGES.values() for b in python_blocks(text)]
+    assert len(blocks) >= 18
+    assert any(FLEET_URL in block for block in blocks)
+    assert any(SQLITE_PATH in block for block in blocks)
+    assert set(PAGES) >= {
+        "README.md", "docs/tutorial.md", "docs/how-to/testing.md", "docs/FLEET.md",
+        "docs/LIMITS.md", "docs/reference/configuration.md"}
+    assert sum(len(PRINTS.findall(b)) for b in blocks) >= 5
+
+
+@contextlib.asynccontextmanager
+async def people_who_allow(sim: Simulator) -> AsyncIterator[None]:
+    async def allow() -> None:
+        while True:
+            for session in sim.pending_sessions():
+                sim.complete(session.session_id, "ann@acme.io")
+            await asyncio.sleep(0.01)
+
+    task = asyncio.create_task(allow())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 @pytest.mark.timeout(120)
-async def test_every_python_block_of_the_readme_runs(
-    monkeypatch: pytest.MonkeyPatch, redis_url: str, tmp_path: Path
+@pytest.mark.parametrize("page", sorted(PAGES))
+async def test_every_python_block_of_the_page_runs(
+    page: str, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
+    text = PAGES[page]
+    redis_url = request.getfixturevalue("redis_url") if FLEET_URL in text else FLEET_URL
     async with Simulator(limits=SimulatorLimits().compressed(60)) as sim:
         workspace = sim.add_workspace("readme")
         defaults: dict[str, Any] = {
@@ -73,17 +134,33 @@ async def test_every_python_block_of_the_readme_runs(
             people += 1
             sim.complete(session.session_id, f"person{people}@acme.io")
 
-        namespace: dict[str, Any] = {
-            "api_key": workspace.api_key, "redirect_the_person_to": redirect_the_person_to,
-            "show_url": show_url,
-        }
-        for number, block in enumerate(BLOCKS):
-            source = block.replace(FLEET_URL, redis_url).replace(
-                SQLITE_PATH, str(tmp_path / "instantly.db"))
-            code = compile(source, f"README.md python block {number}", "exec",
-                           flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
-            result = eval(code, namespace)  # noqa: S307 - our own README, on purpose
-            if result is not None:
-                await result
-        assert people == 200  # the bulk block's people all came
-        assert namespace["result"].ok
+        async with contextlib.AsyncExitStack() as stack:
+            namespace = Namespace(
+                api_key=workspace.api_key, redirect_the_person_to=redirect_the_person_to,
+                show_url=show_url)
+            if page == "docs/LIMITS.md":  # a fragment inside an open manager
+                namespace["manager"] = await stack.enter_async_context(
+                    OAuthManager(workspace.api_key))
+                namespace["http"] = await stack.enter_async_context(aiohttp.ClientSession())
+                namespace["api"] = sim.url
+                namespace["auth"] = {"Authorization": f"Bearer {workspace.api_key}"}
+            if page == "docs/FLEET.md":  # names imported before the fragment
+                namespace.update(RedisStore=RedisStore, OAuthManager=OAuthManager)
+            if page in PEOPLE_COME:
+                await stack.enter_async_context(people_who_allow(sim))
+            for number, block in enumerate(python_blocks(text)):
+                source = block.replace(FLEET_URL, redis_url).replace(
+                    SQLITE_PATH, str(tmp_path / "instantly.db"))
+                code = compile(source, f"{page} python block {number}", "exec",
+                               flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+                printed = io.StringIO()
+                with contextlib.redirect_stdout(printed):
+                    result = eval(code, namespace, namespace)  # noqa: S307 - our own pages
+                    if result is not None:
+                        await result
+                for expected in PRINTS.findall(source):
+                    assert expected in printed.getvalue(), (number, expected, printed.getvalue())
+        if "show_url" in text:
+            assert people == 200  # the bulk block's people all came
+        if "result" in namespace:
+            assert namespace["result"].ok

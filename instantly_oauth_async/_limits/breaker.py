@@ -30,6 +30,9 @@ __all__ = [
 
 
 class CircuitState(str, enum.Enum):
+    """A provider's init breaker: ``CLOSED`` (inits go), ``OPEN`` (none go until the cooldown
+    ends) or ``HALF_OPEN`` (one probe goes; its verdict closes or reopens the breaker).
+    """
     CLOSED = "closed"
     OPEN = "open"
     HALF_OPEN = "half_open"
@@ -41,7 +44,7 @@ class BreakerPolicy:
     ``OAuthManager(breaker=BreakerPolicy(...))``. Only inits pass through it; a Microsoft
     outage never slows Google. With a Redis or SQLite store its state is shared by the fleet.
 
-    Args:
+    Attributes:
         failure_threshold: inits in a row that got a 503 or no answer (default 3) before the
             breaker opens; a success resets the count, other errors leave it as it is.
         cooldown: seconds (default 5.0) the breaker stays open the first time; each reopening
@@ -62,6 +65,9 @@ class BreakerPolicy:
     probe_timeout: float = 60.0
 
     def open_for(self, reopenings: int, retry_after: float | None) -> float:
+        """Seconds the breaker stays open after ``reopenings`` failed probes: ``cooldown`` doubled
+        that many times, at least ``retry_after``, at most ``max_cooldown`` either way.
+        """
         backoff = min(self.max_cooldown, self.cooldown * (2.0 ** min(reopenings, 30)))
         return max(backoff, min(retry_after or 0.0, self.max_cooldown))
 

@@ -17,9 +17,13 @@ __all__ = ["Clock", "SystemClock"]
 class Clock(Protocol):
     """Monotonic seconds, a way to sleep on them, and a cancel scope with a deadline on them."""
 
-    def monotonic(self) -> float: ...
+    def monotonic(self) -> float:
+        """Seconds of this clock now; never goes backwards."""
+        ...
 
-    async def sleep(self, seconds: float) -> None: ...
+    async def sleep(self, seconds: float) -> None:
+        """Return after ``seconds`` of this clock (at once for 0 or less)."""
+        ...
 
     def deadline(self, seconds: float) -> anyio.CancelScope:
         """A cancel scope that cancels itself ``seconds`` from now, by this clock."""
@@ -30,12 +34,15 @@ class SystemClock:
     """The real clock: ``time.monotonic`` (asyncio's loop time) and ``anyio.sleep``."""
 
     def monotonic(self) -> float:
+        """``time.monotonic()``."""
         return time.monotonic()
 
     async def sleep(self, seconds: float) -> None:
+        """``anyio.sleep(seconds)``; at once for 0 or less."""
         await anyio.sleep(max(0.0, seconds))
 
     def deadline(self, seconds: float) -> anyio.CancelScope:
+        """A cancel scope that cancels itself ``seconds`` from now, on the event loop's clock."""
         return anyio.CancelScope(deadline=anyio.current_time() + seconds)
 
     def __repr__(self) -> str:

@@ -50,24 +50,73 @@ class OAuthManager:
 
     Use as ``async with OAuthManager(api_key) as manager:``; leaving the block cancels every poll,
     sends nothing more and closes the HTTP session. Keyword arguments default to the documented
-    limits; the README's "The manager: limits, polling, results" and docs/LIMITS.md say what each
-    one promises. :meth:`from_env` builds one from ``INSTANTLY_*`` environment variables. Among
-    the arguments:
+    limits; the site's "What the manager guarantees" and docs/LIMITS.md say what each one
+    promises. :meth:`from_env` builds one from ``INSTANTLY_*`` environment variables. Times are
+    in seconds; a ``RateLimit(count, per=seconds)`` is ``count`` requests in any ``per``-second
+    window (``margin`` seconds more before a slot comes back, default ``per / 200``).
 
-    - ``fetch_account`` (default True): on SUCCESS, read the mailbox's ``Account`` with one
-      ``GET /api/v2/accounts/{email}`` (on the status share of the budget, retried under
-      ``retry``) into ``ConnectResult.account``; a failed read leaves ``account`` None and says
-      why in ``account_error``, never turning the success into a failure. False sends no
-      account read for a success (``account`` stays None); a lost answer is still reconciled
-      through GET accounts when ``expected_email`` was given.
-    - ``retry`` (:class:`RetryPolicy`): how inits that got no answer, 503s, and failed status
-      and account reads are retried.
-    - ``breaker`` (:class:`BreakerPolicy`): the per-provider init circuit breaker.
-    - ``seed`` (default None: from the OS): seeds the random jitter of retries and backoff, so
-      a test can replay the same delays. It makes nothing else deterministic (no session ids,
-      no timing) and is no security setting.
+    Args:
+        api_key: the workspace's API key (required). Never shown in a repr, a log or an error.
+        base_url: the API root (default ``'https://api.instantly.ai'``); plain ``http://`` only
+            for a loopback host.
+        init_limit: each provider's init budget per workspace (default
+            ``RateLimit(75, per=60)``: 75 inits per 60 s).
+        ip_init_limit: each provider's init budget per IP, shared by every manager of the
+            process (default ``RateLimit(150, per=60)``: 150 inits per 60 s).
+        standard_limit: the workspace's standard budget, which every request spends from
+            (default ``DEFAULT_STANDARD_LIMIT``: ``(RateLimit(100, per=1), RateLimit(6000,
+            per=60))``, 100 requests per second and 6,000 per minute).
+        status_limit: the share of the standard budget status and account reads may use
+            (default ``DEFAULT_STATUS_LIMIT``: ``(RateLimit(50, per=1), RateLimit(3000,
+            per=60))``, half); equal to ``standard_limit`` lets polling use everything inits
+            leave.
+        workspace: the name budgets and sessions are shared under (default None: derived from
+            the API key); give every key of one workspace the same name.
+        poll_interval: a session is read at most once per this many seconds (default 5.0).
+        store: where budgets, blocks, breakers and the session registry live (default None:
+            the process's in-process ``MemoryStore``; a ``SQLiteStore`` or ``RedisStore`` to
+            share them across processes). A store given stays the caller's to close.
+        clock: the clock every wait and deadline reads (default None: the store's clock, else
+            the system's monotonic clock); a ``FakeClock`` in tests.
+        breaker: the per-provider init circuit breaker (default ``BreakerPolicy()``: opens
+            after 3 failures in a row, for 5.0 s at first, at most 300.0 s; a probe replaced
+            after 60.0 s).
+        retry: how inits that got no answer, 503s, and failed status and account reads are
+            retried (default ``RetryPolicy()``: 5 attempts, base 0.5 s, cap 30.0 s).
+        fetch_account: on SUCCESS, read the mailbox's ``Account`` with one
+            ``GET /api/v2/accounts/{email}`` (on the status share of the budget, retried under
+            ``retry``) into ``ConnectResult.account`` (default True); a failed read leaves
+            ``account`` None and says why in ``account_error``, never turning the success into
+            a failure. False sends no account read for a success (``account`` stays None); a
+            lost answer is still reconciled through GET accounts when ``expected_email`` was
+            given.
+        max_block_wait: seconds (default 120.0): a server block (a 429's ``Retry-After``)
+            longer than this makes ``start()`` raise ``IPBlockedError`` at once.
+        start_timeout: seconds (default 600.0): ``start()``'s deadline when it is given no
+            ``timeout``.
+        expiry_grace: seconds (default 60.0) past a session's lifetime, as the server's
+            ``Date`` measures it, before the manager gives up on it on its own.
+        request_timeout: seconds (default 30.0) an init or any other request may take.
+        status_timeout: seconds (default 5.0) a status read may take; under half of
+            ``session_lease``.
+        session_lease: seconds (default 15.0) a manager's hold on the sessions it polls lasts
+            without a heartbeat; another manager of the store adopts them after it.
+        retention: seconds (default 86400.0, 24 h) a decided outcome stays readable by
+            ``attach()``.
+        session: an ``aiohttp.ClientSession`` to send through (default None: the manager's
+            own, closed with it).
+        seed: seeds the random jitter of retries and backoff (default None: fresh randomness),
+            so a test can replay the same delays. It makes nothing else deterministic (no
+            session ids, no timing) and is no security setting.
+        hooks: callables of one event each (default ``()``: none), called inline for every
+            ``RequestFinished``, ``BudgetWaited``, ``InitDenied``, ``BreakerChanged``,
+            ``SessionStarted`` and ``SessionResolved``; a coroutine function is refused.
 
-    Raises :class:`ConfigurationError` for a bad argument.
+    Raises:
+        ConfigurationError: for a bad argument (a time that is not a positive number of
+            seconds, ``status_timeout`` not under half of ``session_lease``, an empty
+            ``workspace``, a limit that is not a ``RateLimit``, a plain-http base URL off
+            loopback).
     """
 
     #: A store :meth:`from_env` built: the manager's own, closed by :meth:`aclose`.
@@ -125,8 +174,8 @@ class OAuthManager:
         a file path); ``overrides`` are keyword arguments of the constructor (and ``api_key``),
         each winning over its variable. A store built from ``INSTANTLY_STORE`` is closed by
         :meth:`aclose`; a ``store=`` passed in stays the caller's. A missing or malformed
-        variable raises :class:`EnvironmentVariableError` naming it. The README's
-        "Configuration" section has the details.
+        variable raises :class:`EnvironmentVariableError` naming it. The site's
+        "Configuration" reference page (docs/reference/configuration.md) has the details.
         """
         api_key, options, owned = _config.configured(environ, overrides)
         manager = cls(api_key, **options)
@@ -190,6 +239,12 @@ class OAuthManager:
         return self._store
 
     def stats(self) -> ManagerStats:
+        """A snapshot of what this manager did: requests by endpoint and status, 429s, breaker
+        states and transitions, pending sessions, time spent waiting for budget.
+
+        Returns:
+            A new :class:`ManagerStats`; later activity does not change it.
+        """
         return self._tally.snapshot(pending=len(self._poller.pending))
 
     # -- the stages --------------------------------------------------------------------------

@@ -107,6 +107,7 @@ class PendingConnection:
         return f"<PendingConnection {session.session_id} {session.provider.value} {state}>"
 
     def done(self) -> bool:
+        """True once the session has an outcome (a result or an exception); never blocks."""
         return self._finished
 
     async def result(self, timeout: float | None = None) -> ConnectResult:  # noqa: ASYNC109

@@ -106,7 +106,11 @@ class Store(Protocol):
         """Seconds left on the longest block among ``keys``; 0 when none."""
         ...
 
-    async def breaker_admit(self, key: str, policy: BreakerPolicy) -> Admission: ...
+    async def breaker_admit(self, key: str, policy: BreakerPolicy) -> Admission:
+        """May an attempt go through the breaker ``key`` now? The :class:`Admission` says so, and
+        whether it goes as the half-open probe.
+        """
+        ...
 
     async def breaker_record(
         self,
@@ -122,11 +126,20 @@ class Store(Protocol):
         caller expects none and needs no answer: a store on the network may send the record
         with its next step (and then returns None)."""
 
-    async def breaker_release(self, key: str, *, probe: bool) -> None: ...
+    async def breaker_release(self, key: str, *, probe: bool) -> None:
+        """An admitted attempt ended without a verdict (its caller was cancelled): a probe's turn
+        goes back.
+        """
+        ...
 
-    async def breaker_state(self, key: str) -> CircuitState: ...
+    async def breaker_state(self, key: str) -> CircuitState:
+        """The breaker ``key``'s state now (CLOSED for a breaker never used)."""
+        ...
 
-    async def aclose(self) -> None: ...
+    async def aclose(self) -> None:
+        """Let go of what the store holds (connections, threads); a closed store is not used
+        again."""
+        ...
 
 
 class MemoryStore:
@@ -178,6 +191,7 @@ class MemoryStore:
         hold: float = 0.0,
         asker: str | None = None,
     ) -> tuple[float, bool]:
+        """Implements [`Store.take`][instantly_oauth_async.Store.take]."""
         # One process: its limiters' own queues are the whole line; ``asker`` changes nothing.
         now = self.clock.monotonic()
         blocked = self._block_left(block_keys, now)
@@ -186,10 +200,11 @@ class MemoryStore:
         return take(self._logs, specs, now, lease, hold), False
 
     async def release(self, specs: Sequence[tuple[str, RateLimit]], lease: str) -> None:
+        """Implements [`Store.release`][instantly_oauth_async.Store.release]."""
         release(self._logs, specs, lease, self.clock.monotonic())
 
     async def leave(self, specs: Sequence[tuple[str, RateLimit]], asker: str) -> None:
-        pass
+        """Implements [`Store.leave`][instantly_oauth_async.Store.leave]."""
 
     async def take_gated(
         self,
@@ -201,14 +216,17 @@ class MemoryStore:
         hold: float = 0.0,
         asker: str | None = None,
     ) -> tuple[float, bool, Admission]:
+        """Implements [`Store.take_gated`][instantly_oauth_async.Store.take_gated]."""
         return await gated(self, specs, block_keys, breaker, lease=lease, hold=hold, asker=asker)
 
     async def block(self, keys: Sequence[str], seconds: float) -> None:
+        """Implements [`Store.block`][instantly_oauth_async.Store.block]."""
         until = self.clock.monotonic() + max(0.0, seconds)
         for key in keys:
             self._blocks[key] = max(self._blocks.get(key, -math.inf), until)
 
     async def blocked_for(self, keys: Sequence[str]) -> float:
+        """Implements [`Store.blocked_for`][instantly_oauth_async.Store.blocked_for]."""
         return max(0.0, self._block_left(keys, self.clock.monotonic()))
 
     def blocks_left(self) -> dict[str, float]:
@@ -222,6 +240,7 @@ class MemoryStore:
         return self._breakers.setdefault(key, BreakerState())
 
     async def breaker_admit(self, key: str, policy: BreakerPolicy) -> Admission:
+        """Implements [`Store.breaker_admit`][instantly_oauth_async.Store.breaker_admit]."""
         admission, _ = _breaker.admit(self._breaker(key), policy, self.clock.monotonic())
         return admission
 
@@ -235,6 +254,7 @@ class MemoryStore:
         retry_after: float | None = None,
         quiet: bool = False,
     ) -> BreakerTransition | None:
+        """Implements [`Store.breaker_record`][instantly_oauth_async.Store.breaker_record]."""
         state = self._breaker(key)
         old, now = state.state, self.clock.monotonic()
         reason = _breaker.record(
@@ -245,9 +265,11 @@ class MemoryStore:
         return BreakerTransition(key, old, state.state, now, reason)
 
     async def breaker_release(self, key: str, *, probe: bool) -> None:
+        """Implements [`Store.breaker_release`][instantly_oauth_async.Store.breaker_release]."""
         _breaker.release(self._breaker(key), probe=probe)
 
     async def breaker_state(self, key: str) -> CircuitState:
+        """Implements [`Store.breaker_state`][instantly_oauth_async.Store.breaker_state]."""
         return self._breaker(key).state
 
     async def aclose(self) -> None:

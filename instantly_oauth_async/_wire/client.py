@@ -154,6 +154,7 @@ class InstantlyClient:
 
     @property
     def base_url(self) -> str:
+        """The API root requests go to, as a string (``https://api.instantly.ai`` by default)."""
         return str(self._base)
 
     def __repr__(self) -> str:

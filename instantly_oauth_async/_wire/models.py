@@ -88,7 +88,7 @@ class RetryPolicy:
     """Jittered exponential backoff for transient failures, bounded in attempts and time:
     ``OAuthManager(retry=RetryPolicy(...))``.
 
-    Args:
+    Attributes:
         attempts: tries in all, the first included (default 5), for one init (after a 503, a
             5xx, no answer, or a short 429, within ``start()``'s deadline), and for one
             account read; a session's status reads fail that many times in a row past its
@@ -169,6 +169,9 @@ class OAuthStatus:
 
 @attrs.frozen
 class WarmupAdvanced:
+    """The advanced warmup settings of an account (:class:`Warmup`'s ``advanced``); a field the
+    API left out is None.
+    """
     warm_ctd: bool | None = None
     open_rate: float | None = None
     important_rate: float | None = None
@@ -179,6 +182,7 @@ class WarmupAdvanced:
 
 @attrs.frozen
 class Warmup:
+    """An account's warmup settings, as the API sends them; a field the API left out is None."""
     limit: float | None = None
     advanced: WarmupAdvanced | None = None
     warmup_custom_ftag: str | None = None
@@ -188,6 +192,9 @@ class Warmup:
 
 @attrs.frozen
 class StatusMessage:
+    """An account's status message, as the API sends it: ``code``, ``command``, ``response``
+    and ``e_message`` when present (any may be None).
+    """
     code: str | None = None
     command: str | None = None
     response: str | None = None

@@ -244,6 +244,7 @@ class RedisStore:
         hold: float = 0.0,
         asker: str | None = None,
     ) -> tuple[float, bool]:
+        """Implements [`Store.take`][instantly_oauth_async.Store.take]."""
         if await self._fallback.local.blocked_for(block_keys) > 0:
             # Learned here (perhaps while Redis was away); the fleet's may be longer.
             return await self.blocked_for(block_keys), True
@@ -264,6 +265,7 @@ class RedisStore:
         return wait, blocked
 
     async def release(self, specs: Sequence[tuple[str, RateLimit]], lease: str) -> None:
+        """Implements [`Store.release`][instantly_oauth_async.Store.release]."""
         roomy = self._steps.forget(lease)
         if self._fallback.release(specs, lease):
             return  # spent only here, or Redis is away
@@ -283,6 +285,7 @@ class RedisStore:
         hold: float = 0.0,
         asker: str | None = None,
     ) -> tuple[float, bool, Admission]:
+        """Implements [`Store.take_gated`][instantly_oauth_async.Store.take_gated]."""
         if not self._fallback.settled() or \
                 await self._fallback.local.blocked_for(block_keys) > 0:
             # Away, just back, or blocked here: the breaker and the budgets one after the other,
@@ -306,16 +309,19 @@ class RedisStore:
         return wait, code == 1, Admission(True, probe=probe)
 
     async def leave(self, specs: Sequence[tuple[str, RateLimit]], asker: str) -> None:
+        """Implements [`Store.leave`][instantly_oauth_async.Store.leave]."""
         if not self._fallback.degraded:
             self._batch.post("LEAVE", line_keys(specs), [asker], within=RECORD_WITHIN)
 
     # -- blocks ------------------------------------------------------------------------------
 
     async def block(self, keys: Sequence[str], seconds: float) -> None:
+        """Implements [`Store.block`][instantly_oauth_async.Store.block]."""
         await self._fallback.local.block(keys, seconds)
         await self._run("BLOCK", keys, [repr(max(0.0, float(seconds)))])
 
     async def blocked_for(self, keys: Sequence[str]) -> float:
+        """Implements [`Store.blocked_for`][instantly_oauth_async.Store.blocked_for]."""
         local = await self._fallback.local.blocked_for(keys)
         reply = await self._run("BLOCKED_FOR", keys, [])
         return max(local, float(reply) if reply is not None else 0.0)
@@ -323,6 +329,7 @@ class RedisStore:
     # -- breakers ----------------------------------------------------------------------------
 
     async def breaker_admit(self, key: str, policy: BreakerPolicy) -> Admission:
+        """Implements [`Store.breaker_admit`][instantly_oauth_async.Store.breaker_admit]."""
         reply = await self._run("BREAKER_ADMIT", [key], policy_args(policy))
         if reply is None:
             return await self._fallback.local.breaker_admit(key, policy)
@@ -338,6 +345,7 @@ class RedisStore:
         retry_after: float | None = None,
         quiet: bool = False,
     ) -> BreakerTransition | None:
+        """Implements [`Store.breaker_record`][instantly_oauth_async.Store.breaker_record]."""
         args = [*policy_args(policy), "1" if success else "0", "1" if probe else "0",
                 "" if retry_after is None else repr(float(retry_after))]
         if quiet and not self._fallback.degraded:
@@ -355,10 +363,12 @@ class RedisStore:
             key, CircuitState(old), CircuitState(new), self.clock.monotonic(), reason)
 
     async def breaker_release(self, key: str, *, probe: bool) -> None:
+        """Implements [`Store.breaker_release`][instantly_oauth_async.Store.breaker_release]."""
         if await self._run("BREAKER_RELEASE", [key], ["1" if probe else "0"]) is None:
             await self._fallback.local.breaker_release(key, probe=probe)
 
     async def breaker_state(self, key: str) -> CircuitState:
+        """Implements [`Store.breaker_state`][instantly_oauth_async.Store.breaker_state]."""
         try:
             self._batch.round_trips += 1
             state = await self._redis.hget(key, "state")

@@ -158,6 +158,7 @@ class SQLiteStore:
 
     @property
     def path(self) -> str:
+        """The database file, as given."""
         return self._db.path
 
     @property
@@ -211,6 +212,7 @@ class SQLiteStore:
 
     async def take(self, specs: Specs, block_keys: Sequence[str], *, lease: str | None = None,
                    hold: float = 0.0, asker: str | None = None) -> tuple[float, bool]:
+        """Implements [`Store.take`][instantly_oauth_async.Store.take]."""
         if await self._local.blocked_for(block_keys) > 0:
             return await self.blocked_for(block_keys), True
         member, unwritten = self._member(), self._unwritten_blocks()
@@ -230,6 +232,7 @@ class SQLiteStore:
                          breaker: tuple[str, BreakerPolicy], *, lease: str | None = None,
                          hold: float = 0.0, asker: str | None = None
                          ) -> tuple[float, bool, Admission]:
+        """Implements [`Store.take_gated`][instantly_oauth_async.Store.take_gated]."""
         if await self._local.blocked_for(block_keys) > 0:
             return await self.blocked_for(block_keys), True, Admission(True)
         key, policy = breaker
@@ -261,6 +264,7 @@ class SQLiteStore:
         return f"{self._members}m{self._serial}"
 
     async def leave(self, specs: Specs, asker: str) -> None:
+        """Implements [`Store.leave`][instantly_oauth_async.Store.leave]."""
         def job(conn: sqlite3.Connection, now: float) -> None:
             conn.execute("DELETE FROM line WHERE budget = ? AND asker = ?", (specs[0][0], asker))
 
@@ -268,6 +272,7 @@ class SQLiteStore:
             await self._db.run(job)
 
     async def release(self, specs: Specs, lease: str) -> None:
+        """Implements [`Store.release`][instantly_oauth_async.Store.release]."""
         def job(conn: sqlite3.Connection, now: float) -> None:
             for key, limit in specs:
                 conn.execute("INSERT OR REPLACE INTO slots (budget, member, held, until) "
@@ -282,6 +287,7 @@ class SQLiteStore:
     # -- blocks ----------------------------------------------------------------------------------
 
     async def block(self, keys: Sequence[str], seconds: float) -> None:
+        """Implements [`Store.block`][instantly_oauth_async.Store.block]."""
         seconds = max(0.0, float(seconds))
         await self._local.block(keys, seconds)
         until = self.clock.monotonic() + seconds
@@ -301,6 +307,7 @@ class SQLiteStore:
         self._wrote(unwritten)
 
     async def blocked_for(self, keys: Sequence[str]) -> float:
+        """Implements [`Store.blocked_for`][instantly_oauth_async.Store.blocked_for]."""
         local = await self._local.blocked_for(keys)
 
         def job(conn: sqlite3.Connection, now: float) -> float:
@@ -315,6 +322,7 @@ class SQLiteStore:
     # -- breakers --------------------------------------------------------------------------------
 
     async def breaker_admit(self, key: str, policy: BreakerPolicy) -> Admission:
+        """Implements [`Store.breaker_admit`][instantly_oauth_async.Store.breaker_admit]."""
         def job(conn: sqlite3.Connection, now: float) -> Admission:
             state = _budgets.load_breaker(conn, key)
             admission, _ = _breaker.admit(state, policy, now)
@@ -330,6 +338,7 @@ class SQLiteStore:
     async def breaker_record(self, key: str, policy: BreakerPolicy, *, success: bool,
                              probe: bool, retry_after: float | None = None, quiet: bool = False
                              ) -> BreakerTransition | None:
+        """Implements [`Store.breaker_record`][instantly_oauth_async.Store.breaker_record]."""
         def job(conn: sqlite3.Connection, now: float) -> BreakerTransition | None:
             state = _budgets.load_breaker(conn, key)
             old = state.state
@@ -359,6 +368,7 @@ class SQLiteStore:
             return None
 
     async def breaker_release(self, key: str, *, probe: bool) -> None:
+        """Implements [`Store.breaker_release`][instantly_oauth_async.Store.breaker_release]."""
         def job(conn: sqlite3.Connection, now: float) -> None:
             state = _budgets.load_breaker(conn, key)
             _breaker.release(state, probe=probe)
@@ -368,6 +378,7 @@ class SQLiteStore:
             await self._db.run(job)
 
     async def breaker_state(self, key: str) -> CircuitState:
+        """Implements [`Store.breaker_state`][instantly_oauth_async.Store.breaker_state]."""
         try:
             return await self._db.run(
                 lambda conn, now: _budgets.load_breaker(conn, key).state, write=False)

@@ -27,9 +27,11 @@ class FakeClock:
         return f"<FakeClock now={self._now:.3f} sleepers={len(self._sleepers)}>"
 
     def monotonic(self) -> float:
+        """This clock's seconds: moved only by :meth:`advance` and :meth:`jump`."""
         return self._now
 
     async def sleep(self, seconds: float) -> None:
+        """Return once this clock has been moved ``seconds`` on (at a checkpoint for 0 or less)."""
         if seconds <= 0:
             await anyio.lowlevel.checkpoint()
             return
@@ -38,6 +40,9 @@ class FakeClock:
         await event.wait()
 
     def deadline(self, seconds: float) -> anyio.CancelScope:
+        """A cancel scope cancelled when this clock reaches ``seconds`` from now (at once for 0 or
+        less).
+        """
         scope = anyio.CancelScope()
         heapq.heappush(self._scopes, (self._now + seconds, next(self._seq), scope))
         if seconds <= 0:

@@ -25,6 +25,10 @@ __all__ = ["SessionBook", "SimSession", "consent_given", "consent_page", "expire
 
 @attrs.define
 class SimSession:
+    """A session as the simulator keeps it: its id, workspace, provider, lifetime (``created``,
+    ``expires`` on the server's clock, ``expires_at``), ``state`` and, once decided, the
+    mailbox (``email``, ``name``) or the ``error``.
+    """
     session_id: str
     workspace_id: str
     provider: str

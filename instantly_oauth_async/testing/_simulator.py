@@ -62,6 +62,9 @@ Kind = Literal["init", "status", "account", "consent", "other"]
 
 @attrs.define
 class Workspace:
+    """A workspace of the simulator: its id, name, API key (never in the repr), scopes, and
+    whether it is paid and revoked.
+    """
     workspace_id: str
     name: str
     api_key: str = attrs.field(repr=False)
@@ -186,6 +189,7 @@ class Simulator:
         return self.url
 
     async def aclose(self) -> None:
+        """Stop serving; what was recorded (``requests``, sessions) stays readable."""
         if self._runner is not None:
             runner, self._runner = self._runner, None
             await runner.cleanup()
@@ -225,6 +229,7 @@ class Simulator:
         return key
 
     def revoke(self, workspace: Workspace) -> None:
+        """Revoke every API key of ``workspace``: its requests get 401 from now on."""
         workspace.revoked = True
 
     def outage(
@@ -235,6 +240,7 @@ class Simulator:
         self._rules.outage(provider, until=until, count=count)
 
     def end_outage(self, provider: str) -> None:
+        """End the provider's outage (:meth:`outage`) now."""
         self._rules.end_outage(provider)
 
     def block_ip(self, provider: str, ip: str, seconds: float) -> None:
@@ -274,11 +280,13 @@ class Simulator:
         return self._book.complete(session_id, email, name)
 
     def deny(self, session_id: str) -> SimSession:
+        """The person denies access on the consent page; the session ends with ``access_denied``."""
         return self._book.deny(session_id)
 
     def fail(
         self, session_id: str, error: str = "server_error", description: str = ""
     ) -> SimSession:
+        """The session fails with ``error`` (and ``description``), as a provider error would."""
         return self._book.fail(session_id, error, description)
 
     def expire(self, session_id: str) -> None:
@@ -291,6 +299,7 @@ class Simulator:
         self._accounts.touch(email, self._stamp())
 
     def pending_sessions(self) -> list[SimSession]:
+        """The sessions still waiting for their person, in every workspace."""
         return self._book.pending()
 
     def _stamp(self) -> str:

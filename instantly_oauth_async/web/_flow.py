@@ -60,6 +60,7 @@ class Started:
     result_url: str
 
     def json(self) -> dict[str, str]:
+        """The fields as a JSON-ready dict (the body of ``POST /connect``'s answer)."""
         return attrs.asdict(self)
 
 
@@ -147,10 +148,16 @@ class ConnectFlow:
 
     @property
     def manager(self) -> OAuthManager:
+        """The manager the flow starts and watches sessions with."""
         return self._manager if isinstance(self._manager, OAuthManager) else self._manager()
 
     @property
     def claims(self) -> Claims:
+        """The connect guard of the store (``store.claims``).
+
+        Raises:
+            ConfigurationError: the store keeps no claims.
+        """
         store = self._store if self._store is not None else self.manager.store
         claims = getattr(store, "claims", None)
         if not isinstance(claims, Claims):
@@ -326,6 +333,11 @@ class ConnectFlow:
             raise Refusal(503, type(exc).__name__, headers={"Retry-After": "5"}) from None
 
     async def result_page(self, user: str, session_id: str, tag: str | None) -> str:
+        """The HTML result page of ``user``'s session ``session_id``, linked with ``tag``.
+
+        Raises:
+            Refusal: the link is another user's, tampered with, made up or expired.
+        """
         pending = await self.watched(user, session_id, tag)
         payload = await self._payload(pending) if pending.done() else None
         return _pages.result_page(payload)
