@@ -1,8 +1,10 @@
 """A faithful stand-in for the Instantly OAuth session API: a real ``aiohttp.web`` server.
 
-This module is the HTTP app: routing, authentication, the request log, fault knobs and the
-network's delays. The rules live beside it, one concern a module: ``_rules`` (limits, blocks,
-outages), ``_sessions`` (sessions and the consent page), ``_accounts`` (connected accounts).
+This module is the simulator's state and what tests do with it: workspaces and their keys, the
+server's clocks, the scripted outages and misbehaviour, what a person does on the consent page,
+and the request log. The rest lives beside it, one concern a module: ``_routes`` (how each HTTP
+request is answered), ``_rules`` (limits, blocks, outages), ``_sessions`` (sessions and the
+consent page), ``_accounts`` (connected accounts), ``_wire`` (fault knobs, the network's delays).
 It enforces the rules the API documents (see ``shared/DESIGN.md``):
 
 * init: per provider, ``init_per_workspace`` (75) per workspace and ``init_per_ip`` (150) per IP in
@@ -27,12 +29,9 @@ from __future__ import annotations
 import secrets
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable, Iterable
-from datetime import datetime, timedelta, timezone
-from email.utils import format_datetime
+from datetime import datetime, timezone
 from types import TracebackType
-from typing import Literal
 
 import anyio
 import attrs
@@ -40,24 +39,12 @@ from aiohttp import web
 
 from .._limits.clock import Clock
 from ._accounts import AccountBook
-from ._rules import RateRules, Rejection, SimulatorLimits, retry_after_header
-from ._sessions import SessionBook, SimSession, consent_given, consent_page, expired_page
-from ._wire import (
-    CannedResponse,
-    Dropped,
-    Faults,
-    Misbehaviour,
-    Network,
-    drop,
-    error_response,
-    json_response,
-    swallow_dropped,
-)
+from ._routes import Kind, Routes
+from ._rules import RateRules, SimulatorLimits
+from ._sessions import SessionBook, SimSession
+from ._wire import CannedResponse, Faults, Network
 
 __all__ = ["LoggedRequest", "Simulator", "Workspace"]
-
-Kind = Literal["init", "status", "account", "consent", "other"]
-
 
 
 @attrs.define
@@ -117,12 +104,65 @@ def _monotonic_of(clock: Clock | Callable[[], float] | None) -> Callable[[], flo
         f"or a callable returning monotonic seconds, not {type(clock).__name__}")
 
 
-def _scope_ok(scopes: Iterable[str], needed: str) -> bool:
-    resource, action = needed.split(":")
-    have = set(scopes)
-    return bool(
-        have & {needed, f"{resource}:all", f"all:{action}", "all:all"}
-    )
+class _RequestLog:
+    """What arrived and how it went: the entries of ``Simulator.requests``, the requests between
+    arrival and answer, and the waiters of ``Simulator.wait_for``, woken by every change."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self.entries: list[LoggedRequest] = []
+        # Requests between arrival and answer, by id(request): kind, path, received; and where
+        # each one's log entry is, to fill in its ``answered``.
+        self._in_flight: dict[int, tuple[str, str, float]] = {}
+        self._index: dict[int, int] = {}
+        self._waiters: set[anyio.Event] = set()
+
+    def arrived(self, request: web.Request, kind: str) -> None:
+        """``request`` reached the server's door (before the network's inbound delay)."""
+        self._in_flight[id(request)] = (kind, request.raw_path, self._clock())
+        self._changed()
+
+    def record(self, request: web.Request, kind: str, status: int, *, ip: str,
+               workspace_id: str | None, provider: str | None, outcome: str) -> None:
+        arrival = self._in_flight.get(id(request))
+        if arrival is not None:
+            self._index[id(request)] = len(self.entries)  # ``answered`` comes later
+        self.entries.append(
+            LoggedRequest(
+                at=self._clock(), method=request.method, path=request.raw_path, kind=kind,
+                status=status, ip=ip, workspace_id=workspace_id, provider=provider,
+                had_authorization="Authorization" in request.headers,
+                user_agent=request.headers.get("User-Agent"), outcome=outcome,
+                received=None if arrival is None else arrival[2],
+            )
+        )
+        self._changed()
+
+    def answered(self, request: web.Request) -> None:
+        """``request``'s handler ended: its answer crossed the outbound delay, or it never will."""
+        key = id(request)
+        del self._in_flight[key]
+        index = self._index.pop(key, None)
+        if index is not None:
+            self.entries[index] = attrs.evolve(self.entries[index], answered=self._clock())
+        self._changed()
+
+    def in_flight(self, kind: str | None) -> list[tuple[str, float]]:
+        return [(path, at) for k, path, at in self._in_flight.values()
+                if kind is None or k == kind]
+
+    async def wait_for(self, predicate: Callable[[], bool]) -> None:
+        while not predicate():
+            event = anyio.Event()
+            self._waiters.add(event)
+            try:
+                await event.wait()
+            finally:
+                self._waiters.discard(event)
+
+    def _changed(self) -> None:
+        for waiter in self._waiters:
+            waiter.set()
 
 
 class Simulator:
@@ -151,9 +191,9 @@ class Simulator:
         self.trust_forwarded_for = trust_forwarded_for
         self._host, self._port = host, port
         self._epoch = time.time() - self._base_clock()
-        self._misbehaviour = Misbehaviour(lambda: self.faults, lambda: self.network)
         self.workspaces: dict[str, Workspace] = {}
-        self.requests: list[LoggedRequest] = []
+        self._log = _RequestLog(self.clock)
+        self.requests: list[LoggedRequest] = self._log.entries
         self._rules = RateRules()
         self._accounts = AccountBook()
         self._book = SessionBook(self._accounts, self.clock, self._stamp)
@@ -163,16 +203,11 @@ class Simulator:
         self.sessions = self._book.sessions
         #: ``accounts[email.lower()] = (workspace id, the Account JSON)``
         self.accounts = self._accounts.records
-        self._canned: dict[str, deque[CannedResponse]] = {}
-        self._redirect_to: str | None = None
-        self._waiters: set[anyio.Event] = set()
-        # Requests between arrival and answer, by id(request): kind, path, received; and where
-        # each one's log entry is, to fill in its ``answered``.
-        self._in_flight: dict[int, tuple[str, str, float]] = {}
-        self._log_index: dict[int, int] = {}
         self._runner: web.AppRunner | None = None
         self.url = ""
-        self.app = self._make_app()
+        self._routes = Routes(self, self._log, rules=self._rules, book=self._book,
+                              accounts=self._accounts)
+        self.app = self._routes.app
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -249,11 +284,11 @@ class Simulator:
 
     def enqueue(self, kind: Kind, response: CannedResponse) -> None:
         """Serve ``response`` to the next authenticated request of ``kind``, instead of acting."""
-        self._canned.setdefault(kind, deque()).append(response)
+        self._routes.enqueue(kind, response)
 
     def redirect_all(self, target: str | None) -> None:
         """Answer every API request with a 307 to ``target`` + path (None: stop)."""
-        self._redirect_to = target
+        self._routes.redirect_to = target
 
     def clock(self) -> float:
         """The server's monotonic time: the injected clock plus every :meth:`advance`."""
@@ -306,229 +341,16 @@ class Simulator:
         """The server's wall clock as the API writes timestamps."""
         return self.now_wall().isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
-    # -- HTTP --------------------------------------------------------------------------------
-
-    def _make_app(self) -> web.Application:
-        app = web.Application(client_max_size=64 * 1024, middlewares=[swallow_dropped])
-        app.router.add_post("/api/v2/oauth/{provider}/init", self._init)
-        app.router.add_get("/api/v2/oauth/session/status/{session_id}", self._status)
-        app.router.add_get("/api/v2/accounts/{email}", self._account)
-        app.router.add_get("/sim/consent/{token}", self._consent_page)
-        app.router.add_post("/sim/consent/{token}", self._consent_submit)
-        return app
-
-    def _ip(self, request: web.Request) -> str:
-        forwarded = request.headers.get("X-Forwarded-For") if self.trust_forwarded_for else None
-        if forwarded:
-            return forwarded.split(",")[0].strip()
-        return request.remote or "unknown"
-
-    def _log(self, request: web.Request, kind: str, status: int, ws: Workspace | None,
-             provider: str | None = None, *, outcome: str = "") -> None:
-        arrival = self._in_flight.get(id(request))
-        if arrival is not None:
-            self._log_index[id(request)] = len(self.requests)  # ``answered`` comes later
-        self.requests.append(
-            LoggedRequest(
-                at=self.clock(), method=request.method, path=request.raw_path, kind=kind,
-                status=status, ip=self._ip(request),
-                workspace_id=ws.workspace_id if ws else None, provider=provider,
-                had_authorization="Authorization" in request.headers,
-                user_agent=request.headers.get("User-Agent"), outcome=outcome,
-                received=None if arrival is None else arrival[2],
-            )
-        )
-        self._changed()
-
-    def _changed(self) -> None:
-        for waiter in self._waiters:
-            waiter.set()
+    # -- what the server saw ------------------------------------------------------------------
 
     def in_flight(self, kind: str | None = None) -> list[tuple[str, float]]:
         """The API requests (of ``kind``) that reached the server and have no answer out yet:
         ``(path, received)`` each, oldest first. :meth:`wait_for` also wakes when one arrives."""
-        return [(path, at) for k, path, at in self._in_flight.values()
-                if kind is None or k == kind]
+        return self._log.in_flight(kind)
 
     async def wait_for(self, predicate: Callable[[], bool]) -> None:
         """Return once ``predicate()`` holds, checking it after every request the server logs.
 
         Bound it with ``anyio.fail_after``.
         """
-        while not predicate():
-            event = anyio.Event()
-            self._waiters.add(event)
-            try:
-                await event.wait()
-            finally:
-                self._waiters.discard(event)
-
-    def _authenticate(self, request: web.Request, scope: str) -> Workspace | web.Response:
-        header = request.headers.get("Authorization", "")
-        if not header.startswith("Bearer "):
-            return error_response(401, "Missing Authorization header")
-        workspace = self.workspaces.get(header[len("Bearer "):].strip())
-        if workspace is None or workspace.revoked:
-            return error_response(401, "Invalid API key")
-        if not _scope_ok(workspace.scopes, scope):
-            return error_response(403, f"API key is missing the {scope} scope")
-        return workspace
-
-    def _rejected(self, rejection: Rejection) -> web.Response:
-        return error_response(rejection.status, rejection.message, retry_after_header(rejection))
-
-    def _finish(self, response: web.StreamResponse) -> web.StreamResponse:
-        response.headers["Date"] = format_datetime(self.now_wall(), usegmt=True)
-        return response
-
-    async def _handle(
-        self,
-        request: web.Request,
-        kind: Kind,
-        scope: str,
-        act: Callable[[Workspace], web.Response],
-        provider: str | None = None,
-        *,
-        paid_only: bool = False,
-    ) -> web.StreamResponse:
-        # The request's interval as its client sees it, from before the inbound delay to after
-        # the outbound one; a handler that ends otherwise (dropped, cancelled) ends it too.
-        key = id(request)
-        self._in_flight[key] = (kind, request.raw_path, self.clock())
-        self._changed()
-        try:
-            await self._misbehaviour.delay(kind)  # on its way in: the server sees it only now
-            response = await self._serve(request, kind, scope, act, provider,
-                                         paid_only=paid_only)
-            await self._misbehaviour.delay(kind)  # on its way back
-            return response
-        finally:
-            del self._in_flight[key]
-            index = self._log_index.pop(key, None)
-            if index is not None:
-                self.requests[index] = attrs.evolve(self.requests[index], answered=self.clock())
-            self._changed()
-
-    async def _serve(
-        self,
-        request: web.Request,
-        kind: Kind,
-        scope: str,
-        act: Callable[[Workspace], web.Response],
-        provider: str | None,
-        *,
-        paid_only: bool,
-    ) -> web.StreamResponse:
-        if self._redirect_to is not None:
-            self._log(request, kind, 307, None, provider, outcome="redirect")
-            raise web.HTTPTemporaryRedirect(self._redirect_to + request.raw_path)
-        auth = self._authenticate(request, scope)
-        if isinstance(auth, web.Response):
-            self._log(request, kind, auth.status, None, provider)
-            return self._finish(auth)
-        workspace = auth
-        if paid_only and not workspace.paid:
-            response = error_response(402, "Workspace does not have an active paid plan")
-            self._log(request, kind, 402, workspace, provider)
-            return self._finish(response)
-        canned = self._canned.get(kind)
-        if canned:
-            spec = canned.popleft()
-            body = spec.body.encode() if isinstance(spec.body, str) else spec.body
-            response = web.Response(status=spec.status, body=body, content_type=spec.content_type)
-            for name, value in spec.headers:
-                response.headers.add(name, value)
-            self._log(request, kind, spec.status, workspace, provider, outcome="canned")
-            return self._finish(response)
-        before = await self._misbehaviour.before(kind)
-        if before == "reset":
-            self._log(request, kind, 0, workspace, provider, outcome="reset")
-            drop(request)
-            raise Dropped
-        if isinstance(before, web.Response):
-            self._log(request, kind, before.status, workspace, provider, outcome="fault")
-            return self._finish(before)
-        limited = self._rules.standard(self.limits, workspace.workspace_id, self.clock())
-        if limited is not None:
-            self._log(request, kind, 429, workspace, provider, outcome="standard-limit")
-            return self._finish(self._rejected(limited))
-        response = act(workspace)
-        fault = self._misbehaviour.after(kind) if response.status == 200 else None
-        self._log(request, kind, response.status, workspace, provider, outcome=fault or "")
-        return await self._misbehaviour.deliver(request, response, fault, self._finish)
-
-    async def _init(self, request: web.Request) -> web.StreamResponse:
-        provider = request.match_info["provider"]
-        if provider not in ("google", "microsoft"):
-            self._log(request, "other", 404, None)
-            return self._finish(error_response(404, "Route not found"))
-        ip = self._ip(request)
-        return await self._handle(
-            request, "init", "accounts:create", lambda ws: self._init_act(ws, provider, ip),
-            provider,
-        )
-
-    def _init_act(self, workspace: Workspace, provider: str, ip: str) -> web.Response:
-        now, lim = self.clock(), self.limits
-        rejected = self._rules.init(lim, workspace.workspace_id, provider, ip, now)
-        if rejected is not None:
-            return self._rejected(rejected)
-        expires_at = self.now_wall() + timedelta(seconds=lim.session_ttl)
-        session = self._book.create(workspace.workspace_id, provider, now, lim.session_ttl,
-                                    expires_at)
-        return json_response(200, {
-            "session_id": session.session_id,
-            "auth_url": f"{self.url}/sim/consent/{session.consent_token}",
-            "expires_at": session.expires_at.isoformat(timespec="milliseconds").replace(
-                "+00:00", "Z"),
-        })
-
-    async def _status(self, request: web.Request) -> web.StreamResponse:
-        session_id = request.match_info["session_id"]
-        session = self.sessions.get(session_id)
-        provider = session.provider if session else None
-        return await self._handle(
-            request, "status", "accounts:read", lambda ws: self._status_act(ws, session_id),
-            provider,
-        )
-
-    def _status_act(self, workspace: Workspace, session_id: str) -> web.Response:
-        status, payload = self._book.read(workspace.workspace_id, session_id, self.clock(),
-                                          self.limits.purge_after)
-        if status == 404:
-            return error_response(404, "Session not found")
-        return json_response(status, payload)
-
-    async def _account(self, request: web.Request) -> web.StreamResponse:
-        email = request.match_info["email"]
-        return await self._handle(
-            request, "account", "accounts:read", lambda ws: self._account_act(ws, email),
-            paid_only=True,
-        )
-
-    def _account_act(self, workspace: Workspace, email: str) -> web.Response:
-        found = self._accounts.lookup(workspace.workspace_id, email)
-        if found is None:
-            return error_response(404, "Resource not found")
-        return json_response(200, found)
-
-    # -- the consent page a person sees ------------------------------------------------------
-
-    async def _consent_page(self, request: web.Request) -> web.StreamResponse:
-        session = self._book.open_for_consent(request.match_info["token"])
-        if session is None:
-            self._log(request, "consent", 410, None)
-            return expired_page()
-        self._log(request, "consent", 200, None, session.provider)
-        return consent_page(session)
-
-    async def _consent_submit(self, request: web.Request) -> web.StreamResponse:
-        session = self._book.open_for_consent(request.match_info["token"])
-        if session is None:
-            self._log(request, "consent", 410, None)
-            return expired_page()
-        form = await request.post()
-        self._log(request, "consent", 200, None, session.provider)
-        name = str(form.get("name", "")).strip() or None
-        return consent_given(self._book, session, str(form.get("action", "")),
-                             str(form.get("email", "")).strip(), name)
+        await self._log.wait_for(predicate)
