@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 
 import instantly_oauth_async
-from instantly_oauth_async import OAuthManager, _cli
+from instantly_oauth_async import OAuthManager
+from instantly_oauth_async._cli import failures as _cli
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"

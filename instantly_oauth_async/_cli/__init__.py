@@ -12,7 +12,6 @@ DEBUG; ``--log-format json`` makes each record one JSON object per line, with it
 fields (``iox_event`` and the rest).
 """
 
-# ruff: noqa: T201 - an interrupt is one line on stderr
 
 from __future__ import annotations
 

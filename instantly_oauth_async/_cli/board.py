@@ -2,7 +2,6 @@
 counts, each session's link or JSON line as it comes, each outcome as it ends, the summary table
 at the end, and what an interrupt says was still pending."""
 
-# ruff: noqa: T201 - with --json, each session and result is a line on stdout
 
 from __future__ import annotations
 

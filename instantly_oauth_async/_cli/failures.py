@@ -1,7 +1,6 @@
 """What a failure of the command line becomes: its exit code (one per kind) and its one line on
 stderr. The API key never appears: errors never hold it."""
 
-# ruff: noqa: T201 - the one line goes to stderr
 
 from __future__ import annotations
 

@@ -1,7 +1,6 @@
 """``status`` and ``account``: one read each, printed as one JSON object; what a 404 means for
 each, said in plain words."""
 
-# ruff: noqa: T201 - the answer is a JSON line on stdout
 
 from __future__ import annotations
 

@@ -1,7 +1,6 @@
 """``simulate``: serve the simulator on loopback for the CLI, the examples and your own tools,
 print where it serves and its key, and stop it on Ctrl-C or SIGTERM."""
 
-# ruff: noqa: T201 - where it serves goes to stdout, what it is to stderr
 
 from __future__ import annotations
 
