@@ -88,6 +88,7 @@ class Poller:
         return pending
 
     def adopted(self, entry: Entry) -> None:
+        """A session this manager's adoption won: polled at once (again, if it was watching)."""
         session, expected_email = decode_session(entry.data)
         age = None
         if self._fleet is not None:
