@@ -14,7 +14,7 @@ import pytest
 
 from instantly_oauth_async import OAuthManager, RateLimit
 from instantly_oauth_async._manager.fleet import decode_session, encode_session
-from instantly_oauth_async._manager.polling import _MAX_STEPS
+from instantly_oauth_async._manager.scheduler import _MAX_STEPS
 from instantly_oauth_async._stores.registry import Entry, MemoryRegistry
 from instantly_oauth_async._stores.store import MemoryStore
 from instantly_oauth_async.testing import FakeClock, Network, Simulator, SimulatorLimits

@@ -2,32 +2,28 @@
 the lease of the one poller of each, the heartbeat that renews them, adoption of orphans,
 outcomes written ahead of any future, and watchers that wait on the registry, not the API.
 
+Here, the leases over time: registered, renewed, registered again, handed over, adopted and let
+go. The lease table itself is in ``leases``, the outcomes written ahead in ``writeahead``, what
+an entry holds in ``entries``; the poller's tasks for the fleet in ``fleetside``.
+
 What is durable and what can still be lost: docs/FLEET.md.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from collections.abc import Collection
 
 import anyio
 
-from .._stores.registry import (
-    ANSWER,
-    EXPIRED,
-    LOST,
-    Data,
-    Entry,
-    MemoryRegistry,
-    Registry,
-    RegistryUnavailableError,
-)
-from .._wire.convert import converter
+from .._stores.registry import Entry, Registry, RegistryUnavailableError
 from .._wire.exceptions import InstantlyError, session_key
-from .._wire.models import Account, OAuthSession, SessionStatus
-from .outcome import ConnectResult, OutcomeLostError
+from .._wire.models import OAuthSession
+from .entries import decode_outcome, decode_session, encode_outcome, encode_session, session_data
+from .leases import Leases
+from .outcome import ConnectResult
+from .writeahead import WriteAhead
 
 __all__ = ["Fleet", "UnknownSessionError", "decode_outcome", "decode_session",
            "encode_outcome", "encode_session"]
@@ -48,76 +44,15 @@ class UnknownSessionError(InstantlyError):
                          + (f": {detail}" if detail else ""))
 
 
-def encode_session(session: OAuthSession, expected_email: str | None) -> str:
-    return json.dumps({"session": converter.unstructure(session),
-                       "expected_email": expected_email})
-
-
-class _Encoded:
-    """A session's registry data made when read: the in-process registry keeps this rather
-    than a second, serialized copy of the records the manager holds anyway."""
-
-    __slots__ = ("expected_email", "session")
-
-    def __init__(self, session: OAuthSession, expected_email: str | None) -> None:
-        self.session, self.expected_email = session, expected_email
-
-    def __call__(self) -> str:
-        return encode_session(self.session, self.expected_email)
-
-
-def decode_session(data: str) -> tuple[OAuthSession, str | None]:
-    raw = json.loads(data)
-    return converter.structure(raw["session"], OAuthSession), raw.get("expected_email")
-
-
-def encode_outcome(result: ConnectResult | None, error: BaseException | None
-                   ) -> tuple[str, int] | None:
-    """The outcome as the registry stores it, with its precedence; None: nothing to store (a
-    cancellation, the manager closing, a bug: the lease lapses and another manager goes on)."""
-    if result is not None:
-        rank = EXPIRED if result.status is SessionStatus.EXPIRED else ANSWER
-        return json.dumps({"result": converter.unstructure(result)}), rank
-    if isinstance(error, OutcomeLostError):
-        account = None if error.account is None else converter.unstructure(error.account)
-        return json.dumps({"lost": error.detail, "account": account}), LOST
-    return None
-
-
-def decode_outcome(outcome: str, session_id: str) -> ConnectResult | OutcomeLostError:
-    raw = json.loads(outcome)
-    if "result" in raw:
-        result: ConnectResult = converter.structure(raw["result"], ConnectResult)
-        return result
-    account = raw.get("account")
-    return OutcomeLostError(
-        session_id, raw.get("lost", "lost"),
-        account=None if account is None else converter.structure(account, Account))
-
-
-class Fleet:
+class Fleet(Leases):
     """The leases this manager holds in one workspace's registry, by session id."""
 
     def __init__(self, registry: Registry, ns: str, owner: str, *, lease: float,
                  retention: float, read_margin: float) -> None:
-        self.registry = registry
-        self.ns = ns
-        self.owner = owner
-        self.lease = lease
-        self.retention = retention
-        self._read_margin = read_margin
-        self.fences: dict[str, int] = {}
-        self._until: dict[str, float] = {}
-        self._unregistered: dict[str, str] = {}  # started while the store was away
-        # Every session held, as registered (to register again): on the in-process registry
-        # the same callable its entry keeps, not the JSON (see MemoryRegistry).
-        self._data: dict[str, Data] = {}
-        self._lazy = isinstance(registry, MemoryRegistry)
-        # Outcomes decided while the store was away: (outcome, rank), written by the next renew
-        # that reaches it; their leases are kept meanwhile, so nobody adopts and reads again.
-        self._unwritten: dict[str, tuple[str, int]] = {}
+        super().__init__(registry, ns, owner, lease=lease, retention=retention,
+                         read_margin=read_margin)
+        self._ahead = WriteAhead(self)
         self._closed = False  # closing: it adopts nothing more
-        self._held: dict[str, int] = {}  # closing: leases kept until their reads ended
         self._adopting = anyio.Lock()  # an adoption pass; release_all waits for it to end
         # Sessions this manager handed over without an outcome (cancelled): it does not adopt
         # them back before the time given (the store's clock), their deadline.
@@ -131,33 +66,15 @@ class Fleet:
     def __repr__(self) -> str:
         return f"<Fleet leases={len(self.fences)} lease={self.lease:g}s>"
 
-    @property
-    def read_margin(self) -> float:
-        """A read starts only while its lease has more than this left (seconds)."""
-        return self._read_margin
-
     def closed(self) -> bool:
         """Whether the manager is closing (:meth:`release_all` was called)."""
         return self._closed
-
-    def _hold(self, entry: Entry, data: Data | None = None) -> None:
-        self.fences[entry.session_id] = entry.fence
-        self._until[entry.session_id] = entry.lease_until
-        self._data[entry.session_id] = entry.data if data is None else data
-
-    def drop(self, session_id: str) -> None:
-        self._unwritten.pop(session_id, None)
-        self.fences.pop(session_id, None)
-        self._until.pop(session_id, None)
-        self._unregistered.pop(session_id, None)
-        self._data.pop(session_id, None)
 
     async def register(self, session: OAuthSession, expected_email: str | None) -> None:
         """Register (and hold) a new session. While the registry's store is away, the session
         is held locally and registered when the store is back (:meth:`renew` does it): nobody
         else can adopt what the registry does not know."""
-        data: Data = (_Encoded(session, expected_email) if self._lazy
-                      else encode_session(session, expected_email))
+        data = session_data(session, expected_email, lazy=self._lazy)
         try:
             entry = await self._register(session.session_id, data)
         except RegistryUnavailableError:
@@ -169,61 +86,11 @@ class Fleet:
         if entry.owner == self.owner and not entry.decided:
             self._hold(entry, data)
 
-    def holds(self, session_id: str) -> bool:
-        """Whether this manager's lease on ``session_id`` is still good by the store's clock
-        (always for a session the registry has not got yet, or one kept at close for its
-        step). A lease that lapsed (this process was paused, say) may be another's by now:
-        whoever holds none decides nothing for the fleet."""
-        if session_id in self._unregistered or session_id in self._held:
-            return True
-        until = self._until.get(session_id)
-        if until is None:
-            return False
-        try:
-            return until > self.registry.now()
-        except RegistryUnavailableError:
-            return True  # never reached: every lease held is of a session not registered yet
-
-    def may_read(self, session_id: str) -> bool:
-        """True while this manager's lease has more time left than a read can take; always
-        for a session the registry has not got yet (nobody else can know it, so nobody else
-        reads it: not even a store never reached, whose clock is unknown, stops its reads)."""
-        if session_id in self._unregistered:
-            return True
-        until = self._until.get(session_id)
-        return until is not None and until - self.registry.now() > self._read_margin
-
     async def write(self, session_id: str, result: ConnectResult | None,
                     error: BaseException | None
                     ) -> tuple[ConnectResult | None, BaseException | None]:
         """Store the outcome ahead of any future; what to resolve with (the stored winner)."""
-        encoded = encode_outcome(result, error)
-        fence = self.fences.get(session_id, self._held.get(session_id))
-        if encoded is None:
-            return result, error  # no outcome: the poller hands the session over
-        try:
-            entry = await self.registry.decide(self.ns, session_id, *encoded, fence=fence,
-                                               retention=self.retention)
-            data = self._data.get(session_id)
-            if entry is None and fence is not None and data is not None \
-                    and self.holds(session_id):
-                # The registry lost it (a Redis restarted empty, a failover) while this
-                # manager held it: nobody else can hold it, so register it again and store.
-                logger.warning("session %s was missing from the registry as its outcome was "
-                               "written: registered again", session_key(session_id))
-                entry = await self._store_anew(session_id, data, *encoded)
-        except RegistryUnavailableError:
-            if fence is not None:  # ours: keep the lease and write it when the store is back
-                self._unwritten[session_id] = encoded
-                logger.warning("outcome of %s not stored yet (registry unreachable): it will "
-                               "be written when it is back", session_key(session_id))
-                return result, error
-            raise
-        self.drop(session_id)
-        if entry is None or entry.outcome is None:
-            return result, error  # unknown to the registry, or fenced out: ours stands alone
-        stored = decode_outcome(entry.outcome, session_id)
-        return (stored, None) if isinstance(stored, ConnectResult) else (None, stored)
+        return await self._ahead.write(session_id, result, error)
 
     async def renew(self) -> list[str]:
         """One step renewing every lease held; the ids whose lease was lost.
@@ -246,7 +113,7 @@ class Fleet:
         except RegistryUnavailableError:
             began = None  # never reached: every lease held is of a session not registered yet
         try:
-            await self._write_unwritten()
+            await self._ahead.write_unwritten()
             for session_id, data in list(self._unregistered.items()):
                 entry = await self._register(session_id, data)
                 self._unregistered.pop(session_id, None)
@@ -265,43 +132,6 @@ class Fleet:
                 if session_id not in lost:
                     self._until[session_id] = began + self.lease  # it ends no earlier than this
         return [sid for sid in lost if not await self._register_again(sid)]
-
-    async def _register(self, session_id: str, data: Data) -> Entry:
-        """Register ``session_id`` as this manager's (the entry already there, if any)."""
-        registry = self.registry
-        if isinstance(registry, MemoryRegistry):
-            return await registry.register(self.ns, session_id, data, owner=self.owner,
-                                           lease=self.lease, retention=self.retention)
-        return await registry.register(self.ns, session_id,
-                                       data if isinstance(data, str) else data(),
-                                       owner=self.owner, lease=self.lease,
-                                       retention=self.retention)
-
-    async def _store_anew(self, session_id: str, data: Data, outcome: str, rank: int
-                          ) -> Entry | None:
-        """Register again a session the registry lost (a Redis restarted empty, a failover)
-        and store its outcome: nobody else can hold what the registry did not know. If another
-        manager registered it meanwhile, its entry stands and nothing is written."""
-        entry = await self._register(session_id, data)
-        if entry.owner != self.owner or entry.decided:
-            return entry
-        return await self.registry.decide(self.ns, session_id, outcome, rank,
-                                          fence=entry.fence, retention=self.retention)
-
-    async def _write_unwritten(self) -> None:
-        """Store the outcomes decided while the store was away (first writer wins, as ever)."""
-        for session_id, (outcome, rank) in list(self._unwritten.items()):
-            data = self._unregistered.get(session_id)
-            if data is not None:  # started and ended while away: register it first
-                await self._register(session_id, data)
-                self._unregistered.pop(session_id, None)  # only once that is done
-            entry = await self.registry.decide(self.ns, session_id, outcome, rank,
-                                               fence=self.fences.get(session_id),
-                                               retention=self.retention)
-            known = self._data.get(session_id)
-            if entry is None and known is not None:  # lost with the store's data meanwhile
-                await self._store_anew(session_id, known, outcome, rank)
-            self.drop(session_id)
 
     async def _register_again(self, session_id: str) -> bool:
         """After a renew named ``session_id`` lost: True when the registry had forgotten it and
@@ -403,7 +233,7 @@ class Fleet:
         async with self._adopting:
             if self._unwritten:
                 try:
-                    await self._write_unwritten()
+                    await self._ahead.write_unwritten()
                 except RegistryUnavailableError:
                     logger.warning("%d outcomes decided while the registry was unreachable "
                                    "were never stored: other managers will find those "

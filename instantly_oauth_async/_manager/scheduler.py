@@ -1,0 +1,146 @@
+"""The scheduler: which pending session reads next, and on which worker.
+
+Every pending session waits in one heap by when it is next due. One task takes a slot of the
+status budget for the earliest due (first come, first served with account reads) and hands the
+step (one read, and what follows from it) to a waiting worker, with at most ``_MAX_STEPS`` under
+way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import heapq
+import logging
+import math
+from collections.abc import Awaitable, Callable
+
+import anyio
+import anyio.abc
+import anyio.lowlevel
+
+from .._limits.clock import Clock
+from .._limits.limiter import Grant
+from .._wire.exceptions import InstantlyError, session_key
+from .alarm import Alarm
+from .pending import PendingConnection
+from .reads import Reads
+
+__all__ = ["Scheduler", "Step"]
+
+logger = logging.getLogger("instantly_oauth_async")
+
+#: Workers kept waiting for the next step, beyond which one that runs out of steps ends.
+_MAX_IDLE = 64
+#: Steps under way at most: aiohttp's connection pool holds 100 connections by default, and a
+#: read past them would wait for one while holding its slot (and, by the thousand, costs the
+#: event loop and the garbage collector more than it reads).
+_MAX_STEPS = 100
+
+#: One status read for a session on its slot, and what follows from it (see ``step``).
+Step = Callable[[PendingConnection, Grant], Awaitable[None]]
+
+
+class Scheduler:
+    """The due heap, the slots taken for it, and the workers that run the steps."""
+
+    def __init__(self, reads: Reads, clock: Clock) -> None:
+        self._reads = reads
+        self._clock = clock
+        self._due: list[tuple[float, int, PendingConnection]] = []
+        self._seq = 0
+        self._alarm = Alarm(clock)
+        # Steps handed out by the scheduler, and the workers waiting for one (see _worker).
+        self._work: collections.deque[tuple[PendingConnection, Grant]] = collections.deque()
+        self._idle: list[asyncio.Future[None]] = []  # bare futures: cheaper than an Event
+        self._steps = 0  # handed out and not ended
+        self._room: anyio.Event | None = None  # set when a step ends, for a scheduler at the cap
+
+    def schedule(self, pending: PendingConnection, at: float) -> None:
+        pending._next_at = at
+        self._seq += 1
+        pending._due_seq = self._seq  # any older entry of it is stale from now on
+        heapq.heappush(self._due, (at, self._seq, pending))
+        if self._due[0][2] is pending:
+            self._alarm.ring()  # earlier than what the scheduler sleeps towards
+
+    async def run(self, group: anyio.abc.TaskGroup, step: Step) -> None:
+        """Until cancelled: a slot for the earliest due session, then its ``step``."""
+        dispatched = 0
+        while True:
+            while self._due and not self._live(self._due[0]):
+                heapq.heappop(self._due)  # cancelled while it waited, or rescheduled since
+            if not self._due:
+                await self._alarm.sleep_until(math.inf)
+                continue
+            at, _, pending = self._due[0]
+            if at > self._clock.monotonic():
+                await self._alarm.sleep_until(at)
+                continue
+            if self._steps >= _MAX_STEPS:  # a slot now would wait for a connection, held
+                self._room = anyio.Event()
+                await self._room.wait()
+                continue
+            heapq.heappop(self._due)
+            # Its _due_seq stays set while it waits for a slot: it is on its way to a step, and
+            # whoever would schedule it again meanwhile (an adoption) must not make it two.
+            try:
+                grant = await self._reads.slot()
+            except InstantlyError as exc:  # the store refuses (StoreError): waiting won't cure it
+                logger.warning("no slot for session %s: %s",
+                               session_key(pending.session.session_id), type(exc).__name__)
+                pending._due_seq = 0
+                pending._finish(error=exc)
+                continue
+            while pending.done() and self._due and self._due[0][0] <= self._clock.monotonic():
+                entry = heapq.heappop(self._due)  # cancelled meanwhile: the next one due
+                if self._live(entry):
+                    pending = entry[2]
+            pending._due_seq = 0
+            if pending.done():
+                await self._reads.release(grant)  # nobody to spend it on
+            else:
+                pending._in_step = True  # from here cancel() leaves the ending to the step
+                self._dispatch(group, step, pending, grant)
+                dispatched += 1
+                if dispatched % 64 == 0:  # a store that never waits: let the reads run too
+                    await anyio.lowlevel.checkpoint()
+
+    def _dispatch(self, group: anyio.abc.TaskGroup, step: Step, pending: PendingConnection,
+                  grant: Grant) -> None:
+        """Hand one step to an idle worker, or to a new one when none is idle: a task per
+        read costs several times what waking a waiting one does (anyio's ``start_soon``)."""
+        self._work.append((pending, grant))
+        self._steps += 1
+        while self._idle:
+            wake = self._idle.pop()
+            if not wake.done():  # (a worker cancelled as the manager closes left it done)
+                wake.set_result(None)
+                return
+        group.start_soon(self._worker, step)
+
+    async def _worker(self, step: Step) -> None:
+        """Runs steps, one at a time, while there are any; waits for the next one while fewer
+        than ``_MAX_IDLE`` others wait, else ends. Each step handed out has a worker of its own
+        (woken or new), so no step waits behind another's read."""
+        work = self._work
+        while True:
+            while work:
+                pending, grant = work.popleft()
+                try:
+                    await step(pending, grant)
+                finally:
+                    self._steps -= 1
+                    if self._room is not None and self._steps <= _MAX_STEPS * 3 // 4:
+                        self._room.set()  # room for a batch: one wake-up for many reads
+                        self._room = None
+            if len(self._idle) >= _MAX_IDLE:
+                return
+            wake = asyncio.get_running_loop().create_future()
+            self._idle.append(wake)
+            await wake
+
+    @staticmethod
+    def _live(entry: tuple[float, int, PendingConnection]) -> bool:
+        pending = entry[2]
+        return not pending.done() and entry[1] == pending._due_seq
