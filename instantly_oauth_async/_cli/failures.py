@@ -19,7 +19,7 @@ from .._wire.exceptions import (
     UnauthorizedError,
 )
 
-#: Exit codes, one per kind of failure (documented in the README's CLI reference).
+#: Exit codes, one per kind of failure (documented in docs/reference/cli.md).
 OK, NOT_ALL_CONNECTED, USAGE, NO_KEY, AUTH, UNREACHABLE, LIMITED, API, INTERRUPTED = (
     0, 1, 2, 3, 4, 5, 6, 7, 130)
 
