@@ -167,11 +167,21 @@ def store(clock: FakeClock) -> LineStore:
     return LineStore(clock)
 
 
+@pytest.fixture(params=[False, True], ids=["shielded", "immediate"])
+def immediate(request: pytest.FixtureRequest) -> bool:
+    """Both ways a manager builds its limiters: shielded store calls (a store on the network),
+    and ``immediate=True`` (a MemoryStore, which never suspends inside a step)."""
+    return bool(request.param)
+
+
 pytestmark = pytest.mark.anyio
 
 
-async def test_repr_waiting_and_the_grants_it_gives(clock: FakeClock, store: LineStore) -> None:
-    limiter = FairLimiter(store, [("a", RateLimit(1, per=1)), ("b", ONE)], [], clock)
+async def test_repr_waiting_and_the_grants_it_gives(
+    clock: FakeClock, store: LineStore, immediate: bool
+) -> None:
+    limiter = FairLimiter(store, [("a", RateLimit(1, per=1)), ("b", ONE)], [], clock,
+                          immediate=immediate)
     assert repr(limiter) == "<FairLimiter [a, b] waiting=0>"
     first = await limiter.acquire()
     assert first == Grant(0.0, None, False)
@@ -185,8 +195,10 @@ async def test_repr_waiting_and_the_grants_it_gives(clock: FakeClock, store: Lin
     assert limiter.waiting == 0
 
 
-async def test_waited_is_the_time_in_the_queue(clock: FakeClock, store: LineStore) -> None:
-    limiter = FairLimiter(store, [("k", ONE)], [], clock)
+async def test_waited_is_the_time_in_the_queue(
+    clock: FakeClock, store: LineStore, immediate: bool
+) -> None:
+    limiter = FairLimiter(store, [("k", ONE)], [], clock, immediate=immediate)
     await clock.run_for(3)  # not from 0: the time waited, not the time of day
     grants: list[Grant] = []
 
@@ -201,9 +213,9 @@ async def test_waited_is_the_time_in_the_queue(clock: FakeClock, store: LineStor
 
 
 async def test_a_held_grant_has_a_prefixed_lease_an_unheld_one_none(
-    clock: FakeClock, store: LineStore
+    clock: FakeClock, store: LineStore, immediate: bool
 ) -> None:
-    limiter = FairLimiter(store, [("k", TWO)], [], clock, prefix="ws1:")
+    limiter = FairLimiter(store, [("k", TWO)], [], clock, prefix="ws1:", immediate=immediate)
     held = await limiter.acquire(hold=5)
     assert held.lease is not None and held.lease.startswith("ws1:") and held.lease[4:].isdigit()
     assert await limiter.acquire(hold=0) == Grant(0.0, None, False)
@@ -225,9 +237,9 @@ async def test_a_budget_wait_is_slept_whatever_max_block(
 
 
 async def test_a_block_of_exactly_max_block_is_waited_out(
-    clock: FakeClock, store: LineStore
+    clock: FakeClock, store: LineStore, immediate: bool
 ) -> None:
-    limiter = FairLimiter(store, [("k", TWO)], ["blk"], clock)
+    limiter = FairLimiter(store, [("k", TWO)], ["blk"], clock, immediate=immediate)
     await store.block(["blk"], 120)
     grants: list[Grant] = []
 
@@ -295,9 +307,9 @@ async def test_a_granted_waiter_leaves_no_line_to_leave(
 
 
 async def test_take_now_grants_or_says_how_long_and_never_queues(
-    clock: FakeClock, store: LineStore
+    clock: FakeClock, store: LineStore, immediate: bool
 ) -> None:
-    limiter = FairLimiter(store, [("k", ONE)], [], clock, prefix="p")
+    limiter = FairLimiter(store, [("k", ONE)], [], clock, prefix="p", immediate=immediate)
     grant, wait, blocked = await limiter.take_now(hold=5)
     assert grant is not None and grant.lease is not None and grant.lease.startswith("p")
     assert (grant.waited, grant.probe, wait, blocked) == (0.0, False, 0.0, False)
@@ -400,9 +412,9 @@ GATE = ("brk", BreakerPolicy(failure_threshold=1, cooldown=10, probe_timeout=30)
 
 
 async def test_an_open_gate_raises_with_its_wait_and_frees_the_queue(
-    clock: FakeClock, store: LineStore
+    clock: FakeClock, store: LineStore, immediate: bool
 ) -> None:
-    limiter = FairLimiter(store, [("k", TWO)], [], clock, gate=GATE)
+    limiter = FairLimiter(store, [("k", TWO)], [], clock, gate=GATE, immediate=immediate)
     first = await limiter.acquire()
     assert first == Grant(0.0, None, False)
     await store.breaker_record(*GATE, success=False, probe=False)
@@ -462,9 +474,9 @@ def test_a_lease_without_a_hold_is_held_one_window() -> None:
 
 
 async def test_without_a_prefix_leases_and_askers_are_bare(
-    clock: FakeClock, store: LineStore
+    clock: FakeClock, store: LineStore, immediate: bool
 ) -> None:
-    limiter = FairLimiter(store, [("k", TWO)], [], clock)
+    limiter = FairLimiter(store, [("k", TWO)], [], clock, immediate=immediate)
     grant = await limiter.acquire(hold=0.5)  # any hold above 0 holds
     assert grant.lease is not None and grant.lease.isdigit()
     assert store._logs["k"].held == {grant.lease: 10.5}
@@ -490,9 +502,9 @@ async def test_a_short_refusal_is_no_grant_and_puts_the_asker_in_line(
 
 
 async def test_a_held_grant_through_the_gate_is_held_for_this_asker(
-    clock: FakeClock, store: LineStore
+    clock: FakeClock, store: LineStore, immediate: bool
 ) -> None:
-    limiter = FairLimiter(store, [("k", TWO)], [], clock, gate=GATE)
+    limiter = FairLimiter(store, [("k", TWO)], [], clock, gate=GATE, immediate=immediate)
     grant = await limiter.acquire(hold=5)
     assert grant.lease is not None and store._logs["k"].held == {grant.lease: 15.0}
     assert store.askers == [limiter._asker]
@@ -591,3 +603,59 @@ async def test_the_last_waiter_cancelled_gives_nobody_a_turn_out_of_order(
         assert limiter.waiting == 2
         await clock.run_for(20)
     assert order == ["head", "middle"]
+
+
+async def test_an_immediate_limiter_puts_no_shield_around_the_store(
+    clock: FakeClock, store: LineStore
+) -> None:
+    """``immediate=True`` is the promise that the store never suspends inside a step, so the
+    limiter shields none of its calls: a store that broke the promise would be cut short by a
+    cancellation (its take spends nothing, its release is not heard), where a shielded limiter
+    sees both through (test_a_grant_taken_during_a_cancel_is_handed_back,
+    test_release_is_shielded_and_skips_unheld_grants)."""
+    limiter = FairLimiter(store, [("k", ONE)], [], clock, immediate=True)
+    got: list[Grant] = []
+
+    async def waiter() -> None:
+        got.append(await limiter.acquire(hold=5))
+
+    with anyio.CancelScope() as scope:
+        pause = store.pause = anyio.Event()
+        async with anyio.create_task_group() as group:
+            group.start_soon(waiter)
+            await anyio.wait_all_tasks_blocked()
+            scope.cancel()
+            pause.set()
+    assert got == [] and store._logs.get("k") is None  # cut short before it spent anything
+    assert limiter.waiting == 0
+    held = await limiter.acquire(hold=30)
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        await limiter.release(held)
+    assert store.released == []  # the release was cut short too
+    assert store._logs["k"].held == {held.lease: 40.0}
+
+
+async def test_only_the_head_of_the_queue_asks_the_store(
+    clock: FakeClock, store: LineStore, immediate: bool
+) -> None:
+    limiter = FairLimiter(store, [("k", ONE)], [], clock, immediate=immediate)
+    await limiter.acquire()
+    order: list[str] = []
+
+    async def waiter(name: str) -> None:
+        await limiter.acquire()
+        order.append(name)
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(waiter, "head")
+        await anyio.wait_all_tasks_blocked()
+        assert len(store.askers) == 2  # the head asked, and sleeps out the wait it was given
+        group.start_soon(waiter, "second")
+        group.start_soon(waiter, "third")
+        await anyio.wait_all_tasks_blocked()
+        assert len(store.askers) == 2 and limiter.waiting == 3  # the others wait their turn
+        await clock.run_for(10)
+        assert order == ["head"] and len(store.askers) == 4  # head granted; second refused
+        await clock.run_for(20)
+    assert order == ["head", "second", "third"] and len(store.askers) == 7
