@@ -5,6 +5,7 @@ the contract shared with Redis; this is MemoryRegistry's own)."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import anyio
@@ -142,7 +143,7 @@ async def test_renew_at_the_exact_end_and_of_what_is_not_there(
     await reg.register(NS, "s2", "{}", owner="a", lease=15, retention=DAY)
     await clock.run_for(14)
     assert await reg.renew(NS, "a", {"s1": 1, "gone": 1}, lease=20) == ["gone"]
-    assert (await reg.get(NS, "s1")).lease_until == 134  # type: ignore[union-attr]
+    assert await reg.get(NS, "s1") == Entry("s1", "{}", 100.0, "a", 1, 134.0)  # only the lease
     await clock.run_for(1)  # s2: lease_until == now
     assert await reg.renew(NS, "a", {"s2": 1}, lease=20) == ["s2"]
     assert (await reg.get(NS, "s2")).lease_until == 115  # type: ignore[union-attr]
@@ -371,3 +372,29 @@ async def test_orphans_are_a_hundred_at_most_by_default(reg: MemoryRegistry) -> 
         await reg.register(NS, f"s{i:03}", "{}", owner="a", lease=0, retention=DAY)
     found = await reg.orphans(NS)
     assert len(found) == 100 and found[0] == "s000" and "s100" not in found
+
+
+async def test_data_kept_as_a_callable_is_handed_out_as_text_made_when_read(
+    reg: MemoryRegistry, clock: FakeClock
+) -> None:
+    """A manager in this process hands in its records encoded on demand: every step hands the
+    entry out with its data as text, encoded from the record as it is at that moment."""
+    record = {"n": 1}
+
+    def encoded() -> str:
+        return json.dumps(record)
+
+    first = await reg.register(NS, "s1", encoded, owner="a", lease=15, retention=DAY)
+    assert first == Entry("s1", '{"n": 1}', 100.0, "a", 1, 115.0)
+    record["n"] = 2
+    assert await reg.get(NS, "s1") == Entry("s1", '{"n": 2}', 100.0, "a", 1, 115.0)
+    again = await reg.register(NS, "s1", "other", owner="b", lease=99, retention=DAY)
+    assert again == Entry("s1", '{"n": 2}', 100.0, "a", 1, 115.0)  # the one already there
+    await clock.run_for(5)
+    assert await reg.renew(NS, "a", {"s1": 1}, lease=15) == []
+    record["n"] = 3  # renewed, it still encodes the record when read
+    assert await reg.get(NS, "s1") == Entry("s1", '{"n": 3}', 100.0, "a", 1, 120.0)
+    claimed = await reg.claim(NS, "s1", "a", lease=15)
+    assert claimed == Entry("s1", '{"n": 3}', 100.0, "a", 2, 120.0)
+    decided = await reg.decide(NS, "s1", "ok", ANSWER, fence=2, retention=DAY)
+    assert decided == Entry("s1", '{"n": 3}', 100.0, None, 2, -math.inf, "ok", ANSWER)
