@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from types import TracebackType
 from typing import Any, TypeVar
 
 import aiohttp
@@ -27,7 +26,6 @@ from .._stores.store import Store
 from .._wire.client import DEFAULT_BASE_URL, InstantlyClient
 from .._wire.convert import coerce_provider
 from .._wire.exceptions import (
-    ClientStateError,
     ConfigurationError,
 )
 from .._wire.models import OAuthSession, Provider, RateLimit, RetryPolicy
@@ -35,7 +33,6 @@ from . import bulk as _bulk
 from . import config as _config
 from . import parts as _parts
 from .budget import DEFAULT_STANDARD_LIMIT, DEFAULT_STATUS_LIMIT, Budget
-from .fleet import UnknownSessionError, decode_session
 from .lifetime import Lifetime
 from .outcome import ConnectResult
 from .polling import PendingConnection
@@ -183,10 +180,8 @@ class OAuthManager:
         return manager
 
     def __repr__(self) -> str:
-        return (
-            f"<OAuthManager base_url={self._client.base_url!r} state={self._life.state} "
-            f"pending={len(self._poller.pending)}>"
-        )
+        return (f"<OAuthManager base_url={self._client.base_url!r} state={self._life.state} "
+                f"pending={len(self._poller.pending)}>")
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -194,12 +189,7 @@ class OAuthManager:
         await self._life.open()
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
     async def aclose(self) -> None:
@@ -276,20 +266,8 @@ class OAuthManager:
             raise ConfigurationError("timeout must be a non-negative number of seconds")
         session = await self._admission[chosen].create(budget)
         self._tally.created += 1
-        if self._fleet is not None:  # known to the fleet before the caller sees it
-            await self._fleet.register(session, expected_email)
-        if self._life.state == "closed":  # closed while the init or its registration was under way
-            sid = session.session_id
-            if self._fleet is None:
-                raise ClientStateError(
-                    f"the OAuthManager closed while start() created session {sid}; nobody "
-                    "polls it: resume() it on another manager")
-            await self._fleet.hand_over(sid, 0.0)
-            raise ClientStateError(
-                f"the OAuthManager closed while start() registered session {sid}; it was "
-                f"handed over to the fleet: attach('{sid}') from another manager")
-        first_poll = self._clock.monotonic() + self._poller.poll_interval
-        return self._poller.track(session, expected_email, first_poll)
+        return await self._poller.take_new(session, expected_email,
+                                           closed=lambda: self._life.state == "closed")
 
     def resume(self, session: OAuthSession, *, expected_email: str | None = None
                ) -> PendingConnection:
@@ -300,10 +278,7 @@ class OAuthManager:
         self._require_open()
         if not isinstance(session, OAuthSession):
             raise ConfigurationError("resume() takes an OAuthSession")
-        existing = self._poller.pending.get(session.session_id)
-        if existing is not None:
-            return existing
-        return self._poller.track(session, expected_email, self._clock.monotonic(), resumed=True)
+        return self._poller.resume(session, expected_email)
 
     async def attach(self, session_id: str) -> PendingConnection:
         """A handle on a session started by any manager sharing this store and workspace.
@@ -313,18 +288,7 @@ class OAuthManager:
         not know.
         """
         self._require_open()
-        existing = self._poller.pending.get(session_id)
-        if existing is not None:
-            return existing
-        if self._fleet is None:
-            raise ConfigurationError("attach() needs a store with a session registry")
-        entry = await self._fleet.registry.get(self._fleet.ns, str(session_id))
-        if entry is None:
-            raise UnknownSessionError(str(session_id))
-        session, expected_email = decode_session(entry.data)
-        pending = PendingConnection(session, expected_email, clock=self._clock)
-        self._poller.watch(pending)
-        return pending
+        return await self._poller.attach(session_id)
 
     def connect_many(
         self,

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import random
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 
 import anyio.abc
 
@@ -24,11 +24,16 @@ from .._limits.clock import Clock
 from .._observe.events import Outcome
 from .._observe.stats import Tally
 from .._stores.registry import Entry
-from .._wire.exceptions import ClientStateError, InstantlyError, SessionCancelledError
+from .._wire.exceptions import (
+    ClientStateError,
+    ConfigurationError,
+    InstantlyError,
+    SessionCancelledError,
+)
 from .._wire.models import OAuthSession, RetryPolicy
 from .deadlines import Deadlines
 from .entries import decode_session
-from .fleet import Fleet
+from .fleet import Fleet, UnknownSessionError
 from .fleetside import FleetSide
 from .outcome import OutcomeLostError, Outcomes
 from .pending import PendingConnection
@@ -85,6 +90,51 @@ class Poller:
         self.pending[session.session_id] = pending
         self._deadlines.set_deadline(pending, self._deadlines.deadline_of(session, age))
         self._scheduler.schedule(pending, first_poll)
+        return pending
+
+    async def take_new(self, session: OAuthSession, expected_email: str | None, *,
+                       closed: Callable[[], bool]) -> PendingConnection:
+        """A session ``start()`` just created: registered with the fleet before the caller sees
+        it, then polled from one interval on. A manager ``closed()`` meanwhile polls nothing
+        more: the session is handed over to the fleet (raising ``ClientStateError`` that says
+        where it went)."""
+        fleet = self._fleet
+        if fleet is not None:  # known to the fleet before the caller sees it
+            await fleet.register(session, expected_email)
+        if closed():  # closed while the init or its registration was under way
+            sid = session.session_id
+            if fleet is None:
+                raise ClientStateError(
+                    f"the OAuthManager closed while start() created session {sid}; nobody "
+                    "polls it: resume() it on another manager")
+            await fleet.hand_over(sid, 0.0)
+            raise ClientStateError(
+                f"the OAuthManager closed while start() registered session {sid}; it was "
+                f"handed over to the fleet: attach('{sid}') from another manager")
+        return self.track(session, expected_email, self._clock.monotonic() + self.poll_interval)
+
+    def resume(self, session: OAuthSession, expected_email: str | None) -> PendingConnection:
+        """A session created elsewhere, polled at once (the handle it has here, if any)."""
+        existing = self.pending.get(session.session_id)
+        if existing is not None:
+            return existing
+        return self.track(session, expected_email, self._clock.monotonic(), resumed=True)
+
+    async def attach(self, session_id: str) -> PendingConnection:
+        """A handle on a session of the fleet (the one it has here, if any): it waits on the
+        registry for the outcome. Raises ``UnknownSessionError`` for an id the registry does
+        not know, ``ConfigurationError`` for a store without a registry."""
+        existing = self.pending.get(session_id)
+        if existing is not None:
+            return existing
+        if self._fleet is None:
+            raise ConfigurationError("attach() needs a store with a session registry")
+        entry = await self._fleet.registry.get(self._fleet.ns, str(session_id))
+        if entry is None:
+            raise UnknownSessionError(str(session_id))
+        session, expected_email = decode_session(entry.data)
+        pending = PendingConnection(session, expected_email, clock=self._clock)
+        self.watch(pending)
         return pending
 
     def adopted(self, entry: Entry) -> None:
