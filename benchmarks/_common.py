@@ -6,13 +6,15 @@ import json
 import statistics
 import subprocess
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import aiohttp
 import anyio
 import anyio.abc
 import attrs
 
-from instantly_oauth_async import OAuthManager, PendingConnection, RateLimit
+from instantly_oauth_async import InstantlyClient, OAuthManager, PendingConnection, RateLimit
 
 #: Init limits out of the way, for benchmarks that need many sessions and measure something else.
 OPEN = RateLimit(10**6, per=60)
@@ -49,6 +51,27 @@ def percentile(values: list[float], q: float) -> float:
     if len(values) == 1:
         return values[0]
     return statistics.quantiles(values, n=100, method="inclusive")[max(0, min(98, round(q) - 1))]
+
+
+Read = Callable[[], Awaitable[None]]
+
+
+async def status_readers(url: str, key: str, http: aiohttp.ClientSession,
+                         client: InstantlyClient) -> tuple[Read, Read]:
+    """Two ways to read one new session's status, for a side-by-side ratio: a raw aiohttp GET
+    and ``json()`` on ``http``, and ``client.get_oauth_status`` (on the same session)."""
+    session = await client.init_oauth("google")
+    status_url = f"{url}/api/v2/oauth/session/status/{session.session_id}"
+    headers = {"Authorization": f"Bearer {key}"}
+
+    async def raw() -> None:
+        async with http.get(status_url, headers=headers) as response:
+            await response.json()
+
+    async def library() -> None:
+        await client.get_oauth_status(session.session_id)
+
+    return raw, library
 
 
 async def start_many(manager: OAuthManager, count: int) -> list[PendingConnection]:

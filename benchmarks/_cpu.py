@@ -37,7 +37,7 @@ from instantly_oauth_async import InstantlyClient, OAuthManager, RateLimit
 from instantly_oauth_async._manager.budget import DEFAULT_STATUS_LIMIT
 from instantly_oauth_async._stores.store import MemoryStore, Store
 
-from ._common import OPEN, Row, ServerProcess
+from ._common import OPEN, Row, ServerProcess, status_readers
 
 
 class _Each(TypedDict):
@@ -169,16 +169,7 @@ async def run(*, quick: bool) -> list[Row]:
         async with ServerProcess("--open") as (url, key):
             async with aiohttp.ClientSession() as http, \
                     InstantlyClient(key, base_url=url, session=http) as client:
-                session = await client.init_oauth("google")
-                status_url = f"{url}/api/v2/oauth/session/status/{session.session_id}"
-                headers = {"Authorization": f"Bearer {key}"}
-
-                async def raw() -> None:
-                    async with http.get(status_url, headers=headers) as response:
-                        await response.json()
-
-                async def library() -> None:
-                    await client.get_oauth_status(session.session_id)
+                raw, library = await status_readers(url, key, http, client)
 
                 spans["raw"] = await _loops(raw, 32, warm, seconds)
                 spans["client"] = await _loops(library, 32, warm, seconds)

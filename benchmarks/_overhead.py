@@ -16,23 +16,14 @@ import aiohttp
 
 from instantly_oauth_async import InstantlyClient
 
-from ._common import Row, ServerProcess
+from ._common import Row, ServerProcess, status_readers
 
 
 async def run(*, quick: bool) -> list[Row]:
     rounds, block = (3, 20) if quick else (30, 200)
     async with ServerProcess("--open") as (url, key), aiohttp.ClientSession() as http, \
             InstantlyClient(key, base_url=url, session=http) as client:
-        session = await client.init_oauth("google")
-        status_url = f"{url}/api/v2/oauth/session/status/{session.session_id}"
-        headers = {"Authorization": f"Bearer {key}"}
-
-        async def raw() -> None:
-            async with http.get(status_url, headers=headers) as response:
-                await response.json()
-
-        async def library() -> None:
-            await client.get_oauth_status(session.session_id)
+        raw, library = await status_readers(url, key, http, client)
 
         variants = {"raw": raw, "library": library}
         times: dict[str, list[float]] = {name: [] for name in variants}
