@@ -36,6 +36,7 @@ from tests._processes import Child, _signal, running
 from tests._reads import overlapping_reads, status_reads
 from tests._redis import RedisServer
 from tests._split_store import SplitStore
+from tests.chaos._proxy import LatencyProxy
 
 pytestmark = pytest.mark.anyio
 ROOT = Path(__file__).resolve().parent.parent
@@ -456,6 +457,60 @@ async def test_an_owner_stopped_past_its_lease_is_fenced_out_when_it_wakes(
         assert len(status_reads(sim, sid)) == reads_before_wake  # it read nothing on waking
         assert overlapping_reads(sim, sid) == []
         assert not [r for r in status_reads(sim, sid) if r.status == 404]
+
+
+# -- a registration whose answer came too late --------------------------------------------------
+
+
+async def test_a_registration_answered_too_late_is_read_only_within_the_lease_it_granted(
+    sim: Simulator, redis_server: RedisServer,
+) -> None:
+    """Redis ran the owner's registration, but its answer came after the store's timeout (Redis
+    slow to answer, or the process paused as it waited; chaos seed 22 found it so): ``start()``
+    returns the session, held locally. That registration holds a lease in Redis all the same,
+    so the owner reads the session only within it, timed from when it was sent; past it another
+    manager adopts it and reads it alone. One read gets the one-time answer, nobody reads 404,
+    and both awaiters get the same denial. (Before the fix, the owner read on as if nobody could
+    know the session: once the other adopted it, one of them read 404.)"""
+    proxy = LatencyProxy(redis_server.port)
+    await proxy.start()
+    try:
+        key = sim.add_workspace().api_key
+        owner_registry = RedisStore.from_url(f"redis://127.0.0.1:{proxy.port}/0", timeout=0.3,
+                                             retry_interval=0.2)
+        async with owner_registry, http_session(OWNER) as owner_http, \
+                http_session(SURVIVOR) as other_http, \
+                RedisStore.from_url(redis_server.url) as other_store, \
+                OAuthManager(key, base_url=sim.url, store=SplitStore(owner_registry),
+                             session=owner_http, poll_interval=0.05, fetch_account=False,
+                             session_lease=LEASE, status_timeout=LEASE / 4) as owner, \
+                manager(sim, key, other_store, session=other_http) as other:
+            assert owner._fleet is not None
+            # From the registration on, Redis runs each step, but its answer comes after the
+            # store's timeout.
+            proxy.late_from = (b"REG_REGISTER", 1.0)
+            pending = await owner.start("google")
+            sid = pending.session.session_id
+            entry = await other_store.registry.get(owner._fleet.ns, sid)
+            assert entry is not None and entry.owner is not None  # registered, and held
+            attached = await other.attach(sid)
+            with anyio.fail_after(10 * LEASE):  # adopted once the lease lapsed
+                await sim.wait_for(lambda: bool(status_reads(sim, sid, SURVIVOR)))
+            sim.deny(sid)
+            with anyio.fail_after(10 * LEASE):
+                theirs = await attached
+            proxy.answer_delay = 0.0  # the owner's heartbeat reaches Redis: it learns the outcome
+            with anyio.fail_after(10 * LEASE):
+                mine = await pending
+        assert mine == theirs and mine.status is SessionStatus.ERROR
+        owners = status_reads(sim, sid, OWNER)
+        assert owners  # it did read while its registration's lease lasted
+        first_other = min(r.interval[0] for r in status_reads(sim, sid, SURVIVOR))
+        assert all(r.interval[1] < first_other for r in owners)  # and never after
+        assert overlapping_reads(sim, sid) == []
+        assert not [r for r in status_reads(sim, sid) if r.status == 404]
+    finally:
+        await proxy.aclose()
 
 
 # -- an outcome decided while the registry is unreachable ---------------------------------------

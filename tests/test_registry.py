@@ -37,6 +37,7 @@ from instantly_oauth_async.redis import (
 from instantly_oauth_async.redis import _subscriptions as _redis_subscriptions
 from instantly_oauth_async.testing import FakeClock
 from tests._redis import RedisServer, free_port
+from tests.chaos._proxy import LatencyProxy
 
 pytestmark = pytest.mark.anyio
 
@@ -342,6 +343,33 @@ async def test_now_is_redis_time_advanced_locally(redis_server: RedisServer) -> 
         assert registry.now() == entry.created_at  # the fake clock has not moved since
         clock.advance(5)
         assert registry.now() == entry.created_at + 5
+
+
+async def test_now_brackets_redis_time_however_late_the_answer_came(
+    redis_server: RedisServer,
+) -> None:
+    """Redis reads its clock somewhere between a step's send and its answer: ``now()`` (which
+    every lease check uses) is never behind Redis's clock, and ``now_at_least()`` (which a renew
+    times the lease it extends from) never ahead of it, even when the answer took 0.3 s (Redis
+    slow, or this process paused as it waited). A reading paired with the midpoint, as before,
+    ran 0.15 s behind here: a lease looked that much longer than Redis's."""
+    proxy = LatencyProxy(redis_server.port)
+    await proxy.start()
+    try:
+        async with RedisStore.from_url(f"redis://127.0.0.1:{proxy.port}/0", timeout=5) as store, \
+                aioredis.Redis.from_url(redis_server.url) as direct:
+            registry = store.registry
+            await registry.get(_ns(), "warm-up")  # the connection and the script, at no delay
+            proxy.answer_delay = 0.3
+            await registry.get(_ns(), "s1")
+            proxy.answer_delay = 0.0
+            at_least = registry.now_at_least()
+            seconds, micros = await direct.time()
+            at_most = registry.now()
+        assert at_least <= seconds + micros / 1e6 <= at_most
+        assert at_most - at_least >= 0.3  # the answer's delay is the reading's uncertainty
+    finally:
+        await proxy.aclose()
 
 
 async def test_an_outage_raises_a_retryable_error_and_waiters_time_out() -> None:

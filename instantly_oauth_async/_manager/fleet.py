@@ -17,6 +17,7 @@ from collections.abc import Collection
 
 import anyio
 
+from .._limits.clock import Clock
 from .._stores.registry import Entry, Registry, RegistryUnavailableError
 from .._wire.exceptions import InstantlyError, session_key
 from .._wire.models import OAuthSession
@@ -48,9 +49,9 @@ class Fleet(Leases):
     """The leases this manager holds in one workspace's registry, by session id."""
 
     def __init__(self, registry: Registry, ns: str, owner: str, *, lease: float,
-                 retention: float, read_margin: float) -> None:
+                 retention: float, read_margin: float, clock: Clock | None = None) -> None:
         super().__init__(registry, ns, owner, lease=lease, retention=retention,
-                         read_margin=read_margin)
+                         read_margin=read_margin, clock=clock)
         self._ahead = WriteAhead(self)
         self._closed = False  # closing: it adopts nothing more
         self._adopting = anyio.Lock()  # an adoption pass; release_all waits for it to end
@@ -72,16 +73,16 @@ class Fleet(Leases):
 
     async def register(self, session: OAuthSession, expected_email: str | None) -> None:
         """Register (and hold) a new session. While the registry's store is away, the session
-        is held locally and registered when the store is back (:meth:`renew` does it): nobody
-        else can adopt what the registry does not know."""
+        is held locally and registered when the store is back (:meth:`renew` does it). The
+        unanswered registration may still have reached the store, so it is read only within
+        the lease that would have granted (:meth:`may_read`)."""
         data = session_data(session, expected_email, lazy=self._lazy)
+        sent = self._clock.monotonic()
         try:
             entry = await self._register(session.session_id, data)
         except RegistryUnavailableError:
-            text = data if isinstance(data, str) else data()
-            self._unregistered[session.session_id] = text
-            self._data[session.session_id] = text
-            self.fences[session.session_id] = 1
+            self._unanswered(session.session_id, data if isinstance(data, str) else data(),
+                             sent)
             return
         if entry.owner == self.owner and not entry.decided:
             self._hold(entry, data)
@@ -109,14 +110,14 @@ class Fleet(Leases):
         if not self.fences:
             return []
         try:
-            began: float | None = self.registry.now()
+            began: float | None = self.registry.now_at_least()
         except RegistryUnavailableError:
             began = None  # never reached: every lease held is of a session not registered yet
         try:
             await self._ahead.write_unwritten()
             for session_id, data in list(self._unregistered.items()):
                 entry = await self._register(session_id, data)
-                self._unregistered.pop(session_id, None)
+                self._confirmed(session_id)
                 if entry.owner != self.owner or entry.decided:
                     self.drop(session_id)
                 else:
@@ -164,7 +165,7 @@ class Fleet(Leases):
             return  # closing: release_all lets go of every lease, this one with them
         fence = self.fences.get(session_id)
         data = self._data.get(session_id)
-        self._unregistered.pop(session_id, None)
+        self._confirmed(session_id)  # never registered: nothing to hand over
         if fence is None or data is None or not self.holds(session_id):
             self.drop(session_id)  # not ours (any more): nothing to hand over
             return

@@ -6,6 +6,7 @@ What is durable and what can still be lost: docs/FLEET.md.
 
 from __future__ import annotations
 
+from .._limits.clock import Clock, SystemClock
 from .._stores.registry import Data, Entry, MemoryRegistry, Registry, RegistryUnavailableError
 
 __all__ = ["Leases"]
@@ -16,8 +17,9 @@ class Leases:
     registry's calls made in its name."""
 
     def __init__(self, registry: Registry, ns: str, owner: str, *, lease: float,
-                 retention: float, read_margin: float) -> None:
+                 retention: float, read_margin: float, clock: Clock | None = None) -> None:
         self.registry = registry
+        self._clock = clock or SystemClock()
         self.ns = ns
         self.owner = owner
         self.lease = lease
@@ -26,6 +28,10 @@ class Leases:
         self.fences: dict[str, int] = {}
         self._until: dict[str, float] = {}
         self._unregistered: dict[str, str] = {}  # started while the store was away
+        # When each of those was sent to the registry, plus a lease (this manager's clock). The
+        # step went unanswered, not surely undone: it may have reached the store, whose lease
+        # then ends no earlier than this; past it another manager may hold the session.
+        self._unconfirmed: dict[str, float] = {}
         # Every session held, as registered (to register again): on the in-process registry
         # the same callable its entry keeps, not the JSON (see MemoryRegistry).
         self._data: dict[str, Data] = {}
@@ -49,16 +55,32 @@ class Leases:
         self._unwritten.pop(session_id, None)
         self.fences.pop(session_id, None)
         self._until.pop(session_id, None)
-        self._unregistered.pop(session_id, None)
+        self._confirmed(session_id)
         self._data.pop(session_id, None)
+
+    def _unanswered(self, session_id: str, text: str, sent: float) -> None:
+        """Its registration, sent at ``sent``, went unanswered: held locally for now."""
+        self._unregistered[session_id] = text
+        self._unconfirmed.setdefault(session_id, sent + self.lease)  # the first try's lease
+        self._data[session_id] = text
+        self.fences[session_id] = 1
+
+    def _confirmed(self, session_id: str) -> None:
+        """The registry answered for it at last (or it is dropped)."""
+        self._unregistered.pop(session_id, None)
+        self._unconfirmed.pop(session_id, None)
 
     def holds(self, session_id: str) -> bool:
         """Whether this manager's lease on ``session_id`` is still good by the store's clock
-        (always for a session the registry has not got yet, or one kept at close for its
-        step). A lease that lapsed (this process was paused, say) may be another's by now:
-        whoever holds none decides nothing for the fleet."""
-        if session_id in self._unregistered or session_id in self._held:
+        (always for one kept at close for its step; for a session whose registration went
+        unanswered, within the lease that registration would have granted). A lease that
+        lapsed (this process was paused, say) may be another's by now: whoever holds none
+        decides nothing for the fleet."""
+        if session_id in self._held:
             return True
+        unconfirmed = self._unconfirmed.get(session_id)
+        if unconfirmed is not None:
+            return unconfirmed > self._clock.monotonic()
         until = self._until.get(session_id)
         if until is None:
             return False
@@ -68,11 +90,15 @@ class Leases:
             return True  # never reached: every lease held is of a session not registered yet
 
     def may_read(self, session_id: str) -> bool:
-        """True while this manager's lease has more time left than a read can take; always
-        for a session the registry has not got yet (nobody else can know it, so nobody else
-        reads it: not even a store never reached, whose clock is unknown, stops its reads)."""
-        if session_id in self._unregistered:
-            return True
+        """True while this manager's lease has more time left than a read can take. For a
+        session whose registration went unanswered (the store away, or slower than its
+        timeout, or this process paused as it waited), the lease is the one that registration
+        would have granted, timed from when it was sent by this manager's clock: the store may
+        have registered it, and then another manager adopts it once that lease lapses. Past it,
+        no read until the registry answers (the heartbeat registers it)."""
+        unconfirmed = self._unconfirmed.get(session_id)
+        if unconfirmed is not None:
+            return unconfirmed - self._clock.monotonic() > self._read_margin
         until = self._until.get(session_id)
         return until is not None and until - self.registry.now() > self._read_margin
 

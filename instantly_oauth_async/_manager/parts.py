@@ -155,7 +155,7 @@ def build(
         lease=float(session_lease), retention=float(retention),
         # Renewed every third of a lease, a lease keeps over 2/3 of it; a read needs its
         # timeout and a tenth of a lease to spare (under 0.6 of it, as checked above).
-        read_margin=float(status_timeout) + float(session_lease) / 10)
+        read_margin=float(status_timeout) + float(session_lease) / 10, clock=the_clock)
     poller = Poller(
         reads, Outcomes(reads, the_clock, retry, rng, fetch_account=fetch_account,
                         account_wait=2 * float(request_timeout)),

@@ -66,7 +66,7 @@ class WriteAhead:
             data = leases._unregistered.get(session_id)
             if data is not None:  # started and ended while away: register it first
                 await leases._register(session_id, data)
-                leases._unregistered.pop(session_id, None)  # only once that is done
+                leases._confirmed(session_id)  # only once that is done
             entry = await leases.registry.decide(leases.ns, session_id, outcome, rank,
                                                  fence=leases.fences.get(session_id),
                                                  retention=leases.retention)

@@ -82,9 +82,18 @@ class Registry(Protocol):
     """The sessions of every workspace sharing the store, by namespace ``ns`` (one workspace)."""
 
     def now(self) -> float:
-        """The store's clock, in seconds (for a remote store: its last reading, advanced).
+        """The store's clock, in seconds, at the latest: never behind it. A remote store's is
+        its last reading advanced from when that step was sent (the store read its clock no
+        earlier), so a lease compared with it lapses early rather than late, however long the
+        reply took (a process paused as it waited, say).
 
         Raises :class:`RegistryUnavailableError` when a remote store was never reached."""
+        ...
+
+    def now_at_least(self) -> float:
+        """The store's clock, in seconds, at the earliest: never ahead of it (a remote store's
+        last reading advanced from when its reply came). A lease a step is about to extend
+        ends no earlier than this plus the lease."""
         ...
 
     async def register(self, ns: str, session_id: str, data: str, *, owner: str, lease: float,
@@ -156,6 +165,9 @@ class MemoryRegistry:
         return len(self._entries)
 
     def now(self) -> float:
+        return self._clock.monotonic()
+
+    def now_at_least(self) -> float:
         return self._clock.monotonic()
 
     def _forget_due(self) -> None:

@@ -90,7 +90,8 @@ class RedisRegistry:
         self._clock: Clock = clock or SystemClock()
         self._prefix = prefix
         self._batch = batcher or Batcher(client)
-        self._reading: tuple[float, float] | None = None  # (Redis's time, our clock then)
+        # Redis's time at its last step, and our clock when that step was sent and answered.
+        self._reading: tuple[float, float, float] | None = None
         self._names: dict[str, tuple[str, str, str, str]] = {}
         # Its pub/sub subscriptions, and the waiters they wake.
         self._listening = Subscriptions(client, clock=self._clock,
@@ -127,11 +128,18 @@ class RedisRegistry:
         return self._listening.refused
 
     def now(self) -> float:
+        store_time, sent, _ = self._last_reading()
+        return store_time + (self._clock.monotonic() - sent)
+
+    def now_at_least(self) -> float:
+        store_time, _, answered = self._last_reading()
+        return store_time + (self._clock.monotonic() - answered)
+
+    def _last_reading(self) -> tuple[float, float, float]:
         if self._reading is None:
             raise RegistryUnavailableError(
                 "Redis's clock has not been read yet: no step has reached Redis so far")
-        store_time, local = self._reading
-        return store_time + (self._clock.monotonic() - local)
+        return self._reading
 
     # -- plumbing ----------------------------------------------------------------------------
 
@@ -163,7 +171,9 @@ class RedisRegistry:
             raise RegistryUnavailableError(
                 f"Redis could not be reached for the registry's {name} step "
                 f"({type(exc).__name__}); it may or may not have happened: retry it") from exc
-        self._reading = (float(reply[0]), (sent + self._clock.monotonic()) / 2)
+        # Redis read its clock between the two: paired with the send, a later reading is never
+        # behind Redis's clock (now()); with the answer, never ahead of it (now_at_least()).
+        self._reading = (float(reply[0]), sent, self._clock.monotonic())
         return list(reply)
 
     async def _watch(self, ns: str) -> None:

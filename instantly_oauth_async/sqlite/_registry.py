@@ -81,6 +81,9 @@ class SQLiteRegistry:
     def now(self) -> float:
         return self._db.clock.monotonic()
 
+    def now_at_least(self) -> float:
+        return self._db.clock.monotonic()
+
     async def _run(self, name: str, job: Any, *, write: bool = True) -> Any:
         if self._closed:
             raise ClientStateError("the registry is closed (its store was closed)")
