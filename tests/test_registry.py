@@ -75,6 +75,16 @@ async def test_register_claims_for_the_starter(registry: Registry) -> None:
     assert await registry.get("iox:test:reg:other", "s1") is None  # namespaces are apart
 
 
+async def test_now_at_least_is_now_when_no_time_passed_on_the_way(registry: Registry,
+                                                                  clock: FakeClock) -> None:
+    """The two readings of the store's clock differ by how long its last step's answer took:
+    on a fake clock that stands still during a step, not at all, also as the clock moves."""
+    await registry.register(NS, "s1", "{}", owner="a", lease=15, retention=DAY)
+    assert registry.now_at_least() == registry.now()
+    clock.advance(3)
+    assert registry.now_at_least() == registry.now()
+
+
 async def test_a_release_wakes_the_namespace_and_is_counted(registry: Registry) -> None:
     """A manager closing lets go of its leases: whoever waits on RELEASED wakes (the others
     adopt at once), and the count tells an adoption pass that one came while it looked."""
