@@ -1,12 +1,14 @@
 """The documentation keeps up with the code: every public name has a docstring and a place in the
 API reference, ``OAuthManager``'s docstring and the arguments page list every keyword argument
 with its default, and the reference pages name every exception, CLI exit code, log event and
-metric there is. (tests/test_readme.py runs the pages' code blocks; ``mkdocs build --strict`` in
-./scripts/check resolves their links and cross-references.)
+metric there is; the layout docs/ARCHITECTURE.md draws keeps its sizes (issue 24: no module
+over 400 lines, no class over 300). (tests/test_readme.py runs the pages' code blocks; ``mkdocs
+build --strict`` in ./scripts/check resolves their links and cross-references.)
 """
 
 from __future__ import annotations
 
+import ast
 import importlib
 import inspect
 import re
@@ -175,3 +177,18 @@ def test_the_readme_is_a_front_door() -> None:
     assert "connected_expected" in readme
     for target in re.findall(r"\]\((docs/[^)#]+)", readme):
         assert (ROOT / target).is_file(), target
+
+
+def test_no_module_over_400_lines_and_no_class_over_300() -> None:
+    """A class counts from its ``class`` line to its last line (nested ones too)."""
+    too_long = []
+    for path in sorted((ROOT / "instantly_oauth_async").rglob("*.py")):
+        text = path.read_text(encoding="utf-8")
+        name = path.relative_to(ROOT).as_posix()
+        if len(text.splitlines()) > 400:
+            too_long.append(f"{name}: {len(text.splitlines())} lines")
+        too_long += [f"{name}:{node.name}: {node.end_lineno - node.lineno + 1} lines"
+                     for node in ast.walk(ast.parse(text, name))
+                     if isinstance(node, ast.ClassDef) and node.end_lineno is not None
+                     and node.end_lineno - node.lineno + 1 > 300]
+    assert too_long == []

@@ -1,69 +1,37 @@
-"""The connect flow, apart from any web framework: the guard (claims in the store), signed links,
-the attach cache, and the outcome as server-sent events. ``web.aiohttp`` and ``web.asgi`` only
-turn requests into calls of :class:`ConnectFlow` and its answers into responses."""
+"""The connect flow, apart from any web framework: :class:`ConnectFlow` composes the guard
+(``_guard``: claims in the store), the signed links (``_links``), the attach cache
+(``_handles``) and the outcome as server-sent events (``_stream``). ``web.aiohttp`` and
+``web.asgi`` only turn requests into calls of :class:`ConnectFlow` and its answers into
+responses."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import hashlib
-import hmac
 import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
-from datetime import datetime, timezone
 from types import TracebackType
 from typing import Any
-from urllib.parse import quote
 
 import anyio
-import attrs
 
 from .._manager.fleet import UnknownSessionError
 from .._manager.manager import OAuthManager
-from .._manager.polling import PendingConnection
+from .._manager.pending import PendingConnection
 from .._stores.claims import Claims
-from .._wire.exceptions import ClientStateError, ConfigurationError, InstantlyError
+from .._wire.exceptions import ConfigurationError, InstantlyError
 from .._wire.models import Provider
 from . import _pages
+from ._answers import Refusal, Started
+from ._guard import Guard
+from ._handles import Handles
+from ._links import Links
+from ._stream import payload, stream
 
 __all__ = ["ConnectFlow", "Refusal", "Started", "UserOf"]
 
 #: The app's own "who is signed in": the request (the framework's) to a user id, or None for
 #: nobody; a plain function or a coroutine function.
 UserOf = Callable[[Any], "str | Awaitable[str | None] | None"]
-
-#: Seconds between two attempts to find a session another request is starting.
-_STARTING_POLL = 0.1
-
-
-class Refusal(InstantlyError):
-    """What a route answers instead: ``status``, a ``text`` safe to show anyone (no session id,
-    no secret), extra ``headers``, and ``page`` when the answer is a page of HTML."""
-
-    def __init__(self, status: int, text: str, *, headers: dict[str, str] | None = None,
-                 page: bool = False) -> None:
-        super().__init__(text)
-        self.status = status
-        self.text = text
-        self.headers = headers or {}
-        self.page = page
-
-
-@attrs.frozen
-class Started:
-    """A user's pending connection, as ``POST {prefix}/connect`` answers it."""
-
-    session_id: str
-    auth_url: str
-    events_url: str
-    result_url: str
-
-    def json(self) -> dict[str, str]:
-        """The fields as a JSON-ready dict (the body of ``POST /connect``'s answer)."""
-        return attrs.asdict(self)
-
-
 
 
 class ConnectFlow:
@@ -124,23 +92,15 @@ class ConnectFlow:
         if not namespace or "{" in namespace or "}" in namespace:
             raise ConfigurationError("namespace is a non-empty string without braces")
         self._manager = manager
-        raw = secret.encode() if isinstance(secret, str) else bytes(secret)
-        self._key = hashlib.sha256(b"instantly-oauth-async connect links\0" + raw).digest()
-        self._store = store
-        self._provider = provider
-        self._limit = max_pending
-        self._per_user = max_pending_per_user
         self._ns = namespace
-        self._link_lifetime = float(link_lifetime)
-        self._start_timeout = float(start_timeout)
-        self._grace = float(expiry_grace)
         self._origins = frozenset(o.rstrip("/") for o in trusted_origins)
         self._keepalive = float(keepalive)
-        self._max_watched = max_watched
-        self._wall = wall_clock
-        self._handles: dict[str, PendingConnection] = {}
-        self._starting: dict[str, asyncio.Task[PendingConnection]] = {}
-        self._watchers: set[asyncio.Task[None]] = set()
+        self._links = Links(secret, link_lifetime, wall_clock)
+        self._handles = Handles(lambda: self.manager, max_watched)
+        self._guard = Guard(lambda: self.manager, store, self._handles, provider=provider,
+                            namespace=namespace, limit=max_pending, per_user=max_pending_per_user,
+                            start_timeout=float(start_timeout), grace=float(expiry_grace))
+        self._watchers = self._guard.watchers  # one a session started here, until decided
         self.closing = anyio.Event()  #: set as the app stops: open streams end, no result
 
     def __repr__(self) -> str:
@@ -158,12 +118,7 @@ class ConnectFlow:
         Raises:
             ConfigurationError: the store keeps no claims.
         """
-        store = self._store if self._store is not None else self.manager.store
-        claims = getattr(store, "claims", None)
-        if not isinstance(claims, Claims):
-            raise ConfigurationError(f"{type(store).__name__} keeps no claims: use MemoryStore, "
-                                     "SQLiteStore or RedisStore")
-        return claims
+        return self._guard.claims
 
     # -- the signed-in user ------------------------------------------------------------------
 
@@ -188,137 +143,28 @@ class ConnectFlow:
 
     # -- links -------------------------------------------------------------------------------
 
-    def _signature(self, user: str, session_id: str, expires: int) -> str:
-        text = f"{len(user)}:{user}{len(session_id)}:{session_id}{expires}"
-        return hmac.new(self._key, text.encode(), hashlib.sha256).hexdigest()
-
     def tag(self, user: str, session_id: str) -> str:
         """What a link to ``session_id`` carries: its end (Unix time) and its signature."""
-        expires = int(self._wall() + self._link_lifetime)
-        return f"{expires}.{self._signature(user, session_id, expires)}"
+        return self._links.tag(user, session_id)
 
     def verify(self, user: str, session_id: str, tag: str | None) -> None:
         """Refuse a link not made for ``user`` (404: nothing said of whose it is) or expired
         (410)."""
-        expires, _, signature = (tag or "").partition(".")
-        if not expires.isdigit() or len(expires) > 12 or not hmac.compare_digest(
-                signature.encode(), self._signature(user, session_id, int(expires)).encode()):
-            raise Refusal(404, _pages.NOT_FOUND_PAGE, page=True)
-        if int(expires) <= self._wall():
-            raise Refusal(410, _pages.EXPIRED_PAGE, page=True)
-
-    def _started(self, user: str, prefix: str, pending: PendingConnection) -> Started:
-        sid = pending.session.session_id
-        query = f"{_quote(sid)}?tag={self.tag(user, sid)}"
-        return Started(sid, pending.session.auth_url, f"{prefix}/events/{query}",
-                       f"{prefix}/result/{query}")
+        self._links.verify(user, session_id, tag)
 
     # -- POST /connect -----------------------------------------------------------------------
 
     async def connect(self, user: str, prefix: str) -> Started:
         """The user's pending connection (see the class); ``prefix``: where the flow is
         mounted, for the links."""
-        claims = self.claims
-        deadline = time.monotonic() + self._start_timeout
-        for _ in range(int(self._start_timeout / _STARTING_POLL) + 2):  # bounded, as below
-            claim = await self._guarded(claims.claim(
-                self._ns, user, hold=self._start_timeout + 5, per_user=self._per_user,
-                limit=self._limit))
-            if claim.state == "full":
-                raise Refusal(503, "too many connections pending; try again later",
-                              headers={"Retry-After": "60"})
-            if claim.state == "taken":
-                task = asyncio.get_running_loop().create_task(self._start(user, claim.ticket))
-                self._starting[user] = task
-                task.add_done_callback(lambda t: self._forget_start(user, t))
-                return self._started(user, prefix, await self._shielded(task))
-            if claim.session_id is None:  # starting: here (another tab), or on another worker
-                local = self._starting.get(user)
-                if local is not None:
-                    return self._started(user, prefix, await self._shielded(local))
-                if time.monotonic() > deadline:
-                    raise Refusal(503, "a connection is still starting; try again later",
-                                  headers={"Retry-After": "5"})
-                await anyio.sleep(_STARTING_POLL)
-                continue
-            try:
-                pending = await self.attach(claim.session_id)
-            except UnknownSessionError:
-                pending = None
-            if pending is not None and not pending.done():
-                return self._started(user, prefix, pending)
-            # decided (or forgotten) while its claim was left behind: it leaves now
-            await self._guarded(claims.drop(self._ns, user, session_id=claim.session_id))
-        raise Refusal(503, "a connection is still starting; try again later",
-                      headers={"Retry-After": "5"})
-
-    def _forget_start(self, user: str, task: asyncio.Task[PendingConnection]) -> None:
-        if self._starting.get(user) is task:
-            del self._starting[user]
-        if not task.cancelled():
-            task.exception()  # retrieved: its awaiters got it, or nobody was left to
-
-    @staticmethod
-    async def _shielded(task: asyncio.Task[PendingConnection]) -> PendingConnection:
-        try:
-            return await asyncio.shield(task)  # a request that goes away leaves the start alone
-        except InstantlyError as exc:
-            if isinstance(exc, Refusal):
-                raise
-            raise Refusal(503, type(exc).__name__) from None
-
-    async def _start(self, user: str, ticket: str) -> PendingConnection:
-        claims, ns = self.claims, self._ns
-        try:
-            pending = await self.manager.start(self._provider, timeout=self._start_timeout)
-        except BaseException:
-            with anyio.CancelScope(shield=True), contextlib.suppress(InstantlyError):
-                await claims.drop(ns, user, ticket=ticket)  # nothing started: try again
-            raise
-        sid = pending.session.session_id
-        left = (pending.session.expires_at - datetime.now(timezone.utc)).total_seconds()
-        await self._guarded(claims.bind(ns, user, ticket, sid,
-                                        hold=max(1.0, left) + self._grace))
-        self._handles.setdefault(sid, pending)
-        watcher = asyncio.get_running_loop().create_task(self._drop_when_decided(user, pending))
-        self._watchers.add(watcher)
-        watcher.add_done_callback(self._watchers.discard)
-        return pending
-
-    async def _drop_when_decided(self, user: str, pending: PendingConnection) -> None:
-        try:
-            await pending
-        except ClientStateError:
-            return  # the manager closed, the session goes on elsewhere: its claim stays
-        except InstantlyError:
-            pass  # over all the same (its outcome was lost, or it was cancelled)
-        with contextlib.suppress(InstantlyError):
-            await self.claims.drop(self._ns, user, session_id=pending.session.session_id)
-
-    @staticmethod
-    async def _guarded(step: Awaitable[Any]) -> Any:
-        try:
-            return await step
-        except ConfigurationError:
-            raise
-        except InstantlyError as exc:  # the store is away: ask again later
-            raise Refusal(503, type(exc).__name__, headers={"Retry-After": "5"}) from None
+        return self._links.started(user, prefix, await self._guard.connect(user))
 
     # -- the pages that name a session -------------------------------------------------------
 
     async def attach(self, session_id: str) -> PendingConnection:
         """One handle a session on this worker (any worker may attach again); decided ones
         make room when ``max_watched`` are held. Raises ``UnknownSessionError``."""
-        pending = self._handles.get(session_id)
-        if pending is None:
-            if len(self._handles) >= self._max_watched:
-                self._handles = {k: p for k, p in self._handles.items() if not p.done()}
-                if len(self._handles) >= self._max_watched:
-                    raise Refusal(503, "too many sessions watched; try again later",
-                                  headers={"Retry-After": "10"})
-            pending = await self.manager.attach(session_id)
-            pending = self._handles.setdefault(session_id, pending)
-        return pending
+        return await self._handles.attach(session_id)
 
     async def watched(self, user: str, session_id: str, tag: str | None) -> PendingConnection:
         """The session a link names, when it was made for ``user``; from any worker."""
@@ -339,8 +185,7 @@ class ConnectFlow:
             Refusal: the link is another user's, tampered with, made up or expired.
         """
         pending = await self.watched(user, session_id, tag)
-        payload = await self._payload(pending) if pending.done() else None
-        return _pages.result_page(payload)
+        return _pages.result_page(await payload(pending) if pending.done() else None)
 
     async def events(self, user: str, session_id: str, tag: str | None
                      ) -> AsyncIterator[bytes]:
@@ -348,42 +193,9 @@ class ConnectFlow:
         every ``keepalive`` seconds while pending, then one ``result`` event. It ends with no
         event when the app stops (the browser reconnects, to any worker)."""
         pending = await self.watched(user, session_id, tag)
-        return self._stream(user, pending)
-
-    async def _stream(self, user: str, pending: PendingConnection) -> AsyncIterator[bytes]:
-        yield _pages.RECONNECT  # a stream cut short is opened again, on any worker
-        payload = None
-        while not self.closing.is_set():  # one pass a keepalive; ends with the session
-            with anyio.move_on_after(self._keepalive):
-                async with anyio.create_task_group() as group:
-                    async def stop_on_close() -> None:
-                        await self.closing.wait()
-                        group.cancel_scope.cancel()
-
-                    group.start_soon(stop_on_close)
-                    payload = await self._payload(pending)
-                    group.cancel_scope.cancel()
-            if payload is not None or pending.done():
-                break
-            if not self.closing.is_set():
-                yield _pages.KEEPALIVE
-        if payload is None:
-            return
-        with contextlib.suppress(InstantlyError):  # delivered: the user's claim may leave now
-            await self.claims.drop(self._ns, user, session_id=pending.session.session_id)
-        yield _pages.result_event(payload)
-
-    @staticmethod
-    async def _payload(pending: PendingConnection) -> dict[str, Any] | None:
-        """The outcome as the pages show it; None when this worker's manager is closing."""
-        try:
-            result = await pending
-        except ClientStateError:
-            return None
-        except InstantlyError as exc:
-            return {"ok": False, "email": None, "reason": type(exc).__name__}
-        return {"ok": result.ok, "email": result.email,
-                "reason": result.error_description or result.status.value}
+        sid = pending.session.session_id  # delivered: the user's claim may leave now
+        return stream(pending, closing=self.closing, keepalive=self._keepalive,
+                      delivered=lambda: self._guard.release(user, sid))
 
     # -- life --------------------------------------------------------------------------------
 
@@ -395,10 +207,7 @@ class ConnectFlow:
         """End the streams and stop the watchers. Sessions go on: the manager (closed by the
         app) hands them over, and their claims leave when they are decided."""
         self.end_streams()
-        tasks = [*self._watchers]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._guard.stop_watchers()
 
     async def __aenter__(self) -> ConnectFlow:
         return self
@@ -406,7 +215,3 @@ class ConnectFlow:
     async def __aexit__(self, exc_type: type[BaseException] | None,
                         exc: BaseException | None, tb: TracebackType | None) -> None:
         await self.aclose()
-
-
-def _quote(text: str) -> str:
-    return quote(text, safe="")
