@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import gc
 import logging
 import os
 from collections.abc import AsyncIterator, Iterator
@@ -28,6 +29,15 @@ def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, object
     return "asyncio", {"debug": request.node.get_closest_marker("timing") is None}
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Move every object that exists once the tests are collected (modules, items, hypothesis
+    strategies: some 160,000) out of the cyclic collector's reach, for good. Each test's
+    ``gc.collect()`` below then walks only what was made since, which holds whatever a test
+    leaves behind: about 0.1 s less a test. Garbage is collected first, so none is kept."""
+    gc.collect()
+    gc.freeze()
+
+
 class _Collect(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
@@ -49,9 +59,7 @@ def _nothing_left_behind() -> Iterator[None]:
     logger.addHandler(handler)
     try:
         yield
-        import gc  # noqa: PLC0415 - only here: collect what the test dropped, so it reports now
-
-        gc.collect()
+        gc.collect()  # what the test dropped, collected now, so it reports now
     finally:
         logger.removeHandler(handler)
     assert handler.messages == [], handler.messages

@@ -48,8 +48,12 @@ async def test_a_manager_has_at_most_100_status_reads_in_flight(slow_sim: Simula
                          init_limit=OPEN, ip_init_limit=OPEN, standard_limit=OPEN,
                          status_limit=OPEN, poll_interval=0.05, fetch_account=False,
                          store=MemoryStore()) as manager:
-        for _ in range(150):
-            await manager.start("google")
+        # At once: one after another, each start would wait behind the reads of the sessions
+        # started before it, and on a busy machine all 450 reads could be done before the last
+        # start (the loop below would then see none in flight).
+        async with anyio.create_task_group() as group:
+            for _ in range(150):
+                group.start_soon(manager.start, "google")
         with anyio.fail_after(20):
             while sum(manager.stats().requests.get("status", {}).values()) < 450:
                 most = max(most, len(slow_sim.in_flight("status")))
@@ -94,7 +98,7 @@ async def test_a_manager_on_the_memory_store_holds_no_json_copy_of_its_sessions(
         workspace = sim.add_workspace("acme")
         store = MemoryStore()
         async with OAuthManager(workspace.api_key, base_url=sim.url, store=store,
-                                fetch_account=False) as manager, \
+                                fetch_account=False, poll_interval=0.05) as manager, \
                 OAuthManager(workspace.api_key, base_url=sim.url, store=store,
                              fetch_account=False) as other:
             pending = await manager.start("google", expected_email="ann@acme.io")
