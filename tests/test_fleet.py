@@ -84,11 +84,12 @@ async def test_unknown_ids_are_a_typed_error(make: MakeManager) -> None:
 async def test_a_closing_owner_hands_over_at_once_after_its_read_in_flight(
     request: pytest.FixtureRequest, kind: str
 ) -> None:
-    """The owner closes while a status read is on the wire (each way takes 0.2 s). Its lease is
+    """The owner closes while a status read is on the wire (each way takes 0.6 s). Its lease is
     kept until that read is back, then let go; the other manager adopts at once: within 5 s,
     where its periodic pass (2/3 of a 30 s lease) would take 20 s; and the simulator never saw
-    two reads of the session at the same time."""
-    network = Network(latency=0.2, kinds=frozenset({"status"}))
+    two reads of the session at the same time. (With 0.2 s each way, a machine at load 8 once
+    ran the test's next line after the answer was back: the read was no longer in flight.)"""
+    network = Network(latency=0.6, kinds=frozenset({"status"}))
     async with contextlib.AsyncExitStack() as stack:
         sim = await stack.enter_async_context(
             Simulator(limits=SimulatorLimits().compressed(20), network=network))
@@ -102,14 +103,14 @@ async def test_a_closing_owner_hands_over_at_once_after_its_read_in_flight(
         key = sim.add_workspace().api_key
         options: dict[str, Any] = {
             "base_url": sim.url, **sim.limits.manager_limits(), "poll_interval": 0.05,
-            "expiry_grace": 1.0, "session_lease": 30.0, "status_timeout": 1.0}
+            "expiry_grace": 1.0, "session_lease": 30.0, "status_timeout": 2.0}
         survivor = await stack.enter_async_context(
             OAuthManager(key, store=stores[0], **options))
         async with OAuthManager(key, store=stores[1], **options) as owner:
             pending = await owner.start("google")
             sid = pending.session.session_id
             attached = await survivor.attach(sid)
-            with anyio.fail_after(10):  # the server has it: its answer is 0.2 s away
+            with anyio.fail_after(10):  # the server has it: its answer is 0.6 s away
                 await sim.wait_for(lambda: _reads(sim, sid) >= 1)
             assert owner._poller.busy() == {sid}
         read_by_owner = _reads(sim, sid)
