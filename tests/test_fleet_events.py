@@ -155,7 +155,10 @@ async def test_cancelled_sessions_are_handed_over_and_finished_by_the_fleet(
     async with Simulator(limits=SimulatorLimits().compressed(20)) as sim, \
             two_stores(request, kind) as stores:
         key = sim.add_workspace().api_key
-        opts = options(sim, session_lease=30.0)  # a lapse would take 30 s: hand-over is at once
+        # A lapse would take 30 s: hand-over is at once. Reads get 3 s: with the simulator in
+        # this process, a machine at load 7 once took over 1 s to hand the client an answer the
+        # server had given (a one-time answer lost on the wire, then 404).
+        opts = options(sim, session_lease=30.0, status_timeout=3.0)
         async with OAuthManager(key, store=stores[0], **opts) as other, \
                 OAuthManager(key, store=stores[1], **opts) as worker:
             pendings = [await worker.start("google") for _ in range(40)]

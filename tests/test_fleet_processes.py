@@ -13,6 +13,7 @@ had in flight ended, on the server, before the adopter's first read began.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import signal
@@ -25,7 +26,7 @@ from typing import Any
 import anyio
 import pytest
 
-from instantly_oauth_async import OAuthManager, SessionStatus
+from instantly_oauth_async import OAuthManager, SessionCancelledError, SessionStatus
 from instantly_oauth_async._manager.fleet import UnknownSessionError
 from instantly_oauth_async._manager.outcome import OutcomeLostError
 from instantly_oauth_async._stores.registry import ANSWER, LOST, Entry, RegistryUnavailableError
@@ -510,6 +511,70 @@ async def test_a_registration_answered_too_late_is_read_only_within_the_lease_it
         assert overlapping_reads(sim, sid) == []
         assert not [r for r in status_reads(sim, sid) if r.status == 404]
     finally:
+        await proxy.aclose()
+
+
+async def test_a_hand_over_the_store_did_not_answer_is_tried_again_by_the_heartbeat(
+    sim: Simulator, redis_server: RedisServer,
+) -> None:
+    """A worker cancels a session while Redis answers slower than the store's timeout (a loaded
+    machine: the test suite on two busy cores met it). The hand-over's step is not answered, so
+    the lease is not let go yet; the next heartbeat that reaches Redis lets go of it, and the
+    other manager adopts it then, long before the 30 s lease would lapse. (It used to give up
+    at once and leave the session held until its lease lapsed.)"""
+    not_handed_over = anyio.Event()
+
+    class Seen(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "not handed over yet" in record.getMessage():
+                not_handed_over.set()
+
+    seen = Seen()
+    fleet_log = logging.getLogger("instantly_oauth_async")
+    fleet_log.addHandler(seen)
+    level = fleet_log.level
+    fleet_log.setLevel(logging.INFO)
+    proxy = LatencyProxy(redis_server.port)
+    await proxy.start()
+    try:
+        key = sim.add_workspace().api_key
+        lease = 30.0
+        worker_registry = RedisStore.from_url(f"redis://127.0.0.1:{proxy.port}/0", timeout=0.3,
+                                              retry_interval=0.2)
+        async with worker_registry, http_session(OWNER) as worker_http, \
+                http_session(SURVIVOR) as other_http, \
+                RedisStore.from_url(redis_server.url) as other_store, \
+                OAuthManager(key, base_url=sim.url, store=SplitStore(worker_registry),
+                             session=worker_http, poll_interval=0.05, fetch_account=False,
+                             session_lease=lease, status_timeout=1.0) as worker, \
+                OAuthManager(key, base_url=sim.url, store=other_store, session=other_http,
+                             poll_interval=0.05, fetch_account=False, session_lease=lease,
+                             status_timeout=1.0) as other:
+            assert worker._fleet is not None
+            pending = await worker.start("google")
+            sid = pending.session.session_id
+            attached = await other.attach(sid)
+            proxy.answer_delay = 1.0  # Redis runs each step, its answer comes after the timeout
+            cancelled_at = anyio.current_time()
+            pending.cancel()
+            with anyio.fail_after(10), pytest.raises(SessionCancelledError):
+                await pending
+            with anyio.fail_after(10):  # its hand-over was not answered
+                await not_handed_over.wait()
+            assert sid in worker._fleet._handing
+            proxy.answer_delay = 0.0
+            with anyio.fail_after(lease / 2):  # the next heartbeat hands it over
+                await sim.wait_for(lambda: bool(status_reads(sim, sid, SURVIVOR)))
+            assert anyio.current_time() - cancelled_at < lease / 2
+            sim.complete(sid, "ann@acme.io")
+            with anyio.fail_after(10):
+                result = await attached
+        assert result.status is SessionStatus.SUCCESS
+        assert overlapping_reads(sim, sid) == []
+        assert not [r for r in status_reads(sim, sid) if r.status == 404]
+    finally:
+        fleet_log.removeHandler(seen)
+        fleet_log.setLevel(level)
         await proxy.aclose()
 
 

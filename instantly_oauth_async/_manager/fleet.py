@@ -11,6 +11,7 @@ What is durable and what can still be lost: docs/FLEET.md.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 from collections.abc import Collection
@@ -18,7 +19,7 @@ from collections.abc import Collection
 import anyio
 
 from .._limits.clock import Clock
-from .._stores.registry import Entry, Registry, RegistryUnavailableError
+from .._stores.registry import Data, Entry, Registry, RegistryUnavailableError
 from .._wire.exceptions import InstantlyError, session_key
 from .._wire.models import OAuthSession
 from .entries import decode_outcome, decode_session, encode_outcome, encode_session, session_data
@@ -63,6 +64,9 @@ class Fleet(Leases):
         self.renew_failed = False
         #: Sessions a renew registered again (the registry had lost them), for the poller.
         self.registered_again: list[str] = []
+        # Hand-overs the store did not answer (slow, or away): their data, tried again by each
+        # heartbeat until one reaches it, so another manager adopts them at once even then.
+        self._handing: dict[str, Data] = {}
 
     def __repr__(self) -> str:
         return f"<Fleet leases={len(self.fences)} lease={self.lease:g}s>"
@@ -107,7 +111,16 @@ class Fleet(Leases):
         is registered again, as new (fence 1), and kept: nobody else can have claimed what the
         registry did not hold, and its waiters find it again.
         """
+        if self._handing:
+            try:
+                for session_id, data in list(self._handing.items()):
+                    await self._let_go(session_id, data)
+                    del self._handing[session_id]
+            except RegistryUnavailableError:
+                self.renew_failed = True
+                return []
         if not self.fences:
+            self.renew_failed = False
             return []
         try:
             began: float | None = self.registry.now_at_least()
@@ -158,7 +171,8 @@ class Fleet(Leases):
         """Let go of one session that ended here without an outcome (cancelled): another
         manager adopts it and polls it to its real outcome. This one does not adopt it back for
         ``shun_for`` seconds (until its deadline): then, if still nobody decided it, it reads
-        it once more itself. A store away lets the lease lapse instead."""
+        it once more itself. A store that does not answer (slow, or away) gets it again at
+        each heartbeat, until one reaches it (or its lease lapses meanwhile)."""
         if session_id in self._unwritten:
             return  # it has an outcome, to be written when the store is back: kept till then
         if self._closed:
@@ -172,17 +186,21 @@ class Fleet(Leases):
         try:
             self._shunned[session_id] = self.registry.now() + shun_for
             with anyio.CancelScope(shield=True):  # bounded by the store's timeout
-                # Registered again first if the registry lost it (a Redis restarted empty):
-                # else nobody would ever poll it, and its waiters would never learn its end.
-                entry = await self._register(session_id, data)
-                if entry.owner == self.owner and not entry.decided:
-                    await self.registry.release(self.ns, self.owner,
-                                                {session_id: entry.fence})
+                await self._let_go(session_id, data)
         except RegistryUnavailableError as exc:
-            logger.info("session %s not handed over (%s): its lease lapses",
+            logger.info("session %s not handed over yet (%s): the heartbeat tries again",
                         session_key(session_id), type(exc).__name__)
+            self._handing[session_id] = data
         finally:
             self.drop(session_id)
+
+    async def _let_go(self, session_id: str, data: Data) -> None:
+        """Release the lease of a session handed over. Registered again first if the registry
+        lost it (a Redis restarted empty): else nobody would ever poll it, and its waiters
+        would never learn its end. Nothing when another manager holds it, or it is decided."""
+        entry = await self._register(session_id, data)
+        if entry.owner == self.owner and not entry.decided:
+            await self.registry.release(self.ns, self.owner, {session_id: entry.fence})
 
     def _forget_shunned(self, now: float) -> None:
         for session_id, until in list(self._shunned.items()):
@@ -239,6 +257,10 @@ class Fleet(Leases):
                     logger.warning("%d outcomes decided while the registry was unreachable "
                                    "were never stored: other managers will find those "
                                    "sessions lost", len(self._unwritten))
+            handing, self._handing = self._handing, {}
+            with contextlib.suppress(RegistryUnavailableError):  # else their leases lapse
+                for session_id, data in handing.items():
+                    await self._let_go(session_id, data)
             if not self.fences:
                 return
             fences, self.fences = dict(self.fences), {}
