@@ -12,7 +12,6 @@ import ast
 import importlib
 import inspect
 import re
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -21,9 +20,9 @@ import pytest
 import instantly_oauth_async
 from instantly_oauth_async import OAuthManager
 from instantly_oauth_async._cli import failures as _cli
+from tests._tree import SOURCE, SOURCE_PACKAGE
 
-ROOT = Path(__file__).resolve().parent.parent
-DOCS = ROOT / "docs"
+DOCS = SOURCE / "docs"
 PUBLIC_MODULES = [
     "instantly_oauth_async", "instantly_oauth_async.redis", "instantly_oauth_async.sqlite",
     "instantly_oauth_async.testing", "instantly_oauth_async.otel", "instantly_oauth_async.web",
@@ -155,12 +154,12 @@ def test_the_cli_page_gives_every_exit_code() -> None:
 def test_the_logs_page_names_every_log_event_and_metric() -> None:
     text = page("reference/logs-and-metrics.md")
     source = "".join(p.read_text(encoding="utf-8")
-                     for p in (ROOT / "instantly_oauth_async").rglob("*.py"))
+                     for p in SOURCE_PACKAGE.rglob("*.py"))
     events = set(re.findall(r'"iox_event": "(\w+)"', source))
     assert "request_finished" in events and "session_resolved" in events
     for event in events:
         assert f"`{event}`" in text, event
-    otel = (ROOT / "instantly_oauth_async" / "otel.py").read_text(encoding="utf-8")
+    otel = (SOURCE_PACKAGE / "otel.py").read_text(encoding="utf-8")
     instruments = set(re.findall(r'^\s+"((?:http|instantly)\.[\w.]+)", unit=', otel, re.M))
     assert len(instruments) == 6
     for instrument in instruments:
@@ -171,20 +170,20 @@ def test_the_logs_page_names_every_log_event_and_metric() -> None:
 
 
 def test_the_readme_is_a_front_door() -> None:
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    readme = (SOURCE / "README.md").read_text(encoding="utf-8")
     assert len(readme.splitlines()) <= 150
     assert "mkdocs serve" in readme and "./scripts/check" in readme
     assert "connected_expected" in readme
     for target in re.findall(r"\]\((docs/[^)#]+)", readme):
-        assert (ROOT / target).is_file(), target
+        assert (SOURCE / target).is_file(), target
 
 
 def test_no_module_over_400_lines_and_no_class_over_300() -> None:
     """A class counts from its ``class`` line to its last line (nested ones too)."""
     too_long = []
-    for path in sorted((ROOT / "instantly_oauth_async").rglob("*.py")):
+    for path in sorted(SOURCE_PACKAGE.rglob("*.py")):
         text = path.read_text(encoding="utf-8")
-        name = path.relative_to(ROOT).as_posix()
+        name = path.relative_to(SOURCE).as_posix()
         if len(text.splitlines()) > 400:
             too_long.append(f"{name}: {len(text.splitlines())} lines")
         too_long += [f"{name}:{node.name}: {node.end_lineno - node.lineno + 1} lines"

@@ -21,9 +21,10 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests._tree import SOURCE
+
 GUIDE_BLOCK = next(block for block in re.findall(
-    r"```python\n(.*?)```", (ROOT / "docs" / "how-to" / "testing.md").read_text(encoding="utf-8"),
+    r"```python\n(.*?)```", (SOURCE / "docs" / "how-to" / "testing.md").read_text(encoding="utf-8"),
     re.S)
     if "instantly_manager" in block)
 
@@ -33,6 +34,8 @@ import sys
 
 import aiohttp
 import pytest
+
+from tests._tree import SOURCE
 
 import instantly_oauth_async
 from instantly_oauth_async.testing import SimulatorLimits
@@ -126,7 +129,7 @@ def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     top = tmp_path_factory.mktemp("plugin")
     built = subprocess.run(  # noqa: S603 - our own argv
         [sys.executable, "-m", "build", "--no-isolation", "--wheel", "--outdir",
-         str(top / "dist"), str(ROOT)], capture_output=True, text=True, timeout=300, check=False)
+         str(top / "dist"), str(SOURCE)], capture_output=True, text=True, timeout=300, check=False)
     assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
     (wheel,) = (top / "dist").glob("*.whl")
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(top / "venv")],  # noqa: S603
