@@ -35,8 +35,6 @@ import sys
 import aiohttp
 import pytest
 
-from tests._tree import SOURCE
-
 import instantly_oauth_async
 from instantly_oauth_async.testing import SimulatorLimits
 
@@ -193,7 +191,9 @@ def test_without_its_entry_point_pytest_knows_no_such_fixtures(venv: Path, folde
 
 @pytest.fixture(scope="module")
 def with_pytest_asyncio(venv: Path) -> Path:
-    installed = pip(venv, "install", "--no-deps", "pytest-asyncio>=0.23")
+    # its one dependency that this venv may lack: the backport of asyncio.Runner, below 3.11
+    installed = pip(venv, "install", "--no-deps", "pytest-asyncio>=0.23",
+                    "backports.asyncio.runner>=1.1; python_version < '3.11'")
     if installed.returncode != 0:
         pytest.skip(f"pytest-asyncio could not be installed here: {installed.stderr[-500:]}")
     return venv
