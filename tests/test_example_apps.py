@@ -9,7 +9,6 @@ as soon as their session is decided, fails or expires.
 
 from __future__ import annotations
 
-import inspect
 import json
 import socket
 from collections.abc import AsyncIterator, Callable
@@ -22,7 +21,7 @@ import pytest
 import uvicorn
 from aiohttp import web
 
-from examples import aiohttp_app, fastapi_app
+from examples import _shared, aiohttp_app, fastapi_app
 from instantly_oauth_async import MemoryStore, OAuthManager, PendingConnection
 from instantly_oauth_async.testing import Simulator, Workspace
 from instantly_oauth_async.web import ConnectFlow
@@ -227,15 +226,13 @@ async def test_an_entry_leaves_when_its_session_cannot_start(kind: str, sim: Sim
         assert await served.pending() == 0
 
 
-def test_the_copies_in_both_apps_are_the_same() -> None:
-    """Each example is one file, so fastapi_app.py carries a copy of aiohttp_app.py's stand-in
-    sign-in, pages and configuration (``OAuthManager.from_env`` or the simulator): they must not
-    drift apart (the flow itself is the library's)."""
-    for name in ("Login", "manager_for_this_run"):
-        copies = {inspect.getsource(getattr(module, name)) for module in (aiohttp_app, fastapi_app)}
-        assert len(copies) == 1, name
-    for name in ("COOKIE", "USER_NAME", "LOGIN_PAGE", "PAGE", "SHARED"):
-        assert getattr(aiohttp_app, name) == getattr(fastapi_app, name), name
+def test_both_apps_share_one_sign_in_pages_and_configuration() -> None:
+    """The stand-in sign-in, the pages and the configuration (``OAuthManager.from_env`` or the
+    simulator) live once, in examples/_shared.py, so the two apps cannot drift apart (the flow
+    itself is the library's)."""
+    for name in ("Login", "manager_for_this_run", "COOKIE", "LOGIN_PAGE", "PAGE"):
+        assert getattr(aiohttp_app, name) is getattr(fastapi_app, name) \
+            is getattr(_shared, name), name
 
 
 # -- aiohttp only: the pages that name a session find it with manager.attach() -------------------

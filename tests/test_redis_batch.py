@@ -363,14 +363,21 @@ async def test_a_step_posted_while_a_trip_is_out_goes_after_it_when_due(
     assert batcher.steps["(posted alone)"] == 1
 
 
-async def test_aclose_sends_what_is_still_posted(
-    redis_server: RedisServer, admin: aioredis.Redis
-) -> None:
+async def _holding_l1(redis_server: RedisServer
+                      ) -> tuple[str, list[tuple[str, RateLimit]], RedisStore]:
+    """A new store and budget (5 a minute), lease L1 taken in it."""
     k = key("b")
     specs = [(k, RateLimit(5, per=60, margin=0))]
     store = RedisStore.from_url(redis_server.url)
+    assert await store.take(specs, [], lease="L1", hold=100) == (0.0, False)
+    return k, specs, store
+
+
+async def test_aclose_sends_what_is_still_posted(
+    redis_server: RedisServer, admin: aioredis.Redis
+) -> None:
+    k, specs, store = await _holding_l1(redis_server)
     try:
-        assert await store.take(specs, [], lease="L1", hold=100) == (0.0, False)
         assert await store.take(specs, [], lease="L2", hold=100) == (0.0, False)
         await store.release(specs, "L1")
     finally:
@@ -382,16 +389,13 @@ async def test_aclose_sends_what_is_still_posted(
 async def test_aclose_sends_what_was_posted_while_a_trip_was_out(
     redis_server: RedisServer, admin: aioredis.Redis
 ) -> None:
-    k = key("b")
-    specs = [(k, RateLimit(5, per=60, margin=0))]
-    store = RedisStore.from_url(redis_server.url)
+    k, specs, store = await _holding_l1(redis_server)
     taken: list[tuple[float, bool]] = []
 
     async def take() -> None:
         taken.append(await store.take(specs, [], lease="L2", hold=100))
 
     try:
-        assert await store.take(specs, [], lease="L1", hold=100) == (0.0, False)
         await admin.client_pause(200)
         async with anyio.create_task_group() as tg:
             tg.start_soon(take)
