@@ -22,8 +22,7 @@ from pathlib import Path
 import anyio
 
 from tests._redis import _die_with_parent
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests._tree import LIBRARY, ROOT
 
 # Drops the repository root (and the cwd entry of ``-c``) from sys.path, puts a folder holding
 # only the library first, then runs the target as ``python FILE`` or ``python -m MODULE`` would.
@@ -47,7 +46,7 @@ def as_installed(lib_dir: Path, mode: str, target: str, *args: str) -> list[str]
     with only the library importable: ``lib_dir`` gets a link to the package and nothing else."""
     link = lib_dir / "instantly_oauth_async"
     if not link.exists():
-        link.symlink_to(ROOT / "instantly_oauth_async", target_is_directory=True)
+        link.symlink_to(LIBRARY, target_is_directory=True)
     return [sys.executable, "-c", _AS_INSTALLED, str(ROOT), str(lib_dir), mode, target, *args]
 
 

@@ -13,8 +13,9 @@ from contextlib import asynccontextmanager
 
 import anyio
 
-from tests._processes import ROOT, Child, child_env, running
+from tests._processes import Child, child_env, running
 from tests._redis import free_port
+from tests._tree import ROOT
 
 PASSWORD = "a shared secret for the tests"  # the stand-in sign-in's password
 LEASE = 1.5  # seconds a crashed worker's sessions wait before another takes them over

@@ -3,7 +3,9 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import sysconfig
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 from hypothesis import settings
@@ -11,6 +13,7 @@ from hypothesis import settings
 from instantly_oauth_async import InstantlyClient
 from instantly_oauth_async.testing import Simulator, SimulatorLimits, Workspace
 from tests._redis import RedisServer
+from tests._tree import LIBRARY, ROOT, SOURCE, SOURCE_VARIABLE
 
 # Property tests give the same verdict on every run in CI (and under scripts/mutation, which sets
 # HYPOTHESIS_PROFILE=ci): the examples are derived from each test's name, not drawn at random,
@@ -19,6 +22,21 @@ from tests._redis import RedisServer
 settings.register_profile("ci", derandomize=True, database=None, deadline=None, print_blob=True)
 settings.load_profile(
     os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "default"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """With INSTANTLY_OAUTH_SOURCE set (.ci/run's wheel step), the tests are there to try the
+    installed wheel: refuse to run them against anything else, a checkout above all."""
+    if not os.environ.get(SOURCE_VARIABLE):
+        return
+    sites = {Path(sysconfig.get_paths()[key]).resolve() for key in ("purelib", "platlib")}
+    if not any(LIBRARY.is_relative_to(site) for site in sites) or \
+            LIBRARY.is_relative_to(SOURCE) or LIBRARY.is_relative_to(ROOT):
+        pytest.exit(f"{SOURCE_VARIABLE} is set, so these tests must run against the installed "
+                    f"wheel, but instantly_oauth_async was imported from {LIBRARY}, not from "
+                    f"this Python's site-packages ({', '.join(map(str, sorted(sites)))}): run "
+                    "them from a folder without the package dir, in a venv with the wheel "
+                    "installed (not editable)", returncode=4)
 
 
 @pytest.fixture

@@ -24,8 +24,9 @@ import pytest
 from playwright.async_api import Browser, Page, Response, async_playwright
 
 from instantly_oauth_async.testing import Simulator
-from tests._processes import ROOT, Child, _signal, running
+from tests._processes import Child, _signal, running
 from tests._redis import RedisServer
+from tests._tree import ROOT
 from tests._webflow_workers import example_env
 from tests.test_browser import CHROMIUM, FLAGS, PASSWORD
 

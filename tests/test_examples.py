@@ -21,8 +21,7 @@ from instantly_oauth_async.testing import CannedResponse, Simulator, SimulatorLi
 from tests._people import allow_everyone
 from tests._processes import as_installed, child_env, running
 from tests._redis import RedisServer
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests._tree import ROOT
 
 
 def test_quickstart_connects_one_mailbox() -> None:

@@ -16,7 +16,8 @@ import uvicorn
 
 from examples.fastapi_app import make_app
 from instantly_oauth_async.testing import Simulator
-from tests._processes import ROOT, as_installed, child_env, running
+from tests._processes import as_installed, child_env, running
+from tests._tree import ROOT
 
 pytestmark = pytest.mark.anyio
 PASSWORD = "a shared secret for the tests"  # the stand-in sign-in's password

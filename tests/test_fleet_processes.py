@@ -20,7 +20,6 @@ import signal
 import sys
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -37,10 +36,10 @@ from tests._processes import Child, _signal, running
 from tests._reads import overlapping_reads, status_reads
 from tests._redis import RedisServer
 from tests._split_store import SplitStore
+from tests._tree import ROOT
 from tests.chaos._proxy import LatencyProxy
 
 pytestmark = pytest.mark.anyio
-ROOT = Path(__file__).resolve().parent.parent
 LEASE = 1.5
 OWNER, SURVIVOR, OTHER = "127.0.0.2", "127.0.0.3", "127.0.0.4"
 

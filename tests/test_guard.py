@@ -19,10 +19,10 @@ import pytest
 from instantly_oauth_async import OAuthManager
 from instantly_oauth_async.sqlite import SQLiteStore
 from tests._redis import _die_with_parent
+from tests._tree import ROOT
 
 pytestmark = pytest.mark.anyio
 
-ROOT = Path(__file__).resolve().parent.parent
 _CHILD = """
 import asyncio, sys
 from instantly_oauth_async import OAuthManager

@@ -115,11 +115,26 @@ def test_offset_minutes_past_59_are_refused_with_the_reason() -> None:
         parse_datetime("2026-01-14T12:30:00+05:00:60")
 
 
-def test_other_iso_forms_are_read_by_fromisoformat_and_naive_ones_are_utc() -> None:
-    basic = parse_datetime("20260114T123000+0100")  # ISO 8601 basic: not our pattern
+def test_the_basic_form_reads_alike_on_every_python() -> None:
+    """ISO 8601's basic form, which Python 3.10's fromisoformat does not read."""
+    basic = parse_datetime("20260114T123000+0100")
     assert basic == datetime(2026, 1, 14, 12, 30, tzinfo=zone(1))
     assert basic.utcoffset() == timedelta(hours=1)
     naive = parse_datetime("20260114T123000")
+    assert naive == datetime(2026, 1, 14, 12, 30, tzinfo=UTC) and naive.tzinfo is UTC
+    assert parse_datetime("20260114T123000.5-0130") == datetime(
+        2026, 1, 14, 12, 30, 0, 500000, zone(-1, -30))
+    assert parse_datetime("20260114t1230z") == datetime(2026, 1, 14, 12, 30, tzinfo=UTC)
+    assert parse_datetime("20260114") == datetime(2026, 1, 14, tzinfo=UTC)
+    with pytest.raises(ValueError, match=r"^offset minutes and seconds run from 0 to 59$"):
+        parse_datetime("20260114T123000+0160")
+
+
+def test_other_iso_forms_are_read_by_fromisoformat_and_naive_ones_are_utc() -> None:
+    other = parse_datetime("2026-01-14_12:30:00+01:00")  # another separator: not our pattern
+    assert other == datetime(2026, 1, 14, 12, 30, tzinfo=zone(1))
+    assert other.utcoffset() == timedelta(hours=1)
+    naive = parse_datetime("2026-01-14_12:30:00")
     assert naive == datetime(2026, 1, 14, 12, 30, tzinfo=UTC) and naive.tzinfo is UTC
 
 

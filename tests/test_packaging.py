@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from instantly_oauth_async.redis import _lua as _redis_lua
+from tests._tree import LIBRARY, SOURCE, SOURCE_PACKAGE
 
-ROOT = Path(__file__).resolve().parent.parent
 LICENSE_LINES = ("MIT License", "Copyright (c) 2026 instantly-oauth-async developers")
 # inline links and images [text](target), reference definitions [name]: target, HTML attributes
 LINK_TARGETS = (r"\]\(\s*<?([^)\s>]+)", r"(?m)^\s{0,3}\[[^\]]+\]:\s*<?(\S+?)>?(?:\s|$)",
@@ -41,7 +41,7 @@ def metadata(text: str) -> Message:
 def dists(tmp_path_factory: pytest.TempPathFactory) -> tuple[tarfile.TarFile, zipfile.ZipFile]:
     out = tmp_path_factory.mktemp("dist")
     done = subprocess.run(  # noqa: S603 - our own argv
-        [sys.executable, "-m", "build", "--no-isolation", "--outdir", str(out), str(ROOT)],
+        [sys.executable, "-m", "build", "--no-isolation", "--outdir", str(out), str(SOURCE)],
         capture_output=True, text=True, timeout=300, check=False,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -72,7 +72,7 @@ def test_the_license_ships_in_the_sdist_and_the_wheel(
     licenses = [n for n in wheel.namelist() if re.search(r"\.dist-info/licenses/LICENSE$", n)]
     assert in_sdist is not None and len(licenses) == 1
     in_wheel = wheel.read(licenses[0]).decode()
-    assert in_sdist == in_wheel == (ROOT / "LICENSE").read_text(encoding="utf-8")
+    assert in_sdist == in_wheel == (SOURCE / "LICENSE").read_text(encoding="utf-8")
     assert all(line in in_wheel for line in LICENSE_LINES)
     meta = wheel_metadata(wheel)
     assert meta["License-Expression"] == "MIT"
@@ -104,7 +104,7 @@ def test_the_long_description_has_no_link_that_breaks_on_pypi(
     assert "https://instantly.ai" in targets
     assert [t for t in targets if not ABSOLUTE.match(t)] == []
     # the repository's README links to files: PyPI's page names each, and each is in the sdist
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    readme = (SOURCE / "README.md").read_text(encoding="utf-8")
     files = [t for t in link_targets(readme) if not ABSOLUTE.match(t)]
     assert "docs/LIMITS.md" in files and "examples/fastapi_app.py" in files
     for path in files:
@@ -116,16 +116,29 @@ def test_the_long_description_has_no_link_that_breaks_on_pypi(
     assert pkg_info is not None and metadata(pkg_info).get_payload() == description
 
 
+def package_data(package: Path) -> list[str]:
+    """Every file of the package but its Python sources and their caches (the Lua scripts,
+    py.typed), by its path in the wheel."""
+    return sorted(f"instantly_oauth_async/{p.relative_to(package).as_posix()}"
+                  for p in package.rglob("*") if p.is_file() and p.suffix not in (".py", ".pyc")
+                  and "__pycache__" not in p.parts)
+
+
 def test_the_wheel_carries_every_lua_script_and_loads_them_from_itself(
     dists: tuple[tarfile.TarFile, zipfile.ZipFile], tmp_path: Path,
 ) -> None:
     _, wheel = dists
-    lua = ROOT / "instantly_oauth_async" / "redis" / "lua"
-    scripts = sorted(p.name for p in lua.glob("*.lua"))
-    assert "take.lua" in scripts and "batch.lua" in scripts
-    shipped = sorted(Path(n).name for n in wheel.namelist()
-                     if n.startswith("instantly_oauth_async/redis/lua/") and n.endswith(".lua"))
-    assert shipped == scripts
+    data = package_data(SOURCE_PACKAGE)
+    scripts = [name for name in data if name.endswith(".lua")]
+    assert "instantly_oauth_async/redis/lua/take.lua" in scripts
+    assert "instantly_oauth_async/redis/lua/batch.lua" in scripts
+    assert "instantly_oauth_async/py.typed" in data
+    assert data == sorted([*scripts, "instantly_oauth_async/py.typed"])  # a new kind: look here
+    shipped = sorted(n for n in wheel.namelist()
+                     if n.startswith("instantly_oauth_async/") and not n.endswith(".py"))
+    assert shipped == data
+    # and the library these tests import (the installed wheel in .ci/run's wheel step) has them
+    assert package_data(LIBRARY) == data
     # Unpacked alone (no checkout on the path), the wheel builds the same batch script.
     wheel.extractall(tmp_path)  # noqa: S202 - the wheel we just built
     code = ("import sys; sys.path.insert(0, sys.argv[1]); import pathlib; "

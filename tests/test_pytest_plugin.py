@@ -21,9 +21,10 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests._tree import SOURCE
+
 GUIDE_BLOCK = next(block for block in re.findall(
-    r"```python\n(.*?)```", (ROOT / "docs" / "how-to" / "testing.md").read_text(encoding="utf-8"),
+    r"```python\n(.*?)```", (SOURCE / "docs" / "how-to" / "testing.md").read_text(encoding="utf-8"),
     re.S)
     if "instantly_manager" in block)
 
@@ -126,7 +127,7 @@ def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     top = tmp_path_factory.mktemp("plugin")
     built = subprocess.run(  # noqa: S603 - our own argv
         [sys.executable, "-m", "build", "--no-isolation", "--wheel", "--outdir",
-         str(top / "dist"), str(ROOT)], capture_output=True, text=True, timeout=300, check=False)
+         str(top / "dist"), str(SOURCE)], capture_output=True, text=True, timeout=300, check=False)
     assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
     (wheel,) = (top / "dist").glob("*.whl")
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(top / "venv")],  # noqa: S603
@@ -190,7 +191,9 @@ def test_without_its_entry_point_pytest_knows_no_such_fixtures(venv: Path, folde
 
 @pytest.fixture(scope="module")
 def with_pytest_asyncio(venv: Path) -> Path:
-    installed = pip(venv, "install", "--no-deps", "pytest-asyncio>=0.23")
+    # its one dependency that this venv may lack: the backport of asyncio.Runner, below 3.11
+    installed = pip(venv, "install", "--no-deps", "pytest-asyncio>=0.23",
+                    "backports.asyncio.runner>=1.1; python_version < '3.11'")
     if installed.returncode != 0:
         pytest.skip(f"pytest-asyncio could not be installed here: {installed.stderr[-500:]}")
     return venv

@@ -28,11 +28,11 @@ from instantly_oauth_async import InstantlyClient, OAuthManager, OAuthSession, R
 from instantly_oauth_async.redis import RedisStore
 from instantly_oauth_async.testing import Simulator, SimulatorLimits
 from tests._redis import RedisServer
+from tests._tree import SOURCE
 
 pytestmark = pytest.mark.anyio
-ROOT = Path(__file__).resolve().parent.parent
-README = ROOT / "README.md"
-DOCS = ROOT / "docs"
+README = SOURCE / "README.md"
+DOCS = SOURCE / "docs"
 FLEET_URL = "redis://10.0.0.5:6379/0"
 SQLITE_PATH = "/var/lib/myapp/instantly.db"
 PRINTS = re.compile(r"#\s*->\s*(.+?)\s*$", re.M)
@@ -45,7 +45,7 @@ def python_blocks(text: str) -> list[str]:
 
 
 def page_name(path: Path) -> str:
-    return path.relative_to(ROOT).as_posix()
+    return path.relative_to(SOURCE).as_posix()
 
 
 #: Every page with a python block, by its path in the repository: README.md, docs/...

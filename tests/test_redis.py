@@ -10,7 +10,6 @@ import os
 import sys
 import uuid
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -34,11 +33,11 @@ from instantly_oauth_async._limits.limiter import take as take_slot
 from instantly_oauth_async.redis import RedisStore
 from instantly_oauth_async.testing import Network, Simulator, SimulatorLimits
 from tests._redis import RedisServer
+from tests._tree import ROOT
 from tests._windows import max_in_window
 
 pytestmark = pytest.mark.anyio
 FIXTURE_REUSE = HealthCheck.function_scoped_fixture  # the store is reused; keys are per example
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture

@@ -22,7 +22,6 @@ import sys
 import textwrap
 import uuid
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import anyio
 import pytest
@@ -41,9 +40,9 @@ from instantly_oauth_async._limits.breaker import BreakerPolicy
 from instantly_oauth_async.redis import RedisStore, StoreError
 from instantly_oauth_async.testing import Simulator
 from tests._redis import RedisServer
+from tests._tree import ROOT
 
 pytestmark = pytest.mark.anyio
-ROOT = Path(__file__).resolve().parent.parent
 EXTRA_HINT = "pip install 'instantly-oauth-async[redis]'"
 
 

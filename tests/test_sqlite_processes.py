@@ -31,10 +31,10 @@ from instantly_oauth_async.sqlite import RegistryUnavailableError, SQLiteStore, 
 from instantly_oauth_async.testing import Simulator, SimulatorLimits
 from tests._reads import overlapping_reads
 from tests._redis import _die_with_parent
+from tests._tree import ROOT
 from tests._windows import max_in_window
 
 pytestmark = pytest.mark.anyio
-ROOT = Path(__file__).resolve().parent.parent
 FACTOR = 20
 WINDOW = 60 / FACTOR
 NS = "iox:test:sqlite:procs"  # as tests/_sqlite_worker.py

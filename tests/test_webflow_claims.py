@@ -21,8 +21,9 @@ from instantly_oauth_async._stores.claims import Claims
 from instantly_oauth_async.redis import RedisStore
 from instantly_oauth_async.sqlite import SQLiteStore
 from instantly_oauth_async.testing import FakeClock
-from tests._processes import ROOT, child_env, running
+from tests._processes import child_env, running
 from tests._redis import RedisServer
+from tests._tree import LIBRARY, ROOT
 
 pytestmark = pytest.mark.anyio
 NS = "test-connect"
@@ -163,7 +164,7 @@ async def test_a_redis_claims_script_error_names_its_lua_file(redis_server: Redi
             await store.claims.claim(NS, "ann", hold=60, per_user=1, limit=10)
         assert raised.value.code == "WRONGTYPE"
         # Outside a pcall, Redis names the failing line: the file and line it came from.
-        claims_lua = ROOT / "instantly_oauth_async" / "redis" / "lua" / "claims.lua"
+        claims_lua = LIBRARY / "redis" / "lua" / "claims.lua"
         lines = claims_lua.read_text().splitlines()
         line = 1 + next(i for i, text in enumerate(lines) if "ZRANGEBYSCORE" in text)
         assert f"@claims.lua:{line}." in str(raised.value)

@@ -15,6 +15,7 @@ fields (``iox_event`` and the rest).
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from collections.abc import Sequence
 
@@ -48,6 +49,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return anyio.run(command, args)
     except KeyboardInterrupt:
+        print(f"instantly-oauth: interrupted{interrupted_state()}", file=sys.stderr)
+        return INTERRUPTED
+    except asyncio.CancelledError:
+        # Python 3.10: at Ctrl-C the runner (anyio's backport of 3.11's asyncio.Runner) cancels
+        # the command's task as on 3.11, but without Task.uncancel it cannot tell that from any
+        # other cancellation, so it raises CancelledError where 3.11 raises KeyboardInterrupt.
+        # Nothing else cancels the command's task.
+        if sys.version_info >= (3, 11):
+            raise
         print(f"instantly-oauth: interrupted{interrupted_state()}", file=sys.stderr)
         return INTERRUPTED
     except Exception as exc:  # noqa: BLE001 - every failure becomes one line and a code

@@ -84,6 +84,18 @@ _TIMESTAMP = re.compile(
     """,
     re.VERBOSE | re.ASCII,
 )
+# The same in ISO 8601's basic form (``20260114T123000+0100``), which Python 3.10's fromisoformat
+# does not read at all and 3.11's does.
+_BASIC = re.compile(
+    r"""
+    (?P<year>\d{4})(?P<month>\d{2})(?P<day>\d{2})
+    (?:[Tt]
+        (?P<hour>\d{2})(?:(?P<minute>\d{2})(?:(?P<second>\d{2})(?:[.,](?P<fraction>\d+))?)?)?
+        (?:(?P<utc>[Zz])|(?P<sign>[+-])(?P<off_h>\d{2})(?:(?P<off_m>\d{2})(?P<off_s>\d{2})?)?)?
+    )?
+    """,
+    re.VERBOSE | re.ASCII,
+)
 
 
 def parse_datetime(value: str) -> datetime:
@@ -94,8 +106,8 @@ def parse_datetime(value: str) -> datetime:
     the sixth are dropped, as ``datetime.fromisoformat`` does. Raises ``ValueError`` otherwise.
     """
     text = value.strip()
-    match = _TIMESTAMP.fullmatch(text)
-    if match is None:  # another ISO 8601 form (basic, week dates): what this Python can read
+    match = _TIMESTAMP.fullmatch(text) or _BASIC.fullmatch(text)
+    if match is None:  # another ISO 8601 form (week dates, say): what this Python can read
         parsed = datetime.fromisoformat(text)
         return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=timezone.utc)
     part = match.group

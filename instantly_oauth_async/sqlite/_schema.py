@@ -123,8 +123,37 @@ def network_fs(path: str) -> str | None:
     return kind if kind in _NETWORK_FS else None
 
 
+# SQLite's message for each primary result code (sqlite3_errstr), for Python 3.10, whose
+# sqlite3.Error has no sqlite_errorname (3.11+): its text is SQLite's message, so it names the
+# primary code (an extended one, such as SQLITE_READONLY_DBMOVED, has its primary's message).
+# "database table is locked" comes before "database is locked", which it does not contain, and
+# each is matched as a part of the text (a constraint's message names its constraint first).
+_MESSAGES = (
+    ("database table is locked", "SQLITE_LOCKED"),
+    ("database is locked", "SQLITE_BUSY"),
+    ("attempt to write a readonly database", "SQLITE_READONLY"),
+    ("database or disk is full", "SQLITE_FULL"),
+    ("unable to open database file", "SQLITE_CANTOPEN"),
+    ("file is not a database", "SQLITE_NOTADB"),
+    ("database disk image is malformed", "SQLITE_CORRUPT"),
+    ("disk I/O error", "SQLITE_IOERR"),
+    ("access permission denied", "SQLITE_PERM"),
+    ("out of memory", "SQLITE_NOMEM"),
+    ("locking protocol", "SQLITE_PROTOCOL"),
+    ("database schema has changed", "SQLITE_SCHEMA"),
+    ("string or blob too big", "SQLITE_TOOBIG"),
+    ("constraint failed", "SQLITE_CONSTRAINT"),
+    ("datatype mismatch", "SQLITE_MISMATCH"),
+)
+
+
 def _code(exc: sqlite3.Error) -> str:
-    return str(getattr(exc, "sqlite_errorname", "") or "")
+    """SQLite's name for the error (``SQLITE_BUSY``), or "" when it has none."""
+    name = getattr(exc, "sqlite_errorname", None)
+    if name is not None:  # Python 3.11 and later
+        return str(name)
+    text = str(exc)
+    return next((code for message, code in _MESSAGES if message in text), "")
 
 
 def busy(exc: sqlite3.Error) -> bool:

@@ -26,13 +26,12 @@ import attrs
 
 from instantly_oauth_async import MemoryStore, OAuthManager
 from tests._owner_worker import http_session
+from tests._tree import ROOT
 
 from ._config import API_KEY, Config, ip_for
 from ._history import History, describe
 from ._procs import send, spawn, stop
 from ._worker import Directory, Worker, hint_to
-
-ROOT = Path(__file__).resolve().parent.parent.parent
 
 
 class ProcessFleet:
