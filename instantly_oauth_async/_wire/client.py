@@ -359,11 +359,10 @@ class _Label(NamedTuple):
     """A request as its log record names it."""
 
     method: str
-    path: str  #: as logged, before ``tag``
+    path: str  #: as logged, then ``tag``'s value (a session id or email) as its log_tag
     operation: str
     provider: str | None
-    #: (kind, value): a session id or email the logged path ends with, as its log_tag
-    tag: tuple[str, str] | None = None
+    tag: tuple[str, str] | None = None  #: (kind, value)
 
 
 def _log_request(label: _Label, started: float, status: int | None,
@@ -373,8 +372,7 @@ def _log_request(label: _Label, started: float, status: int | None,
     level = logging.WARNING if status == 429 else logging.DEBUG
     if not logger.isEnabledFor(level):
         return
-    if tag is not None:
-        shown += log_tag(*tag)  # made here only: most requests log nothing
+    shown += "" if tag is None else log_tag(*tag)  # made here only: most requests log nothing
     duration = time.perf_counter() - started
     error_type = error if isinstance(error, str) or error is None else type(error).__name__
     retry_after = getattr(error, "retry_after", None)
