@@ -178,3 +178,24 @@ async def test_a_shorter_renew_of_some_leases_is_kept_short() -> None:
     assert await reg.orphans(NS) == ["s1"]
     await reg.release(NS, "a", {"s1": view["s1"], "s2": view["s2"]})
     assert reg._shared == {}  # nothing attached: nothing kept for the owner
+
+
+async def test_an_adoption_pass_looks_only_at_leases_on_no_shared_one() -> None:
+    """After a heartbeat every lease held is on its owner's shared lease: an adoption pass
+    looks at the few others (released, registered since), and at a shared lease that lapsed."""
+    clock = FakeClock(100.0)
+    reg = MemoryRegistry(clock)
+    view = {f"s{i}": (await reg.register(NS, f"s{i}", "d", owner="a", lease=15,
+                                         retention=600)).fence for i in range(20)}
+    assert set(reg._loose[NS]) == set(view)
+    assert await reg.renew_owned(NS, "a", view, lease=15) == []
+    assert reg._loose == {}
+    await reg.release(NS, "a", {"s5": view.pop("s5")})
+    await reg.register(NS, "b1", "d", owner="b", lease=15, retention=600)
+    assert set(reg._loose[NS]) == {"s5", "b1"}
+    assert await reg.orphans(NS) == ["s5"]
+    clock.advance(16)  # a's heartbeat is late: all of its leases lapsed, and b's
+    assert await reg.orphans(NS) == sorted(["b1", "s5", *view])  # (created at once: by id)
+    claimed = await reg.claim(NS, "s7", "b", lease=15)
+    assert claimed is not None and claimed.fence == 2
+    assert "s7" in reg._loose[NS] and "s7" not in await reg.orphans(NS)
