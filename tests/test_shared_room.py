@@ -4,6 +4,7 @@ that closes with reads under way gives their room back to the others."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections.abc import AsyncIterator
 
@@ -12,7 +13,7 @@ import anyio
 import pytest
 
 from instantly_oauth_async import OAuthManager, RateLimit
-from instantly_oauth_async._manager.scheduler import _MAX_STEPS, _ROOMS
+from instantly_oauth_async._manager.scheduler import _MAX_STEPS, _ROOMS, _Room
 from instantly_oauth_async._stores.store import MemoryStore
 from instantly_oauth_async.testing import Network, Simulator, SimulatorLimits
 
@@ -66,7 +67,7 @@ async def test_managers_on_one_session_have_at_most_100_reads_in_flight_together
             room = _ROOMS[http]
             assert room.cap == _MAX_STEPS == 100
             assert 50 < most <= 100
-        assert room.steps == 0 and room.waiting == []  # all closed: nothing left counted
+        assert room.steps == 0 and not room.waiting  # all closed: nothing left counted
 
 
 async def test_a_manager_closing_with_reads_under_way_gives_their_room_back(
@@ -91,3 +92,23 @@ async def test_a_manager_closing_with_reads_under_way_gives_their_room_back(
                 result = await pending
             assert result.email == "ann@acme.io"
         assert room.steps == 0
+
+
+async def test_schedulers_at_the_cap_are_woken_one_at_a_time_once_a_quarter_is_free() -> None:
+    room = _Room(8)
+    loop = asyncio.get_running_loop()
+    room.steps = 8
+    waiters = [loop.create_future() for _ in range(4)]
+    room.waiting.extend(waiters)
+    waiters[0].cancel()  # a scheduler cancelled as its manager closed: skipped
+    room.ended()
+    assert not any(w.done() for w in waiters[1:])  # 7 under way: no batch yet
+    room.ended()
+    assert [w.done() for w in waiters[1:]] == [True, False, False]  # 6: the first waiting
+    room.wake_one()
+    assert [w.done() for w in waiters[1:]] == [True, True, False]  # passed on, room unused
+    room.steps = 8
+    room.wake_one()
+    assert not waiters[3].done()
+    room.ended(8)
+    assert waiters[3].done() and not room.waiting

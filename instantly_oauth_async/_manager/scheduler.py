@@ -47,22 +47,33 @@ class _Room:
     """The steps under way on one ``aiohttp.ClientSession``, and the schedulers waiting for
     fewer: 100 managers sharing one session would otherwise have 100 times ``_MAX_STEPS``
     reads under way, most waiting for a connection in its pool with their coroutines,
-    futures and timers (the garbage collector's work grows with them)."""
+    futures and timers (the garbage collector's work grows with them).
+
+    Waiting schedulers are woken one at a time, first come first served, once a quarter of
+    the room is free (room for a batch); one woken that leaves room unused to wait for
+    something else wakes the next (:meth:`wake_one`), so 100 managers at the cap do not all
+    wake at each read's end."""
 
     __slots__ = ("cap", "steps", "waiting")
 
     def __init__(self, cap: int) -> None:
         self.cap = cap
         self.steps = 0
-        self.waiting: list[asyncio.Future[None]] = []  # bare futures: cheaper than an Event
+        # bare futures: cheaper than an Event
+        self.waiting: collections.deque[asyncio.Future[None]] = collections.deque()
 
     def ended(self, count: int = 1) -> None:
         self.steps -= count
-        if self.waiting and self.steps <= self.cap * 3 // 4:  # room for a batch: one wake-up
-            waiting, self.waiting = self.waiting, []
-            for wake in waiting:
-                if not wake.done():  # (a scheduler cancelled as its manager closed)
-                    wake.set_result(None)
+        self.wake_one()
+
+    def wake_one(self) -> None:
+        """Wake the first scheduler waiting, if a quarter of the room is free."""
+        waiting = self.waiting
+        while waiting and self.steps <= self.cap * 3 // 4:
+            wake = waiting.popleft()
+            if not wake.done():  # (a scheduler cancelled as its manager closed)
+                wake.set_result(None)
+                return
 
 
 #: The room of each session managers borrow (``session=``): one for all of them.
@@ -119,10 +130,12 @@ class Scheduler:
             while self._due and not self._live(self._due[0]):
                 heapq.heappop(self._due)  # cancelled while it waited, or rescheduled since
             if not self._due:
+                room.wake_one()  # any room left is the next waiter's
                 await self._alarm.sleep_until(math.inf)
                 continue
             at, _, pending = self._due[0]
             if at > self._clock.monotonic():
+                room.wake_one()
                 await self._alarm.sleep_until(at)
                 continue
             if room.steps >= room.cap:  # a slot now would wait for a connection, held
@@ -131,6 +144,7 @@ class Scheduler:
                 await wake
                 continue
             heapq.heappop(self._due)
+            room.wake_one()  # (the slot may take a while)
             # Its _due_seq stays set while it waits for a slot: it is on its way to a step, and
             # whoever would schedule it again meanwhile (an adoption) must not make it two.
             try:
