@@ -63,8 +63,9 @@ class Alarm:
                 self._timer.cancel()
                 self._timer = None
             self._timer_at = at
-            if at < math.inf:
-                self._timer = loop.call_at(at, _wake, self)
+            if at < math.inf:  # timed from now: the loop's own clock may count from elsewhere
+                self._timer = loop.call_later(max(0.0, at - self._clock.monotonic()), _wake,
+                                              self)
         wakeup = self._wakeup = loop.create_future()
         try:
             await wakeup
