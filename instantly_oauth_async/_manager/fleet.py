@@ -19,7 +19,7 @@ from collections.abc import Collection
 import anyio
 
 from .._limits.clock import Clock
-from .._stores.registry import Data, Entry, Registry, RegistryUnavailableError
+from .._stores.registry import Data, Entry, MemoryRegistry, Registry, RegistryUnavailableError
 from .._wire.exceptions import InstantlyError, session_key
 from .._wire.models import OAuthSession
 from .entries import decode_outcome, decode_session, encode_outcome, encode_session, session_data
@@ -135,16 +135,19 @@ class Fleet(Leases):
                     self.drop(session_id)
                 else:
                     self._hold(entry)  # its lease, on the store's clock
-            lost = await self.registry.renew(self.ns, self.owner, dict(self.fences),
-                                             lease=self.lease)
+            registry = self.registry
+            if isinstance(registry, MemoryRegistry):  # one shared expiry, not one per lease
+                lost = await registry.renew_owned(self.ns, self.owner, self.fences,
+                                                  lease=self.lease)
+            else:
+                lost = await registry.renew(self.ns, self.owner, dict(self.fences),
+                                            lease=self.lease)
         except RegistryUnavailableError:
             self.renew_failed = True
             return []
         self.renew_failed = False
         if began is not None:  # else each was just registered, and holds that lease
-            for session_id in self.fences:
-                if session_id not in lost:
-                    self._until[session_id] = began + self.lease  # it ends no earlier than this
+            self._renewed(began, lost)  # each ends no earlier than began plus a lease
         return [sid for sid in lost if not await self._register_again(sid)]
 
     async def _register_again(self, session_id: str) -> bool:
@@ -249,6 +252,7 @@ class Fleet(Leases):
         (if it never comes, their leases lapse by then)."""
         self._closed = True
         self._until.clear()  # no read starts from now on (may_read is False)
+        self._common = None
         async with self._adopting:
             if self._unwritten:
                 try:

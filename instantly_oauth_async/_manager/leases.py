@@ -26,7 +26,11 @@ class Leases:
         self.retention = retention
         self._read_margin = read_margin
         self.fences: dict[str, int] = {}
-        self._until: dict[str, float] = {}
+        # Until when each lease held is good, by the store's clock: the common end of those the
+        # last renew extended together (one figure, not one per session), else the session's
+        # own (registered or claimed since; lost ones as they were). None: none known.
+        self._common: float | None = None
+        self._until: dict[str, float | None] = {}
         self._unregistered: dict[str, str] = {}  # started while the store was away
         # When each of those was sent to the registry, plus a lease (this manager's clock). The
         # step went unanswered, not surely undone: it may have reached the store, whose lease
@@ -58,8 +62,22 @@ class Leases:
         self._confirmed(session_id)
         self._data.pop(session_id, None)
 
+    def _lease_end(self, session_id: str) -> float | None:
+        """Until when the lease on ``session_id`` is good (store's clock); None: not held."""
+        until = self._until
+        if session_id in until:
+            return until[session_id]
+        return self._common if session_id in self.fences else None
+
+    def _renewed(self, began: float, lost: list[str]) -> None:
+        """A renew begun at ``began`` extended every lease held but ``lost``: each ends no
+        earlier than ``began`` plus a lease."""
+        self._until = {sid: self._lease_end(sid) for sid in lost if sid in self.fences}
+        self._common = began + self.lease
+
     def _unanswered(self, session_id: str, text: str, sent: float) -> None:
         """Its registration, sent at ``sent``, went unanswered: held locally for now."""
+        self._until[session_id] = None  # no lease the store confirmed
         self._unregistered[session_id] = text
         self._unconfirmed.setdefault(session_id, sent + self.lease)  # the first try's lease
         self._data[session_id] = text
@@ -81,7 +99,7 @@ class Leases:
         unconfirmed = self._unconfirmed.get(session_id)
         if unconfirmed is not None:
             return unconfirmed > self._clock.monotonic()
-        until = self._until.get(session_id)
+        until = self._lease_end(session_id)
         if until is None:
             return False
         try:
@@ -99,7 +117,7 @@ class Leases:
         unconfirmed = self._unconfirmed.get(session_id)
         if unconfirmed is not None:
             return unconfirmed - self._clock.monotonic() > self._read_margin
-        until = self._until.get(session_id)
+        until = self._lease_end(session_id)
         return until is not None and until - self.registry.now() > self._read_margin
 
     async def _register(self, session_id: str, data: Data) -> Entry:

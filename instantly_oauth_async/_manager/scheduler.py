@@ -3,7 +3,8 @@
 Every pending session waits in one heap by when it is next due. One task takes a slot of the
 status budget for the earliest due (first come, first served with account reads) and hands the
 step (one read, and what follows from it) to a waiting worker, with at most ``_MAX_STEPS`` under
-way.
+way: on an ``aiohttp.ClientSession`` several managers share, that many (or its connector's
+limit, if higher) of all of theirs (a :class:`_Room` each).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import collections
 import heapq
 import logging
 import math
+import weakref
 from collections.abc import Awaitable, Callable
 
 import anyio
@@ -41,6 +43,56 @@ _MAX_STEPS = 100
 Step = Callable[[PendingConnection, Grant], Awaitable[None]]
 
 
+class _Room:
+    """The steps under way on one ``aiohttp.ClientSession``, and the schedulers waiting for
+    fewer: 100 managers sharing one session would otherwise have 100 times ``_MAX_STEPS``
+    reads under way, most waiting for a connection in its pool with their coroutines,
+    futures and timers (the garbage collector's work grows with them).
+
+    Waiting schedulers are woken one at a time, first come first served, once a quarter of
+    the room is free (room for a batch); one woken that leaves room unused to wait for
+    something else wakes the next (:meth:`wake_one`), so 100 managers at the cap do not all
+    wake at each read's end."""
+
+    __slots__ = ("cap", "steps", "waiting")
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.steps = 0
+        # bare futures: cheaper than an Event
+        self.waiting: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    def ended(self, count: int = 1) -> None:
+        self.steps -= count
+        self.wake_one()
+
+    def wake_one(self) -> None:
+        """Wake the first scheduler waiting, if a quarter of the room is free."""
+        waiting = self.waiting
+        while waiting and self.steps <= self.cap * 3 // 4:
+            wake = waiting.popleft()
+            if not wake.done():  # (a scheduler cancelled as its manager closed)
+                wake.set_result(None)
+                return
+
+
+#: The room of each session managers borrow (``session=``): one for all of them.
+_ROOMS: weakref.WeakKeyDictionary[object, _Room] = weakref.WeakKeyDictionary()
+
+
+def _room_of(reads: Reads) -> _Room:
+    """The room of the session ``reads`` sends on: its own when the client owns it."""
+    client = reads._client
+    session = client._session
+    limit = getattr(getattr(session, "connector", None), "limit", 0)
+    if session is None or client._owns_session or not limit:
+        return _Room(_MAX_STEPS)
+    room = _ROOMS.get(session)
+    if room is None:
+        room = _ROOMS[session] = _Room(max(_MAX_STEPS, limit))
+    return room
+
+
 class Scheduler:
     """The due heap, the slots taken for it, and the workers that run the steps."""
 
@@ -53,8 +105,7 @@ class Scheduler:
         # Steps handed out by the scheduler, and the workers waiting for one (see _worker).
         self._work: collections.deque[tuple[PendingConnection, Grant]] = collections.deque()
         self._idle: list[asyncio.Future[None]] = []  # bare futures: cheaper than an Event
-        self._steps = 0  # handed out and not ended
-        self._room: anyio.Event | None = None  # set when a step ends, for a scheduler at the cap
+        self._room = _room_of(reads)  # steps handed out and not ended, on this session
 
     def schedule(self, pending: PendingConnection, at: float) -> None:
         pending._next_at = at
@@ -66,22 +117,34 @@ class Scheduler:
 
     async def run(self, group: anyio.abc.TaskGroup, step: Step) -> None:
         """Until cancelled: a slot for the earliest due session, then its ``step``."""
-        dispatched = 0
+        try:
+            await self._run(group, step)
+        finally:  # the manager closes: steps not begun never will, nor end (the room is shared)
+            left = len(self._work)
+            self._work.clear()
+            self._room.ended(left)
+
+    async def _run(self, group: anyio.abc.TaskGroup, step: Step) -> None:
+        dispatched, room = 0, self._room
         while True:
             while self._due and not self._live(self._due[0]):
                 heapq.heappop(self._due)  # cancelled while it waited, or rescheduled since
             if not self._due:
+                room.wake_one()  # any room left is the next waiter's
                 await self._alarm.sleep_until(math.inf)
                 continue
             at, _, pending = self._due[0]
             if at > self._clock.monotonic():
+                room.wake_one()
                 await self._alarm.sleep_until(at)
                 continue
-            if self._steps >= _MAX_STEPS:  # a slot now would wait for a connection, held
-                self._room = anyio.Event()
-                await self._room.wait()
+            if room.steps >= room.cap:  # a slot now would wait for a connection, held
+                wake = asyncio.get_running_loop().create_future()
+                room.waiting.append(wake)
+                await wake
                 continue
             heapq.heappop(self._due)
+            room.wake_one()  # (the slot may take a while)
             # Its _due_seq stays set while it waits for a slot: it is on its way to a step, and
             # whoever would schedule it again meanwhile (an adoption) must not make it two.
             try:
@@ -111,7 +174,7 @@ class Scheduler:
         """Hand one step to an idle worker, or to a new one when none is idle: a task per
         read costs several times what waking a waiting one does (anyio's ``start_soon``)."""
         self._work.append((pending, grant))
-        self._steps += 1
+        self._room.steps += 1
         while self._idle:
             wake = self._idle.pop()
             if not wake.done():  # (a worker cancelled as the manager closes left it done)
@@ -130,10 +193,7 @@ class Scheduler:
                 try:
                     await step(pending, grant)
                 finally:
-                    self._steps -= 1
-                    if self._room is not None and self._steps <= _MAX_STEPS * 3 // 4:
-                        self._room.set()  # room for a batch: one wake-up for many reads
-                        self._room = None
+                    self._room.ended()
             if len(self._idle) >= _MAX_IDLE:
                 return
             wake = asyncio.get_running_loop().create_future()

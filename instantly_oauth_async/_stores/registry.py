@@ -30,114 +30,26 @@ from __future__ import annotations
 import collections
 import heapq
 import math
-from collections.abc import Callable, Mapping
-from typing import Protocol, cast, runtime_checkable
+from collections.abc import Mapping
+from typing import cast
 
 import anyio
-import attrs
 
 from .._limits.clock import Clock
-from .._wire.exceptions import InstantlyError
+from .contract import (
+    ANSWER,
+    EXPIRED,
+    LOST,
+    RELEASED,
+    Data,
+    Entry,
+    Registry,
+    RegistryUnavailableError,
+)
+from .shared import Held, SharedLease
 
 __all__ = ["ANSWER", "EXPIRED", "LOST", "RELEASED", "Data", "Entry", "MemoryRegistry", "Registry",
            "RegistryUnavailableError"]
-
-LOST, EXPIRED, ANSWER = 1, 2, 3  # outcome precedence ranks
-#: The id :meth:`Registry.wait` takes to wait for a release in the namespace (no session has
-#: it): a manager closing lets go of its leases, and the others adopt them at once.
-RELEASED = ""
-
-
-class RegistryUnavailableError(InstantlyError):
-    """The registry's store could not be reached: refused, reset, slower than its timeout, or
-    busy for now (``BUSY``, ``LOADING``, ``MASTERDOWN``, ``TRYAGAIN``).
-
-    The step may or may not have happened. Every step may be repeated: ``register`` returns the
-    entry already there, a repeated ``claim`` by the same owner bumps the fence once more (the
-    owner holds the newer one), and ``renew``, ``release`` and ``decide`` are idempotent. So
-    retry it later; the registry keeps no local copy meanwhile.
-    """
-
-
-@attrs.frozen
-class Entry:
-    """One session as the registry holds it; ``data`` and ``outcome`` are opaque JSON."""
-
-    session_id: str
-    data: str
-    created_at: float
-    owner: str | None
-    fence: int
-    lease_until: float
-    outcome: str | None = None
-    rank: int = 0
-
-    @property
-    def decided(self) -> bool:
-        return self.outcome is not None
-
-
-@runtime_checkable
-class Registry(Protocol):
-    """The sessions of every workspace sharing the store, by namespace ``ns`` (one workspace)."""
-
-    def now(self) -> float:
-        """The store's clock, in seconds, at the latest: never behind it. A remote store's is
-        its last reading advanced from when that step was sent (the store read its clock no
-        earlier), so a lease compared with it lapses early rather than late, however long the
-        reply took (a process paused as it waited, say).
-
-        Raises :class:`RegistryUnavailableError` when a remote store was never reached."""
-        ...
-
-    def now_at_least(self) -> float:
-        """The store's clock, in seconds, at the earliest: never ahead of it (a remote store's
-        last reading advanced from when its reply came). A lease a step is about to extend
-        ends no earlier than this plus the lease."""
-        ...
-
-    async def register(self, ns: str, session_id: str, data: str, *, owner: str, lease: float,
-                       retention: float) -> Entry: ...
-
-    async def get(self, ns: str, session_id: str) -> Entry | None: ...
-
-    async def claim(self, ns: str, session_id: str, owner: str, *, lease: float) -> Entry | None:
-        """The entry, now ours with a bumped fence; None when unknown, decided, or held."""
-        ...
-
-    async def renew(self, ns: str, owner: str, fences: Mapping[str, int], *, lease: float
-                    ) -> list[str]:
-        """Extend every lease in ``fences`` still ours; the ids no longer ours."""
-        ...
-
-    async def release(self, ns: str, owner: str, fences: Mapping[str, int]) -> None: ...
-
-    async def decide(self, ns: str, session_id: str, outcome: str, rank: int, *,
-                     fence: int | None, retention: float) -> Entry | None:
-        """Store ``outcome`` by the precedence rules; the entry as it stands after (None when
-        unknown)."""
-        ...
-
-    async def orphans(self, ns: str, *, limit: int = 100) -> list[str]:
-        """Undecided sessions whose lease ran out, oldest first."""
-        ...
-
-    async def wait(self, ns: str, session_id: str, within: float) -> None:
-        """Until the entry may have changed, or ``within`` seconds; with ``session_id``
-        :data:`RELEASED`, until a lease of the namespace may have been released."""
-        ...
-
-    def releases(self, ns: str) -> int:
-        """How many releases of leases in ``ns`` this registry has heard of so far: compared
-        before and after an adoption pass, it tells of one that came meanwhile. (A remote store
-        may miss some, as pub/sub drops messages; a reconnection counts as one.)"""
-        ...
-
-
-#: What :meth:`MemoryRegistry.register` keeps as an entry's ``data``: the JSON itself, or a
-#: callable that makes it when it is read. A manager in this process hands in the latter (its
-#: own records, encoded on demand), so a pending session costs no second, serialized copy.
-Data = str | Callable[[], str]
 
 
 class MemoryRegistry:
@@ -146,16 +58,23 @@ class MemoryRegistry:
     Entries leave ``retention`` seconds after they were registered, or decided, whichever was
     later: every step first forgets what is due, so a long-running process holds only what its
     retention asks for. An adoption pass looks through the undecided entries only. An entry's
-    ``data`` may be kept as a callable (:data:`Data`); every entry handed out has it as text."""
+    ``data`` may be kept as a callable (:data:`Data`); every entry handed out has it as text.
+    The leases one owner's heartbeat renews together share one expiry (``shared``):
+    :meth:`renew_owned` costs what changed since the last one, not one step per entry."""
 
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
-        self._entries: dict[tuple[str, str], Entry] = {}
+        self._entries: dict[tuple[str, str], Held] = {}
         self._forget_at: dict[tuple[str, str], float] = {}
         self._forget: list[tuple[float, tuple[str, str]]] = []  # a heap of (when, key)
         self._open: dict[str, dict[str, None]] = {}  # undecided entries by namespace
+        # Those of them on no shared lease (registered, claimed or released since the last
+        # renew_owned of their owner): what an adoption pass looks through, beside the shared
+        # leases that ran out.
+        self._loose: dict[str, dict[str, None]] = {}
         self._changed: dict[tuple[str, str], anyio.Event] = {}
         self._releases: collections.Counter[str] = collections.Counter()
+        self._shared: dict[tuple[str, str], SharedLease] = {}  # by (namespace, owner)
 
     def __repr__(self) -> str:
         return f"<MemoryRegistry sessions={len(self._entries)}>"
@@ -177,7 +96,9 @@ class MemoryRegistry:
             if self._forget_at.get(key) != at:
                 continue  # moved later since (decided), or forgotten already
             del self._forget_at[key]
-            self._entries.pop(key, None)
+            held = self._entries.pop(key, None)
+            if held is not None:
+                self._detach(key[0], held)
             self._close(key)
             self._wake(key)  # a waiter re-reads, and finds it gone
 
@@ -186,6 +107,7 @@ class MemoryRegistry:
         heapq.heappush(self._forget, (at, key))
 
     def _close(self, key: tuple[str, str]) -> None:
+        self._unloose(key)
         ns, session_id = key
         open_ = self._open.get(ns)
         if open_ is not None:
@@ -193,26 +115,57 @@ class MemoryRegistry:
             if not open_:
                 del self._open[ns]
 
-    def _live(self, key: tuple[str, str]) -> Entry | None:
+    def _unloose(self, key: tuple[str, str]) -> None:
+        ns, session_id = key
+        loose = self._loose.get(ns)
+        if loose is not None:
+            loose.pop(session_id, None)
+            if not loose:
+                del self._loose[ns]
+
+    def _live(self, key: tuple[str, str]) -> Held | None:
         self._forget_due()
         return self._entries.get(key)
 
     @staticmethod
-    def _out(entry: Entry) -> Entry:
+    def _out(held: Held) -> Entry:
         """The entry as it is handed out: its data as text (made now if kept as a callable)."""
-        data: Data = entry.data
-        if isinstance(data, str):
-            return entry
-        return attrs.evolve(entry, data=data())
+        data = held.data
+        return Entry(held.session_id, data if isinstance(data, str) else data(),
+                     held.created_at, held.owner, held.fence, held.lease_until(), held.outcome,
+                     held.rank)
 
-    def _put(self, key: tuple[str, str], entry: Entry) -> Entry:
-        self._entries[key] = entry
-        if entry.decided:
+    def _changed_now(self, key: tuple[str, str], held: Held) -> Entry:
+        if held.decided:
             self._close(key)
         else:
             self._open.setdefault(key[0], {})[key[1]] = None
+            self._loose.setdefault(key[0], {})[key[1]] = None  # on no shared lease (yet)
         self._wake(key)
-        return entry
+        return self._out(held)
+
+    def _attach(self, ns: str, held: Held, shared: SharedLease) -> None:
+        held.attach(shared)
+        self._unloose((ns, held.session_id))
+
+    def _detach(self, ns: str, held: Held) -> None:
+        """Off its owner's shared lease (its owner, fence or outcome is about to change)."""
+        if held.shared is None:
+            return
+        self._loose.setdefault(ns, {})[held.session_id] = None  # (closed if decided after)
+        shared = held.detach()
+        if shared is not None and shared.count == 0 \
+                and self._shared.get(key := (ns, cast("str", held.owner))) is shared:
+            # Nothing attached: its notes go with it, and the next renew_owned of that owner
+            # looks at every lease it names.
+            del self._shared[key]
+
+    def _note(self, ns: str, held: Held) -> None:
+        """A new lease of ``held.owner``: the next :meth:`renew_owned` looks at it."""
+        shared = self._shared.get((ns, cast("str", held.owner)))
+        if shared is None:
+            shared = self._shared[(ns, cast("str", held.owner))] = SharedLease()
+        shared.note(held.session_id)
 
     def _wake(self, key: tuple[str, str]) -> None:
         event = self._changed.pop(key, None)
@@ -224,71 +177,145 @@ class MemoryRegistry:
         now, key = self.now(), (ns, session_id)
         existing = self._live(key)
         if existing is not None:
+            if existing.owner == owner and existing.shared is None:
+                self._note(ns, existing)  # the owner may hold it again: looked at once
             return self._out(existing)
         self._keep_until(key, now + retention)  # renewed when decided
-        # Kept as given (a callable stays one): the Entry holds it until it is handed out.
-        return self._out(self._put(key, Entry(session_id, cast("str", data), now, owner, 1,
-                                              now + lease)))
+        # Kept as given (a callable stays one) until it is handed out.
+        held = self._entries[key] = Held(session_id, data, now, owner=owner, fence=1,
+                                          until=now + lease)
+        self._note(ns, held)
+        return self._changed_now(key, held)
 
     async def get(self, ns: str, session_id: str) -> Entry | None:
-        entry = self._live((ns, session_id))
-        return None if entry is None else self._out(entry)
+        held = self._live((ns, session_id))
+        return None if held is None else self._out(held)
 
     async def claim(self, ns: str, session_id: str, owner: str, *, lease: float) -> Entry | None:
         key, now = (ns, session_id), self.now()
-        entry = self._live(key)
-        if entry is None or entry.decided:
+        held = self._live(key)
+        if held is None or held.decided:
             return None
-        if entry.owner is not None and entry.owner != owner and entry.lease_until > now:
+        if held.owner is not None and held.owner != owner and held.lease_until() > now:
             return None
-        return self._out(self._put(key, attrs.evolve(entry, owner=owner, fence=entry.fence + 1,
-                                                     lease_until=now + lease)))
+        self._detach(ns, held)
+        held.owner, held.fence, held.until = owner, held.fence + 1, now + lease
+        self._note(ns, held)
+        return self._changed_now(key, held)
+
+    def _renewable(self, held: Held | None, owner: str, fence: int, now: float) -> bool:
+        return held is not None and not held.decided and held.owner == owner \
+            and held.fence == fence and held.lease_until() > now
 
     async def renew(self, ns: str, owner: str, fences: Mapping[str, int], *, lease: float
                     ) -> list[str]:
         lost, now = [], self.now()
         for session_id, fence in fences.items():
-            key = (ns, session_id)
-            entry = self._live(key)
-            if entry is None or entry.decided or entry.owner != owner or entry.fence != fence \
-                    or entry.lease_until <= now:
+            held = self._live((ns, session_id))
+            if held is None or not self._renewable(held, owner, fence, now):
                 lost.append(session_id)
                 continue
-            # A new Entry as attrs.evolve would make it, without its per-call look at the fields
-            # (a renew touches every lease a manager holds: 100,000 of them, every 5 s).
-            self._entries[key] = Entry(entry.session_id, entry.data, entry.created_at, owner,
-                                       fence, now + lease, entry.outcome, entry.rank)
+            self._detach(ns, held)  # its own lease now (noted: renew_owned looks at it)
+            held.until = now + lease
+        return lost
+
+    async def renew_owned(self, ns: str, owner: str, fences: Mapping[str, int], *,
+                          lease: float) -> list[str]:
+        """:meth:`renew` for every lease ``owner`` holds, named by ``fences`` as it should:
+        the ids no longer its own. Its leases share one expiry from then on, so this step
+        looks at what changed since the last one (registered, claimed, decided, released,
+        forgotten), not at every lease, unless something does not add up."""
+        self._forget_due()
+        now, entries = self.now(), self._entries
+        shared = self._shared.get((ns, owner))
+        if shared is None or shared.check is None or shared.until <= now:
+            return self._renew_all(ns, owner, fences, lease, now)
+        check, shared.check = shared.check, []
+        lost = []
+        for session_id in dict.fromkeys(check):
+            fence = fences.get(session_id)
+            if fence is None:
+                continue  # not held (a count that differs below tells if it is attached)
+            held = entries.get((ns, session_id))
+            if held is not None and held.shared is shared:
+                continue  # attached since it was noted (noted twice)
+            if held is not None and self._renewable(held, owner, fence, now):
+                self._attach(ns, held, shared)
+            else:
+                lost.append(session_id)
+        if shared.count != len(fences) - len(lost) or shared.fences != sum(fences.values()) \
+                - sum(fences[sid] for sid in lost):  # one it holds unnoticed, or a stale fence
+            return self._renew_all(ns, owner, fences, lease, now)
+        shared.until = now + lease
+        return lost
+
+    def _renew_all(self, ns: str, owner: str, fences: Mapping[str, int], lease: float,
+                   now: float) -> list[str]:
+        """:meth:`renew_owned` entry by entry: every lease ``fences`` names looked at, and any
+        other still attached to the owner's shared lease taken off it (not renewed)."""
+        entries, key = self._entries, (ns, owner)
+        lost, keep = [], set()
+        for session_id, fence in fences.items():
+            held = entries.get((ns, session_id))
+            if held is not None and self._renewable(held, owner, fence, now):
+                keep.add(session_id)
+            else:
+                lost.append(session_id)
+        old = self._shared.get(key)
+        if old is not None:
+            for session_id in list(self._open.get(ns, ())):
+                held = entries[(ns, session_id)]
+                if held.shared is old and session_id not in keep:
+                    self._loose.setdefault(ns, {})[session_id] = None
+                    held.detach()
+        shared = SharedLease()
+        for session_id in keep:
+            held = entries[(ns, session_id)]
+            held.detach()
+            self._attach(ns, held, shared)
+        shared.check, shared.until = [], now + lease
+        if shared.count:
+            self._shared[key] = shared
+        else:
+            self._shared.pop(key, None)
         return lost
 
     async def release(self, ns: str, owner: str, fences: Mapping[str, int]) -> None:
         for session_id, fence in fences.items():
             key = (ns, session_id)
-            entry = self._live(key)
-            if entry is not None and entry.owner == owner and entry.fence == fence:
-                self._put(key, attrs.evolve(entry, owner=None, lease_until=-math.inf))
+            held = self._live(key)
+            if held is not None and held.owner == owner and held.fence == fence:
+                self._detach(ns, held)
+                held.owner, held.until = None, -math.inf
+                self._changed_now(key, held)
                 self._releases[ns] += 1
                 self._wake((ns, RELEASED))
 
     async def decide(self, ns: str, session_id: str, outcome: str, rank: int, *,
                      fence: int | None, retention: float) -> Entry | None:
         key = (ns, session_id)
-        entry = self._live(key)
-        if entry is None:
+        held = self._live(key)
+        if held is None:
             return None
-        if fence is not None and fence != entry.fence:
-            return self._out(entry)  # a stale owner: the fence refuses its write
-        if entry.decided and rank <= entry.rank:
-            return self._out(entry)  # first writer wins; only a better-founded one replaces it
+        if fence is not None and fence != held.fence:
+            return self._out(held)  # a stale owner: the fence refuses its write
+        if held.decided and rank <= held.rank:
+            return self._out(held)  # first writer wins; only a better-founded one replaces it
         self._keep_until(key, self.now() + retention)
-        return self._out(self._put(key, attrs.evolve(entry, outcome=outcome, rank=rank,
-                                                     owner=None, lease_until=-math.inf)))
+        self._detach(ns, held)
+        held.outcome, held.rank, held.owner, held.until = outcome, rank, None, -math.inf
+        return self._changed_now(key, held)
 
     async def orphans(self, ns: str, *, limit: int = 100) -> list[str]:
         self._forget_due()
         now, entries = self.now(), self._entries
-        found = [entry for sid in self._open.get(ns, ())
-                 if (entry := entries[(ns, sid)]).lease_until <= now]
-        found.sort(key=lambda e: e.created_at)
+        found = [held for sid in self._loose.get(ns, ())
+                 if (held := entries[(ns, sid)]).until <= now]
+        for (in_ns, _), shared in self._shared.items():  # an owner each: few
+            if in_ns == ns and shared.until <= now and shared.count:  # its owner is late
+                found += [held for sid in self._open.get(ns, ())
+                          if (held := entries[(ns, sid)]).shared is shared]
+        found.sort(key=lambda e: (e.created_at, e.session_id))  # as SQLiteStore's
         return [e.session_id for e in found[:limit]]
 
     def releases(self, ns: str) -> int:

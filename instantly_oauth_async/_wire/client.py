@@ -234,7 +234,7 @@ class InstantlyClient:
         sid = _require_text(session_id, "session_id")
         data, date, status = await self._request(
             "GET", f"/api/v2/oauth/session/status/{encode_segment(sid)}", timeout=timeout,
-            operation="status", shown=f"/api/v2/oauth/session/status/{log_tag('session', sid)}",
+            operation="status", shown="/api/v2/oauth/session/status/", tag=("session", sid),
         )
         return _with_date(structure(data, OAuthStatus, status=status), date)
 
@@ -245,7 +245,7 @@ class InstantlyClient:
             raise ConfigurationError("email must be an email address")
         data, _, status = await self._request(
             "GET", f"/api/v2/accounts/{encode_segment(address)}", timeout=timeout,
-            operation="account", shown=f"/api/v2/accounts/{log_tag('email', address)}",
+            operation="account", shown="/api/v2/accounts/", tag=("email", address),
         )
         return structure(data, Account, status=status)
 
@@ -253,15 +253,15 @@ class InstantlyClient:
 
     async def _request(
         self, method: str, path: str, *, timeout: float | None = None, operation: str,
-        shown: str, provider: str | None = None,
+        shown: str, tag: tuple[str, str] | None = None, provider: str | None = None,
     ) -> tuple[Any, str | None, int]:
         """Decoded JSON of a 2xx answer, its ``Date`` header and its status; else raises.
 
-        Logs one record per request, however it ended (``shown`` is the path as logged: any
-        session id or email in it replaced by a tag, see :func:`_tag`)."""
+        Logs one record per request, however it ended (``shown`` is the path as logged, then
+        ``tag``'s value replaced by its :func:`log_tag`, made only when a record is)."""
         session = self._open()
         url = URL(f"{self._base}{path}", encoded=True)
-        label = _Label(method, shown, operation, provider)
+        label = _Label(method, shown, operation, provider, tag)
         headers = {
             "Authorization": f"Bearer {self._key.reveal()}",
             "User-Agent": USER_AGENT,
@@ -359,18 +359,20 @@ class _Label(NamedTuple):
     """A request as its log record names it."""
 
     method: str
-    path: str  #: as logged: a session id or email replaced by its tag
+    path: str  #: as logged, then ``tag``'s value (a session id or email) as its log_tag
     operation: str
     provider: str | None
+    tag: tuple[str, str] | None = None  #: (kind, value)
 
 
 def _log_request(label: _Label, started: float, status: int | None,
                  error: BaseException | str | None) -> None:
     """The one record of one request: ``request_finished``, at WARNING for a 429, else DEBUG."""
-    method, shown, operation, provider = label
+    method, shown, operation, provider, tag = label
     level = logging.WARNING if status == 429 else logging.DEBUG
     if not logger.isEnabledFor(level):
         return
+    shown += "" if tag is None else log_tag(*tag)  # made here only: most requests log nothing
     duration = time.perf_counter() - started
     error_type = error if isinstance(error, str) or error is None else type(error).__name__
     retry_after = getattr(error, "retry_after", None)

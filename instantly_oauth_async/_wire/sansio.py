@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import re
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
@@ -40,8 +41,15 @@ __all__ = [
 MAX_RETRY_AFTER = 86_400.0 * 2
 
 
+#: What ``quote(value, safe="")`` leaves as it is, and nothing else: a segment made only of
+#: these is returned without the call (a session id is one).
+_UNRESERVED = re.compile(r"[A-Za-z0-9_.~-]+").fullmatch
+
+
 def encode_segment(value: str) -> str:
     """Percent-encode ``value`` as exactly one path segment (``/ ? # % +`` included)."""
+    if _UNRESERVED(value) is not None:
+        return value
     return quote(value, safe="")
 
 

@@ -1,0 +1,201 @@
+"""The in-process registry's shared leases (issue 26): ``renew_owned`` renews every lease an
+owner holds through one shared expiry, and behaves as the per-entry ``renew`` does, step for
+step: the same leases renewed, the same ones lost, the same entries handed out after (claims,
+releases, decisions, adoption and forgetting included)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from instantly_oauth_async._stores.registry import ANSWER, LOST, MemoryRegistry
+from instantly_oauth_async.testing import FakeClock
+
+pytestmark = pytest.mark.anyio
+
+NS = "ns"
+
+
+class _Twin:
+    """One registry renewed entry by entry, one through its shared leases; each owner's view
+    of its leases kept as a manager keeps it."""
+
+    def __init__(self) -> None:
+        self.clocks = (FakeClock(100.0), FakeClock(100.0))
+        self.each = MemoryRegistry(self.clocks[0])
+        self.shared = MemoryRegistry(self.clocks[1])
+        self.views: dict[str, dict[str, int]] = {"a": {}, "b": {}, "c": {}}
+
+    def advance(self, seconds: float) -> None:
+        for clock in self.clocks:
+            clock.advance(seconds)
+
+    async def same(self, sids: list[str]) -> None:
+        for sid in sids:
+            assert await self.each.get(NS, sid) == await self.shared.get(NS, sid), sid
+        assert await self.each.orphans(NS, limit=1000) == \
+            await self.shared.orphans(NS, limit=1000)
+        assert len(self.each) == len(self.shared)
+
+    async def register(self, sid: str, owner: str, lease: float, retention: float) -> None:
+        one = await self.each.register(NS, sid, "d", owner=owner, lease=lease,
+                                       retention=retention)
+        two = await self.shared.register(NS, sid, "d", owner=owner, lease=lease,
+                                         retention=retention)
+        assert one == two
+        if one.owner == owner and not one.decided:
+            self.views[owner][sid] = one.fence
+
+    async def claim(self, sid: str, owner: str, lease: float) -> None:
+        one = await self.each.claim(NS, sid, owner, lease=lease)
+        assert one == await self.shared.claim(NS, sid, owner, lease=lease)
+        if one is not None:
+            self.views[owner][sid] = one.fence
+
+    async def renew(self, owner: str, lease: float) -> None:
+        view = self.views[owner]
+        lost = await self.each.renew(NS, owner, dict(view), lease=lease)
+        assert sorted(await self.shared.renew_owned(NS, owner, view, lease=lease)) == \
+            sorted(lost)
+        for sid in lost:
+            del view[sid]
+
+    async def decide(self, sid: str, owner: str | None, rank: int) -> None:
+        fence = None if owner is None else self.views[owner].get(sid, 99)
+        one = await self.each.decide(NS, sid, "{}", rank, fence=fence, retention=30)
+        assert one == await self.shared.decide(NS, sid, "{}", rank, fence=fence, retention=30)
+        if owner is not None:
+            self.views[owner].pop(sid, None)
+
+    async def release(self, sid: str, owner: str) -> None:
+        fences = {sid: self.views[owner].pop(sid, 1)}
+        await self.each.release(NS, owner, fences)
+        await self.shared.release(NS, owner, fences)
+
+
+@pytest.mark.parametrize("seed", range(12))
+async def test_renew_owned_does_what_renewing_each_entry_does(seed: int) -> None:
+    rng = random.Random(seed)  # noqa: S311 - a reproducible sequence, no secret
+    twin = _Twin()
+    sids = [f"s{i}" for i in range(24)]
+    owners = list(twin.views)
+    for _ in range(600):
+        sid, owner = rng.choice(sids), rng.choice(owners)
+        lease = rng.choice((15.0, 15.0, 15.0, 4.0, 30.0))
+        op = rng.random()
+        if op < 0.25:
+            await twin.register(sid, owner, lease, rng.choice((60.0, 600.0)))
+        elif op < 0.4:
+            await twin.claim(sid, owner, lease)
+        elif op < 0.6:
+            await twin.renew(owner, lease)
+        elif op < 0.68:
+            await twin.decide(sid, rng.choice((owner, None)), rng.choice((LOST, ANSWER)))
+        elif op < 0.76:
+            await twin.release(sid, owner)
+        elif op < 0.8:
+            twin.views[owner].pop(sid, None)  # a view that forgot one it still holds
+        elif op < 0.84:
+            if twin.views[owner]:  # a view with a stale fence
+                stale = rng.choice(list(twin.views[owner]))
+                twin.views[owner][stale] -= 1
+        else:
+            twin.advance(rng.choice((0.5, 1.0, 3.0, 5.0, 9.0, 16.0)))
+        await twin.same(sids)
+
+
+async def test_a_steady_heartbeat_looks_at_no_entry() -> None:
+    """Once renewed together, the next renews look at nothing (no entry touched): one expiry
+    moved; a session registered, decided or claimed since is all they look at."""
+    clock = FakeClock(100.0)
+    reg = MemoryRegistry(clock)
+    view = {}
+    for i in range(50):
+        view[f"s{i}"] = (await reg.register(NS, f"s{i}", "d", owner="a", lease=15,
+                                            retention=600)).fence
+    assert await reg.renew_owned(NS, "a", view, lease=15) == []
+    shared = reg._shared[(NS, "a")]
+    assert (shared.count, shared.check, shared.until) == (50, [], 115.0)
+
+    def everything(*args: object) -> list[str]:
+        raise AssertionError("looked at every entry")
+
+    setattr(reg, "_renew_all", everything)  # noqa: B010 - an instance's own, removed below
+    for _ in range(3):
+        clock.advance(5)
+        assert await reg.renew_owned(NS, "a", view, lease=15) == []
+    assert shared.until == 130.0
+    entry = await reg.get(NS, "s7")
+    assert entry is not None and entry.lease_until == 130.0
+    view["new"] = (await reg.register(NS, "new", "d", owner="a", lease=15, retention=600)).fence
+    await reg.decide(NS, "s3", "{}", ANSWER, fence=view.pop("s3"), retention=60)
+    await reg.release(NS, "a", {"s4": view.pop("s4")})
+    clock.advance(5)
+    claimed = await reg.claim(NS, "s4", "b", lease=15)
+    assert claimed is not None
+    assert await reg.renew_owned(NS, "a", view, lease=15) == []
+    assert (shared.count, shared.check) == (49, [])
+    delattr(reg, "_renew_all")  # the class's own again
+    view["s4"] = 1  # a view naming one it lost unnoticed: the count tells, every entry looked at
+    assert await reg.renew_owned(NS, "a", view, lease=15) == ["s4"]
+    assert reg._shared[(NS, "a")].count == 49
+
+
+async def test_a_lapsed_shared_lease_renews_nothing_and_is_adopted() -> None:
+    clock = FakeClock(100.0)
+    reg = MemoryRegistry(clock)
+    view = {sid: (await reg.register(NS, sid, "d", owner="a", lease=15,
+                                     retention=600)).fence for sid in ("s1", "s2")}
+    assert await reg.renew_owned(NS, "a", view, lease=15) == []
+    clock.advance(10)
+    late = (await reg.register(NS, "s3", "d", owner="a", lease=15, retention=600)).fence
+    clock.advance(6)  # the shared lease ran out at 115; s3's own at 125
+    assert sorted(await reg.orphans(NS)) == ["s1", "s2"]
+    assert await reg.claim(NS, "s1", "b", lease=15) is not None
+    view["s3"] = late
+    assert sorted(await reg.renew_owned(NS, "a", view, lease=15)) == ["s1", "s2"]
+    s2, s3 = await reg.get(NS, "s2"), await reg.get(NS, "s3")
+    assert s2 is not None and s2.lease_until == 115.0  # lapsed: not renewed
+    assert s3 is not None and s3.lease_until == 131.0
+    assert await reg.orphans(NS) == ["s2"]
+
+
+async def test_a_shorter_renew_of_some_leases_is_kept_short() -> None:
+    """A closing manager shortens the leases of its reads in flight (``renew`` with the read
+    margin): the shared expiry does not stretch them again, and the others' is not touched."""
+    clock = FakeClock(100.0)
+    reg = MemoryRegistry(clock)
+    view = {sid: (await reg.register(NS, sid, "d", owner="a", lease=15,
+                                     retention=600)).fence for sid in ("s1", "s2")}
+    assert await reg.renew_owned(NS, "a", view, lease=15) == []
+    assert await reg.renew(NS, "a", {"s1": view["s1"]}, lease=2) == []
+    s1, s2 = await reg.get(NS, "s1"), await reg.get(NS, "s2")
+    assert s1 is not None and s1.lease_until == 102.0
+    assert s2 is not None and s2.lease_until == 115.0
+    assert await reg.renew_owned(NS, "a", {"s2": view["s2"]}, lease=15) == []
+    clock.advance(3)
+    assert await reg.orphans(NS) == ["s1"]
+    await reg.release(NS, "a", {"s1": view["s1"], "s2": view["s2"]})
+    assert reg._shared == {}  # nothing attached: nothing kept for the owner
+
+
+async def test_an_adoption_pass_looks_only_at_leases_on_no_shared_one() -> None:
+    """After a heartbeat every lease held is on its owner's shared lease: an adoption pass
+    looks at the few others (released, registered since), and at a shared lease that lapsed."""
+    clock = FakeClock(100.0)
+    reg = MemoryRegistry(clock)
+    view = {f"s{i}": (await reg.register(NS, f"s{i}", "d", owner="a", lease=15,
+                                         retention=600)).fence for i in range(20)}
+    assert set(reg._loose[NS]) == set(view)
+    assert await reg.renew_owned(NS, "a", view, lease=15) == []
+    assert reg._loose == {}
+    await reg.release(NS, "a", {"s5": view.pop("s5")})
+    await reg.register(NS, "b1", "d", owner="b", lease=15, retention=600)
+    assert set(reg._loose[NS]) == {"s5", "b1"}
+    assert await reg.orphans(NS) == ["s5"]
+    clock.advance(16)  # a's heartbeat is late: all of its leases lapsed, and b's
+    assert await reg.orphans(NS) == sorted(["b1", "s5", *view])  # (created at once: by id)
+    claimed = await reg.claim(NS, "s7", "b", lease=15)
+    assert claimed is not None and claimed.fence == 2
+    assert "s7" in reg._loose[NS] and "s7" not in await reg.orphans(NS)
