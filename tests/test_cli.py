@@ -192,6 +192,11 @@ def _dump(*_):
                       file=sys.stderr)
             coro = getattr(coro, "cr_await", None) or getattr(coro, "ag_await", None)
     faulthandler.dump_traceback(file=sys.stderr)
+    print("SIGINT handler:", signal.getsignal(signal.SIGINT), file=sys.stderr)
+    with open("/proc/self/status") as status:  # blocked, ignored, caught: was SIGINT seen?
+        print(*(line for line in status if line.startswith(("SigPnd", "ShdPnd", "SigBlk",
+                                                            "SigIgn", "SigCgt"))),
+              sep="", file=sys.stderr)
     sys.stderr.flush()
 signal.signal(signal.SIGUSR1, _dump)
 """
