@@ -6,10 +6,12 @@ releases, decisions, adoption and forgetting included)."""
 from __future__ import annotations
 
 import random
+from typing import cast
 
 import pytest
 
 from instantly_oauth_async._stores.registry import ANSWER, LOST, MemoryRegistry
+from instantly_oauth_async._stores.shared import Held
 from instantly_oauth_async.testing import FakeClock
 
 pytestmark = pytest.mark.anyio
@@ -199,3 +201,130 @@ async def test_an_adoption_pass_looks_only_at_leases_on_no_shared_one() -> None:
     claimed = await reg.claim(NS, "s7", "b", lease=15)
     assert claimed is not None and claimed.fence == 2
     assert "s7" in reg._loose[NS] and "s7" not in await reg.orphans(NS)
+
+
+class _Looked(dict[tuple[str, str], Held]):
+    """A registry's entries, noting the id of every one a step looks up: what a renew or an
+    adoption pass costs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.looked: list[str] = []
+
+    def get(self, key: tuple[str, str], default: Held | None = None) -> Held | None:  # type: ignore[override]
+        self.looked.append(key[1])
+        return super().get(key, default)
+
+    def __getitem__(self, key: tuple[str, str]) -> Held:
+        self.looked.append(key[1])
+        return super().__getitem__(key)
+
+
+async def _renewed(reg: MemoryRegistry, owner: str, view: dict[str, int]
+                   ) -> tuple[list[str], list[str]]:
+    """What a renew of ``owner``'s leases lost, and the ids of the entries it looked at."""
+    entries = cast("_Looked", reg._entries)
+    entries.looked.clear()
+    lost = await reg.renew_owned(NS, owner, view, lease=15)
+    return sorted(lost), sorted(set(entries.looked))
+
+
+async def test_a_renew_looks_at_what_changed_and_at_nothing_else() -> None:
+    """Each change since the last renew costs the next one a look at that entry, no more; a
+    change that leaves the lease as it was (registered again by its owner) costs nothing, and
+    one owner's renew never costs another's."""
+    reg = MemoryRegistry(FakeClock(100.0))
+    reg._entries = _Looked()
+    a = {f"a{i}": (await reg.register(NS, f"a{i}", "d", owner="a", lease=15,
+                                      retention=600)).fence for i in range(8)}
+    b = {f"b{i}": (await reg.register(NS, f"b{i}", "d", owner="b", lease=15,
+                                      retention=600)).fence for i in range(4)}
+    # A first renew looks at its owner's leases, not at the other owners'.
+    assert await _renewed(reg, "a", a) == ([], sorted(a))
+    assert await _renewed(reg, "b", b) == ([], sorted(b))
+    assert await _renewed(reg, "a", a) == ([], [])
+    # Registered again by its owner while on the shared lease: nothing changed.
+    again = await reg.register(NS, "a3", "d", owner="a", lease=15, retention=600)
+    assert again.fence == a["a3"]
+    assert await _renewed(reg, "a", a) == ([], [])
+    # Another owner's released lease claimed: that one looked at.
+    await reg.release(NS, "b", {"b0": b.pop("b0")})
+    assert await _renewed(reg, "b", b) == ([], [])
+    claimed = await reg.claim(NS, "b0", "a", lease=15)
+    assert claimed is not None
+    a["b0"] = claimed.fence
+    assert await _renewed(reg, "a", a) == ([], ["b0"])
+    # One let go (decided by its owner) and then one registered: the new one looked at.
+    await reg.decide(NS, "a5", "{}", ANSWER, fence=a.pop("a5"), retention=600)
+    a["a8"] = (await reg.register(NS, "a8", "d", owner="a", lease=15, retention=600)).fence
+    assert await _renewed(reg, "a", a) == ([], ["a8"])
+    # Decided by another manager while its owner still names it: lost, and only it looked at.
+    await reg.decide(NS, "a6", "{}", LOST, fence=None, retention=600)
+    assert await _renewed(reg, "a", a) == (["a6"], ["a6"])
+    del a["a6"]
+    assert await _renewed(reg, "a", a) == ([], [])
+    # A stale fence in a's view: a's renew looks at every lease of its own, b's still at none.
+    a["a7"] -= 1
+    lost, looked = await _renewed(reg, "a", a)
+    assert lost == ["a7"] and set(looked) >= set(a)
+    del a["a7"]
+    assert await _renewed(reg, "b", b) == ([], [])
+    assert await _renewed(reg, "a", a) == ([], [])
+    # One left out of a renew (off the shared lease, still a's), then registered again by a,
+    # which holds it again: that one looked at.
+    fence = a.pop("a1")
+    assert (await _renewed(reg, "a", a))[0] == []
+    again = await reg.register(NS, "a1", "d", owner="a", lease=15, retention=600)
+    assert (again.owner, again.fence) == ("a", fence)
+    a["a1"] = fence
+    assert await _renewed(reg, "a", a) == ([], ["a1"])
+    assert await _renewed(reg, "a", a) == ([], [])
+
+
+async def test_a_lease_left_out_of_its_owners_renew_is_let_lapse() -> None:
+    clock = FakeClock(100.0)
+    reg = MemoryRegistry(clock)
+    view = {sid: (await reg.register(NS, sid, "d", owner="a", lease=15,
+                                     retention=600)).fence for sid in ("s1", "s2")}
+    assert await reg.renew_owned(NS, "a", view, lease=15) == []
+    assert reg._loose == {}
+    clock.advance(5)
+    assert await reg.renew_owned(NS, "a", {"s2": view["s2"]}, lease=15) == []
+    s1, s2 = await reg.get(NS, "s1"), await reg.get(NS, "s2")
+    assert s1 is not None and s1.lease_until == 115.0  # kept as it stood, not renewed
+    assert s2 is not None and s2.lease_until == 120.0
+    clock.advance(10)
+    assert await reg.orphans(NS) == ["s1"]
+
+
+async def test_what_leaves_a_shared_lease_leaves_nothing_behind() -> None:
+    """Decided, claimed, forgotten or renewed away: once nothing is held, the registry keeps no
+    shared lease and no entry to look through for anyone (a long-running process holds what
+    its retention asks for, and an adoption pass looks through no leftovers)."""
+    clock = FakeClock(100.0)
+    reg = MemoryRegistry(clock)
+    view = {sid: (await reg.register(NS, sid, "d", owner="a", lease=15, retention=30)).fence
+            for sid in ("s1", "s2", "s3", "s4")}
+    assert await reg.renew_owned(NS, "a", view, lease=15) == []
+    await reg.decide(NS, "s1", "{}", ANSWER, fence=view.pop("s1"), retention=600)
+    again = await reg.claim(NS, "s2", "a", lease=15)  # its owner holds it again
+    assert again is not None
+    view["s2"] = again.fence
+    assert await reg.renew_owned(NS, "a", view, lease=15) == []
+    await reg.decide(NS, "s2", "{}", ANSWER, fence=view.pop("s2"), retention=600)
+    for _ in range(2):
+        clock.advance(10)
+        assert await reg.renew_owned(NS, "a", view, lease=15) == []
+    clock.advance(10)  # s3 and s4 forgotten, on the shared lease
+    assert sorted(await reg.renew_owned(NS, "a", view, lease=15)) == ["s3", "s4"]
+    assert len(reg) == 2
+    fence = (await reg.register(NS, "b1", "d", owner="b", lease=15, retention=600)).fence
+    assert await reg.renew_owned(NS, "b", {"b1": fence}, lease=15) == []
+    assert await reg.renew_owned(NS, "b", {"b1": fence + 1}, lease=15) == ["b1"]
+    assert (NS, "b") not in reg._shared  # nothing kept on it
+    await reg.decide(NS, "b1", "{}", LOST, fence=None, retention=600)
+    # An owner that never renews (closed before its first heartbeat) leaves nothing either.
+    fence = (await reg.register(NS, "c1", "d", owner="c", lease=15, retention=600)).fence
+    await reg.release(NS, "c", {"c1": fence})
+    await reg.decide(NS, "c1", "{}", LOST, fence=None, retention=600)
+    assert (reg._open, reg._loose, reg._shared) == ({}, {}, {})

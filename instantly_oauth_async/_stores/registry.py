@@ -161,11 +161,13 @@ class MemoryRegistry:
             del self._shared[key]
 
     def _note(self, ns: str, held: Held) -> None:
-        """A new lease of ``held.owner``: the next :meth:`renew_owned` looks at it."""
+        """A new lease of ``held.owner``: the next :meth:`renew_owned` looks at it. An owner
+        with no shared lease has none to note it on, and needs none: its next renew looks at
+        every lease it names (a lease made here to hold the note would outlive an owner that
+        never renews, and lengthen every adoption pass and that owner's first renew)."""
         shared = self._shared.get((ns, cast("str", held.owner)))
-        if shared is None:
-            shared = self._shared[(ns, cast("str", held.owner))] = SharedLease()
-        shared.note(held.session_id)
+        if shared is not None:
+            shared.note(held.session_id)
 
     def _wake(self, key: tuple[str, str]) -> None:
         event = self._changed.pop(key, None)
