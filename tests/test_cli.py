@@ -199,6 +199,10 @@ def _dump(*_):
               sep="", file=sys.stderr)
     sys.stderr.flush()
 signal.signal(signal.SIGUSR1, _dump)
+# Ctrl-C as a terminal delivers it: a suite run in the background (`cmd &`, nohup) starts with
+# SIGINT ignored, the CLI inherits that and rightly keeps it (Python and asyncio honour SIG_IGN),
+# and no Ctrl-C could stop it: that, and nothing in the CLI, was this test's hang.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 """
 
 
