@@ -11,7 +11,7 @@ import pytest
 from hypothesis import settings
 
 from instantly_oauth_async import InstantlyClient
-from instantly_oauth_async.testing import Simulator, SimulatorLimits, Workspace
+from instantly_oauth_async.testing import Network, Simulator, SimulatorLimits, Workspace
 from tests._redis import RedisServer
 from tests._tree import LIBRARY, ROOT, SOURCE, SOURCE_VARIABLE
 
@@ -105,6 +105,17 @@ async def fast_sim() -> AsyncIterator[Simulator]:
     """Limits as documented, durations compressed 60x: a 60 s window lasts 1 s."""
     async with Simulator(limits=SimulatorLimits().compressed(60)) as simulator:
         yield simulator
+
+
+@pytest.fixture
+async def slow_sim() -> AsyncIterator[Simulator]:
+    """Limits out of the way; every status read takes 0.2 s each way, so reads pile up."""
+    big = 10**6
+    limits = SimulatorLimits(init_per_workspace=big, init_per_ip=big, api_per_second=big,
+                             api_per_minute=big)
+    async with Simulator(limits=limits, network=Network(latency=0.2,
+                                                        kinds=frozenset({"status"}))) as sim:
+        yield sim
 
 
 @pytest.fixture

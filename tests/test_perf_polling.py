@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import AsyncIterator
 from typing import cast
 
 import aiohttp
@@ -17,7 +16,7 @@ from instantly_oauth_async._manager.fleet import decode_session, encode_session
 from instantly_oauth_async._manager.scheduler import _MAX_STEPS
 from instantly_oauth_async._stores.registry import Entry, MemoryRegistry
 from instantly_oauth_async._stores.store import MemoryStore
-from instantly_oauth_async.testing import FakeClock, Network, Simulator, SimulatorLimits
+from instantly_oauth_async.testing import FakeClock, Simulator, SimulatorLimits
 
 pytestmark = pytest.mark.anyio
 BIG = 10**6
@@ -26,16 +25,6 @@ OPEN = RateLimit(BIG, per=1)
 
 def _more(sim: Simulator, seen: int) -> bool:
     return len(sim.requests) > seen
-
-
-@pytest.fixture
-async def slow_sim() -> AsyncIterator[Simulator]:
-    """Limits out of the way; every status read takes 0.2 s each way, so reads pile up."""
-    limits = SimulatorLimits(init_per_workspace=BIG, init_per_ip=BIG, api_per_second=BIG,
-                             api_per_minute=BIG)
-    async with Simulator(limits=limits, network=Network(latency=0.2,
-                                                        kinds=frozenset({"status"}))) as sim:
-        yield sim
 
 
 async def test_a_manager_has_at_most_100_status_reads_in_flight(slow_sim: Simulator) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import AsyncIterator
 
 import aiohttp
 import anyio
@@ -15,7 +14,7 @@ import pytest
 from instantly_oauth_async import OAuthManager, RateLimit
 from instantly_oauth_async._manager.scheduler import _MAX_STEPS, _ROOMS, _Room
 from instantly_oauth_async._stores.store import MemoryStore
-from instantly_oauth_async.testing import Network, Simulator, SimulatorLimits
+from instantly_oauth_async.testing import Simulator
 
 pytestmark = pytest.mark.anyio
 BIG = 10**6
@@ -24,16 +23,6 @@ OPEN = RateLimit(BIG, per=1)
 
 def _more(sim: Simulator, seen: int) -> bool:
     return len(sim.requests) > seen
-
-
-@pytest.fixture
-async def slow_sim() -> AsyncIterator[Simulator]:
-    """Limits out of the way; every status read takes 0.2 s each way, so reads pile up."""
-    limits = SimulatorLimits(init_per_workspace=BIG, init_per_ip=BIG, api_per_second=BIG,
-                             api_per_minute=BIG)
-    async with Simulator(limits=limits, network=Network(latency=0.2,
-                                                        kinds=frozenset({"status"}))) as sim:
-        yield sim
 
 
 def _manager(sim: Simulator, key: str, http: aiohttp.ClientSession) -> OAuthManager:
