@@ -239,6 +239,33 @@ async def test_a_link_works_for_its_user_only_and_not_once_expired_or_tampered(
             assert page.status == 200
 
 
+async def test_asking_again_gives_the_same_links_while_they_have_half_their_life(
+    kind: str, sim: Simulator
+) -> None:
+    async with setup(kind, sim, link_lifetime=600) as s, aiohttp.ClientSession() as http:
+        s.wall.now = 1_800_000_000.9
+        first = await connect(http, s, "ann")
+        s.wall.now += 1.0  # a second boundary between two asks (two tabs, a reload)
+        assert await connect(http, s, "ann") == first
+        s.wall.now += 298.0  # 301 s of 600 left: still given again
+        assert await connect(http, s, "ann") == first
+        s.wall.now += 2.0  # under half its life left: fresh links, the old ones still valid
+        fresh = await connect(http, s, "ann")
+        assert fresh["session_id"] == first["session_id"]
+        assert fresh["result_url"] != first["result_url"]
+        for answer in (first, fresh):
+            async with http.get(f"{s.base}{answer['result_url']}",
+                                headers=as_user(s.base, "ann")) as page:
+                assert page.status == 200
+        assert await connect(http, s, "ann") == fresh
+        bob = await connect(http, s, "bob")  # another user: their own session and links
+        assert bob["session_id"] != fresh["session_id"]
+        assert len(s.flow._links._ends) == 2  # ann's first end left once past its half
+        s.wall.now += 301.0
+        await connect(http, s, "carl")
+        assert [user for user, _ in s.flow._links._ends] == ["carl"]  # none kept past use
+
+
 async def test_a_cross_site_post_is_refused_and_spends_nothing(kind: str, sim: Simulator
                                                                ) -> None:
     async with setup(kind, sim, trusted_origins=["https://app.example"]) as s, \

@@ -53,6 +53,8 @@ class ConnectFlow:
     The links are signed with ``secret`` (HMAC-SHA256), bound to the user they were made for
     and valid ``link_lifetime`` seconds (wall clock, ``wall_clock``: every worker reads it
     alike): another user's link, a tampered one or a made-up one gets 404, an expired one 410.
+    Asking again for the same session gives back the same links (on this worker) while they
+    have at least half their life left.
     ``POST`` resists cross-site requests by its ``Origin`` (the page's own, or one of
     ``trusted_origins``; without an ``Origin``, ``Sec-Fetch-Site: same-origin``): 403 otherwise.
 

@@ -17,7 +17,13 @@ __all__ = ["Links"]
 
 class Links:
     """Links bound to the user they were made for and valid ``lifetime`` seconds of
-    ``wall_clock`` (every worker reads it alike), signed with a key made from ``secret``."""
+    ``wall_clock`` (every worker reads it alike), signed with a key made from ``secret``.
+
+    Asking again for the same session gives back the same links while they have at least half
+    their life left (the answer to ``POST /connect`` does not change between two tabs or a
+    second or two), fresh ones after that; the ends given out are kept, in the order they end,
+    only as long as they may be given again.
+    """
 
     def __init__(self, secret: str | bytes, lifetime: float,
                  wall_clock: Callable[[], float]) -> None:
@@ -25,6 +31,7 @@ class Links:
         self._key = hashlib.sha256(b"instantly-oauth-async connect links\0" + raw).digest()
         self._lifetime = float(lifetime)
         self._wall = wall_clock
+        self._ends: dict[tuple[str, str], int] = {}  # (user, session) -> end, in order of end
 
     def _signature(self, user: str, session_id: str, expires: int) -> str:
         text = f"{len(user)}:{user}{len(session_id)}:{session_id}{expires}"
@@ -32,7 +39,16 @@ class Links:
 
     def tag(self, user: str, session_id: str) -> str:
         """What a link to ``session_id`` carries: its end (Unix time) and its signature."""
-        expires = int(self._wall() + self._lifetime)
+        now = self._wall()
+        ends, half = self._ends, self._lifetime / 2
+        while ends:  # those past the half of their life are not given again
+            key = next(iter(ends))
+            if ends[key] - now >= half:
+                break
+            del ends[key]
+        expires = ends.get((user, session_id))
+        if expires is None:
+            expires = ends[user, session_id] = int(now + self._lifetime)
         return f"{expires}.{self._signature(user, session_id, expires)}"
 
     def verify(self, user: str, session_id: str, tag: str | None) -> None:

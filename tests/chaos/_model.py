@@ -226,8 +226,10 @@ def causes(model: Model, s: Session) -> list[str]:
                      for e in s.results)  # another process had the answer before any loss
         if consumer is not None and not stored:  # else the answer reached the registry
             # its own awaiter's outcome came after the write was tried: its fate is moot then
+            # (a handle of it that ended before the answer came, cancelled say, tells nothing)
             mine = [e["t"] for e in s.results
-                    if (e["w"], e["inc"]) == (consumer.worker, consumer.inc)]
+                    if (e["w"], e["inc"]) == (consumer.worker, consumer.inc)
+                    and e["t"] >= terminal.answered]
             window = (window[0], min([window[1], *mine]))
             found += _consumer_fate(model, consumer, window)
         for fault in model.faults_of("redis-kill-everysec"):

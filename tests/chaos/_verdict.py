@@ -79,6 +79,8 @@ def terminal_text(model: Model, s: Session) -> str:
     fate = model.by_ip.get(terminal.ip)
     then = "?" if fate is None else (
         f"{fate.how} (ended {model.rel(fate.ended)}, closing {model.rel(fate.closing)})")
+    ends = [f"{e['kind']} {model.rel(e['t'])}" for e in s.results if fate is not None
+            and (e["w"], e["inc"]) == (fate.worker, fate.inc)]
     return (f"the one-time answer was served at {model.rel(terminal.at)} to "
-            f"{model.who(terminal.ip)} ({terminal.outcome or 'delivered'}), which then {then}; "
-            + readers(model, s))
+            f"{model.who(terminal.ip)} ({terminal.outcome or 'delivered'}), which then {then}"
+            f" (its handles ended: {', '.join(ends) or 'none'}); " + readers(model, s))
