@@ -96,16 +96,18 @@ def _status_reads(managers: list[OAuthManager]) -> int:
 
 
 async def _start_many(managers: list[OAuthManager], count: int, inflight: int = 64) -> None:
-    """``count`` Google sessions spread over ``managers``, ``inflight`` inits at a time."""
-    limiter = anyio.CapacityLimiter(inflight)
+    """``count`` Google sessions spread over ``managers``, by ``inflight`` tasks at a time (a
+    task a start would leave asyncio's task set sized for ``count`` tasks, which tracemalloc
+    would count against the sessions)."""
+    started = iter(range(count))
 
-    async def one(manager: OAuthManager) -> None:
-        async with limiter:
-            await manager.start("google")
+    async def starter() -> None:
+        for i in started:
+            await managers[i % len(managers)].start("google")
 
     async with anyio.create_task_group() as group:
-        for i in range(count):
-            group.start_soon(one, managers[i % len(managers)])
+        for _ in range(min(inflight, count)):
+            group.start_soon(starter)
 
 
 @asynccontextmanager

@@ -36,9 +36,8 @@ class Deadlines:
         self._poll_interval = poll_interval
         self._expiry_grace = expiry_grace
         # Deadlines, so that a session ends by its deadline even when no read can be made:
-        # an entry is live while its sequence number is the session's ``_watch``.
+        # an entry is live while it is the session's ``_watch``.
         self._deadlines: list[tuple[float, int, PendingConnection]] = []
-        self._seq = 0
         self._alarm = Alarm(clock)
 
     def deadline_of(self, session: OAuthSession, age: float | None) -> float:
@@ -69,9 +68,8 @@ class Deadlines:
             self._watch(pending, deadline)
 
     def _watch(self, pending: PendingConnection, at: float) -> None:
-        self._seq += 1
-        pending._watch = self._seq
-        heapq.heappush(self._deadlines, (at, self._seq, pending))
+        pending._watch = entry = (at, pending._key or id(pending), pending)
+        heapq.heappush(self._deadlines, entry)
         if self._deadlines[0][2] is pending:
             self._alarm.ring()
 
@@ -80,7 +78,7 @@ class Deadlines:
         store gave no slot until then, so nobody can tell what the person did."""
         while True:
             heap = self._deadlines
-            while heap and (heap[0][2].done() or heap[0][1] != heap[0][2]._watch):
+            while heap and (heap[0][2].done() or heap[0] is not heap[0][2]._watch):
                 heapq.heappop(heap)  # ended, or superseded by an earlier deadline
             if not heap:
                 await self._alarm.sleep_until(math.inf)

@@ -113,7 +113,7 @@ class FleetSide:
                         now = self._clock.monotonic()
                         self._deadlines.set_deadline(
                             pending, max(pending._deadline, now + 2 * self._poll_interval))
-                        if not (pending._in_step or pending._due_seq):
+                        if not (pending._in_step or pending._due):
                             self._scheduler.schedule(pending, now)
             except InstantlyError as exc:
                 logger.warning("registry heartbeat failed: %s", type(exc).__name__)

@@ -17,6 +17,8 @@ from .outcome import ConnectResult
 
 __all__ = ["PendingConnection"]
 
+_AT_ONCE = -math.inf  # one float for every session (``-math.inf`` makes a new one each time)
+
 
 class PendingConnection:
     """A session waiting for its person. ``await pending`` or ``await pending.result()``.
@@ -25,7 +27,7 @@ class PendingConnection:
     cancels nothing else; :meth:`cancel` stops the session's polling.
     """
 
-    __slots__ = ("_born", "_cancel_requested", "_clock", "_deadline", "_done", "_due_seq", "_error",
+    __slots__ = ("_born", "_cancel_requested", "_clock", "_deadline", "_done", "_due", "_error",
                  "_failures", "_finished", "_in_step", "_key", "_next_at", "_on_finish", "_polls",
                  "_reading", "_result", "_unsure", "_watch", "expected_email", "session")
 
@@ -55,10 +57,13 @@ class PendingConnection:
         # have given its one-time answer to it, so cancel() waits for one clear answer.
         self._unsure = False
         # Poll state, kept here between steps (no task sleeps on a pending session):
-        self._next_at = -math.inf  # due at once, on any clock (its readings may be negative)
-        self._due_seq = 0  # the sequence number of its live entry in the due heap; 0: none
+        self._next_at = _AT_ONCE  # due at once, on any clock (its readings may be negative)
+        # Its live entry in the due heap and in the deadline heap (None: none): an entry there
+        # that is not the one named here is stale. An entry is (time, _key, self): the key
+        # orders equal times and is an int the session has anyway (no counter of its own).
+        self._due: tuple[float, int, PendingConnection] | None = None
         self._deadline = math.inf
-        self._watch = 0  # the sequence number of this session's live entry in the deadline heap
+        self._watch: tuple[float, int, PendingConnection] | None = None
         self._failures = 0
 
     def __repr__(self) -> str:

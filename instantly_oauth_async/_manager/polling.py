@@ -148,7 +148,7 @@ class Poller:
         if existing is not None:
             if age is not None:
                 self._deadlines.set_deadline(existing, self._deadlines.deadline_of(session, age))
-            if not (existing.done() or existing._in_step or existing._due_seq):
+            if not (existing.done() or existing._in_step or existing._due):
                 # it was watching: poll again
                 self._scheduler.schedule(existing, self._clock.monotonic())
             return

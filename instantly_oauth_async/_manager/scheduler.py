@@ -100,7 +100,6 @@ class Scheduler:
         self._reads = reads
         self._clock = clock
         self._due: list[tuple[float, int, PendingConnection]] = []
-        self._seq = 0
         self._alarm = Alarm(clock)
         # Steps handed out by the scheduler, and the workers waiting for one (see _worker).
         self._work: collections.deque[tuple[PendingConnection, Grant]] = collections.deque()
@@ -109,9 +108,10 @@ class Scheduler:
 
     def schedule(self, pending: PendingConnection, at: float) -> None:
         pending._next_at = at
-        self._seq += 1
-        pending._due_seq = self._seq  # any older entry of it is stale from now on
-        heapq.heappush(self._due, (at, self._seq, pending))
+        # any older entry of it is stale from now on; the key of a handle that never had one
+        # (none is scheduled today) would be its id: two sessions never compare as equal
+        pending._due = entry = (at, pending._key or id(pending), pending)
+        heapq.heappush(self._due, entry)
         if self._due[0][2] is pending:
             self._alarm.ring()  # earlier than what the scheduler sleeps towards
 
@@ -145,21 +145,21 @@ class Scheduler:
                 continue
             heapq.heappop(self._due)
             room.wake_one()  # (the slot may take a while)
-            # Its _due_seq stays set while it waits for a slot: it is on its way to a step, and
+            # Its _due stays set while it waits for a slot: it is on its way to a step, and
             # whoever would schedule it again meanwhile (an adoption) must not make it two.
             try:
                 grant = await self._reads.slot()
             except InstantlyError as exc:  # the store refuses (StoreError): waiting won't cure it
                 logger.warning("no slot for session %s: %s",
                                session_key(pending.session.session_id), type(exc).__name__)
-                pending._due_seq = 0
+                pending._due = None
                 pending._finish(error=exc)
                 continue
             while pending.done() and self._due and self._due[0][0] <= self._clock.monotonic():
                 entry = heapq.heappop(self._due)  # cancelled meanwhile: the next one due
                 if self._live(entry):
                     pending = entry[2]
-            pending._due_seq = 0
+            pending._due = None
             if pending.done():
                 await self._reads.release(grant)  # nobody to spend it on
             else:
@@ -203,4 +203,4 @@ class Scheduler:
     @staticmethod
     def _live(entry: tuple[float, int, PendingConnection]) -> bool:
         pending = entry[2]
-        return not pending.done() and entry[1] == pending._due_seq
+        return not pending.done() and entry is pending._due

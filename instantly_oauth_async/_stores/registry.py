@@ -46,7 +46,7 @@ from .contract import (
     Registry,
     RegistryUnavailableError,
 )
-from .shared import Held, SharedLease
+from .shared import NEVER, Held, SharedLease
 
 __all__ = ["ANSWER", "EXPIRED", "LOST", "RELEASED", "Data", "Entry", "MemoryRegistry", "Registry",
            "RegistryUnavailableError"]
@@ -288,7 +288,7 @@ class MemoryRegistry:
             held = self._live(key)
             if held is not None and held.owner == owner and held.fence == fence:
                 self._detach(ns, held)
-                held.owner, held.until = None, -math.inf
+                held.owner, held.until = None, NEVER
                 self._changed_now(key, held)
                 self._releases[ns] += 1
                 self._wake((ns, RELEASED))
@@ -305,7 +305,7 @@ class MemoryRegistry:
             return self._out(held)  # first writer wins; only a better-founded one replaces it
         self._keep_until(key, self.now() + retention)
         self._detach(ns, held)
-        held.outcome, held.rank, held.owner, held.until = outcome, rank, None, -math.inf
+        held.outcome, held.rank, held.owner, held.until = outcome, rank, None, NEVER
         return self._changed_now(key, held)
 
     async def orphans(self, ns: str, *, limit: int = 100) -> list[str]:
