@@ -207,7 +207,7 @@ async def test_an_undecided_entry_is_forgotten_at_its_retention_exactly(
     assert await reg.get(NS, "s1") is not None
     await clock.run_for(0.5)
     assert await reg.get(NS, "s1") is None
-    assert reg._open == {} and reg._forget_at == {} and len(reg) == 0
+    assert reg._open == {} and reg._forget == [] and len(reg) == 0
 
 
 async def test_a_decision_keeps_the_entry_its_retention_from_then(
@@ -220,7 +220,7 @@ async def test_a_decision_keeps_the_entry_its_retention_from_then(
     assert await reg.get(NS, "s1") is not None
     await clock.run_for(1)
     assert await reg.get(NS, "s1") is None
-    assert reg._forget == [] and reg._forget_at == {}
+    assert reg._forget == [] and len(reg) == 0
 
 
 async def test_every_step_forgets_what_is_due_first(

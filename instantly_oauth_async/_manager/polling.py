@@ -69,6 +69,8 @@ class Poller:
         self._rng = rng
         self.poll_interval = poll_interval
         self.pending: dict[str, PendingConnection] = {}
+        # one bound method for every session (``self._finished`` makes a new one each time)
+        self._on_finish: Callable[[PendingConnection], None] = self._finished
         self._scheduler = Scheduler(reads, clock)
         self._deadlines = Deadlines(clock, fleet, poll_interval=poll_interval,
                                     expiry_grace=expiry_grace)
@@ -85,7 +87,7 @@ class Poller:
         """Register a session and queue its first poll. ``age``: how old the session is (by the
         registry's clock), for one adopted; else its life is counted from the init's ``Date``
         (and set right by the first status answer's)."""
-        pending = PendingConnection(session, expected_email, self._finished, clock=self._clock)
+        pending = PendingConnection(session, expected_email, self._on_finish, clock=self._clock)
         pending._key = self._tally.started(session.provider, session.session_id, resumed=resumed)
         self.pending[session.session_id] = pending
         self._deadlines.set_deadline(pending, self._deadlines.deadline_of(session, age))

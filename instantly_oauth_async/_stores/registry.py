@@ -65,8 +65,9 @@ class MemoryRegistry:
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
         self._entries: dict[tuple[str, str], Held] = {}
-        self._forget_at: dict[tuple[str, str], float] = {}
-        self._forget: list[tuple[float, tuple[str, str]]] = []  # a heap of (when, key)
+        # A heap of (when, key): an entry leaves at its own ``forget_at`` (an item of the heap
+        # naming another time is stale: the entry was decided since, or forgotten and made anew)
+        self._forget: list[tuple[float, tuple[str, str]]] = []
         self._open: dict[str, dict[str, None]] = {}  # undecided entries by namespace
         # Those of them on no shared lease (registered, claimed or released since the last
         # renew_owned of their owner): what an adoption pass looks through, beside the shared
@@ -93,17 +94,16 @@ class MemoryRegistry:
         now, heap = self.now(), self._forget
         while heap and heap[0][0] <= now:
             at, key = heapq.heappop(heap)
-            if self._forget_at.get(key) != at:
+            held = self._entries.get(key)
+            if held is None or held.forget_at != at:
                 continue  # moved later since (decided), or forgotten already
-            del self._forget_at[key]
-            held = self._entries.pop(key, None)
-            if held is not None:
-                self._detach(key[0], held)
+            del self._entries[key]
+            self._detach(key[0], held)
             self._close(key)
             self._wake(key)  # a waiter re-reads, and finds it gone
 
-    def _keep_until(self, key: tuple[str, str], at: float) -> None:
-        self._forget_at[key] = at
+    def _keep_until(self, key: tuple[str, str], held: Held, at: float) -> None:
+        held.forget_at = at
         heapq.heappush(self._forget, (at, key))
 
     def _close(self, key: tuple[str, str]) -> None:
@@ -182,10 +182,10 @@ class MemoryRegistry:
             if existing.owner == owner and existing.shared is None:
                 self._note(ns, existing)  # the owner may hold it again: looked at once
             return self._out(existing)
-        self._keep_until(key, now + retention)  # renewed when decided
         # Kept as given (a callable stays one) until it is handed out.
         held = self._entries[key] = Held(session_id, data, now, owner=owner, fence=1,
                                           until=now + lease)
+        self._keep_until(key, held, now + retention)  # renewed when decided
         self._note(ns, held)
         return self._changed_now(key, held)
 
@@ -303,7 +303,7 @@ class MemoryRegistry:
             return self._out(held)  # a stale owner: the fence refuses its write
         if held.decided and rank <= held.rank:
             return self._out(held)  # first writer wins; only a better-founded one replaces it
-        self._keep_until(key, self.now() + retention)
+        self._keep_until(key, held, self.now() + retention)
         self._detach(ns, held)
         held.outcome, held.rank, held.owner, held.until = outcome, rank, None, NEVER
         return self._changed_now(key, held)

@@ -50,8 +50,8 @@ class SharedLease:
 class Held:
     """One entry as the in-process registry keeps it (mutable: a renew changes it in place)."""
 
-    __slots__ = ("created_at", "data", "fence", "outcome", "owner", "rank", "session_id",
-                 "shared", "until")
+    __slots__ = ("created_at", "data", "fence", "forget_at", "outcome", "owner", "rank",
+                 "session_id", "shared", "until")
 
     def __init__(self, session_id: str, data: str | Callable[[], str], created_at: float, *,
                  owner: str | None, fence: int, until: float) -> None:
@@ -64,6 +64,7 @@ class Held:
         self.outcome: str | None = None
         self.rank = 0
         self.shared: SharedLease | None = None
+        self.forget_at = math.inf  # when the registry forgets it (set as it keeps it)
 
     @property
     def decided(self) -> bool:
