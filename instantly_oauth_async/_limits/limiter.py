@@ -284,14 +284,25 @@ class FairLimiter:
         ended. Raises :class:`TooLongError` when the store reports a block longer than
         ``max_block``, :class:`GateShutError` when the gate's circuit is open.
         """
+        lease = f"{self._prefix}{next(_leases)}" if hold > 0 else None
+        answer: tuple[float, bool, bool] | None = None
+        if not self._queue and self._immediate and self._gate is None:
+            # Nobody waits and the store answers at once: ask it before queueing (what the
+            # head of the queue would do first, without a turn of its own); refused, that
+            # answer is the head's first.
+            await anyio.lowlevel.checkpoint_if_cancelled()
+            answer = await self._take(lease, hold)
+            if answer[0] <= 0:
+                return Grant(0.0, lease)
         turn = _Turn(ready=not self._queue)
         self._queue.append(turn)
         started = self._clock.monotonic()
-        lease = f"{self._prefix}{next(_leases)}" if hold > 0 else None
         try:
             await turn.wait()
             while True:
-                wait, blocked, probe = await self._take(lease, hold)
+                if answer is None:
+                    answer = await self._take(lease, hold)
+                (wait, blocked, probe), answer = answer, None
                 if wait <= 0:
                     return Grant(self._clock.monotonic() - started, lease, probe)
                 if blocked and wait > max_block:

@@ -32,12 +32,15 @@ __all__ = ["Scheduler", "Step"]
 
 logger = logging.getLogger("instantly_oauth_async")
 
-#: Workers kept waiting for the next step, beyond which one that runs out of steps ends.
-_MAX_IDLE = 64
 #: Steps under way at most: aiohttp's connection pool holds 100 connections by default, and a
 #: read past them would wait for one while holding its slot (and, by the thousand, costs the
 #: event loop and the garbage collector more than it reads).
 _MAX_STEPS = 100
+#: Workers kept waiting for the next step, beyond which one that runs out of steps ends: as
+#: many as steps may be under way, so a manager at its cap makes no new task per read (with
+#: 64, one read in five at saturation started a worker: reads end in bursts, and more than
+#: 64 went idle only to be made again for the next batch).
+_MAX_IDLE = _MAX_STEPS
 
 #: One status read for a session on its slot, and what follows from it (see ``step``).
 Step = Callable[[PendingConnection, Grant], Awaitable[None]]

@@ -86,7 +86,10 @@ class Tally:
             status = 0
         if status == 429:
             self.rate_limited += 1
-        self.requests.setdefault(endpoint, Counter())[status] += 1
+        counts = self.requests.get(endpoint)
+        if counts is None:  # (setdefault would make a Counter a request)
+            counts = self.requests[endpoint] = Counter()
+        counts[status] += 1
         if not self.hooks:
             return
         error_type = None if exc is None else type(exc).__name__
