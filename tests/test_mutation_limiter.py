@@ -636,6 +636,20 @@ async def test_an_immediate_limiter_puts_no_shield_around_the_store(
     assert store._logs["k"].held == {held.lease: 40.0}
 
 
+async def test_a_caller_cancelled_before_it_asks_takes_no_slot(
+    clock: FakeClock, store: LineStore, immediate: bool
+) -> None:
+    """First in line, with nobody waiting (an immediate store is asked before any queueing),
+    a caller already cancelled asks nothing and spends nothing."""
+    limiter = FairLimiter(store, [("k", ONE)], [], clock, immediate=immediate)
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        await limiter.acquire(hold=5)
+    assert scope.cancelled_caught
+    assert store.askers == [] and store._logs.get("k") is None and limiter.waiting == 0
+    assert await limiter.acquire() == Grant(0.0, None, False)  # the slot is still there
+
+
 async def test_only_the_head_of_the_queue_asks_the_store(
     clock: FakeClock, store: LineStore, immediate: bool
 ) -> None:

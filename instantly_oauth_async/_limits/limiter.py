@@ -286,14 +286,14 @@ class FairLimiter:
         """
         lease = f"{self._prefix}{next(_leases)}" if hold > 0 else None
         answer: tuple[float, bool, bool] | None = None
-        if not self._queue and self._immediate and self._gate is None:
+        if not self._queue and self._immediate:
             # Nobody waits and the store answers at once: ask it before queueing (what the
             # head of the queue would do first, without a turn of its own); refused, that
             # answer is the head's first.
             await anyio.lowlevel.checkpoint_if_cancelled()
             answer = await self._take(lease, hold)
             if answer[0] <= 0:
-                return Grant(0.0, lease)
+                return Grant(0.0, lease, answer[2])
         turn = _Turn(ready=not self._queue)
         self._queue.append(turn)
         started = self._clock.monotonic()
