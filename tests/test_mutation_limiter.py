@@ -650,6 +650,28 @@ async def test_a_caller_cancelled_before_it_asks_takes_no_slot(
     assert await limiter.acquire() == Grant(0.0, None, False)  # the slot is still there
 
 
+async def test_a_refusal_of_any_length_is_waited_out_by_the_first_in_line(
+    clock: FakeClock, store: LineStore, immediate: bool
+) -> None:
+    """Nobody waiting, the store refuses with a wait under a second: no grant before it."""
+    limiter = FairLimiter(store, [("k", RateLimit(1, per=0.5, margin=0))], [], clock,
+                          immediate=immediate)
+    await limiter.acquire()
+    got: list[Grant] = []
+
+    async def second() -> None:
+        got.append(await limiter.acquire())
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(second)
+        await anyio.wait_all_tasks_blocked()
+        assert got == [] and limiter.waiting == 1  # refused for 0.5 s: it waits in line
+        await clock.run_for(0.49)
+        assert got == []
+        await clock.run_for(0.01)
+    assert got == [Grant(0.5, None, False)] and len(store.askers) == 3
+
+
 async def test_only_the_head_of_the_queue_asks_the_store(
     clock: FakeClock, store: LineStore, immediate: bool
 ) -> None:
