@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import anyio
@@ -17,12 +18,14 @@ from instantly_oauth_async import (
     ClientStateError,
     MemoryStore,
     OAuthManager,
+    OAuthSession,
     OutcomeLostError,
+    Provider,
     SessionCancelledError,
     SessionStatus,
     Store,
 )
-from instantly_oauth_async._stores.registry import MemoryRegistry
+from instantly_oauth_async._stores.registry import MemoryRegistry, RegistryUnavailableError
 from instantly_oauth_async.redis import RedisStore
 from instantly_oauth_async.testing import FakeClock, Faults, Network, Simulator, SimulatorLimits
 from tests._reads import overlapping_reads, status_reads
@@ -587,3 +590,62 @@ async def test_a_slot_left_by_a_cancellation_comes_back_after_its_hold() -> None
         grant, _, _ = await limiter.take_now(hold=10)
         assert grant is not None
         await limiter.release(grant)
+
+
+class _EmptiedWhileRenewing:
+    """A registry whose store goes away as an outcome is written and comes back empty under a
+    renew already on its way (a Redis restarted without persistence): the renew, held until
+    the write has failed, finds every entry gone."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.inner = MemoryRegistry(clock)
+        self._clock = clock
+        self.write_failed = anyio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def decide(self, *args: Any, **kwargs: Any) -> Any:
+        if not self.write_failed.is_set():
+            self.write_failed.set()
+            raise RegistryUnavailableError("the store went away")
+        return await self.inner.decide(*args, **kwargs)
+
+    async def renew(self, ns: str, owner: str, fences: dict[str, int], *, lease: float
+                    ) -> list[str]:
+        await self.write_failed.wait()
+        self.inner = MemoryRegistry(self._clock)  # back, empty
+        lost: list[str] = await self.inner.renew(ns, owner, fences, lease=lease)
+        return lost
+
+
+async def test_an_outcome_whose_write_failed_under_a_renew_that_found_the_store_empty_is_kept(
+) -> None:
+    """Seed 2 (redis, fresh-clone CI run of stop 32): an owner's verdict ("lost", past the
+    deadline) could not be written (Redis restarting); the heartbeat's renew, on its way
+    meanwhile, found the registry empty and registered the session again as undecided, held by
+    the owner, whose poller was done with it: the outcome was dropped, and the session left to
+    whoever adopted it once the owner paused past its lease. The renew now stores the outcome
+    anew with the session."""
+    from instantly_oauth_async._manager.entries import decode_outcome  # noqa: PLC0415
+    from instantly_oauth_async._manager.fleet import Fleet  # noqa: PLC0415
+
+    clock = FakeClock()
+    registry = _EmptiedWhileRenewing(clock)
+    fleet = Fleet(registry, "ws", "owner", lease=3.0, retention=60.0,  # type: ignore[arg-type]
+                  read_margin=1.0, clock=clock)
+    session = OAuthSession("s1", "https://accounts.example/consent",
+                           datetime.now(timezone.utc) + timedelta(minutes=10), Provider.GOOGLE)
+    await fleet.register(session, "ann@acme.io")
+    assert "s1" in fleet.fences
+    verdict = OutcomeLostError("s1", "no status read could be made")
+    async with anyio.create_task_group() as group:
+        group.start_soon(fleet.renew)  # on its way...
+        await anyio.wait_all_tasks_blocked()
+        assert await fleet.write("s1", None, verdict) == (None, verdict)  # ...as this fails
+    entry = await registry.get("ws", "s1")
+    assert entry is not None and entry.outcome is not None  # stored, with the session
+    stored = decode_outcome(entry.outcome, "s1")
+    assert isinstance(stored, OutcomeLostError) and "no status read" in str(stored)
+    assert "s1" not in fleet.fences and "s1" not in fleet._unwritten  # nothing held on it
+    assert await registry.orphans("ws") == []  # nothing for another manager to adopt

@@ -152,8 +152,19 @@ class Fleet(Leases):
 
     async def _register_again(self, session_id: str) -> bool:
         """After a renew named ``session_id`` lost: True when the registry had forgotten it and
-        it is ours again; else it is dropped (decided, or another manager holds it)."""
+        it is ours again; else it is dropped (decided, or another manager holds it). One whose
+        outcome was decided while the store was away (its write failed as this renew was on
+        its way) is stored anew with that outcome, never held again undecided: its poller is
+        done with it, so a lease held on it would keep every other manager from deciding it."""
         data = self._data.get(session_id)
+        unwritten = self._unwritten.get(session_id)
+        if unwritten is not None and data is not None:
+            try:
+                await self._ahead.store_anew(session_id, data, *unwritten)
+            except RegistryUnavailableError:
+                return False  # kept, with its outcome: the next heartbeat writes it
+            self.drop(session_id)
+            return False
         self.drop(session_id)
         if data is None:
             return False

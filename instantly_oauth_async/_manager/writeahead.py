@@ -45,7 +45,7 @@ class WriteAhead:
                 # manager held it: nobody else can hold it, so register it again and store.
                 logger.warning("session %s was missing from the registry as its outcome was "
                                "written: registered again", session_key(session_id))
-                entry = await self._store_anew(session_id, data, *encoded)
+                entry = await self.store_anew(session_id, data, *encoded)
         except RegistryUnavailableError:
             if fence is not None:  # ours: keep the lease and write it when the store is back
                 leases._unwritten[session_id] = encoded
@@ -72,11 +72,11 @@ class WriteAhead:
                                                  retention=leases.retention)
             known = leases._data.get(session_id)
             if entry is None and known is not None:  # lost with the store's data meanwhile
-                await self._store_anew(session_id, known, outcome, rank)
+                await self.store_anew(session_id, known, outcome, rank)
             leases.drop(session_id)
 
-    async def _store_anew(self, session_id: str, data: Data, outcome: str, rank: int
-                          ) -> Entry | None:
+    async def store_anew(self, session_id: str, data: Data, outcome: str, rank: int
+                         ) -> Entry | None:
         """Register again a session the registry lost (a Redis restarted empty, a failover)
         and store its outcome: nobody else can hold what the registry did not know. If another
         manager registered it meanwhile, its entry stands and nothing is written."""
