@@ -29,11 +29,12 @@ Rules 1-5 are here; 6-9, the limits and bounds, in ``_bounds``.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 from ._bounds import rule6, rule7, rule7_closes, rule7_react, rule8, rule9
 from ._history import Event
-from ._model import Model, Read, Session
+from ._model import OUTCOMES, Model, Read, Session
 from ._verdict import DEFECTS, Violation, by, lost_text, starved, terminal_text
 
 ALLOWED_LOSSES = frozenset({
@@ -173,12 +174,32 @@ def rule4(model: Model, s: Session) -> list[Violation]:
         f"{model.near(a.received, b.answered)}"))]
 
 
+def _rereads_after_adopters_stopped(model: Model, s: Session, after: list[Read]) -> int:
+    """docs/FLEET.md: an adopter that read 404 and was killed, paused or closed before it
+    stored its verdict (reconciliation, or lost) leaves the session to the next adopter, which
+    reads it once more: one read more for each, while no outcome was stored in between."""
+    more = 0
+    for before, read in itertools.pairwise(after):
+        reader = model.by_ip.get(before.ip)
+        if reader is None or reader.ip == read.ip:
+            continue
+        span = (before.answered, read.at)
+        stopped = (reader.how == "kill9" and span[0] <= reader.ended <= span[1]) \
+            or reader.paused(*span) \
+            or (reader.closing is not None and span[0] <= reader.closing <= span[1])
+        decided = any(e["kind"] in OUTCOMES and span[0] <= e["t"] <= span[1]
+                      for e in s.results)
+        more += int(stopped and not decided)
+    return more
+
+
 def rule5(model: Model, s: Session) -> list[Violation]:
     terminal = s.terminal
     if terminal is None:
         return []
     after = [r for r in s.reads if r.at > terminal.at]
     allowed = int(terminal.outcome == "acted-then-reset") + int(bool(REREAD_OK & set(s.causes)))
+    allowed += _rereads_after_adopters_stopped(model, s, after)
     # docs/FLEET.md: a reconciliation (after an answer lost on the wire) cut by the owner's close
     # stores nothing; the session is handed over, and its adopter reads 404 once more
     if terminal.outcome == "acted-then-reset" and any(

@@ -220,10 +220,14 @@ def causes(model: Model, s: Session) -> list[str]:
         if terminal.outcome == "acted-then-reset":
             found.append("wire-loss")
         consumer = model.by_ip.get(terminal.ip)
+        # another process had the answer before any loss; not what the reader itself wrote
+        # late, on waking from a pause it took between reading and storing
         stored = any(e["kind"] in ("success", "error") and terminal.answered <= e["t"] <= t_end
                      and (e["w"], e["inc"]) != (getattr(consumer, "worker", None),
                                                 getattr(consumer, "inc", None))
-                     for e in s.results)  # another process had the answer before any loss
+                     and not (consumer is not None
+                              and consumer.paused(terminal.answered, e["t"]))
+                     for e in s.results)
         if consumer is not None and not stored:  # else the answer reached the registry
             # its own awaiter's outcome came after the write was tried: its fate is moot then
             # (a handle of it that ended before the answer came, cancelled say, tells nothing)
