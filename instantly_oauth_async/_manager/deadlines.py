@@ -68,7 +68,7 @@ class Deadlines:
             self._watch(pending, deadline)
 
     def _watch(self, pending: PendingConnection, at: float) -> None:
-        pending._watch = entry = (at, pending._key or id(pending), pending)
+        pending._watch = entry = pending._entry(at)
         heapq.heappush(self._deadlines, entry)
         if self._deadlines[0][2] is pending:
             self._alarm.ring()

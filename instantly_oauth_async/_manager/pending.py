@@ -66,6 +66,12 @@ class PendingConnection:
         self._watch: tuple[float, int, PendingConnection] | None = None
         self._failures = 0
 
+    def _entry(self, at: float) -> tuple[float, int, PendingConnection]:
+        """Its entry at ``at`` in the due or the deadline heap: equal times are ordered by its
+        key (a handle that never had one, none of which is put in a heap today, by its id), so
+        two sessions never compare as equal."""
+        return (at, self._key or id(self), self)
+
     def __repr__(self) -> str:
         state = "done" if self.done() else "pending"
         session = self.session

@@ -111,9 +111,7 @@ class Scheduler:
 
     def schedule(self, pending: PendingConnection, at: float) -> None:
         pending._next_at = at
-        # any older entry of it is stale from now on; the key of a handle that never had one
-        # (none is scheduled today) would be its id: two sessions never compare as equal
-        pending._due = entry = (at, pending._key or id(pending), pending)
+        pending._due = entry = pending._entry(at)  # any older entry of it is stale from now on
         heapq.heappush(self._due, entry)
         if self._due[0][2] is pending:
             self._alarm.ring()  # earlier than what the scheduler sleeps towards
