@@ -34,7 +34,7 @@ import math
 
 from ._bounds import rule6, rule7, rule7_closes, rule7_react, rule8, rule9
 from ._history import Event
-from ._model import OUTCOMES, Model, Read, Session
+from ._model import OUTCOMES, Model, Read, Session, consumer_fate
 from ._verdict import DEFECTS, Violation, by, lost_text, starved, terminal_text
 
 ALLOWED_LOSSES = frozenset({
@@ -175,18 +175,17 @@ def rule4(model: Model, s: Session) -> list[Violation]:
 
 
 def _rereads_after_adopters_stopped(model: Model, s: Session, after: list[Read]) -> int:
-    """docs/FLEET.md: an adopter that read 404 and was killed, paused or closed before it
-    stored its verdict (reconciliation, or lost) leaves the session to the next adopter, which
-    reads it once more: one read more for each, while no outcome was stored in between."""
+    """docs/FLEET.md: an adopter that read 404 and was stopped before it stored its verdict
+    (reconciliation, or lost) as the reader of the answer may be (killed, paused...) leaves the
+    session to the next adopter, which reads it once more: one read more for each, while no
+    outcome was stored in between."""
     more = 0
     for before, read in itertools.pairwise(after):
         reader = model.by_ip.get(before.ip)
         if reader is None or reader.ip == read.ip:
             continue
         span = (before.answered, read.at)
-        stopped = (reader.how == "kill9" and span[0] <= reader.ended <= span[1]) \
-            or reader.paused(*span) \
-            or (reader.closing is not None and span[0] <= reader.closing <= span[1])
+        stopped = bool(REREAD_OK & set(consumer_fate(model, reader, span)))
         decided = any(e["kind"] in OUTCOMES and span[0] <= e["t"] <= span[1]
                       for e in s.results)
         more += int(stopped and not decided)

@@ -235,7 +235,7 @@ def causes(model: Model, s: Session) -> list[str]:
                     if (e["w"], e["inc"]) == (consumer.worker, consumer.inc)
                     and e["t"] >= terminal.answered]
             window = (window[0], min([window[1], *mine]))
-            found += _consumer_fate(model, consumer, window)
+            found += consumer_fate(model, consumer, window)
         for fault in model.faults_of("redis-kill-everysec"):
             if fault.details["t_everysec"] - 1.0 <= terminal.answered <= fault.details["t_kill"]:
                 found.append("everysec-loss")
@@ -263,7 +263,7 @@ def causes(model: Model, s: Session) -> list[str]:
     return found
 
 
-def _consumer_fate(model: Model, consumer: Incarnation, window: tuple[float, float]
+def consumer_fate(model: Model, consumer: Incarnation, window: tuple[float, float]
                    ) -> list[str]:
     """What befell the incarnation that read the one-time answer, while it had to store it."""
     found = []
