@@ -6,6 +6,7 @@ releases, decisions, adoption and forgetting included)."""
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable
 from typing import cast
 
 import pytest
@@ -107,16 +108,22 @@ async def test_renew_owned_does_what_renewing_each_entry_does(seed: int) -> None
         await twin.same(sids)
 
 
+async def _renewed_together(reg: MemoryRegistry, sids: Iterable[str], *,
+                            retention: float = 600) -> dict[str, int]:
+    """``sids`` registered by owner "a" (lease 15 s) and renewed together, none lost: the
+    owner's view, each id with its fence."""
+    view = {sid: (await reg.register(NS, sid, "d", owner="a", lease=15,
+                                     retention=retention)).fence for sid in sids}
+    assert await reg.renew_owned(NS, "a", view, lease=15) == []
+    return view
+
+
 async def test_a_steady_heartbeat_looks_at_no_entry() -> None:
     """Once renewed together, the next renews look at nothing (no entry touched): one expiry
     moved; a session registered, decided or claimed since is all they look at."""
     clock = FakeClock(100.0)
     reg = MemoryRegistry(clock)
-    view = {}
-    for i in range(50):
-        view[f"s{i}"] = (await reg.register(NS, f"s{i}", "d", owner="a", lease=15,
-                                            retention=600)).fence
-    assert await reg.renew_owned(NS, "a", view, lease=15) == []
+    view = await _renewed_together(reg, (f"s{i}" for i in range(50)))
     shared = reg._shared[(NS, "a")]
     assert (shared.count, shared.check, shared.until) == (50, [], 115.0)
 
@@ -147,9 +154,7 @@ async def test_a_steady_heartbeat_looks_at_no_entry() -> None:
 async def test_a_lapsed_shared_lease_renews_nothing_and_is_adopted() -> None:
     clock = FakeClock(100.0)
     reg = MemoryRegistry(clock)
-    view = {sid: (await reg.register(NS, sid, "d", owner="a", lease=15,
-                                     retention=600)).fence for sid in ("s1", "s2")}
-    assert await reg.renew_owned(NS, "a", view, lease=15) == []
+    view = await _renewed_together(reg, ("s1", "s2"))
     clock.advance(10)
     late = (await reg.register(NS, "s3", "d", owner="a", lease=15, retention=600)).fence
     clock.advance(6)  # the shared lease ran out at 115; s3's own at 125
@@ -168,9 +173,7 @@ async def test_a_shorter_renew_of_some_leases_is_kept_short() -> None:
     margin): the shared expiry does not stretch them again, and the others' is not touched."""
     clock = FakeClock(100.0)
     reg = MemoryRegistry(clock)
-    view = {sid: (await reg.register(NS, sid, "d", owner="a", lease=15,
-                                     retention=600)).fence for sid in ("s1", "s2")}
-    assert await reg.renew_owned(NS, "a", view, lease=15) == []
+    view = await _renewed_together(reg, ("s1", "s2"))
     assert await reg.renew(NS, "a", {"s1": view["s1"]}, lease=2) == []
     s1, s2 = await reg.get(NS, "s1"), await reg.get(NS, "s2")
     assert s1 is not None and s1.lease_until == 102.0
@@ -284,9 +287,7 @@ async def test_a_renew_looks_at_what_changed_and_at_nothing_else() -> None:
 async def test_a_lease_left_out_of_its_owners_renew_is_let_lapse() -> None:
     clock = FakeClock(100.0)
     reg = MemoryRegistry(clock)
-    view = {sid: (await reg.register(NS, sid, "d", owner="a", lease=15,
-                                     retention=600)).fence for sid in ("s1", "s2")}
-    assert await reg.renew_owned(NS, "a", view, lease=15) == []
+    view = await _renewed_together(reg, ("s1", "s2"))
     assert reg._loose == {}
     clock.advance(5)
     assert await reg.renew_owned(NS, "a", {"s2": view["s2"]}, lease=15) == []
@@ -303,9 +304,7 @@ async def test_what_leaves_a_shared_lease_leaves_nothing_behind() -> None:
     its retention asks for, and an adoption pass looks through no leftovers)."""
     clock = FakeClock(100.0)
     reg = MemoryRegistry(clock)
-    view = {sid: (await reg.register(NS, sid, "d", owner="a", lease=15, retention=30)).fence
-            for sid in ("s1", "s2", "s3", "s4")}
-    assert await reg.renew_owned(NS, "a", view, lease=15) == []
+    view = await _renewed_together(reg, ("s1", "s2", "s3", "s4"), retention=30)
     await reg.decide(NS, "s1", "{}", ANSWER, fence=view.pop("s1"), retention=600)
     again = await reg.claim(NS, "s2", "a", lease=15)  # its owner holds it again
     assert again is not None
