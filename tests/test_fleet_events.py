@@ -649,3 +649,102 @@ async def test_an_outcome_whose_write_failed_under_a_renew_that_found_the_store_
     assert isinstance(stored, OutcomeLostError) and "no status read" in str(stored)
     assert "s1" not in fleet.fences and "s1" not in fleet._unwritten  # nothing held on it
     assert await registry.orphans("ws") == []  # nothing for another manager to adopt
+
+
+class _Stopped:
+    """Stands in for a process stopped (SIGSTOP, a frozen VM) after the lease check that allowed
+    a status read and before the read left: once armed, that read waits for ``go``, and so do
+    the heartbeat's renews and adoption passes from then on (the rest of the process only
+    waits on those and on the read)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, manager: OAuthManager) -> None:
+        fleet = manager._fleet
+        assert fleet is not None
+        self._send, self._renew, self._adopt, self._write = (
+            manager.client.get_oauth_status, fleet.renew, fleet.adopt, fleet.write)
+        self.armed = False
+        self.waiting, self.go = anyio.Event(), anyio.Event()
+        self.write_at = anyio.Event()  #: its outcome is written once this is set
+        self.write_at.set()
+        monkeypatch.setattr(manager.client, "get_oauth_status", self._read)
+        monkeypatch.setattr(fleet, "renew", self._renewing)
+        monkeypatch.setattr(fleet, "adopt", self._adopting)
+        monkeypatch.setattr(fleet, "write", self._writing)
+
+    async def _read(self, session_id: str, **kwargs: Any) -> Any:
+        if self.armed:
+            self.armed = False
+            self.waiting.set()
+            await self.go.wait()
+        return await self._send(session_id, **kwargs)
+
+    async def _renewing(self) -> list[str]:
+        if self.waiting.is_set():
+            await self.go.wait()
+        return await self._renew()
+
+    async def _adopting(self, *args: Any, **kwargs: Any) -> Any:
+        if self.waiting.is_set():
+            await self.go.wait()
+        return await self._adopt(*args, **kwargs)
+
+    async def _writing(self, *args: Any) -> Any:
+        await self.write_at.wait()
+        return await self._write(*args)
+
+
+@pytest.mark.parametrize("first", ["woken owner", "woken owner, writing late", "adopter"])
+async def test_a_read_sent_after_a_pause_past_the_lease_costs_one_404_never_the_answer(
+    first: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Chaos seed 50 (SQLite) and seed 3 in stop 32's CI; docs/FLEET.md's row on a request the
+    server acts on long after its lease check. The owner was stopped between the lease check
+    that allowed a read and the read's sending, past its lease; another manager adopted the
+    session. On waking the owner's read went out, and took the one-time answer or found it
+    taken by the adopter's read. Whichever read first, every awaiter gets the person's answer,
+    and at most one read (a 404) follows the answer: an adopter that reads after the woken
+    owner stored the answer finds it stored and reads no more; one that reads before (the
+    owner's write late: SQLite under load, in seed 3) reads 404 once and reconciles."""
+    clock = FakeClock()
+    store = MemoryStore(clock)
+    async with Simulator(limits=SimulatorLimits().compressed(20), clock=clock) as sim:
+        key = sim.add_workspace().api_key
+        opts = options(sim, clock=clock, poll_interval=0.5, session_lease=3.0)
+        async with OAuthManager(key, store=store, **opts) as owner, \
+                OAuthManager(key, store=store, **opts) as adopter:
+            held = _Stopped(monkeypatch, owner)
+            pending = await owner.start("google", expected_email="ann@acme.io")
+            sid = pending.session.session_id
+            attached = await adopter.attach(sid)
+            held.armed = True
+            with anyio.fail_after(10):  # its lease check passed; the read waits to be sent
+                while not held.waiting.is_set():  # bounded by fail_after
+                    await clock.run_for(0.1)
+            clock.advance(4.0)  # stopped past its 3 s lease
+            assert adopter._fleet is not None
+            with anyio.fail_after(10):
+                while sid not in adopter._fleet.fences:  # adopted (bounded by fail_after)
+                    await clock.run_for(0.1)
+            sim.complete(sid, "ann@acme.io")
+            reads_before = len(status_reads(sim, sid))
+            if first == "adopter":
+                with anyio.fail_after(10):
+                    while not attached.done():  # the adopter read the answer
+                        await clock.run_for(0.1)
+            if first == "woken owner, writing late":
+                held.write_at = anyio.Event()
+            held.go.set()  # the owner wakes and its read goes out
+            if first == "woken owner, writing late":
+                with anyio.fail_after(10):  # the adopter reads before the owner has written
+                    while 404 not in [r.status for r in status_reads(sim, sid)]:
+                        await clock.run_for(0.1)  # (bounded by fail_after)
+                held.write_at.set()
+            with anyio.fail_after(10):
+                while not (pending.done() and attached.done()):  # bounded by fail_after
+                    await clock.run_for(0.1)
+            mine, theirs = await pending, await attached
+        after = [r.status for r in status_reads(sim, sid)][reads_before:]
+        assert after == {"woken owner": [200], "woken owner, writing late": [200, 404],
+                         "adopter": [200, 404]}[first]
+        for result in (mine, theirs):
+            assert result.status is SessionStatus.SUCCESS and result.email == "ann@acme.io"

@@ -34,19 +34,20 @@ import math
 
 from ._bounds import rule6, rule7, rule7_closes, rule7_react, rule8, rule9
 from ._history import Event
-from ._model import OUTCOMES, Model, Read, Session, consumer_fate
+from ._model import OUTCOMES, Model, Read, Session, consumer_fate, sent_on_waking
 from ._verdict import DEFECTS, Violation, by, lost_text, starved, terminal_text
 
 ALLOWED_LOSSES = frozenset({
     "wire-loss", "owner-killed-after-read", "owner-paused-after-read",
     "registry-unreachable-owner-gone", "everysec-loss", "registry-wipe", "wipe-while-paused",
-    "no-read-before-deadline", "wire-loss-at-deadline"})
+    "no-read-before-deadline", "wire-loss-at-deadline", "paused-before-send"})
 #: where the fleet's awaiters may disagree (one side OutcomeLostError)
 SPLIT_OK = frozenset({"owner-paused-after-read", "registry-unreachable-owner-gone",
-                      "everysec-loss", "wipe-while-paused"})
+                      "everysec-loss", "wipe-while-paused", "paused-before-send"})
 #: the faults after which one more (404) read of a session is the adopter's
 REREAD_OK = frozenset({"owner-killed-after-read", "owner-paused-after-read",
-                       "registry-unreachable-owner-gone", "everysec-loss", "wipe-while-paused"})
+                       "registry-unreachable-owner-gone", "everysec-loss", "wipe-while-paused",
+                       "paused-before-send"})
 
 
 def check(model: Model) -> list[Violation]:
@@ -139,7 +140,7 @@ def rule3(model: Model, s: Session) -> list[Violation]:
         and str(person.get("email")).lower() == s.expected_email.lower()
         and person["acted"] >= s.created + 2.0  # the account's creation after the init's second
         and terminal is not None and allowed <= {"wire-loss", "owner-killed-after-read",
-                                                 "owner-paused-after-read"}
+                                                 "owner-paused-after-read", "paused-before-send"}
         and not any(f.store_down and f.t0 <= e["t"] and f.t1 >= terminal.received
                     for f in model.faults))
     msg = str(e.get("msg", ""))
@@ -163,7 +164,8 @@ def overlapping(reads: list[Read]) -> list[tuple[Read, Read]]:
 
 
 def rule4(model: Model, s: Session) -> list[Violation]:
-    pairs = overlapping(s.reads)
+    pairs = [(a, b) for a, b in overlapping(s.reads)  # docs/FLEET.md: a read sent on waking
+             if not (sent_on_waking(model, s, a) or sent_on_waking(model, s, b))]  # may overlap
     if not pairs or "wipe-while-paused" in s.causes:
         return []  # docs/FLEET.md: an owner paused across a wipe may read beside its adopter
     a, b = pairs[0]
