@@ -292,6 +292,19 @@ async def other_host() -> AsyncIterator[tuple[str, list[web.Request]]]:
         await runner.cleanup()
 
 
+@pytest.mark.parametrize("prefix", ["", "/", "/gateway", "/gate%20way/v1/"])
+async def test_a_base_url_path_is_kept_before_every_request_path(
+    other_host: tuple[str, list[web.Request]], workspace: Workspace, prefix: str,
+) -> None:
+    """An API behind a gateway that mounts it under a path: every request goes below it, its
+    own segments encoded once (the URL is built from the base, not parsed from a string)."""
+    target, seen = other_host
+    async with InstantlyClient(workspace.api_key, base_url=target + prefix) as client:
+        await client.get_oauth_status("a/b c")
+    mount = prefix.rstrip("/")
+    assert [r.raw_path for r in seen] == [f"{mount}/api/v2/oauth/session/status/a%2Fb%20c"]
+
+
 async def test_redirect_to_another_host_never_carries_the_key(
     client: InstantlyClient, sim: Simulator, other_host: tuple[str, list[web.Request]]
 ) -> None:

@@ -28,7 +28,6 @@ falls back to this process's memory: a lease or an outcome the fleet cannot see 
 from __future__ import annotations
 
 import collections
-import heapq
 import math
 from collections.abc import Mapping
 from typing import cast
@@ -65,9 +64,12 @@ class MemoryRegistry:
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
         self._entries: dict[tuple[str, str], Held] = {}
-        # A heap of (when, key): an entry leaves at its own ``forget_at`` (an item of the heap
-        # naming another time is stale: the entry was decided since, or forgotten and made anew)
-        self._forget: list[tuple[float, tuple[str, str]]] = []
+        # When each entry leaves, and which: one queue per retention asked for (a few), in the
+        # order of that time, since this clock never goes back (no heap, and no tuple an entry).
+        # An entry leaves at its own ``forget_at``; an item naming another time is stale: the
+        # entry was decided since, or forgotten and made anew.
+        self._forget: dict[float, tuple[collections.deque[float],
+                                        collections.deque[tuple[str, str]]]] = {}
         self._open: dict[str, dict[str, None]] = {}  # undecided entries by namespace
         # Those of them on no shared lease (registered, claimed or released since the last
         # renew_owned of their owner): what an adoption pass looks through, beside the shared
@@ -91,20 +93,26 @@ class MemoryRegistry:
         return self._clock.monotonic()
 
     def _forget_due(self) -> None:
-        now, heap = self.now(), self._forget
-        while heap and heap[0][0] <= now:
-            at, key = heapq.heappop(heap)
-            held = self._entries.get(key)
-            if held is None or held.forget_at != at:
-                continue  # moved later since (decided), or forgotten already
-            del self._entries[key]
-            self._detach(key[0], held)
-            self._close(key)
-            self._wake(key)  # a waiter re-reads, and finds it gone
+        now = self.now()
+        for times, keys in self._forget.values():
+            while times and times[0] <= now:
+                at, key = times.popleft(), keys.popleft()
+                held = self._entries.get(key)
+                if held is None or held.forget_at != at:
+                    continue  # moved later since (decided), or forgotten already
+                del self._entries[key]
+                self._detach(key[0], held)
+                self._close(key)
+                self._wake(key)  # a waiter re-reads, and finds it gone
 
-    def _keep_until(self, key: tuple[str, str], held: Held, at: float) -> None:
-        held.forget_at = at
-        heapq.heappush(self._forget, (at, key))
+    def _keep_until(self, key: tuple[str, str], held: Held, retention: float) -> None:
+        """``held`` is forgotten ``retention`` from now (unless kept anew before)."""
+        held.forget_at = at = self.now() + retention
+        queue = self._forget.get(retention)
+        if queue is None:
+            queue = self._forget[retention] = (collections.deque(), collections.deque())
+        queue[0].append(at)
+        queue[1].append(key)
 
     def _close(self, key: tuple[str, str]) -> None:
         self._unloose(key)
@@ -185,7 +193,7 @@ class MemoryRegistry:
         # Kept as given (a callable stays one) until it is handed out.
         held = self._entries[key] = Held(session_id, data, now, owner=owner, fence=1,
                                           until=now + lease)
-        self._keep_until(key, held, now + retention)  # renewed when decided
+        self._keep_until(key, held, retention)  # renewed when decided
         self._note(ns, held)
         return self._changed_now(key, held)
 
@@ -303,7 +311,7 @@ class MemoryRegistry:
             return self._out(held)  # a stale owner: the fence refuses its write
         if held.decided and rank <= held.rank:
             return self._out(held)  # first writer wins; only a better-founded one replaces it
-        self._keep_until(key, held, self.now() + retention)
+        self._keep_until(key, held, retention)
         self._detach(ns, held)
         held.outcome, held.rank, held.owner, held.until = outcome, rank, None, NEVER
         return self._changed_now(key, held)
