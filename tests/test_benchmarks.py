@@ -82,3 +82,17 @@ async def test_the_cpu_row_runs_in_its_quick_form() -> None:
     assert "RedisStore" in rows[5].what and "SQLiteStore" in rows[6].what
     assert re.fullmatch(r"\d+\.\d\d KiB", rows[7].figure)
     assert re.fullmatch(r"\d+\.\d\dx", rows[8].figure)
+
+
+@pytest.mark.timing
+@pytest.mark.timeout(60)
+async def test_the_managers_own_cpu_figure_runs_in_a_quick_form() -> None:
+    """``python -m benchmarks._own`` (benchmarks/README.md's "the manager's own CPU per read"):
+    reads are made with the network taken away, and the client's real method is put back."""
+    from benchmarks._own import main as own  # noqa: PLC0415
+    from instantly_oauth_async._wire.client import InstantlyClient  # noqa: PLC0415
+
+    real = InstantlyClient.get_oauth_status
+    figures = await own(2, sessions=40, spans=2, seconds=0.3)
+    assert len(figures) == 2 and all(figure > 0 for figure in figures)
+    assert InstantlyClient.get_oauth_status is real
