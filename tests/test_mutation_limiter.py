@@ -110,6 +110,21 @@ def test_a_release_brings_the_slot_back_one_window_from_then() -> None:
     assert take(logs, [("a", ONE)], 13.0) == 1
 
 
+def test_budgets_of_one_window_log_one_float_for_a_slot() -> None:
+    """A slot spent or released in several budgets logs one float per window, shared by the
+    budgets of that window (48 B a slot less for the init budgets and the standard minute)."""
+    logs: dict[str, SlotLog] = {}
+    long = RateLimit(5, per=60, margin=0)
+    specs = [("a", ONE), ("b", long), ("c", ONE), ("d", long)]
+    spend(logs, specs, 2.5)
+    take(logs, specs, 3.5, "L", 30.0)
+    release(logs, specs, "L", 4.5)
+    for first, second in (("a", "c"), ("b", "d")):
+        assert logs[first].freed == logs[second].freed
+        assert all(x is y for x, y in zip(logs[first].freed, logs[second].freed, strict=True))
+    assert logs["a"].freed == [12.5, 14.5] and logs["b"].freed == [62.5, 64.5]
+
+
 def test_a_release_after_the_hold_ran_out_counts_the_window_again() -> None:
     logs: dict[str, SlotLog] = {}
     assert take(logs, [("k", TWO)], 0.0, "late", 5.0) == 0  # held until 15
