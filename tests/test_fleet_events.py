@@ -132,7 +132,7 @@ async def test_the_memory_registry_forgets_decided_sessions_after_retention() ->
     await registry.get("ns", "open")  # any step forgets what is due
     assert len(registry) == 1  # only the undecided one, kept for its own retention
     assert registry._changed == {}  # no waiter's event either
-    assert sum(len(times) for times, _ in registry._forget.values()) == 1
+    assert sum(len(queue[0]) for queue in registry._forget.values()) == 1
     assert (await registry.get("ns", "s0")) is None
     assert (await registry.get("ns", "open")) == undecided
 

@@ -201,7 +201,7 @@ async def test_orphans_oldest_first_limited_and_per_namespace(
 
 def _to_forget(reg: MemoryRegistry) -> int:
     """How many items the registry's queues of forget times still hold."""
-    return sum(len(times) for times, _ in reg._forget.values())
+    return sum(len(queue[0]) for queue in reg._forget.values())
 
 
 async def test_an_undecided_entry_is_forgotten_at_its_retention_exactly(
@@ -212,7 +212,7 @@ async def test_an_undecided_entry_is_forgotten_at_its_retention_exactly(
     assert await reg.get(NS, "s1") is not None
     await clock.run_for(0.5)
     assert await reg.get(NS, "s1") is None
-    assert reg._open == {} and _to_forget(reg) == 0 and len(reg) == 0
+    assert reg._open == {} and _to_forget(reg) == 0 and reg._entries == {}
 
 
 async def test_a_decision_keeps_the_entry_its_retention_from_then(
@@ -225,7 +225,7 @@ async def test_a_decision_keeps_the_entry_its_retention_from_then(
     assert await reg.get(NS, "s1") is not None
     await clock.run_for(1)
     assert await reg.get(NS, "s1") is None
-    assert _to_forget(reg) == 0 and len(reg) == 0
+    assert _to_forget(reg) == 0 and reg._entries == {} and len(reg) == 0
 
 
 async def test_every_step_forgets_what_is_due_first(

@@ -62,11 +62,11 @@ async def test_the_memory_registry_keeps_a_callable_and_hands_out_its_text() -> 
 
     entry = await reg.register("ns", "s1", data, owner="a", lease=15, retention=60)
     assert entry == Entry("s1", '{"a":1}', 100.0, "a", 1, 115.0, None, 0)
-    kept: object = reg._entries[("ns", "s1")].data
+    kept: object = reg._entries["ns"]["s1"].data
     assert kept is data  # kept as given, not as text
     assert await reg.get("ns", "s1") == entry
     await reg.renew("ns", "a", {"s1": 1}, lease=15)
-    kept = cast("object", reg._entries[("ns", "s1")].data)
+    kept = cast("object", reg._entries["ns"]["s1"].data)
     assert kept is data
     claimed = await reg.claim("ns", "s1", "a", lease=15)
     assert claimed is not None and claimed.data == '{"a":1}' and claimed.fence == 2
@@ -94,7 +94,7 @@ async def test_a_manager_on_the_memory_store_holds_no_json_copy_of_its_sessions(
             sid = pending.session.session_id
             fleet = manager._fleet
             assert fleet is not None
-            kept: object = store.registry._entries[(fleet.ns, sid)].data
+            kept: object = store.registry._entries[fleet.ns][sid].data
             assert not isinstance(kept, str)
             assert fleet._data[sid] is kept
             entry = await store.registry.get(fleet.ns, sid)

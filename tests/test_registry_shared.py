@@ -206,27 +206,27 @@ async def test_an_adoption_pass_looks_only_at_leases_on_no_shared_one() -> None:
     assert "s7" in reg._loose[NS] and "s7" not in await reg.orphans(NS)
 
 
-class _Looked(dict[tuple[str, str], Held]):
-    """A registry's entries, noting the id of every one a step looks up: what a renew or an
+class _Looked(dict[str, Held]):
+    """A namespace's entries in a registry, noting the id of every one a step looks up: what a renew or an
     adoption pass costs."""
 
     def __init__(self) -> None:
         super().__init__()
         self.looked: list[str] = []
 
-    def get(self, key: tuple[str, str], default: Held | None = None) -> Held | None:  # type: ignore[override]
-        self.looked.append(key[1])
+    def get(self, key: str, default: Held | None = None) -> Held | None:  # type: ignore[override]
+        self.looked.append(key)
         return super().get(key, default)
 
-    def __getitem__(self, key: tuple[str, str]) -> Held:
-        self.looked.append(key[1])
+    def __getitem__(self, key: str) -> Held:
+        self.looked.append(key)
         return super().__getitem__(key)
 
 
 async def _renewed(reg: MemoryRegistry, owner: str, view: dict[str, int]
                    ) -> tuple[list[str], list[str]]:
     """What a renew of ``owner``'s leases lost, and the ids of the entries it looked at."""
-    entries = cast("_Looked", reg._entries)
+    entries = cast("_Looked", reg._entries[NS])
     entries.looked.clear()
     lost = await reg.renew_owned(NS, owner, view, lease=15)
     return sorted(lost), sorted(set(entries.looked))
@@ -237,7 +237,7 @@ async def test_a_renew_looks_at_what_changed_and_at_nothing_else() -> None:
     change that leaves the lease as it was (registered again by its owner) costs nothing, and
     one owner's renew never costs another's."""
     reg = MemoryRegistry(FakeClock(100.0))
-    reg._entries = _Looked()
+    reg._entries[NS] = _Looked()  # the namespace's entries
     a = {f"a{i}": (await reg.register(NS, f"a{i}", "d", owner="a", lease=15,
                                       retention=600)).fence for i in range(8)}
     b = {f"b{i}": (await reg.register(NS, f"b{i}", "d", owner="b", lease=15,

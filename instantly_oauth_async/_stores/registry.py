@@ -63,13 +63,14 @@ class MemoryRegistry:
 
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
-        self._entries: dict[tuple[str, str], Held] = {}
-        # When each entry leaves, and which: one queue per retention asked for (a few), in the
-        # order of that time, since this clock never goes back (no heap, and no tuple an entry).
-        # An entry leaves at its own ``forget_at``; an item naming another time is stale: the
-        # entry was decided since, or forgotten and made anew.
-        self._forget: dict[float, tuple[collections.deque[float],
-                                        collections.deque[tuple[str, str]]]] = {}
+        # By namespace, then session id (no (namespace, id) tuple kept an entry: 56 B)
+        self._entries: dict[str, dict[str, Held]] = {}
+        # When each entry leaves, and which (its namespace, itself): one queue per retention
+        # asked for (a few), in the order of that time, since this clock never goes back (no
+        # heap, and no tuple an entry). An entry leaves at its own ``forget_at``; an item naming
+        # another time, or an entry no longer kept, is stale: decided since, or forgotten.
+        self._forget: dict[float, tuple[collections.deque[float], collections.deque[str],
+                                        collections.deque[Held]]] = {}
         self._open: dict[str, dict[str, None]] = {}  # undecided entries by namespace
         # Those of them on no shared lease (registered, claimed or released since the last
         # renew_owned of their owner): what an adoption pass looks through, beside the shared
@@ -80,11 +81,11 @@ class MemoryRegistry:
         self._shared: dict[tuple[str, str], SharedLease] = {}  # by (namespace, owner)
 
     def __repr__(self) -> str:
-        return f"<MemoryRegistry sessions={len(self._entries)}>"
+        return f"<MemoryRegistry sessions={len(self)}>"
 
     def __len__(self) -> int:
         """How many entries it holds (undecided, and decided within their retention)."""
-        return len(self._entries)
+        return sum(map(len, self._entries.values()))
 
     def now(self) -> float:
         return self._clock.monotonic()
@@ -93,15 +94,19 @@ class MemoryRegistry:
         return self._clock.monotonic()
 
     def _forget_due(self) -> None:
-        now = self.now()
-        for times, keys in self._forget.values():
+        now, entries = self.now(), self._entries
+        for times, namespaces, helds in self._forget.values():
             while times and times[0] <= now:
-                at, key = times.popleft(), keys.popleft()
-                held = self._entries.get(key)
-                if held is None or held.forget_at != at:
+                at, ns, held = times.popleft(), namespaces.popleft(), helds.popleft()
+                kept = entries.get(ns)
+                if kept is None or kept.get(held.session_id) is not held \
+                        or held.forget_at != at:
                     continue  # moved later since (decided), or forgotten already
-                del self._entries[key]
-                self._detach(key[0], held)
+                del kept[held.session_id]
+                if not kept:
+                    del entries[ns]
+                key = (ns, held.session_id)
+                self._detach(ns, held)
                 self._close(key)
                 self._wake(key)  # a waiter re-reads, and finds it gone
 
@@ -110,9 +115,11 @@ class MemoryRegistry:
         held.forget_at = at = self.now() + retention
         queue = self._forget.get(retention)
         if queue is None:
-            queue = self._forget[retention] = (collections.deque(), collections.deque())
+            queue = self._forget[retention] = (collections.deque(), collections.deque(),
+                                               collections.deque())
         queue[0].append(at)
-        queue[1].append(key)
+        queue[1].append(key[0])
+        queue[2].append(held)
 
     def _close(self, key: tuple[str, str]) -> None:
         self._unloose(key)
@@ -133,7 +140,8 @@ class MemoryRegistry:
 
     def _live(self, key: tuple[str, str]) -> Held | None:
         self._forget_due()
-        return self._entries.get(key)
+        kept = self._entries.get(key[0])
+        return None if kept is None else kept.get(key[1])
 
     @staticmethod
     def _out(held: Held) -> Entry:
@@ -191,8 +199,8 @@ class MemoryRegistry:
                 self._note(ns, existing)  # the owner may hold it again: looked at once
             return self._out(existing)
         # Kept as given (a callable stays one) until it is handed out.
-        held = self._entries[key] = Held(session_id, data, now, owner=owner, fence=1,
-                                          until=now + lease)
+        held = self._entries.setdefault(ns, {})[session_id] = Held(
+            session_id, data, now, owner=owner, fence=1, until=now + lease)
         self._keep_until(key, held, retention)  # renewed when decided
         self._note(ns, held)
         return self._changed_now(key, held)
@@ -236,7 +244,7 @@ class MemoryRegistry:
         looks at what changed since the last one (registered, claimed, decided, released,
         forgotten), not at every lease, unless something does not add up."""
         self._forget_due()
-        now, entries = self.now(), self._entries
+        now, entries = self.now(), self._entries.get(ns, {})
         shared = self._shared.get((ns, owner))
         if shared is None or shared.check is None or shared.until <= now:
             return self._renew_all(ns, owner, fences, lease, now)
@@ -246,7 +254,7 @@ class MemoryRegistry:
             fence = fences.get(session_id)
             if fence is None:
                 continue  # not held (a count that differs below tells if it is attached)
-            held = entries.get((ns, session_id))
+            held = entries.get(session_id)
             if held is not None and held.shared is shared:
                 continue  # attached since it was noted (noted twice)
             if held is not None and self._renewable(held, owner, fence, now):
@@ -263,10 +271,10 @@ class MemoryRegistry:
                    now: float) -> list[str]:
         """:meth:`renew_owned` entry by entry: every lease ``fences`` names looked at, and any
         other still attached to the owner's shared lease taken off it (not renewed)."""
-        entries, key = self._entries, (ns, owner)
+        entries, key = self._entries.get(ns, {}), (ns, owner)
         lost, keep = [], set()
         for session_id, fence in fences.items():
-            held = entries.get((ns, session_id))
+            held = entries.get(session_id)
             if held is not None and self._renewable(held, owner, fence, now):
                 keep.add(session_id)
             else:
@@ -274,13 +282,13 @@ class MemoryRegistry:
         old = self._shared.get(key)
         if old is not None:
             for session_id in list(self._open.get(ns, ())):
-                held = entries[(ns, session_id)]
+                held = entries[session_id]
                 if held.shared is old and session_id not in keep:
                     self._loose.setdefault(ns, {})[session_id] = None
                     held.detach()
         shared = SharedLease()
         for session_id in keep:
-            held = entries[(ns, session_id)]
+            held = entries[session_id]
             held.detach()
             self._attach(ns, held, shared)
         shared.check, shared.until = [], now + lease
@@ -318,13 +326,13 @@ class MemoryRegistry:
 
     async def orphans(self, ns: str, *, limit: int = 100) -> list[str]:
         self._forget_due()
-        now, entries = self.now(), self._entries
+        now, entries = self.now(), self._entries.get(ns, {})
         found = [held for sid in self._loose.get(ns, ())
-                 if (held := entries[(ns, sid)]).until <= now]
+                 if (held := entries[sid]).until <= now]
         for (in_ns, _), shared in self._shared.items():  # an owner each: few
             if in_ns == ns and shared.until <= now and shared.count:  # its owner is late
                 found += [held for sid in self._open.get(ns, ())
-                          if (held := entries[(ns, sid)]).shared is shared]
+                          if (held := entries[sid]).shared is shared]
         found.sort(key=lambda e: (e.created_at, e.session_id))  # as SQLiteStore's
         return [e.session_id for e in found[:limit]]
 
