@@ -403,3 +403,19 @@ async def test_data_kept_as_a_callable_is_handed_out_as_text_made_when_read(
     assert claimed == Entry("s1", '{"n": 3}', 100.0, "a", 2, 120.0)
     decided = await reg.decide(NS, "s1", "ok", ANSWER, fence=2, retention=DAY)
     assert decided == Entry("s1", '{"n": 3}', 100.0, None, 2, -math.inf, "ok", ANSWER)
+
+
+async def test_a_renew_in_a_namespace_with_nothing_kept_loses_every_lease(
+    reg: MemoryRegistry, clock: FakeClock
+) -> None:
+    """Every entry of a namespace forgotten (at its retention) while its owner still renews:
+    the renew, on the owner's shared lease and entry by entry, finds none of them."""
+    await reg.register(NS, "s1", "{}", owner="a", lease=15, retention=20)
+    assert await reg.renew_owned(NS, "a", {"s1": 1}, lease=15) == []  # a shared lease
+    await clock.run_for(10)
+    assert await reg.renew_owned(NS, "a", {"s1": 1}, lease=15) == []  # until 25
+    await clock.run_for(2)
+    await reg.register(NS, "s2", "{}", owner="a", lease=15, retention=8)  # noted for a
+    await clock.run_for(9)  # both forgotten at 20; the shared lease good until 25
+    assert await reg.orphans(NS) == [] and reg._entries == {}  # (a step forgets)
+    assert sorted(await reg.renew_owned(NS, "a", {"s1": 1, "s2": 1}, lease=15)) == ["s1", "s2"]

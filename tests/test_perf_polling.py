@@ -107,3 +107,24 @@ async def test_a_manager_on_the_memory_store_holds_no_json_copy_of_its_sessions(
             with anyio.fail_after(20):
                 result = await handle
             assert result.ok and result.session == pending.session
+
+
+async def test_a_session_polled_all_its_life_keeps_one_deadline_entry() -> None:
+    """Each answer's ``Date`` (whole seconds) sets the deadline again: reckoned at a read made
+    just after the server's second turned, it comes out up to a second earlier than at one made
+    just before. Such a move is no news (the deadline is known to a second): it adds no entry to
+    the reaper's heap. (Each one did, left there until its own time, about ten minutes on: a
+    session polled every 5 s had dozens, 64 B each, and the heap grew as it was polled.)"""
+    clock = FakeClock()
+    async with Simulator(clock=clock) as sim:
+        key = sim.add_workspace().api_key
+        async with OAuthManager(key, base_url=sim.url, store=MemoryStore(clock), clock=clock,
+                                **{**sim.limits.manager_limits(), "poll_interval": 0.7},
+                                fetch_account=False) as manager:
+            started = [await manager.start("google") for _ in range(5)]
+            with anyio.fail_after(20):
+                while sum(p._polls for p in started) < 5 * 40:  # bounded by fail_after
+                    await clock.run_for(0.7)
+            heap = manager._poller._deadlines._deadlines
+            assert not any(p.done() for p in started)
+            assert len(heap) <= 2 * len(started), len(heap)

@@ -326,7 +326,9 @@ class MemoryRegistry:
 
     async def orphans(self, ns: str, *, limit: int = 100) -> list[str]:
         self._forget_due()
-        now, entries = self.now(), self._entries.get(ns, {})
+        now, entries = self.now(), self._entries.get(ns)
+        if entries is None:
+            return []  # nothing kept in this namespace
         found = [held for sid in self._loose.get(ns, ())
                  if (held := entries[sid]).until <= now]
         for (in_ns, _), shared in self._shared.items():  # an owner each: few
