@@ -19,7 +19,10 @@ from .fleet import Fleet
 from .outcome import DOCUMENTED_TTL, ConnectResult, OutcomeLostError
 from .pending import PendingConnection
 
-__all__ = ["Conclude", "Deadlines"]
+__all__ = ["DATE_RESOLUTION", "Conclude", "Deadlines"]
+
+#: How precisely a deadline is known: the ``Date`` it is reckoned from counts whole seconds.
+DATE_RESOLUTION = 1.0
 
 #: Ends a session with its outcome, written ahead for the fleet (see ``FleetSide.conclude``).
 Conclude = Callable[[PendingConnection, ConnectResult | None, BaseException | None],
@@ -60,11 +63,16 @@ class Deadlines:
         return self._clock.monotonic() + max(0.0, remaining) + self._expiry_grace
 
     def set_deadline(self, pending: PendingConnection, deadline: float) -> None:
-        """Move the session's deadline; the reaper is told only when it comes earlier (a later
-        one is found when the earlier entry is due), so the heap holds about one entry each."""
-        earlier = deadline < pending._deadline
+        """Move the session's deadline. The reaper is told only when it comes more than a
+        second earlier than the time it watches the session for: a later one is found when
+        that time comes, and one earlier by less is the same deadline (an answer's ``Date``
+        counts whole seconds: reckoned at a read just after the server's second turned, it
+        comes out up to a second earlier than at one just before), reaped up to a second
+        late. So the heap holds about one entry a session, however often it is read (each
+        such move added one, kept until its own time: dozens a session polled for minutes)."""
         pending._deadline = deadline
-        if earlier or not pending._watch:
+        watch = pending._watch
+        if watch is None or deadline < watch[0] - DATE_RESOLUTION:
             self._watch(pending, deadline)
 
     def _watch(self, pending: PendingConnection, at: float) -> None:
