@@ -207,8 +207,8 @@ async def test_an_adoption_pass_looks_only_at_leases_on_no_shared_one() -> None:
 
 
 class _Looked(dict[str, Held]):
-    """A namespace's entries in a registry, noting the id of every one a step looks up: what a renew or an
-    adoption pass costs."""
+    """A namespace's entries in a registry, noting the id of every one a step looks up: what a
+    renew or an adoption pass costs."""
 
     def __init__(self) -> None:
         super().__init__()
