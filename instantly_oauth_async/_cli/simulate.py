@@ -10,7 +10,7 @@ import sys
 
 import anyio
 
-from .._wire.client import validate_api_key
+from .._wire.endpoint import validate_api_key
 from .._wire.exceptions import ConfigurationError
 from .failures import OK, USAGE, Fail
 

@@ -42,7 +42,7 @@ import attrs
 from yarl import URL
 
 from .._stores.store import Store
-from .._wire.client import _validate_base_url, validate_api_key
+from .._wire.endpoint import validate_api_key, validate_base_url
 from .._wire.exceptions import ConfigurationError, EnvironmentVariableError, redact_url
 
 __all__ = ["API_KEY", "BASE_URL", "STORE", "WORKSPACE", "Settings", "configured",
@@ -119,7 +119,7 @@ def read_settings(
     url: str | None = None if base_url is None else str(base_url)
     if base_url is None and (raw_url := _get(env, BASE_URL)) is not None:
         try:
-            url = str(_validate_base_url(raw_url))
+            url = str(validate_base_url(raw_url))
         except (ConfigurationError, ValueError) as exc:  # yarl reads a bad port lazily
             reason = (str(exc).split(", got ", 1)[0].removeprefix("base_url ")
                       if isinstance(exc, ConfigurationError) else "is not a URL")

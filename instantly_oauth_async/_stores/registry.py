@@ -99,8 +99,7 @@ class MemoryRegistry:
             while times and times[0] <= now:
                 at, ns, held = times.popleft(), namespaces.popleft(), helds.popleft()
                 kept = entries.get(ns)
-                if kept is None or kept.get(held.session_id) is not held \
-                        or held.forget_at != at:
+                if kept is None or kept.get(held.session_id) is not held or held.forget_at != at:
                     continue  # moved later since (decided), or forgotten already
                 del kept[held.session_id]
                 if not kept:

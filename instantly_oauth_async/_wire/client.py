@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import ipaddress
 import logging
 import time
 import warnings
@@ -21,6 +20,7 @@ import attrs
 from yarl import URL
 
 from .convert import coerce_provider, structure
+from .endpoint import path_prefix, validate_api_key, validate_base_url
 from .exceptions import (
     ClientStateError,
     ConfigurationError,
@@ -80,44 +80,6 @@ class _Secret:
         raise TypeError("the API key is not picklable")
 
 
-def _is_loopback(host: str | None) -> bool:
-    if not host:
-        return False
-    if host.lower() in ("localhost", "localhost."):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def _validate_base_url(base_url: str | URL) -> URL:
-    try:
-        url = URL(str(base_url))
-    except (TypeError, ValueError):
-        raise ConfigurationError("base_url is not a URL") from None
-    if url.scheme not in ("https", "http") or not url.host:
-        raise ConfigurationError(f"base_url must be an absolute http(s) URL, got {str(url)!r}")
-    if url.explicit_port == 0:
-        raise ConfigurationError("base_url's port must be 1 to 65535, got 0")
-    if url.scheme == "http" and not _is_loopback(url.host):
-        raise ConfigurationError(
-            "base_url must use https: plain http would send the API key in clear text "
-            "(http is allowed only for loopback hosts, such as the simulator)"
-        )
-    if url.user or url.password or url.query_string or url.fragment:
-        raise ConfigurationError("base_url must not hold credentials, a query or a fragment")
-    return url.with_path(url.path.rstrip("/"))
-
-
-def validate_api_key(api_key: object) -> str:
-    if not isinstance(api_key, str) or not api_key.strip():
-        raise ConfigurationError("api_key must be a non-empty string")
-    if any(ch in api_key for ch in "\r\n\x00") or not api_key.isprintable():
-        raise ConfigurationError("api_key holds characters that cannot go in a header")
-    return api_key.strip()
-
-
 class InstantlyClient:
     """Async client for the four OAuth-connection operations of the Instantly API v2.
 
@@ -141,11 +103,8 @@ class InstantlyClient:
         max_body_size: int = DEFAULT_MAX_BODY,
     ) -> None:
         self._key = _Secret(validate_api_key(api_key))
-        self._base = _validate_base_url(base_url)
-        # Each request's URL is the base with this path prefix and its own path, already encoded:
-        # made by with_path(), never parsed from a string (yarl caches a few parses: a read of
-        # one of thousands of sessions missed it, at 2 us a parse).
-        self._prefix = "" if self._base.raw_path == "/" else self._base.raw_path.rstrip("/")
+        self._base = validate_base_url(base_url)
+        self._prefix = path_prefix(self._base)
         if not timeout > 0:
             raise ConfigurationError("timeout must be a positive number of seconds")
         if max_body_size < 1:
