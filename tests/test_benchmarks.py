@@ -96,3 +96,13 @@ async def test_the_managers_own_cpu_figure_runs_in_a_quick_form() -> None:
     figures = await own(2, sessions=40, spans=2, seconds=0.3)
     assert len(figures) == 2 and all(figure > 0 for figure in figures)
     assert InstantlyClient.get_oauth_status is real
+
+
+@pytest.mark.timing
+@pytest.mark.timeout(60)
+async def test_what_a_polled_session_holds_runs_in_a_quick_form() -> None:
+    """``python -m benchmarks._held``: sessions polled for a while keep one deadline entry."""
+    from benchmarks._held import main as held  # noqa: PLC0415
+
+    figures = await held(20, 1.0, 0.5)
+    assert len(figures) == 2 and all(entries <= 2 for entries in figures)
