@@ -29,7 +29,7 @@ async def main(sessions: int = 500, seconds: float = 12.0, every: float = 2.0) -
         await _start_many(managers, sessions)
         for step in range(round(seconds / every)):
             await anyio.sleep(every)
-            heap = len(manager._poller._deadlines._deadlines) / sessions
+            heap = manager._poller._deadlines.watched() / sessions
             found.append(heap)
             print(f"{(step + 1) * every:4.0f} s: {heap:.2f} deadline entries a session, "
                   f"{sum(manager.stats().requests.get('status', {}).values()) / sessions:.0f} "

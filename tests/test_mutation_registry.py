@@ -379,17 +379,23 @@ async def test_orphans_are_a_hundred_at_most_by_default(reg: MemoryRegistry) -> 
     assert len(found) == 100 and found[0] == "s000" and "s100" not in found
 
 
-async def test_data_kept_as_a_callable_is_handed_out_as_text_made_when_read(
+class _Records:
+    """Records a manager in this process hands in (its session's handle, in the library)."""
+
+    def __init__(self, record: dict[str, int]) -> None:
+        self.record = record
+
+    def _as_registered(self) -> str:
+        return json.dumps(self.record)
+
+
+async def test_data_kept_as_records_is_handed_out_as_text_made_when_read(
     reg: MemoryRegistry, clock: FakeClock
 ) -> None:
     """A manager in this process hands in its records encoded on demand: every step hands the
     entry out with its data as text, encoded from the record as it is at that moment."""
     record = {"n": 1}
-
-    def encoded() -> str:
-        return json.dumps(record)
-
-    first = await reg.register(NS, "s1", encoded, owner="a", lease=15, retention=DAY)
+    first = await reg.register(NS, "s1", _Records(record), owner="a", lease=15, retention=DAY)
     assert first == Entry("s1", '{"n": 1}', 100.0, "a", 1, 115.0)
     record["n"] = 2
     assert await reg.get(NS, "s1") == Entry("s1", '{"n": 2}', 100.0, "a", 1, 115.0)

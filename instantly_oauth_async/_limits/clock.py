@@ -33,9 +33,8 @@ class Clock(Protocol):
 class SystemClock:
     """The real clock: ``time.monotonic`` (asyncio's loop time) and ``anyio.sleep``."""
 
-    def monotonic(self) -> float:
-        """``time.monotonic()``."""
-        return time.monotonic()
+    #: ``time.monotonic()`` itself: no frame of ours around it (several calls a read).
+    monotonic = staticmethod(time.monotonic)
 
     async def sleep(self, seconds: float) -> None:
         """``anyio.sleep(seconds)``; at once for 0 or less."""

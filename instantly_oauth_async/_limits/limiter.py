@@ -42,7 +42,7 @@ def _queue(times: Iterable[float]) -> collections.deque[float]:
     return collections.deque(times)
 
 
-@attrs.define
+@attrs.define(on_setattr=attrs.setters.NO_OP)  # (no hook run on every write: a few a read)
 class SlotLog:
     """One budget's spent slots: when each released one comes back, and those still held.
 

@@ -28,7 +28,7 @@ class _Encoded:
     def __init__(self, session: OAuthSession, expected_email: str | None) -> None:
         self.session, self.expected_email = session, expected_email
 
-    def __call__(self) -> str:
+    def _as_registered(self) -> str:
         return encode_session(self.session, self.expected_email)
 
 

@@ -19,7 +19,15 @@ from collections.abc import Collection
 import anyio
 
 from .._limits.clock import Clock
-from .._stores.registry import Data, Entry, MemoryRegistry, Registry, RegistryUnavailableError
+from .._stores.registry import (
+    Data,
+    Entry,
+    MemoryRegistry,
+    Records,
+    Registry,
+    RegistryUnavailableError,
+    data_text,
+)
 from .._wire.exceptions import InstantlyError, session_key
 from .._wire.models import OAuthSession
 from .entries import decode_outcome, decode_session, encode_outcome, encode_session, session_data
@@ -75,18 +83,20 @@ class Fleet(Leases):
         """Whether the manager is closing (:meth:`release_all` was called)."""
         return self._closed
 
-    async def register(self, session: OAuthSession, expected_email: str | None) -> None:
+    async def register(self, session: OAuthSession, expected_email: str | None,
+                       records: Records | None = None) -> None:
         """Register (and hold) a new session. While the registry's store is away, the session
         is held locally and registered when the store is back (:meth:`renew` does it). The
         unanswered registration may still have reached the store, so it is read only within
-        the lease that would have granted (:meth:`may_read`)."""
-        data = session_data(session, expected_email, lazy=self._lazy)
+        the lease that would have granted (:meth:`may_read`). ``records``: the session's handle,
+        which the in-process registry keeps as its data (encoded when read)."""
+        data = records if self._lazy and records is not None else \
+            session_data(session, expected_email, lazy=self._lazy)
         sent = self._clock.monotonic()
         try:
             entry = await self._register(session.session_id, data)
         except RegistryUnavailableError:
-            self._unanswered(session.session_id, data if isinstance(data, str) else data(),
-                             sent)
+            self._unanswered(session.session_id, data_text(data), sent)
             return
         if entry.owner == self.owner and not entry.decided:
             self._hold(entry, data)

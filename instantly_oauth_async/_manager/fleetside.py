@@ -63,7 +63,7 @@ class FleetSide:
         fleet, sid = self._fleet, pending.session.session_id
         if fleet is not None and sid not in fleet.fences and sid not in self._registered:
             self._registered.add(sid)
-            await fleet.register(pending.session, pending.expected_email)
+            await fleet.register(pending.session, pending.expected_email, pending)
 
     def forget(self, session_id: str) -> None:
         """The session ended: one resumed again is offered to the registry again."""

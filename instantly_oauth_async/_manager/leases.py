@@ -7,7 +7,14 @@ What is durable and what can still be lost: docs/FLEET.md.
 from __future__ import annotations
 
 from .._limits.clock import Clock, SystemClock
-from .._stores.registry import Data, Entry, MemoryRegistry, Registry, RegistryUnavailableError
+from .._stores.registry import (
+    Data,
+    Entry,
+    MemoryRegistry,
+    Registry,
+    RegistryUnavailableError,
+    data_text,
+)
 
 __all__ = ["Leases"]
 
@@ -127,6 +134,6 @@ class Leases:
             return await registry.register(self.ns, session_id, data, owner=self.owner,
                                            lease=self.lease, retention=self.retention)
         return await registry.register(self.ns, session_id,
-                                       data if isinstance(data, str) else data(),
+                                       data_text(data),
                                        owner=self.owner, lease=self.lease,
                                        retention=self.retention)

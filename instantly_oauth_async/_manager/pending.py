@@ -13,6 +13,7 @@ import anyio
 from .._limits.clock import Clock, SystemClock
 from .._wire.exceptions import SessionCancelledError
 from .._wire.models import OAuthSession
+from .entries import encode_session
 from .outcome import ConnectResult
 
 __all__ = ["PendingConnection"]
@@ -29,7 +30,7 @@ class PendingConnection:
 
     __slots__ = ("_born", "_cancel_requested", "_clock", "_deadline", "_done", "_due", "_error",
                  "_failures", "_finished", "_in_step", "_key", "_next_at", "_on_finish", "_polls",
-                 "_reading", "_result", "_unsure", "_watch", "expected_email", "session")
+                 "_result", "_unsure", "_watch", "expected_email", "session")
 
     def __init__(
         self,
@@ -52,25 +53,29 @@ class PendingConnection:
         self._on_finish = on_finish
         self._cancel_requested = False
         self._in_step = False  # a read, and what follows from its answer, is under way
-        self._reading = False  # a status read is on the wire
         # The last read got no clear answer (lost on the wire, 5xx, garbled): the server may
         # have given its one-time answer to it, so cancel() waits for one clear answer.
         self._unsure = False
         # Poll state, kept here between steps (no task sleeps on a pending session):
         self._next_at = _AT_ONCE  # due at once, on any clock (its readings may be negative)
-        # Its live entry in the due heap and in the deadline heap (None: none): an entry there
-        # that is not the one named here is stale. An entry is (time, _key, self): the key
-        # orders equal times and is an int the session has anyway (no counter of its own).
+        # Its live entry in the due heap (None: none): an entry there that is not the one
+        # named here is stale. An entry is (time, _key, self): the key orders equal times and
+        # is an int the session has anyway (no counter of its own).
         self._due: tuple[float, int, PendingConnection] | None = None
         self._deadline = math.inf
-        self._watch: tuple[float, int, PendingConnection] | None = None
+        self._watch: float | None = None  # the time the reaper watches it for (None: none)
         self._failures = 0
 
     def _entry(self, at: float) -> tuple[float, int, PendingConnection]:
-        """Its entry at ``at`` in the due or the deadline heap: equal times are ordered by its
+        """Its entry at ``at`` in the due heap: equal times are ordered by its
         key (a handle that never had one, none of which is put in a heap today, by its id), so
         two sessions never compare as equal."""
         return (at, self._key or id(self), self)
+
+    def _as_registered(self) -> str:
+        """Its records as the registry's JSON: the in-process registry keeps the handle itself
+        as the entry's data (see ``Records``), no second copy of them."""
+        return encode_session(self.session, self.expected_email)
 
     def __repr__(self) -> str:
         state = "done" if self.done() else "pending"

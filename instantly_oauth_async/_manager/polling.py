@@ -87,7 +87,15 @@ class Poller:
         """Register a session and queue its first poll. ``age``: how old the session is (by the
         registry's clock), for one adopted; else its life is counted from the init's ``Date``
         (and set right by the first status answer's)."""
-        pending = PendingConnection(session, expected_email, self._on_finish, clock=self._clock)
+        return self._track(self._handle(session, expected_email), first_poll, resumed=resumed,
+                           age=age)
+
+    def _handle(self, session: OAuthSession, expected_email: str | None) -> PendingConnection:
+        return PendingConnection(session, expected_email, self._on_finish, clock=self._clock)
+
+    def _track(self, pending: PendingConnection, first_poll: float, *, resumed: bool = False,
+               age: float | None = None) -> PendingConnection:
+        session = pending.session
         pending._key = self._tally.started(session.provider, session.session_id, resumed=resumed)
         self.pending[session.session_id] = pending
         self._deadlines.set_deadline(pending, self._deadlines.deadline_of(session, age))
@@ -101,8 +109,9 @@ class Poller:
         more: the session is handed over to the fleet (raising ``ClientStateError`` that says
         where it went)."""
         fleet = self._fleet
+        pending = self._handle(session, expected_email)
         if fleet is not None:  # known to the fleet before the caller sees it
-            await fleet.register(session, expected_email)
+            await fleet.register(session, expected_email, pending)
         if closed():  # closed while the init or its registration was under way
             sid = session.session_id
             if fleet is None:
@@ -113,7 +122,7 @@ class Poller:
             raise ClientStateError(
                 f"the OAuthManager closed while start() registered session {sid}; it was "
                 f"handed over to the fleet: attach('{sid}') from another manager")
-        return self.track(session, expected_email, self._clock.monotonic() + self.poll_interval)
+        return self._track(pending, self._clock.monotonic() + self.poll_interval)
 
     def resume(self, session: OAuthSession, expected_email: str | None) -> PendingConnection:
         """A session created elsewhere, polled at once (the handle it has here, if any)."""

@@ -123,12 +123,8 @@ class Steps:
         pending._next_at = now + self._poll_interval
         try:
             pending._polls += 1
-            pending._reading = True
-            try:
-                status = await self._reads.status(session.session_id, grant,
-                                                  provider=session.provider.value)
-            finally:
-                pending._reading = False
+            status = await self._reads.status(session.session_id, grant,
+                                              provider=session.provider.value)
         except NotFoundError:
             pending._unsure = False
             return await self._outcomes.reconcile(

@@ -5,14 +5,14 @@ implementation keeps, and holds the in-process one)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Protocol, runtime_checkable
 
 import attrs
 
 from .._wire.exceptions import InstantlyError
 
-__all__ = ["ANSWER", "EXPIRED", "LOST", "RELEASED", "Data", "Entry", "Registry",
+__all__ = ["ANSWER", "EXPIRED", "LOST", "RELEASED", "Data", "Entry", "Records", "Registry",
            "RegistryUnavailableError"]
 
 LOST, EXPIRED, ANSWER = 1, 2, 3  # outcome precedence ranks
@@ -107,7 +107,18 @@ class Registry(Protocol):
         ...
 
 
-#: What :meth:`MemoryRegistry.register` keeps as an entry's ``data``: the JSON itself, or a
-#: callable that makes it when it is read. A manager in this process hands in the latter (its
-#: own records, encoded on demand), so a pending session costs no second, serialized copy.
-Data = str | Callable[[], str]
+class Records(Protocol):
+    """A session's records, encoded when read: ``_as_registered()`` makes the JSON."""
+
+    def _as_registered(self) -> str: ...
+
+
+#: What :meth:`MemoryRegistry.register` keeps as an entry's ``data``: the JSON itself, or
+#: records that make it when it is read. A manager in this process hands in the latter (the
+#: session's handle itself, encoded on demand), so a pending session costs no second copy.
+Data = str | Records
+
+
+def data_text(data: Data) -> str:
+    """``data`` as the JSON text a registry stores."""
+    return data if isinstance(data, str) else data._as_registered()

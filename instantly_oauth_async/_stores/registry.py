@@ -42,13 +42,15 @@ from .contract import (
     RELEASED,
     Data,
     Entry,
+    Records,
     Registry,
     RegistryUnavailableError,
+    data_text,
 )
 from .shared import NEVER, Held, SharedLease
 
-__all__ = ["ANSWER", "EXPIRED", "LOST", "RELEASED", "Data", "Entry", "MemoryRegistry", "Registry",
-           "RegistryUnavailableError"]
+__all__ = ["ANSWER", "EXPIRED", "LOST", "RELEASED", "Data", "Entry", "MemoryRegistry", "Records",
+           "Registry", "RegistryUnavailableError", "data_text"]
 
 
 class MemoryRegistry:
@@ -57,7 +59,8 @@ class MemoryRegistry:
     Entries leave ``retention`` seconds after they were registered, or decided, whichever was
     later: every step first forgets what is due, so a long-running process holds only what its
     retention asks for. An adoption pass looks through the undecided entries only. An entry's
-    ``data`` may be kept as a callable (:data:`Data`); every entry handed out has it as text.
+    ``data`` may be kept as records that encode it when read (:data:`Data`); every entry handed
+    out has it as text.
     The leases one owner's heartbeat renews together share one expiry (``shared``):
     :meth:`renew_owned` costs what changed since the last one, not one step per entry."""
 
@@ -144,9 +147,8 @@ class MemoryRegistry:
 
     @staticmethod
     def _out(held: Held) -> Entry:
-        """The entry as it is handed out: its data as text (made now if kept as a callable)."""
-        data = held.data
-        return Entry(held.session_id, data if isinstance(data, str) else data(),
+        """The entry as it is handed out: its data as text (made now if kept as records)."""
+        return Entry(held.session_id, data_text(held.data),
                      held.created_at, held.owner, held.fence, held.lease_until(), held.outcome,
                      held.rank)
 

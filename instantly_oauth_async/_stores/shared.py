@@ -17,7 +17,8 @@ up), that renew looks at every entry, as the per-entry path does.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+
+from .contract import Data
 
 __all__ = ["NEVER", "Held", "SharedLease"]
 
@@ -53,7 +54,7 @@ class Held:
     __slots__ = ("created_at", "data", "fence", "forget_at", "outcome", "owner", "rank",
                  "session_id", "shared", "until")
 
-    def __init__(self, session_id: str, data: str | Callable[[], str], created_at: float, *,
+    def __init__(self, session_id: str, data: Data, created_at: float, *,
                  owner: str | None, fence: int, until: float) -> None:
         self.session_id = session_id
         self.data = data
