@@ -102,7 +102,7 @@ class Scheduler:
     def __init__(self, reads: Reads, clock: Clock) -> None:
         self._reads = reads
         self._clock = clock
-        self._due: list[tuple[float, int, PendingConnection]] = []
+        self._due: list[tuple[float, PendingConnection]] = []
         self._alarm = Alarm(clock)
         # Steps handed out by the scheduler, and the workers waiting for one (see _worker).
         self._work: collections.deque[tuple[PendingConnection, Grant]] = collections.deque()
@@ -113,7 +113,7 @@ class Scheduler:
         pending._next_at = at
         pending._due = entry = pending._entry(at)  # any older entry of it is stale from now on
         heapq.heappush(self._due, entry)
-        if self._due[0][2] is pending:
+        if self._due[0][1] is pending:
             self._alarm.ring()  # earlier than what the scheduler sleeps towards
 
     async def run(self, group: anyio.abc.TaskGroup, step: Step) -> None:
@@ -134,7 +134,7 @@ class Scheduler:
                 room.wake_one()  # any room left is the next waiter's
                 await self._alarm.sleep_until(math.inf)
                 continue
-            at, _, pending = self._due[0]
+            at, pending = self._due[0]
             if at > self._clock.monotonic():
                 room.wake_one()
                 await self._alarm.sleep_until(at)
@@ -159,7 +159,7 @@ class Scheduler:
             while pending.done() and self._due and self._due[0][0] <= self._clock.monotonic():
                 entry = heapq.heappop(self._due)  # cancelled meanwhile: the next one due
                 if self._live(entry):
-                    pending = entry[2]
+                    pending = entry[1]
             pending._due = None
             if pending.done():
                 await self._reads.release(grant)  # nobody to spend it on
@@ -202,6 +202,6 @@ class Scheduler:
             await wake
 
     @staticmethod
-    def _live(entry: tuple[float, int, PendingConnection]) -> bool:
-        pending = entry[2]
+    def _live(entry: tuple[float, PendingConnection]) -> bool:
+        pending = entry[1]
         return not pending.done() and entry is pending._due

@@ -81,11 +81,12 @@ class Steps:
                 await self._reads.release(grant)
                 pending._finish(error=pending._cancelled())
                 return
-            fleet = self._fleet
-            await self._side.register(pending)
-            if fleet is not None and not fleet.may_read(pending.session.session_id):
+            fleet, sid = self._fleet, pending.session.session_id
+            if fleet is not None and sid not in fleet.fences:  # (else held: nothing to register)
+                await self._side.register(pending)
+            if fleet is not None and not fleet.may_read(sid):
                 await self._reads.release(grant)  # no lease with time to spare: no read
-                if pending.session.session_id in fleet.fences:
+                if sid in fleet.fences:
                     self._scheduler.schedule(pending,
                                              self._clock.monotonic() + self._poll_interval)
                 else:

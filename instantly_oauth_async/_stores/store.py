@@ -180,7 +180,13 @@ class MemoryStore:
         )
 
     def _block_left(self, keys: Sequence[str], now: float) -> float:
-        return max((self._blocks.get(key, -math.inf) - now for key in keys), default=0.0)
+        blocks, left = self._blocks, 0.0
+        if blocks:  # (none at all, mostly: no generator a request)
+            for key in keys:
+                until = blocks.get(key)
+                if until is not None and until - now > left:
+                    left = until - now
+        return left
 
     async def take(
         self,
