@@ -100,7 +100,7 @@ async def test_a_manager_on_the_memory_store_holds_no_json_copy_of_its_sessions(
             assert fleet is not None
             kept: object = store.registry._entries[fleet.ns][sid].data
             assert kept is pending  # the handle itself: no copy of its records, no wrapper
-            assert fleet._data[sid] is kept
+            assert fleet.data_of(sid) is kept and sid not in fleet._data  # no entry of its own
             entry = await store.registry.get(fleet.ns, sid)
             assert entry is not None
             assert json.loads(entry.data) == json.loads(

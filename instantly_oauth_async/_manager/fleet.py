@@ -166,7 +166,7 @@ class Fleet(Leases):
         outcome was decided while the store was away (its write failed as this renew was on
         its way) is stored anew with that outcome, never held again undecided: its poller is
         done with it, so a lease held on it would keep every other manager from deciding it."""
-        data = self._data.get(session_id)
+        data = self.data_of(session_id)
         unwritten = self._unwritten.get(session_id)
         if unwritten is not None and data is not None:
             try:
@@ -191,18 +191,22 @@ class Fleet(Leases):
         self.registered_again.append(session_id)
         return True
 
-    async def hand_over(self, session_id: str, shun_for: float) -> None:
+    async def hand_over(self, session_id: str, shun_for: float,
+                        records: Records | None = None) -> None:
         """Let go of one session that ended here without an outcome (cancelled): another
         manager adopts it and polls it to its real outcome. This one does not adopt it back for
         ``shun_for`` seconds (until its deadline): then, if still nobody decided it, it reads
         it once more itself. A store that does not answer (slow, or away) gets it again at
-        each heartbeat, until one reaches it (or its lease lapses meanwhile)."""
+        each heartbeat, until one reaches it (or its lease lapses meanwhile). ``records``: the
+        session's handle, for one the poller no longer holds."""
         if session_id in self._unwritten:
             return  # it has an outcome, to be written when the store is back: kept till then
         if self._closed:
             return  # closing: release_all lets go of every lease, this one with them
         fence = self.fences.get(session_id)
-        data = self._data.get(session_id)
+        data = self.data_of(session_id)
+        if data is None:
+            data = records
         self._confirmed(session_id)  # never registered: nothing to hand over
         if fence is None or data is None or not self.holds(session_id):
             self.drop(session_id)  # not ours (any more): nothing to hand over

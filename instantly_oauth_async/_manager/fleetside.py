@@ -90,7 +90,8 @@ class FleetSide:
                 and self._group is not None \
                 and pending._result is None and not isinstance(pending._error, OutcomeLostError):
             self._group.start_soon(
-                fleet.hand_over, sid, max(0.0, pending._deadline - self._clock.monotonic()))
+                fleet.hand_over, sid, max(0.0, pending._deadline - self._clock.monotonic()),
+                pending)
 
     # -- heartbeat and adoption --------------------------------------------------------------
 

@@ -6,17 +6,24 @@ What is durable and what can still be lost: docs/FLEET.md.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from .._limits.clock import Clock, SystemClock
 from .._stores.registry import (
     Data,
     Entry,
     MemoryRegistry,
+    Records,
     Registry,
     RegistryUnavailableError,
     data_text,
 )
 
 __all__ = ["Leases"]
+
+
+def _none(session_id: str) -> None:
+    """No records known (a manager's poller names its own: ``Leases.records_of``)."""
 
 
 class Leases:
@@ -43,10 +50,12 @@ class Leases:
         # step went unanswered, not surely undone: it may have reached the store, whose lease
         # then ends no earlier than this; past it another manager may hold the session.
         self._unconfirmed: dict[str, float] = {}
-        # Every session held, as registered (to register again): on the in-process registry
-        # the same callable its entry keeps, not the JSON (see MemoryRegistry).
+        # Every session held, as registered (to register again), see data_of(). On the
+        # in-process registry none is kept here: the session's handle is its records, and the
+        # poller holds it (``records_of``, set by the poller), so no dict entry a session.
         self._data: dict[str, Data] = {}
         self._lazy = isinstance(registry, MemoryRegistry)
+        self.records_of: Callable[[str], Records | None] = _none
         # Outcomes decided while the store was away: (outcome, rank), written by the next renew
         # that reaches it; their leases are kept meanwhile, so nobody adopts and reads again.
         self._unwritten: dict[str, tuple[str, int]] = {}
@@ -60,7 +69,15 @@ class Leases:
     def _hold(self, entry: Entry, data: Data | None = None) -> None:
         self.fences[entry.session_id] = entry.fence
         self._until[entry.session_id] = entry.lease_until
-        self._data[entry.session_id] = entry.data if data is None else data
+        if not self._lazy:
+            self._data[entry.session_id] = entry.data if data is None else data
+
+    def data_of(self, session_id: str) -> Data | None:
+        """The session as registered, to register it again (None: not known here)."""
+        data = self._data.get(session_id)
+        if data is None and self._lazy:
+            return self.records_of(session_id)
+        return data
 
     def drop(self, session_id: str) -> None:
         self._unwritten.pop(session_id, None)

@@ -58,22 +58,11 @@ class PendingConnection:
         self._unsure = False
         # Poll state, kept here between steps (no task sleeps on a pending session):
         self._next_at = _AT_ONCE  # due at once, on any clock (its readings may be negative)
-        # Its live entry in the due heap (None: none): an entry there that is not the one
-        # named here is stale. An entry is (time, self): equal times are ordered by __lt__.
-        self._due: tuple[float, PendingConnection] | None = None
+        # Queued for a read, or taken from the queue for a slot (see Scheduler.schedule).
+        self._due = False
         self._deadline = math.inf
         self._watch: float | None = None  # the time the reaper watches it for (None: none)
         self._failures = 0
-
-    def _entry(self, at: float) -> tuple[float, PendingConnection]:
-        """Its entry at ``at`` in the due heap: a pair, not a triple with a tie-breaker (8 B a
-        session): equal times are ordered by :meth:`__lt__`."""
-        return (at, self)
-
-    def __lt__(self, other: PendingConnection) -> bool:
-        """Orders two sessions due at the same time: by their keys (a handle that never had
-        one, none of which is put in the heap today, by its id), so two never compare equal."""
-        return (self._key or id(self)) < (other._key or id(other))
 
     def _as_registered(self) -> str:
         """Its records as the registry's JSON: the in-process registry keeps the handle itself

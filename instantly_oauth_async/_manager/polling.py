@@ -1,15 +1,15 @@
-"""Polling: every pending session waits in one heap by when it is next due, and one scheduler
+"""Polling: every pending session waits in one queue by when it is next due, and one scheduler
 task reads the earliest due on a slot of the status budget.
 
-No task sleeps on a pending session: it costs its records and a heap entry, so 10,000 of them are
-cheap. The scheduler takes a slot for the earliest due session (first come, first served with
-account reads) and starts a short task for that one read; the session is then rescheduled or
-finished. Deadlines are reckoned from the server's own ``Date``, so a client clock minutes off
-changes nothing.
+No task sleeps on a pending session: it costs its records and a slot in the due queue and in the
+reaper's calendar, so 10,000 of them are cheap. The scheduler takes a slot for the earliest due
+session (first come, first served with account reads) and hands that one read to a worker; the
+session is then rescheduled or finished. Deadlines are reckoned from the server's own ``Date``,
+so a client clock minutes off changes nothing.
 
 The poller holds its parts, each in a module of its own: the handle (``pending``), the
-scheduler (``scheduler``), the step (``step``), the deadlines and their reaper (``deadlines``)
-and the fleet's side (``fleetside``).
+scheduler (``scheduler``) and its queue (``due``), the step (``step``), the deadlines and their
+reaper (``deadlines``) and the fleet's side (``fleetside``).
 """
 
 from __future__ import annotations
@@ -69,6 +69,8 @@ class Poller:
         self._rng = rng
         self.poll_interval = poll_interval
         self.pending: dict[str, PendingConnection] = {}
+        if fleet is not None:  # a session's records, for the in-process registry: its handle
+            fleet.records_of = self.pending.get
         # one bound method for every session (``self._finished`` makes a new one each time)
         self._on_finish: Callable[[PendingConnection], None] = self._finished
         self._scheduler = Scheduler(reads, clock)
@@ -118,7 +120,7 @@ class Poller:
                 raise ClientStateError(
                     f"the OAuthManager closed while start() created session {sid}; nobody "
                     "polls it: resume() it on another manager")
-            await fleet.hand_over(sid, 0.0)
+            await fleet.hand_over(sid, 0.0, pending)
             raise ClientStateError(
                 f"the OAuthManager closed while start() registered session {sid}; it was "
                 f"handed over to the fleet: attach('{sid}') from another manager")

@@ -1,17 +1,16 @@
 """The scheduler: which pending session reads next, and on which worker.
 
-Every pending session waits in one heap by when it is next due. One task takes a slot of the
-status budget for the earliest due (first come, first served with account reads) and hands the
-step (one read, and what follows from it) to a waiting worker, with at most ``_MAX_STEPS`` under
-way: on an ``aiohttp.ClientSession`` several managers share, that many (or its connector's
-limit, if higher) of all of theirs (a :class:`_Room` each).
+Every pending session waits in one queue by when it is next due (``due``). One task takes a slot
+of the status budget for the earliest due (first come, first served with account reads) and
+hands the step (one read, and what follows from it) to a waiting worker, with at most
+``_MAX_STEPS`` under way: on an ``aiohttp.ClientSession`` several managers share, that many (or
+its connector's limit, if higher) of all of theirs (a :class:`_Room` each).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import heapq
 import logging
 import math
 import weakref
@@ -25,6 +24,7 @@ from .._limits.clock import Clock
 from .._limits.limiter import Grant
 from .._wire.exceptions import InstantlyError, session_key
 from .alarm import Alarm
+from .due import DueQueue
 from .pending import PendingConnection
 from .reads import Reads
 
@@ -97,12 +97,12 @@ def _room_of(reads: Reads) -> _Room:
 
 
 class Scheduler:
-    """The due heap, the slots taken for it, and the workers that run the steps."""
+    """The due queue, the slots taken for it, and the workers that run the steps."""
 
     def __init__(self, reads: Reads, clock: Clock) -> None:
         self._reads = reads
         self._clock = clock
-        self._due: list[tuple[float, PendingConnection]] = []
+        self._due = DueQueue()
         self._alarm = Alarm(clock)
         # Steps handed out by the scheduler, and the workers waiting for one (see _worker).
         self._work: collections.deque[tuple[PendingConnection, Grant]] = collections.deque()
@@ -110,10 +110,14 @@ class Scheduler:
         self._room = _room_of(reads)  # steps handed out and not ended, on this session
 
     def schedule(self, pending: PendingConnection, at: float) -> None:
+        """Queue ``pending`` for a read at ``at``. One already queued, or taken for a slot,
+        keeps its place: a session is queued once at a time (every caller asks only for one
+        that is neither due nor in a step)."""
+        if pending._due:
+            return
         pending._next_at = at
-        pending._due = entry = pending._entry(at)  # any older entry of it is stale from now on
-        heapq.heappush(self._due, entry)
-        if self._due[0][1] is pending:
+        pending._due = True
+        if self._due.push(pending):
             self._alarm.ring()  # earlier than what the scheduler sleeps towards
 
     async def run(self, group: anyio.abc.TaskGroup, step: Step) -> None:
@@ -127,14 +131,14 @@ class Scheduler:
 
     async def _run(self, group: anyio.abc.TaskGroup, step: Step) -> None:
         dispatched, room = 0, self._room
+        due = self._due
         while True:
-            while self._due and not self._live(self._due[0]):
-                heapq.heappop(self._due)  # cancelled while it waited, or rescheduled since
-            if not self._due:
+            pending = due.first()  # (one cancelled while it waited is left out)
+            if pending is None:
                 room.wake_one()  # any room left is the next waiter's
                 await self._alarm.sleep_until(math.inf)
                 continue
-            at, pending = self._due[0]
+            at = pending._next_at
             if at > self._clock.monotonic():
                 room.wake_one()
                 await self._alarm.sleep_until(at)
@@ -144,7 +148,7 @@ class Scheduler:
                 room.waiting.append(wake)
                 await wake
                 continue
-            heapq.heappop(self._due)
+            due.pop()
             room.wake_one()  # (the slot may take a while)
             # Its _due stays set while it waits for a slot: it is on its way to a step, and
             # whoever would schedule it again meanwhile (an adoption) must not make it two.
@@ -153,14 +157,17 @@ class Scheduler:
             except InstantlyError as exc:  # the store refuses (StoreError): waiting won't cure it
                 logger.warning("no slot for session %s: %s",
                                session_key(pending.session.session_id), type(exc).__name__)
-                pending._due = None
+                pending._due = False
                 pending._finish(error=exc)
                 continue
-            while pending.done() and self._due and self._due[0][0] <= self._clock.monotonic():
-                entry = heapq.heappop(self._due)  # cancelled meanwhile: the next one due
-                if self._live(entry):
-                    pending = entry[1]
-            pending._due = None
+            while pending.done():  # cancelled meanwhile: the next one due, if any
+                pending._due = False
+                later = due.first()
+                if later is None or later._next_at > self._clock.monotonic():
+                    break
+                pending = later
+                due.pop()
+            pending._due = False
             if pending.done():
                 await self._reads.release(grant)  # nobody to spend it on
             else:
@@ -200,8 +207,3 @@ class Scheduler:
             wake = asyncio.get_running_loop().create_future()
             self._idle.append(wake)
             await wake
-
-    @staticmethod
-    def _live(entry: tuple[float, PendingConnection]) -> bool:
-        pending = entry[1]
-        return not pending.done() and entry is pending._due

@@ -38,7 +38,7 @@ class WriteAhead:
         try:
             entry = await leases.registry.decide(leases.ns, session_id, *encoded, fence=fence,
                                                  retention=leases.retention)
-            data = leases._data.get(session_id)
+            data = leases.data_of(session_id)
             if entry is None and fence is not None and data is not None \
                     and leases.holds(session_id):
                 # The registry lost it (a Redis restarted empty, a failover) while this
@@ -70,7 +70,7 @@ class WriteAhead:
             entry = await leases.registry.decide(leases.ns, session_id, outcome, rank,
                                                  fence=leases.fences.get(session_id),
                                                  retention=leases.retention)
-            known = leases._data.get(session_id)
+            known = leases.data_of(session_id)
             if entry is None and known is not None:  # lost with the store's data meanwhile
                 await self.store_anew(session_id, known, outcome, rank)
             leases.drop(session_id)
