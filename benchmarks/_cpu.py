@@ -23,6 +23,7 @@ cases three times, the median ratio given with its spread:
 
 from __future__ import annotations
 
+import itertools
 import sys
 import tempfile
 import time
@@ -157,6 +158,27 @@ async def _scale(url: str, key: str, sessions: int, seconds: float, interval: fl
     return held / sessions / 1024, spent / sessions / 1024, span
 
 
+async def _distinct_reader(url: str, key: str, http: aiohttp.ClientSession,
+                           client: InstantlyClient, count: int) -> Callable[[], Awaitable[None]]:
+    """A raw aiohttp GET and ``json()`` of ``count`` pending sessions in turn."""
+    ids: list[str] = []
+
+    async def init(times: int) -> None:
+        ids.extend([(await client.init_oauth("google")).session_id for _ in range(times)])
+
+    async with anyio.create_task_group() as group:
+        for _ in range(16):
+            group.start_soon(init, -(-count // 16))
+    urls = itertools.cycle([f"{url}/api/v2/oauth/session/status/{sid}" for sid in ids])
+    headers = {"Authorization": f"Bearer {key}"}
+
+    async def read() -> None:
+        async with http.get(next(urls), headers=headers) as response:
+            await response.json()
+
+    return read
+
+
 def _redis_server() -> object:
     sys.path.insert(0, str(ROOT))
     from tests._redis import RedisServer  # noqa: PLC0415 - the tests' helper, from a checkout
@@ -186,6 +208,7 @@ async def run(*, quick: bool) -> list[Row]:
             async with aiohttp.ClientSession() as http, \
                     InstantlyClient(key, base_url=url, session=http) as client:
                 raw, library = await status_readers(url, key, http, client)
+                distinct = await _distinct_reader(url, key, http, client, sessions)
                 each = _Each(sessions=sessions, warm=warm, seconds=seconds)
 
                 async def on_redis() -> Span:
@@ -202,6 +225,7 @@ async def run(*, quick: bool) -> list[Row]:
 
                 measures: dict[str, Callable[[], Awaitable[Span]]] = {
                     "client": lambda: _loops(library, 32, warm, seconds),
+                    "distinct": lambda: _loops(distinct, 100, warm, seconds),
                     "one": managers(1), "20": managers(20), "100": managers(100)}
                 raws.append(await _loops(raw, 32, warm, seconds))
                 order = [*list(measures) * rounds, "redis", "sqlite"]
@@ -238,6 +262,8 @@ async def run(*, quick: bool) -> list[Row]:
             "against the mean of the two raw spans around it)",
             f"{raw_us[0]:.0f}-{raw_us[-1]:.0f} us/read", ""),
         row("client", "InstantlyClient.get_oauth_status, 32 concurrent"),
+        row("distinct", f"raw aiohttp reading {n} sessions in turn, 100 concurrent (a poller's "
+            "reads: a new URL each, which yarl's parse cache does not hold)"),
         row("one", f"1 OAuthManager polling {n} pending sessions", 1.5),
         row("20", f"20 OAuthManagers (workspaces), one ClientSession, {n // 20} pending each"),
         row("100", f"100 OAuthManagers (workspaces), one ClientSession, {n // 100} pending each",
