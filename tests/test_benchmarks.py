@@ -91,12 +91,20 @@ async def test_the_managers_own_cpu_figure_runs_in_a_quick_form() -> None:
     """``python -m benchmarks._own`` (benchmarks/README.md's "the manager's own CPU per read"):
     reads are made with the network taken away, and the client's real method is put back."""
     from benchmarks._own import main as own  # noqa: PLC0415
+    from instantly_oauth_async._limits.limiter import FairLimiter  # noqa: PLC0415
     from instantly_oauth_async._wire.client import InstantlyClient  # noqa: PLC0415
 
-    real = InstantlyClient.get_oauth_status
+    real, acquire = InstantlyClient.get_oauth_status, FairLimiter.acquire
     figures = await own(2, sessions=40, spans=2, seconds=0.3)
     assert len(figures) == 2 and all(figure > 0 for figure in figures)
     assert InstantlyClient.get_oauth_status is real
+    # A guarantee's part taken out to price it, and put back after
+    figures = await own(1, sessions=20, spans=1, seconds=0.3, without=("budget", "leases"))
+    assert len(figures) == 1 and figures[0] > 0
+    assert FairLimiter.acquire is acquire and InstantlyClient.get_oauth_status is real
+    from instantly_oauth_async._manager.fleet import Fleet  # noqa: PLC0415
+
+    assert "may_read" not in Fleet.__dict__  # inherited before: inherited again
 
 
 @pytest.mark.timing

@@ -455,6 +455,19 @@ async def test_an_open_gate_raises_with_its_wait_and_frees_the_queue(
     assert now_grant == Grant(0.0, None, False) and wait == 0
 
 
+async def test_a_gated_limiter_waits_out_a_block_of_its_keys(
+    clock: FakeClock, store: LineStore, immediate: bool
+) -> None:
+    """The gate's ask names the block keys too: a 429's block holds a gated request back."""
+    limiter = FairLimiter(store, [("k", TWO)], ["blk"], clock, gate=GATE, immediate=immediate)
+    await store.block(["blk"], 3.0)
+    assert await limiter.take_now() == (None, 3.0, True)
+    assert store._logs.get("k") is None  # nothing spent while blocked
+    await clock.run_for(3)
+    grant, wait, _ = await limiter.take_now()
+    assert grant == Grant(0.0, None, False) and wait == 0
+
+
 async def test_a_probe_from_take_now_is_marked(clock: FakeClock, store: LineStore) -> None:
     limiter = FairLimiter(store, [("k", TWO)], [], clock, gate=GATE)
     await store.breaker_record(*GATE, success=False, probe=False)
