@@ -19,15 +19,8 @@ from collections.abc import Collection
 import anyio
 
 from .._limits.clock import Clock
-from .._stores.registry import (
-    Data,
-    Entry,
-    MemoryRegistry,
-    Records,
-    Registry,
-    RegistryUnavailableError,
-    data_text,
-)
+from .._stores.contract import Records, data_text
+from .._stores.registry import Data, Entry, MemoryRegistry, Registry, RegistryUnavailableError
 from .._wire.exceptions import InstantlyError, session_key
 from .._wire.models import OAuthSession
 from .entries import decode_outcome, decode_session, encode_outcome, encode_session, session_data
