@@ -47,6 +47,7 @@ class Deadlines:
         self._by_second: dict[int, list[PendingConnection]] = {}
         self._seconds: list[int] = []
         self._alarm = Alarm(clock)
+        self._sleeps_until = math.inf  # what the reaper last slept towards
 
     def deadline_of(self, session: OAuthSession, age: float | None) -> float:
         """When to give up on ``session``: at its expiry plus the grace, from its real age when
@@ -92,8 +93,8 @@ class Deadlines:
             bucket = self._by_second[second] = []
             heapq.heappush(self._seconds, second)
         bucket.append(pending)
-        if self._seconds[0] == second:
-            self._alarm.ring()  # the reaper may sleep towards a later time
+        if at < self._sleeps_until:  # (not at every item of the earliest second: each wake-up
+            self._alarm.ring()  # looks through that second's items)
 
     @staticmethod
     def _live(pending: PendingConnection, second: int) -> bool:
@@ -106,6 +107,7 @@ class Deadlines:
         seconds, by_second = self._seconds, self._by_second
         while True:
             if not seconds:
+                self._sleeps_until = math.inf
                 await self._alarm.sleep_until(math.inf)
                 continue
             second = seconds[0]
@@ -118,6 +120,7 @@ class Deadlines:
             soonest = min(cast("float", p._watch) for p in live)
             if soonest > now:
                 by_second[second] = live  # (the stale ones left out)
+                self._sleeps_until = soonest
                 await self._alarm.sleep_until(soonest)
                 continue
             heapq.heappop(seconds)  # this second's items out: each handled or put back
