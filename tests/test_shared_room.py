@@ -6,13 +6,19 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import types
+from datetime import datetime, timezone
 
 import aiohttp
 import anyio
+import anyio.lowlevel
 import pytest
 
-from instantly_oauth_async import OAuthManager, RateLimit
-from instantly_oauth_async._manager.scheduler import _MAX_STEPS, _ROOMS, _Room
+from instantly_oauth_async import OAuthManager, OAuthSession, Provider, RateLimit
+from instantly_oauth_async._limits.clock import SystemClock
+from instantly_oauth_async._limits.limiter import Grant
+from instantly_oauth_async._manager.pending import PendingConnection
+from instantly_oauth_async._manager.scheduler import _MAX_STEPS, _ROOMS, Scheduler, _Room
 from instantly_oauth_async._stores.store import MemoryStore
 from instantly_oauth_async.testing import Simulator
 
@@ -87,17 +93,119 @@ async def test_schedulers_at_the_cap_are_woken_one_at_a_time_once_a_quarter_is_f
     room = _Room(8)
     loop = asyncio.get_running_loop()
     room.steps = 8
-    waiters = [loop.create_future() for _ in range(4)]
+    waiters = [loop.create_future() for _ in range(5)]
     room.waiting.extend(waiters)
     waiters[0].cancel()  # a scheduler cancelled as its manager closed: skipped
     room.ended()
     assert not any(w.done() for w in waiters[1:])  # 7 under way: no batch yet
     room.ended()
-    assert [w.done() for w in waiters[1:]] == [True, False, False]  # 6: the first waiting
+    assert [w.done() for w in waiters[1:]] == [True, False, False, False]  # 6: the first
+    room.ended()
+    assert [w.done() for w in waiters[1:]] == [True, False, False, False]  # it has yet to run
+    room.resumed(waiters[1])  # it runs: takes what it has due, then leaves room unused
     room.wake_one()
-    assert [w.done() for w in waiters[1:]] == [True, True, False]  # passed on, room unused
+    assert [w.done() for w in waiters[1:]] == [True, True, False, False]  # passed on
+    room.resumed(waiters[2])
     room.steps = 8
     room.wake_one()
     assert not waiters[3].done()
     room.ended(8)
-    assert waiters[3].done() and not room.waiting
+    assert waiters[3].done() and room.woken is waiters[3]
+    room.ended(0)  # no room for the next while the one woken has yet to run
+    assert not waiters[4].done()
+    room.resumed(waiters[3])  # cancelled as its manager closes: Scheduler.run gives its
+    room.ended(0)  # steps not begun back, waking the next in its place
+    assert waiters[4].done() and not room.waiting
+
+
+async def test_a_scheduler_woken_by_the_room_takes_what_it_has_due_in_one_go(
+    slow_sim: Simulator, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two workspaces on one session, 150 sessions each, reads slow: a scheduler woken for
+    room takes a batch of reads (at least the quarter freed, while it has that many due), not
+    one read per wake-up with the others woken in turn (issue 26: that was a wake-up per read
+    with 100 managers)."""
+    keys = [slow_sim.add_workspace(f"ws{i}").api_key for i in range(2)]
+    wakes = 0
+    real = _Room.resumed
+
+    def counted(room: _Room, wake: asyncio.Future[None]) -> None:
+        nonlocal wakes
+        wakes += 1
+        real(room, wake)
+
+    async with aiohttp.ClientSession() as http, _manager(slow_sim, keys[0], http) as one, \
+            _manager(slow_sim, keys[1], http) as two:
+        async with anyio.create_task_group() as group:
+            for manager in (one, two):
+                for _ in range(150):
+                    group.start_soon(manager.start, "google")
+        monkeypatch.setattr(_Room, "resumed", counted)
+        with anyio.fail_after(30):
+            while sum(sum(m.stats().requests.get("status", {}).values())
+                      for m in (one, two)) < 1200:
+                await slow_sim.wait_for(functools.partial(_more, slow_sim,
+                                                          len(slow_sim.requests)))
+        reads = sum(sum(m.stats().requests.get("status", {}).values()) for m in (one, two))
+        monkeypatch.undo()
+    assert 0 < wakes <= reads // 20
+
+
+class _Reads:
+    """Stand-in reads for two schedulers on one small room: ``at_once`` grants every slot
+    at once (an in-process store with room in its budget); else every slot waits on
+    ``budget`` (a workspace at its status budget)."""
+
+    def __init__(self, at_once: bool) -> None:
+        self.at_once = at_once
+        self.budget = anyio.Event()
+        self._client = types.SimpleNamespace(_session=None, _owns_session=True)
+
+    async def slot_now(self) -> Grant | None:
+        return Grant(0.0, None, False) if self.at_once else None
+
+    async def slot(self) -> Grant:
+        await self.budget.wait()
+        return Grant(0.0, None, False)
+
+
+def _pending(name: str) -> PendingConnection:
+    session = OAuthSession(name, "https://accounts.example/consent",
+                           datetime(2026, 1, 1, tzinfo=timezone.utc), Provider.GOOGLE)
+    return PendingConnection(session, None)
+
+
+async def test_a_woken_scheduler_waiting_on_its_budget_passes_the_room_on() -> None:
+    """A scheduler woken for room whose own budget then makes it wait wakes the next one
+    waiting: the other workspace reads meanwhile (else it waits until a read ends, and here
+    none is left under way)."""
+    room = _Room(4)
+    fast, slow = _Reads(at_once=True), _Reads(at_once=False)
+    one, two = Scheduler(fast, SystemClock()), Scheduler(slow, SystemClock())  # type: ignore[arg-type]
+    one._room = two._room = room
+    stepped: list[str] = []
+    batch = [anyio.Event() for _ in range(3)]
+
+    async def step(pending: PendingConnection, grant: Grant) -> None:
+        stepped.append(pending.session.session_id)
+        await batch[min(2, (len(stepped) - 1) // 4)].wait()
+
+    for i in range(12):
+        one.schedule(_pending(f"one-{i}"), 0.0)
+    async with anyio.create_task_group() as group:
+        group.start_soon(one.run, group, step)
+        with anyio.fail_after(5):
+            while len(stepped) < 4 or len(room.waiting) < 1:
+                await anyio.lowlevel.checkpoint()
+            two.schedule(_pending("two-0"), 0.0)
+            group.start_soon(two.run, group, step)
+            while len(room.waiting) < 2:
+                await anyio.lowlevel.checkpoint()
+            batch[0].set()  # the first four end: "one" is woken, takes four more
+            while len(stepped) < 8 or len(room.waiting) < 2:
+                await anyio.lowlevel.checkpoint()
+            batch[1].set()  # they end: "two" is woken, and waits on its budget
+            while len(stepped) < 12:
+                await anyio.lowlevel.checkpoint()
+        assert "two-0" not in stepped and not slow.budget.is_set()
+        group.cancel_scope.cancel()

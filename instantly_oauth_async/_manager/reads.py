@@ -17,7 +17,7 @@ import anyio
 from .._limits.limiter import FairLimiter, Grant
 from .._observe.events import Operation
 from .._observe.stats import Tally
-from .._stores.store import Store
+from .._stores.store import MemoryStore, Store
 from .._wire.client import InstantlyClient
 from .._wire.models import Account, OAuthStatus
 
@@ -74,11 +74,23 @@ class Reads:
         self._tally = tally
         self._hold = hold
         self._status_timeout = status_timeout
+        self._at_once = isinstance(store, MemoryStore)  # it answers without suspending
 
     async def slot(self) -> Grant:
         """A slot of the status share and of the standard budget, held until released."""
         grant = await self._limiter.acquire(hold=self._hold)
         self._tally.waited("read", None, grant.waited)
+        return grant
+
+    async def slot_now(self) -> Grant | None:
+        """A slot of ``slot()``'s if one is free now, on a store that answers at once (the
+        in-process one); else ``None``, and a store over the network is not asked (its round
+        trip is a wait). Never goes ahead of one waiting in ``slot()``."""
+        if not self._at_once:
+            return None
+        grant = (await self._limiter.take_now(hold=self._hold))[0]
+        if grant is not None:
+            self._tally.waited("read", None, grant.waited)
         return grant
 
     async def release(self, grant: Grant) -> None:
