@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 
 import aiohttp
 import anyio
+import anyio.abc
 import anyio.lowlevel
 import pytest
 
@@ -18,7 +19,7 @@ from instantly_oauth_async import OAuthManager, OAuthSession, Provider, RateLimi
 from instantly_oauth_async._limits.clock import SystemClock
 from instantly_oauth_async._limits.limiter import Grant
 from instantly_oauth_async._manager.pending import PendingConnection
-from instantly_oauth_async._manager.scheduler import _MAX_STEPS, _ROOMS, Scheduler, _Room
+from instantly_oauth_async._manager.scheduler import _MAX_STEPS, _ROOMS, Scheduler, Step, _Room
 from instantly_oauth_async._stores.store import MemoryStore
 from instantly_oauth_async.testing import Simulator
 
@@ -209,3 +210,78 @@ async def test_a_woken_scheduler_waiting_on_its_budget_passes_the_room_on() -> N
                 await anyio.lowlevel.checkpoint()
         assert "two-0" not in stepped and not slow.budget.is_set()
         group.cancel_scope.cancel()
+
+
+async def test_a_worker_whose_step_ends_goes_on_with_the_next_session_due() -> None:
+    """One manager, a room of four, twelve sessions due: four steps are handed out, and each
+    worker goes on with the next due as its step ends (the read's objects freed and the next
+    one's made side by side, not in bursts: issue 26's garbage collection)."""
+    room = _Room(4)
+    scheduler = Scheduler(_Reads(at_once=True), SystemClock())  # type: ignore[arg-type]
+    scheduler._room = room
+    stepped: list[str] = []
+    handed: list[str] = []
+    dispatch = scheduler._dispatch
+
+    def counted(group: anyio.abc.TaskGroup, step: Step, pending: PendingConnection,
+                grant: Grant) -> None:
+        handed.append(pending.session.session_id)
+        dispatch(group, step, pending, grant)
+
+    scheduler._dispatch = counted  # type: ignore[method-assign]
+
+    async def step(pending: PendingConnection, grant: Grant) -> None:
+        # In a step (cancel() leaves its ending to the step: a one-time answer is kept), no
+        # longer queued (so it can be scheduled again), however it was handed out.
+        assert pending._in_step and not pending._due
+        stepped.append(pending.session.session_id)
+        await anyio.lowlevel.checkpoint()
+
+    for i in range(12):
+        scheduler.schedule(_pending(f"s-{i}"), 0.0)
+    async with anyio.create_task_group() as group:
+        group.start_soon(scheduler.run, group, step)
+        with anyio.fail_after(5):
+            while len(stepped) < 12:
+                await anyio.lowlevel.checkpoint()
+        group.cancel_scope.cancel()
+    assert sorted(stepped) == sorted(f"s-{i}" for i in range(12))  # each once
+    assert len(handed) == 4 and room.steps == 0
+
+
+async def test_a_manager_over_its_share_gives_the_room_back_as_its_steps_end() -> None:
+    """Two managers on a room of four: the first takes all four places, its sessions always
+    due again; as its steps end it holds more than its share (two), so it does not go on with
+    its own: the second manager, waiting for room, reads (else it would wait for ever)."""
+    room = _Room(4)
+    one = Scheduler(_Reads(at_once=True), SystemClock())  # type: ignore[arg-type]
+    two = Scheduler(_Reads(at_once=True), SystemClock())  # type: ignore[arg-type]
+    one._room = two._room = room
+    stepped: list[str] = []
+    started = anyio.Event()
+
+    async def step_one(pending: PendingConnection, grant: Grant) -> None:
+        stepped.append(pending.session.session_id)
+        await started.wait()
+        await anyio.lowlevel.checkpoint()
+        one.schedule(pending, 0.0)  # due again at once
+
+    async def step_two(pending: PendingConnection, grant: Grant) -> None:
+        stepped.append(pending.session.session_id)
+
+    for i in range(8):
+        one.schedule(_pending(f"one-{i}"), 0.0)
+    two.schedule(_pending("two-0"), 0.0)
+    async with anyio.create_task_group() as group:
+        group.start_soon(one.run, group, step_one)
+        with anyio.fail_after(5):
+            while room.steps < 4 or not room.waiting:
+                await anyio.lowlevel.checkpoint()
+            group.start_soon(two.run, group, step_two)
+            while room.members < 2:
+                await anyio.lowlevel.checkpoint()
+            started.set()
+            while "two-0" not in stepped:
+                await anyio.lowlevel.checkpoint()
+        group.cancel_scope.cancel()
+    assert room.members == 0
