@@ -3,7 +3,8 @@
 The simulator runs in another process with its limits out of the way, so nothing waits on a
 budget and every figure is this process's CPU time (``time.process_time``) over the status
 reads it made in the same span: what each read costs the caller's process, whatever the
-server takes. Every variant runs side by side in one run, each between two raw spans and set
+server takes; each row also says how much of it the garbage collector's passes took
+(``gc.callbacks``). Every variant runs side by side in one run, each between two raw spans and set
 against their mean (the VM's speed drifts by 10-30% within a run); the client and manager
 cases three times, the median ratio given with its spread:
 
@@ -23,6 +24,7 @@ cases three times, the median ratio given with its spread:
 
 from __future__ import annotations
 
+import gc
 import itertools
 import sys
 import tempfile
@@ -54,25 +56,50 @@ BENCH = "8 cpu"
 
 
 class Span:
-    """Reads counted and CPU time spent over one measured span, after a warm-up."""
+    """Reads counted, CPU time spent and the garbage collector's share of it over one measured
+    span, after a warm-up."""
 
-    def __init__(self, reads: int, cpu: float, wall: float) -> None:
-        self.reads, self.cpu, self.wall = reads, cpu, wall
+    def __init__(self, reads: int, cpu: float, wall: float, gc_cpu: float = 0.0) -> None:
+        self.reads, self.cpu, self.wall, self.gc_cpu = reads, cpu, wall, gc_cpu
 
     @property
     def per_read_us(self) -> float:
         return self.cpu / max(self.reads, 1) * 1e6
 
     @property
+    def gc_per_read_us(self) -> float:
+        return self.gc_cpu / max(self.reads, 1) * 1e6
+
+    @property
     def rate(self) -> float:
         return self.reads / self.wall
 
 
+class _Collections:
+    """The CPU time of the garbage collector's passes while installed (``gc.callbacks``)."""
+
+    def __init__(self) -> None:
+        self.cpu = 0.0
+        self._began = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._began = time.process_time()
+        else:
+            self.cpu += time.process_time() - self._began
+
+
 async def _span(count: Callable[[], int], warm: float, seconds: float) -> Span:
     await anyio.sleep(warm)
-    reads, cpu, wall = count(), time.process_time(), time.perf_counter()
-    await anyio.sleep(seconds)
-    return Span(count() - reads, time.process_time() - cpu, time.perf_counter() - wall)
+    collections = _Collections()
+    gc.callbacks.append(collections)
+    try:
+        reads, cpu, wall = count(), time.process_time(), time.perf_counter()
+        await anyio.sleep(seconds)
+        return Span(count() - reads, time.process_time() - cpu, time.perf_counter() - wall,
+                    collections.cpu)
+    finally:
+        gc.callbacks.remove(collections)
 
 
 async def _loops(one: Callable[[], Awaitable[object]], tasks: int, warm: float,
@@ -247,7 +274,8 @@ async def run(*, quick: bool) -> list[Row]:
         span, ratio = measured[len(measured) // 2]  # the median
         spread = "" if len(measured) == 1 else \
             f", median of {len(measured)} ({measured[0][1]:.2f}-{measured[-1][1]:.2f}x)"
-        return Row(BENCH, f"{what}: {span.rate:,.0f} reads/s{spread}",
+        return Row(BENCH, f"{what}: {span.rate:,.0f} reads/s, {span.gc_per_read_us:.1f} us/read "
+                   f"in the garbage collector{spread}",
                    f"{span.per_read_us:.0f} us/read = {ratio:.2f}x raw",
                    "" if goal is None else f"<= {goal:.1f}x raw",
                    None if goal is None else ratio <= goal)

@@ -2,18 +2,19 @@
 
 Every pending session waits in one queue by when it is next due (``due``). One task takes a slot
 of the status budget for the earliest due (first come, first served with account reads) and
-hands the step (one read, and what follows from it) to a waiting worker, with at most
-``_MAX_STEPS`` under way: on an ``aiohttp.ClientSession`` several managers share, that many (or
-its connector's limit, if higher) of all of theirs (a :class:`_Room` each).
+hands the step (one read, and what follows from it) to a waiting worker, with at most nine
+tenths of the session's connection pool under way (``_room``; 100 on a pool with no limit): on
+an ``aiohttp.ClientSession`` several managers share, of all of theirs (a :class:`_Room` each).
 
 A worker whose step ends goes on with the next session due on the same place in the room, if
-a slot is free at once and its manager holds no more than its share of the room
-(``_following``): the read's objects are freed and the next read's made side by side. Without
-it, with managers sharing a room, reads ended in bursts (their objects freed while the
-collector's young-generation count was at zero, which counts nothing) and began in bursts
-(tens of reads' objects at once): a collection every 20 reads instead of every 200, and the
-survivors of each promoted to the old generation, whose full passes over every object of
-100 managers cost more than all the rest of their bookkeeping (issue 26).
+a slot is free at once and its manager holds no more than its share of the room (``_following``;
+not on a pool of one connection, which leaves none for other requests): the read's objects are
+freed and the next read's made side by side. Without it, with managers sharing a room, reads
+ended in bursts (their objects freed while the collector's young-generation count was at zero,
+which counts nothing) and began in bursts (tens of reads' objects at once): a collection every
+20 reads instead of every 200, and the survivors of each promoted to the old generation, whose
+full passes over every object of 100 managers cost more than all the rest of their bookkeeping
+(issue 26).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import anyio.lowlevel
 
 from .._limits.clock import Clock
 from .._limits.limiter import Grant
+from .._wire.client import OWN_POOL
 from .._wire.exceptions import InstantlyError, session_key
 from .alarm import Alarm
 from .due import DueQueue
@@ -41,9 +43,13 @@ __all__ = ["Scheduler", "Step"]
 
 logger = logging.getLogger("instantly_oauth_async")
 
-#: Steps under way at most: aiohttp's connection pool holds 100 connections by default, and a
-#: read past them would wait for one while holding its slot (and, by the thousand, costs the
-#: event loop and the garbage collector more than it reads).
+#: Steps under way at most on a session whose pool has no limit. On a pool of N connections,
+#: N less a tenth (``_room``): a read past the pool would wait for a connection while holding
+#: its slot (and, by the thousand, costs the event loop and the garbage collector more than
+#: it reads), and the tenth left is for the session's other requests (inits, account reads, the
+#: caller's own), which a worker going on with its next read (``_following``) would otherwise
+#: keep waiting: aiohttp hands a connection just given back to the next request that asks
+#: for one, before a request that waits for one has run.
 _MAX_STEPS = 100
 #: Workers kept waiting for the next step, beyond which one that runs out of steps ends: as
 #: many as steps may be under way, so a manager at its cap makes no new task per read (with
@@ -69,10 +75,11 @@ class _Room:
     (:meth:`wake_one`), so 100 managers at the cap do not all wake at each read's end.
     ``members``: the schedulers running on it; a manager's share is ``cap / members``."""
 
-    __slots__ = ("cap", "members", "steps", "waiting", "woken")
+    __slots__ = ("cap", "follows", "members", "steps", "waiting", "woken")
 
-    def __init__(self, cap: int) -> None:
+    def __init__(self, cap: int, *, follows: bool = True) -> None:
         self.cap = cap
+        self.follows = follows  # a worker may go on with its next read (``_following``)
         self.members = 0
         self.steps = 0
         # bare futures: cheaper than an Event
@@ -105,16 +112,30 @@ class _Room:
 _ROOMS: weakref.WeakKeyDictionary[object, _Room] = weakref.WeakKeyDictionary()
 
 
+def _pool(connector: object) -> int:
+    """The connections ``connector`` opens at most to one host (0: no limit)."""
+    limits = [n for n in (getattr(connector, "limit", 0), getattr(connector, "limit_per_host", 0))
+              if isinstance(n, int) and n > 0]
+    return min(limits, default=0)
+
+
+def _room(pool: int) -> _Room:
+    """A room for a pool of ``pool`` connections (see ``_MAX_STEPS``)."""
+    if pool == 0:
+        return _Room(_MAX_STEPS)
+    cap = max(1, pool - max(1, pool // 10))
+    return _Room(cap, follows=cap < pool)
+
+
 def _room_of(reads: Reads) -> _Room:
     """The room of the session ``reads`` sends on: its own when the client owns it."""
     client = reads._client
     session = client._session
-    limit = getattr(getattr(session, "connector", None), "limit", 0)
-    if session is None or client._owns_session or not limit:
-        return _Room(_MAX_STEPS)
+    if session is None or client._owns_session:
+        return _room(OWN_POOL)
     room = _ROOMS.get(session)
     if room is None:
-        room = _ROOMS[session] = _Room(max(_MAX_STEPS, limit))
+        room = _ROOMS[session] = _room(_pool(getattr(session, "connector", None)))
     return room
 
 
@@ -228,7 +249,7 @@ class Scheduler:
         than its share of the room, when nothing is due, or when no slot is free at once
         (the scheduler then waits for it, in turn with account reads)."""
         room = self._room
-        if self._mine * room.members > room.cap:
+        if not room.follows or self._mine * room.members > room.cap:
             return None
         pending = self._due.first()
         if pending is None or pending._next_at > self._clock.monotonic():

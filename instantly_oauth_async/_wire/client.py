@@ -34,7 +34,10 @@ from .exceptions import (
 from .models import Account, OAuthSession, OAuthStatus, Provider
 from .sansio import decipher_response, encode_segment, parse_http_date
 
-__all__ = ["DEFAULT_BASE_URL", "InstantlyClient"]
+__all__ = ["DEFAULT_BASE_URL", "OWN_POOL", "InstantlyClient"]
+
+#: Connections in the pool of the session a client makes for itself (``session=None``).
+OWN_POOL = 100
 
 logger = logging.getLogger("instantly_oauth_async")
 
@@ -142,7 +145,7 @@ class InstantlyClient:
             raise ClientStateError("this InstantlyClient is closed; create a new one")
         if self._session is None:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=100, limit_per_host=100),
+                connector=aiohttp.TCPConnector(limit=OWN_POOL, limit_per_host=OWN_POOL),
                 auto_decompress=True,
             )
             # aiohttp resends an idempotent request by itself when a reused keep-alive
