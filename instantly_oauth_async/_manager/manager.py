@@ -101,9 +101,8 @@ class OAuthManager:
         retention: seconds (default 86400.0, 24 h) a decided outcome stays readable by
             ``attach()``.
         session: an ``aiohttp.ClientSession`` to send through (default None: the manager's
-            own, closed with it). The status reads of every manager on it take at most nine
-            tenths of its connection pool (100 at once on a pool with no limit); the rest is
-            left for its other requests (inits, account reads, the caller's own).
+            own, closed with it). The status reads of all managers on it take at most 9/10 of
+            its pool (100 if unlimited), the rest left for its other requests.
         seed: seeds the random jitter of retries and backoff (default None: fresh randomness),
             so a test can replay the same delays. It makes nothing else deterministic (no
             session ids, no timing) and is no security setting.
