@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import types
+from collections.abc import Callable
 from datetime import datetime, timezone
 
 import aiohttp
@@ -19,6 +20,7 @@ import pytest
 from instantly_oauth_async import OAuthManager, OAuthSession, Provider, RateLimit
 from instantly_oauth_async._limits.clock import SystemClock
 from instantly_oauth_async._limits.limiter import Grant
+from instantly_oauth_async._manager import scheduler as scheduler_module
 from instantly_oauth_async._manager.pending import PendingConnection
 from instantly_oauth_async._manager.scheduler import _MAX_STEPS, _ROOMS, Scheduler, Step, _Room
 from instantly_oauth_async._stores.store import MemoryStore
@@ -123,17 +125,17 @@ async def test_a_manager_closing_with_reads_under_way_gives_their_room_back(
         assert room.steps == 0
 
 
-async def test_schedulers_at_the_cap_are_woken_one_at_a_time_once_a_quarter_is_free() -> None:
+async def test_schedulers_at_the_cap_are_woken_one_at_a_time_as_places_come_free() -> None:
     room = _Room(8)
     loop = asyncio.get_running_loop()
     room.steps = 8
     waiters = [loop.create_future() for _ in range(5)]
     room.waiting.extend(waiters)
     waiters[0].cancel()  # a scheduler cancelled as its manager closed: skipped
+    room.wake_one()
+    assert not any(w.done() for w in waiters[1:])  # 8 under way: no place
     room.ended()
-    assert not any(w.done() for w in waiters[1:])  # 7 under way: no batch yet
-    room.ended()
-    assert [w.done() for w in waiters[1:]] == [True, False, False, False]  # 6: the first
+    assert [w.done() for w in waiters[1:]] == [True, False, False, False]  # 7: the first
     room.ended()
     assert [w.done() for w in waiters[1:]] == [True, False, False, False]  # it has yet to run
     room.resumed(waiters[1])  # it runs: takes what it has due, then leaves room unused
@@ -318,3 +320,101 @@ async def test_a_manager_over_its_share_gives_the_room_back_as_its_steps_end() -
                 await anyio.lowlevel.checkpoint()
         group.cancel_scope.cancel()
     assert room.members == 0
+
+
+async def test_managers_beyond_the_rooms_places_get_theirs_in_turn(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Three managers on a room of two places, their sessions always due again: each worker
+    goes on with its own manager's reads (most reads are not handed out by a scheduler), and
+    hands its place to the manager waiting after a turn of ``_TURN`` reads: all three read,
+    each about a third of the reads."""
+    monkeypatch.setattr(scheduler_module, "_TURN", 4)
+    room = _Room(2)
+    schedulers = [Scheduler(_Reads(at_once=True), SystemClock())  # type: ignore[arg-type]
+                  for _ in range(3)]
+    reads = [0, 0, 0]
+    handed = [0]
+    for index, scheduler in enumerate(schedulers):
+        scheduler._room = room
+        dispatch = scheduler._dispatch
+
+        def counted(group: anyio.abc.TaskGroup, step: Step, pending: PendingConnection,
+                    grant: Grant, dispatch: Callable[..., None] = dispatch) -> None:
+            handed[0] += 1
+            dispatch(group, step, pending, grant)
+
+        scheduler._dispatch = counted  # type: ignore[method-assign]
+
+        async def step(pending: PendingConnection, grant: Grant, index: int = index,
+                       scheduler: Scheduler = scheduler) -> None:
+            reads[index] += 1
+            await anyio.lowlevel.checkpoint()
+            scheduler.schedule(pending, 0.0)  # due again at once
+
+        scheduler.schedule(_pending(f"{index}-a"), 0.0)
+        scheduler.schedule(_pending(f"{index}-b"), 0.0)
+        scheduler.step = step  # type: ignore[attr-defined]
+    async with anyio.create_task_group() as group:
+        for scheduler in schedulers:
+            group.start_soon(scheduler.run, group, scheduler.step)  # type: ignore[attr-defined]
+        with anyio.fail_after(5):
+            while sum(reads) < 600:
+                await anyio.lowlevel.checkpoint()
+        group.cancel_scope.cancel()
+    assert all(150 < n < 250 for n in reads), reads
+    assert handed[0] < sum(reads) / 3  # a hand-over a turn, not a read
+
+
+async def test_a_scheduler_behind_only_a_closed_managers_wait_takes_the_free_place() -> None:
+    """The room's queue holds only the wait of a manager that closed while it waited (its
+    future cancelled): a scheduler with a session due and the room empty queues behind it, and
+    is woken at once, not left waiting for a read to end (none is under way)."""
+    room = _Room(2)
+    gone = asyncio.get_running_loop().create_future()
+    gone.cancel()
+    room.waiting.append(gone)
+    scheduler = Scheduler(_Reads(at_once=True), SystemClock())  # type: ignore[arg-type]
+    scheduler._room = room
+    stepped = anyio.Event()
+
+    async def step(pending: PendingConnection, grant: Grant) -> None:
+        stepped.set()
+
+    scheduler.schedule(_pending("s"), 0.0)
+    async with anyio.create_task_group() as group:
+        group.start_soon(scheduler.run, group, step)
+        with anyio.fail_after(2):
+            await stepped.wait()
+        group.cancel_scope.cancel()
+
+
+async def test_a_step_that_outlives_its_closed_scheduler_starts_no_other_read() -> None:
+    """The manager closes while a step is under way (its answer is stored before it ends,
+    shielded): when it ends, its worker goes on to no other read, though another session is
+    due, and gives its place back."""
+    room = _Room(4)
+    scheduler = Scheduler(_Reads(at_once=True), SystemClock())  # type: ignore[arg-type]
+    scheduler._room = room
+    stepped: list[str] = []
+    answer = anyio.Event()
+
+    async def step(pending: PendingConnection, grant: Grant) -> None:
+        stepped.append(pending.session.session_id)
+        with anyio.CancelScope(shield=True):
+            await answer.wait()
+
+    scheduler.schedule(_pending("first"), 0.0)
+    async with anyio.create_task_group() as group:
+        group.start_soon(scheduler.run, group, step)
+        with anyio.fail_after(2):
+            while not stepped:
+                await anyio.lowlevel.checkpoint()
+            scheduler.schedule(_pending("second"), 0.0)  # due, its place taken by "first"
+            room.steps = room.cap  # (so the scheduler leaves it to the worker)
+            group.cancel_scope.cancel()  # the manager closes
+            with anyio.CancelScope(shield=True):
+                while not scheduler.closing:
+                    await anyio.lowlevel.checkpoint()
+            answer.set()
+    assert stepped == ["first"] and room.members == 0

@@ -210,7 +210,7 @@ class Poller:
     def closing(self) -> None:
         """The manager is closing: no read starts, a step that ends from now on finishes its
         session, and an account read under way or to come gets ``close_fetch_wait`` seconds."""
-        self._steps.closing = self._side.closing = True
+        self._steps.closing = self._side.closing = self._scheduler.closing = True
         self._outcomes.closing(self._close_fetch_wait)
 
     def busy(self) -> set[str]:

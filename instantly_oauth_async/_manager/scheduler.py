@@ -6,15 +6,16 @@ hands the step (one read, and what follows from it) to a waiting worker, with at
 tenths of the session's connection pool under way (``_room``; 100 on a pool with no limit): on
 an ``aiohttp.ClientSession`` several managers share, of all of theirs (a :class:`_Room` each).
 
-A worker whose step ends goes on with the next session due on the same place in the room, if
-a slot is free at once and its manager holds no more than its share of the room (``_following``;
-not on a pool of one connection, which leaves none for other requests): the read's objects are
-freed and the next read's made side by side. Without it, with managers sharing a room, reads
-ended in bursts (their objects freed while the collector's young-generation count was at zero,
-which counts nothing) and began in bursts (tens of reads' objects at once): a collection every
-20 reads instead of every 200, and the survivors of each promoted to the old generation, whose
-full passes over every object of 100 managers cost more than all the rest of their bookkeeping
-(issue 26).
+A worker whose step ends goes on with the next session due on the same place in the room, if a
+slot is free at once, its manager holds no more than its share of the room and, while other
+managers wait for room, its turn of ``_TURN`` reads is not over (``_following``; not on a pool
+of one connection, which leaves none for other requests): the read's objects are freed and the
+next read's made side by side. Without it, with managers sharing a room, reads ended in bursts
+(their objects freed while the collector's young-generation count was at zero, which counts
+nothing) and began in bursts (tens of reads' objects at once): a collection every 20 reads
+instead of every 200, and the survivors of each promoted to the old generation, whose full
+passes over every object of 100 managers cost more than all the rest of their bookkeeping (issue
+26).
 """
 
 from __future__ import annotations
@@ -51,6 +52,11 @@ logger = logging.getLogger("instantly_oauth_async")
 #: keep waiting: aiohttp hands a connection just given back to the next request that asks
 #: for one, before a request that waits for one has run.
 _MAX_STEPS = 100
+#: Reads a worker goes on with (``_following``) while other managers wait for room: then its
+#: place is the first waiting's, so that managers beyond the room's places get theirs in turn
+#: (100 managers on 90 places). Each hand-over costs two wake-ups and a burst of allocations;
+#: with 16, 100 managers at saturation spent 0.5-0.7 us a read more (``benchmarks._own``).
+_TURN = 64
 #: Workers kept waiting for the next step, beyond which one that runs out of steps ends: as
 #: many as steps may be under way, so a manager at its cap makes no new task per read (with
 #: 64, one read in five at saturation started a worker: reads end in bursts, and more than
@@ -67,13 +73,14 @@ class _Room:
     reads under way, most waiting for a connection in its pool with their coroutines,
     futures and timers (the garbage collector's work grows with them).
 
-    Waiting schedulers are woken one at a time, first come first served, once a quarter of
-    the room is free (room for a batch), and the next not before the one woken has run
-    (:meth:`resumed`): it takes what it has due, up to the cap, in one go (with 100 managers
-    of 20 sessions each, waking one per read's end woke a scheduler for nearly every read).
-    One woken that leaves room unused to wait for something else wakes the next
-    (:meth:`wake_one`), so 100 managers at the cap do not all wake at each read's end.
-    ``members``: the schedulers running on it; a manager's share is ``cap / members``."""
+    Waiting schedulers are woken one at a time, first come first served, as places come
+    free, and the next not before the one woken has run (:meth:`resumed`): it takes what it
+    has due, up to the cap, in one go. One woken that leaves room unused to wait for something
+    else wakes the next (:meth:`wake_one`). Most places are not given back as a read ends:
+    its worker goes on with its manager's next due read (``Scheduler._following``), up to the
+    manager's share (``cap / members``, at least one place) and, while others wait, for a
+    turn of ``_TURN`` reads. (Waking schedulers only once a quarter of the room was free, to
+    save wake-ups, made reads begin in bursts; see the module's docstring.)"""
 
     __slots__ = ("cap", "follows", "members", "steps", "waiting", "woken")
 
@@ -91,10 +98,9 @@ class _Room:
         self.wake_one()
 
     def wake_one(self) -> None:
-        """Wake the first scheduler waiting, if a quarter of the room is free and none woken
-        is yet to run."""
+        """Wake the first scheduler waiting, if a place is free and none woken is yet to run."""
         waiting = self.waiting
-        while waiting and self.woken is None and self.steps <= self.cap * 3 // 4:
+        while waiting and self.woken is None and self.steps < self.cap:
             wake = waiting.popleft()
             if not wake.done():  # (a scheduler cancelled as its manager closed)
                 wake.set_result(None)
@@ -152,6 +158,9 @@ class Scheduler:
         self._idle: list[asyncio.Future[None]] = []  # bare futures: cheaper than an Event
         self._room = _room_of(reads)  # steps handed out and not ended, on this session
         self._mine = 0  # those of them this scheduler handed out
+        self._queued = False  # in the room's queue
+        #: The manager closes (or this scheduler has stopped): no worker goes on to a read.
+        self.closing = False
 
     def schedule(self, pending: PendingConnection, at: float) -> None:
         """Queue ``pending`` for a read at ``at``. One already queued, or taken for a slot,
@@ -170,6 +179,7 @@ class Scheduler:
         try:
             await self._run(group, step)
         finally:  # the manager closes: steps not begun never will, nor end (the room is shared)
+            self.closing = True
             self._room.members -= 1
             left = len(self._work)
             self._mine -= left
@@ -179,24 +189,27 @@ class Scheduler:
     async def _run(self, group: anyio.abc.TaskGroup, step: Step) -> None:
         dispatched, room = 0, self._room
         due = self._due
+        woken = False  # by the room, whose free places are this scheduler's to take
         while True:
             pending = due.first()  # (one cancelled while it waited is left out)
             if pending is None:
+                woken = False
                 room.wake_one()  # any room left is the next waiter's
                 await self._alarm.sleep_until(math.inf)
                 continue
             at = pending._next_at
             if at > self._clock.monotonic():
+                woken = False
                 room.wake_one()
                 await self._alarm.sleep_until(at)
                 continue
-            if room.steps >= room.cap:  # a slot now would wait for a connection, held
-                wake = asyncio.get_running_loop().create_future()
-                room.waiting.append(wake)
-                try:
-                    await wake
-                finally:
-                    room.resumed(wake)
+            # A slot with no place in the room would wait for a connection, held; a place
+            # while others wait for one is theirs first (else a scheduler woken by its own
+            # alarm took a place from under the one the room had just woken).
+            if room.steps >= room.cap or (
+                    not woken and (room.waiting or room.woken is not None)):
+                await self._wait_for_room()
+                woken = True
                 continue
             due.pop()
             # Its _due stays set while it waits for a slot: it is on its way to a step, and
@@ -229,6 +242,19 @@ class Scheduler:
                 if dispatched % 64 == 0:  # a store that never waits: let the reads run too
                     await anyio.lowlevel.checkpoint()
 
+    async def _wait_for_room(self) -> None:
+        """In the room's queue until woken for a place."""
+        room = self._room
+        wake = asyncio.get_running_loop().create_future()
+        room.waiting.append(wake)
+        room.wake_one()  # a place free and nobody woken: the first waiting's (a closed
+        self._queued = True  # manager's wait left in the queue wakes nobody)
+        try:
+            await wake
+        finally:
+            self._queued = False
+            room.resumed(wake)
+
     def _dispatch(self, group: anyio.abc.TaskGroup, step: Step, pending: PendingConnection,
                   grant: Grant) -> None:
         """Hand one step to an idle worker, or to a new one when none is idle: a task per
@@ -243,13 +269,15 @@ class Scheduler:
                 return
         group.start_soon(self._worker, step)
 
-    async def _following(self) -> tuple[PendingConnection, Grant] | None:
+    async def _following(self, turn: int) -> tuple[PendingConnection, Grant] | None:
         """The next session due and a slot for it, taken on the place in the room of a step
-        that has just ended; ``None`` (the place given back) when this manager holds more
-        than its share of the room, when nothing is due, or when no slot is free at once
-        (the scheduler then waits for it, in turn with account reads)."""
+        that has just ended (the ``turn``-th in a row on it); ``None`` (the place given back)
+        when the manager closes, when it holds more than its share of the room (at least one
+        place), when its turn is over while others wait for room, when nothing is due, or when
+        no slot is free at once (the scheduler then waits for it, in turn with account reads)."""
         room = self._room
-        if not room.follows or self._mine * room.members > room.cap:
+        if self.closing or not room.follows or self._mine > max(1, room.cap // room.members) or (
+                turn >= _TURN and len(room.waiting) > self._queued):  # others wait
             return None
         pending = self._due.first()
         if pending is None or pending._next_at > self._clock.monotonic():
@@ -274,10 +302,12 @@ class Scheduler:
         while True:
             while work:
                 pending, grant = work.popleft()
+                turn = 0
                 try:
                     while True:
                         await step(pending, grant)
-                        following = await self._following()
+                        turn += 1
+                        following = await self._following(turn)
                         if following is None:
                             break
                         pending, grant = following
