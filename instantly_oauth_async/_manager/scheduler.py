@@ -217,7 +217,8 @@ class Scheduler:
             try:
                 grant = await self._reads.slot_now()
                 if grant is None:
-                    room.wake_one()  # the slot may take a while: any room left is the next's
+                    woken = False  # the slot may take a while: any room left is the next's
+                    room.wake_one()
                     grant = await self._reads.slot()
             except InstantlyError as exc:  # the store refuses (StoreError): waiting won't cure it
                 logger.warning("no slot for session %s: %s",
@@ -283,10 +284,13 @@ class Scheduler:
         if pending is None or pending._next_at > self._clock.monotonic():
             return None
         try:
-            grant = await self._reads.slot_now()  # (never suspends: nothing comes between)
+            grant = await self._reads.slot_now()
         except InstantlyError:  # the store refuses: the scheduler meets it and says so
             return None
         if grant is None:
+            return None
+        if self._due.first() is not pending:  # a store that suspended: the queue moved
+            await self._reads.release(grant)
             return None
         self._due.pop()
         pending._due = False
