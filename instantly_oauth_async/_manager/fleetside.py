@@ -71,7 +71,8 @@ class FleetSide:
 
     async def conclude(self, pending: PendingConnection, result: ConnectResult | None,
                        error: BaseException | None) -> None:
-        """Write the outcome ahead (first writer wins), then resolve with what was stored."""
+        """Write the outcome ahead (first writer wins), then resolve with what was stored
+        (or, for a lost outcome of a session another manager holds, with what it stores)."""
         if self._fleet is not None:
             try:
                 result, error = await self._fleet.write(pending.session.session_id, result,
@@ -79,6 +80,9 @@ class FleetSide:
             except InstantlyError as exc:  # the registry is away: ours, unshared, still stands
                 logger.warning("outcome of %s not stored: %s",
                                session_key(pending.session.session_id), type(exc).__name__)
+            if result is None and error is None:
+                self.watch(pending)
+                return
         pending._finish(result=result, error=error)
 
     def hand_over_if_held(self, pending: PendingConnection) -> None:

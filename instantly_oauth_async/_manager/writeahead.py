@@ -13,7 +13,7 @@ from .._stores.registry import Data, Entry, RegistryUnavailableError
 from .._wire.exceptions import session_key
 from .entries import decode_outcome, encode_outcome
 from .leases import Leases
-from .outcome import ConnectResult
+from .outcome import ConnectResult, OutcomeLostError
 
 __all__ = ["WriteAhead"]
 
@@ -54,6 +54,11 @@ class WriteAhead:
                 return result, error
             raise
         leases.drop(session_id)
+        if entry is not None and entry.outcome is None and isinstance(error, OutcomeLostError):
+            # Fenced out (another manager holds the lease and has not decided): "no answer
+            # could be had" is not ours to say; the holder's outcome is (``None, None``: the
+            # caller waits for it on the registry). The chaos soak saw the two differ.
+            return None, None
         if entry is None or entry.outcome is None:
             return result, error  # unknown to the registry, or fenced out: ours stands alone
         stored = decode_outcome(entry.outcome, session_id)
