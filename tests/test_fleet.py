@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Callable
+from datetime import datetime, timezone
 from typing import Any
 
 import anyio
@@ -14,8 +15,12 @@ import pytest
 
 from instantly_oauth_async import (
     ConfigurationError,
+    ConnectResult,
     MemoryStore,
     OAuthManager,
+    OAuthSession,
+    OutcomeLostError,
+    Provider,
     SessionStatus,
     Store,
 )
@@ -171,3 +176,29 @@ async def test_only_one_manager_polls_a_session(csim: Simulator, make: MakeManag
 def test_status_timeout_must_fit_in_the_lease() -> None:
     with pytest.raises(ConfigurationError, match="half of session_lease"):
         OAuthManager("key", session_lease=10, status_timeout=5)
+
+
+async def test_a_lost_verdict_of_a_session_another_manager_holds_is_not_stored_nor_given() -> None:
+    """A manager still counting a fence of a session another manager has since adopted finds
+    no read possible and calls it lost: its write is fenced out, and "no answer could be had"
+    is not its to give (the holder is reading it and stores the real outcome; the chaos soak
+    saw the two differ): ``write`` says so (``None, None``: wait for the holder's outcome on
+    the registry). An answer it read itself still stands alone (it may be the one-time one)."""
+    registry = MemoryRegistry(SystemClock())
+    ns = f"test-{uuid.uuid4().hex}"
+    was = Fleet(registry, ns, "was", lease=30, retention=600, read_margin=1)
+    holder = Fleet(registry, ns, "holder", lease=30, retention=600, read_margin=1)
+    session = OAuthSession("s", "https://accounts.example/consent",
+                           datetime(2026, 1, 1, tzinfo=timezone.utc), Provider.GOOGLE)
+    await was.register(session, None)
+    fence = was.fences["s"]
+    await registry.release(ns, "was", {"s": fence})
+    was.fences["s"] = fence  # (it has not learnt that it let go)
+    assert [e.session_id for e in await holder.adopt()] == ["s"]
+    lost = OutcomeLostError("s", "no status read could be made")
+    assert await was.write("s", None, lost) == (None, None)
+    entry = await registry.get(ns, "s")
+    assert entry is not None and entry.outcome is None and entry.owner == "holder"
+    was.fences["s"] = fence
+    answer = ConnectResult(session, SessionStatus.SUCCESS, "ann@acme.io")
+    assert await was.write("s", answer, None) == (answer, None)
