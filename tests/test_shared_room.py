@@ -210,6 +210,19 @@ def _pending(name: str) -> PendingConnection:
     return PendingConnection(session, None)
 
 
+async def _run_until(runs: list[tuple[Scheduler, Step]], done: Callable[[], bool],
+                     seconds: float) -> None:
+    """Run each scheduler with its step until ``done()`` (checked at every turn of the loop),
+    failing after ``seconds``; then cancel them all (the managers close)."""
+    async with anyio.create_task_group() as group:
+        for scheduler, step in runs:
+            group.start_soon(scheduler.run, group, step)
+        with anyio.fail_after(seconds):
+            while not done():
+                await anyio.lowlevel.checkpoint()
+        group.cancel_scope.cancel()
+
+
 async def test_a_woken_scheduler_waiting_on_its_budget_passes_the_room_on() -> None:
     """A scheduler woken for room whose own budget then makes it wait wakes the next one
     waiting: the other workspace reads meanwhile (else it waits until a read ends, and here
@@ -273,12 +286,7 @@ async def test_a_worker_whose_step_ends_goes_on_with_the_next_session_due() -> N
 
     for i in range(12):
         scheduler.schedule(_pending(f"s-{i}"), 0.0)
-    async with anyio.create_task_group() as group:
-        group.start_soon(scheduler.run, group, step)
-        with anyio.fail_after(5):
-            while len(stepped) < 12:
-                await anyio.lowlevel.checkpoint()
-        group.cancel_scope.cancel()
+    await _run_until([(scheduler, step)], lambda: len(stepped) >= 12, 5)
     assert sorted(stepped) == sorted(f"s-{i}" for i in range(12))  # each once
     assert len(handed) == 4 and room.steps == 0
 
@@ -334,6 +342,7 @@ async def test_managers_beyond_the_rooms_places_get_theirs_in_turn(
                   for _ in range(3)]
     reads = [0, 0, 0]
     handed = [0]
+    runs: list[tuple[Scheduler, Step]] = []
     for index, scheduler in enumerate(schedulers):
         scheduler._room = room
         dispatch = scheduler._dispatch
@@ -353,14 +362,8 @@ async def test_managers_beyond_the_rooms_places_get_theirs_in_turn(
 
         scheduler.schedule(_pending(f"{index}-a"), 0.0)
         scheduler.schedule(_pending(f"{index}-b"), 0.0)
-        scheduler.step = step  # type: ignore[attr-defined]
-    async with anyio.create_task_group() as group:
-        for scheduler in schedulers:
-            group.start_soon(scheduler.run, group, scheduler.step)  # type: ignore[attr-defined]
-        with anyio.fail_after(5):
-            while sum(reads) < 600:
-                await anyio.lowlevel.checkpoint()
-        group.cancel_scope.cancel()
+        runs.append((scheduler, step))
+    await _run_until(runs, lambda: sum(reads) >= 600, 5)
     assert all(150 < n < 250 for n in reads), reads
     assert handed[0] < sum(reads) / 3  # a hand-over a turn, not a read
 
@@ -381,11 +384,7 @@ async def test_a_scheduler_behind_only_a_closed_managers_wait_takes_the_free_pla
         stepped.set()
 
     scheduler.schedule(_pending("s"), 0.0)
-    async with anyio.create_task_group() as group:
-        group.start_soon(scheduler.run, group, step)
-        with anyio.fail_after(2):
-            await stepped.wait()
-        group.cancel_scope.cancel()
+    await _run_until([(scheduler, step)], stepped.is_set, 2)
 
 
 async def test_a_step_that_outlives_its_closed_scheduler_starts_no_other_read() -> None:
@@ -451,10 +450,5 @@ async def test_a_worker_whose_slot_took_a_while_reads_no_session_cancelled_meanw
             asyncio.get_running_loop().call_soon(y.cancel)  # as the worker waits for a slot
 
     scheduler.schedule(x, 0.0)
-    async with anyio.create_task_group() as group:
-        group.start_soon(scheduler.run, group, step)
-        with anyio.fail_after(2):
-            while len(stepped) < 2:
-                await anyio.lowlevel.checkpoint()
-        group.cancel_scope.cancel()
+    await _run_until([(scheduler, step)], lambda: len(stepped) >= 2, 2)
     assert stepped == [("x", False), ("z", False)] and reads.released == 1
