@@ -25,7 +25,11 @@ from instantly_oauth_async import (
     Store,
 )
 from instantly_oauth_async._limits.clock import SystemClock
+from instantly_oauth_async._manager.deadlines import Deadlines
 from instantly_oauth_async._manager.fleet import Fleet, UnknownSessionError
+from instantly_oauth_async._manager.fleetside import FleetSide
+from instantly_oauth_async._manager.pending import PendingConnection
+from instantly_oauth_async._manager.writeahead import HOLDERS_OUTCOME
 from instantly_oauth_async._stores.registry import MemoryRegistry, Registry
 from instantly_oauth_async.redis import RedisStore
 from instantly_oauth_async.testing import Network, Simulator, SimulatorLimits
@@ -182,8 +186,8 @@ async def test_a_lost_verdict_of_a_session_another_manager_holds_is_not_stored_n
     """A manager still counting a fence of a session another manager has since adopted finds
     no read possible and calls it lost: its write is fenced out, and "no answer could be had"
     is not its to give (the holder is reading it and stores the real outcome; the chaos soak
-    saw the two differ): ``write`` says so (``None, None``: wait for the holder's outcome on
-    the registry). An answer it read itself still stands alone (it may be the one-time one)."""
+    saw the two differ): ``write`` says so (``HOLDERS_OUTCOME``: wait for the holder's outcome
+    on the registry). An answer it read itself still stands alone (it may be the one-time one)."""
     registry = MemoryRegistry(SystemClock())
     ns = f"test-{uuid.uuid4().hex}"
     was = Fleet(registry, ns, "was", lease=30, retention=600, read_margin=1)
@@ -196,9 +200,39 @@ async def test_a_lost_verdict_of_a_session_another_manager_holds_is_not_stored_n
     was.fences["s"] = fence  # (it has not learnt that it let go)
     assert [e.session_id for e in await holder.adopt()] == ["s"]
     lost = OutcomeLostError("s", "no status read could be made")
-    assert await was.write("s", None, lost) == (None, None)
+    assert await was.write("s", None, lost) is HOLDERS_OUTCOME
     entry = await registry.get(ns, "s")
     assert entry is not None and entry.outcome is None and entry.owner == "holder"
     was.fences["s"] = fence
     answer = ConnectResult(session, SessionStatus.SUCCESS, "ann@acme.io")
     assert await was.write("s", answer, None) == (answer, None)
+
+
+async def test_a_handle_whose_lost_verdict_is_fenced_out_gets_the_holders_outcome() -> None:
+    """The same fenced-out manager concludes its handle lost: the handle does not end then
+    (nothing is given that the holder may contradict), and it ends with what the holder
+    stores, from the registry (the hand-off in ``FleetSide.conclude``)."""
+    registry = MemoryRegistry(SystemClock())
+    ns = f"test-{uuid.uuid4().hex}"
+    was = Fleet(registry, ns, "was", lease=30, retention=600, read_margin=1)
+    holder = Fleet(registry, ns, "holder", lease=30, retention=600, read_margin=1)
+    session = OAuthSession("s", "https://accounts.example/consent",
+                           datetime(2026, 1, 1, tzinfo=timezone.utc), Provider.GOOGLE)
+    await was.register(session, None)
+    fence = was.fences["s"]
+    await registry.release(ns, "was", {"s": fence})
+    was.fences["s"] = fence  # (it has not learnt that it let go)
+    assert [e.session_id for e in await holder.adopt()] == ["s"]
+    pending = PendingConnection(session, None)
+    deadlines = Deadlines(SystemClock(), was, poll_interval=0.05, expiry_grace=1.0)
+    side = FleetSide(was, SystemClock(), None, deadlines,  # type: ignore[arg-type]
+                     {"s": pending}, poll_interval=0.05, adopted=lambda entry: None)
+    answer = ConnectResult(session, SessionStatus.SUCCESS, "ann@acme.io")
+    async with anyio.create_task_group() as group:
+        side._group = group  # (its heartbeat and adoption are not this test's; no scheduler)
+        await side.conclude(pending, None, OutcomeLostError("s", "no status read was made"))
+        await anyio.lowlevel.checkpoint()
+        assert not pending.done()
+        await holder.write("s", answer, None)
+        with anyio.fail_after(5):
+            assert await pending == answer

@@ -26,7 +26,7 @@ from .._wire.models import OAuthSession
 from .entries import decode_outcome, decode_session, encode_outcome, encode_session, session_data
 from .leases import Leases
 from .outcome import ConnectResult
-from .writeahead import WriteAhead
+from .writeahead import WriteAhead, Written
 
 __all__ = ["Fleet", "UnknownSessionError", "decode_outcome", "decode_session",
            "encode_outcome", "encode_session"]
@@ -95,9 +95,9 @@ class Fleet(Leases):
             self._hold(entry, data)
 
     async def write(self, session_id: str, result: ConnectResult | None,
-                    error: BaseException | None
-                    ) -> tuple[ConnectResult | None, BaseException | None]:
-        """Store the outcome ahead of any future; what to resolve with (the stored winner)."""
+                    error: BaseException | None) -> Written:
+        """Store the outcome ahead of any future; what to resolve with (the stored winner),
+        or ``HOLDERS_OUTCOME`` (wait for another manager's)."""
         return await self._ahead.write(session_id, result, error)
 
     async def renew(self) -> list[str]:

@@ -21,6 +21,7 @@ from .fleet import Fleet, UnknownSessionError
 from .outcome import ConnectResult, OutcomeLostError
 from .pending import PendingConnection
 from .scheduler import Scheduler
+from .writeahead import HOLDERS_OUTCOME
 
 __all__ = ["FleetSide"]
 
@@ -75,14 +76,15 @@ class FleetSide:
         (or, for a lost outcome of a session another manager holds, with what it stores)."""
         if self._fleet is not None:
             try:
-                result, error = await self._fleet.write(pending.session.session_id, result,
-                                                        error)
+                written = await self._fleet.write(pending.session.session_id, result, error)
             except InstantlyError as exc:  # the registry is away: ours, unshared, still stands
                 logger.warning("outcome of %s not stored: %s",
                                session_key(pending.session.session_id), type(exc).__name__)
-            if result is None and error is None:
-                self.watch(pending)
-                return
+            else:
+                if written is HOLDERS_OUTCOME:
+                    self.watch(pending)
+                    return
+                result, error = written
         pending._finish(result=result, error=error)
 
     def hand_over_if_held(self, pending: PendingConnection) -> None:

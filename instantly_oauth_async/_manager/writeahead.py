@@ -7,7 +7,9 @@ What is durable and what can still be lost: docs/FLEET.md.
 
 from __future__ import annotations
 
+import enum
 import logging
+from typing import Final, Literal, TypeAlias
 
 from .._stores.registry import Data, Entry, RegistryUnavailableError
 from .._wire.exceptions import session_key
@@ -15,9 +17,22 @@ from .entries import decode_outcome, encode_outcome
 from .leases import Leases
 from .outcome import ConnectResult, OutcomeLostError
 
-__all__ = ["WriteAhead"]
+__all__ = ["HOLDERS_OUTCOME", "WriteAhead", "Written"]
 
 logger = logging.getLogger("instantly_oauth_async")
+
+
+class _Holders(enum.Enum):
+    OUTCOME = "the holder's outcome"
+
+
+#: What :meth:`WriteAhead.write` gives for a verdict that is not this manager's to give (its
+#: write fenced out by another manager's lease): the caller waits on the registry for the
+#: holder's outcome.
+HOLDERS_OUTCOME: Final = _Holders.OUTCOME
+#: What to resolve a session's awaiters with, or ``HOLDERS_OUTCOME``.
+Written: TypeAlias = \
+    "tuple[ConnectResult | None, BaseException | None] | Literal[_Holders.OUTCOME]"
 
 
 class WriteAhead:
@@ -27,9 +42,9 @@ class WriteAhead:
         self._leases = leases
 
     async def write(self, session_id: str, result: ConnectResult | None,
-                    error: BaseException | None
-                    ) -> tuple[ConnectResult | None, BaseException | None]:
-        """Store the outcome ahead of any future; what to resolve with (the stored winner)."""
+                    error: BaseException | None) -> Written:
+        """Store the outcome ahead of any future; what to resolve with (the stored winner),
+        or ``HOLDERS_OUTCOME``."""
         leases = self._leases
         encoded = encode_outcome(result, error)
         fence = leases.fences.get(session_id, leases._held.get(session_id))
@@ -56,9 +71,9 @@ class WriteAhead:
         leases.drop(session_id)
         if entry is not None and entry.outcome is None and isinstance(error, OutcomeLostError):
             # Fenced out (another manager holds the lease and has not decided): "no answer
-            # could be had" is not ours to say; the holder's outcome is (``None, None``: the
-            # caller waits for it on the registry). The chaos soak saw the two differ.
-            return None, None
+            # could be had" is not ours to say; the holder's outcome is. The chaos soak saw
+            # the two differ.
+            return HOLDERS_OUTCOME
         if entry is None or entry.outcome is None:
             return result, error  # unknown to the registry, or fenced out: ours stands alone
         stored = decode_outcome(entry.outcome, session_id)
