@@ -194,12 +194,14 @@ class _Reads:
     def __init__(self, at_once: bool) -> None:
         self.at_once = at_once
         self.budget = anyio.Event()
+        self.asked = anyio.Event()  # a slot was asked for (and waits, unless at_once)
         self._client = types.SimpleNamespace(_session=None, _owns_session=True)
 
     async def slot_now(self) -> Grant | None:
         return Grant(0.0, None, False) if self.at_once else None
 
     async def slot(self) -> Grant:
+        self.asked.set()
         await self.budget.wait()
         return Grant(0.0, None, False)
 
@@ -225,8 +227,9 @@ async def _run_until(runs: list[tuple[Scheduler, Step]], done: Callable[[], bool
 
 async def test_a_woken_scheduler_waiting_on_its_budget_passes_the_room_on() -> None:
     """A scheduler woken for room whose own budget then makes it wait wakes the next one
-    waiting: the other workspace reads meanwhile (else it waits until a read ends, and here
-    none is left under way)."""
+    waiting: the other workspace reads meanwhile, on the places left (three: the fourth is
+    kept for the one waiting on its budget), else it waits until a read ends, and here none is
+    left under way."""
     room = _Room(4)
     fast, slow = _Reads(at_once=True), _Reads(at_once=False)
     one, two = Scheduler(fast, SystemClock()), Scheduler(slow, SystemClock())  # type: ignore[arg-type]
@@ -253,10 +256,45 @@ async def test_a_woken_scheduler_waiting_on_its_budget_passes_the_room_on() -> N
             while len(stepped) < 8 or len(room.waiting) < 2:
                 await anyio.lowlevel.checkpoint()
             batch[1].set()  # they end: "two" is woken, and waits on its budget
-            while len(stepped) < 12:
+            while len(stepped) < 11:
                 await anyio.lowlevel.checkpoint()
-        assert "two-0" not in stepped and not slow.budget.is_set()
+        assert "two-0" not in stepped and not slow.budget.is_set() and room.steps == room.cap
         group.cancel_scope.cancel()
+
+
+async def test_a_scheduler_waiting_on_its_budget_keeps_its_place_in_the_room() -> None:
+    """A manager waits for a slot of its budget while another fills the room: the first
+    one's place is kept meanwhile, so once its slot comes the room is at its cap, not over it
+    (before, each manager whose slot had waited made the room one read over its cap, into the
+    tenth of the pool left for other requests)."""
+    room = _Room(2)
+    slow, fast = _Reads(at_once=False), _Reads(at_once=True)
+    one, two = Scheduler(slow, SystemClock()), Scheduler(fast, SystemClock())  # type: ignore[arg-type]
+    one._room = two._room = room
+    stepped: list[str] = []
+    most = [0]
+    forever = anyio.Event()
+
+    async def step(pending: PendingConnection, grant: Grant) -> None:
+        stepped.append(pending.session.session_id)
+        most[0] = max(most[0], room.steps)
+        await forever.wait()
+
+    one.schedule(_pending("one-0"), 0.0)
+    for i in range(3):
+        two.schedule(_pending(f"two-{i}"), 0.0)
+    async with anyio.create_task_group() as group:
+        group.start_soon(one.run, group, step)
+        with anyio.fail_after(5):
+            await slow.asked.wait()
+            group.start_soon(two.run, group, step)
+            while not stepped or not room.waiting:  # "two" read, and waits for room
+                await anyio.lowlevel.checkpoint()
+            slow.budget.set()
+            while "one-0" not in stepped:
+                await anyio.lowlevel.checkpoint()
+        group.cancel_scope.cancel()
+    assert most[0] <= room.cap == 2 and stepped == ["two-0", "one-0"]
 
 
 async def test_a_worker_whose_step_ends_goes_on_with_the_next_session_due() -> None:

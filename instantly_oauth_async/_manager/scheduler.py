@@ -214,17 +214,17 @@ class Scheduler:
             due.pop()
             # Its _due stays set while it waits for a slot: it is on its way to a step, and
             # whoever would schedule it again meanwhile (an adoption) must not make it two.
+            # Its place in the room is kept meanwhile (else, the slot waited for, it was
+            # dispatched into a room others had filled: one over the cap per manager).
+            room.steps += 1
             try:
-                grant = await self._reads.slot_now()
-                if grant is None:
-                    woken = False  # the slot may take a while: any room left is the next's
-                    room.wake_one()
-                    grant = await self._reads.slot()
-            except InstantlyError as exc:  # the store refuses (StoreError): waiting won't cure it
-                logger.warning("no slot for session %s: %s",
-                               session_key(pending.session.session_id), type(exc).__name__)
-                pending._due = False
-                pending._finish(error=exc)
+                grant, waited = await self._slot(pending)
+            finally:
+                room.steps -= 1  # (taken again by _dispatch, or given back below)
+            if waited:
+                woken = False  # it let the next waiting scheduler have any room left
+            if grant is None:
+                room.wake_one()
                 continue
             while pending.done():  # cancelled meanwhile: the next one due, if any
                 pending._due = False
@@ -235,6 +235,7 @@ class Scheduler:
                 due.pop()
             pending._due = False
             if pending.done():
+                room.wake_one()  # its place is free
                 await self._reads.release(grant)  # nobody to spend it on
             else:
                 pending._in_step = True  # from here cancel() leaves the ending to the step
@@ -242,6 +243,23 @@ class Scheduler:
                 dispatched += 1
                 if dispatched % 64 == 0:  # a store that never waits: let the reads run too
                     await anyio.lowlevel.checkpoint()
+
+    async def _slot(self, pending: PendingConnection) -> tuple[Grant | None, bool]:
+        """A slot for ``pending`` (out of the queue, its place in the room kept), and whether
+        it was waited for; ``None`` when the store refuses (``StoreError``: waiting won't cure
+        it), ``pending`` ended with the error."""
+        try:
+            grant = await self._reads.slot_now()
+            if grant is not None:
+                return grant, False
+            self._room.wake_one()  # the slot may take a while: any room left is the next's
+            return await self._reads.slot(), True
+        except InstantlyError as exc:
+            logger.warning("no slot for session %s: %s",
+                           session_key(pending.session.session_id), type(exc).__name__)
+            pending._due = False
+            pending._finish(error=exc)
+            return None, True
 
     async def _wait_for_room(self) -> None:
         """In the room's queue until woken for a place."""
