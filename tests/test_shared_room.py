@@ -456,6 +456,38 @@ async def test_a_step_that_outlives_its_closed_scheduler_starts_no_other_read() 
     assert stepped == ["first"] and room.members == 0
 
 
+async def test_a_closing_managers_scheduler_takes_no_slot() -> None:
+    """The manager closes (no read starts from then on, each step handed out releases its
+    slot unused) with sessions due: its scheduler takes no more slots, each of which would
+    have spent the workspace's budget for a window on nothing (a deploy's SIGTERM, while the
+    new processes need that budget)."""
+    reads = _Reads(at_once=True)
+    asked = [0]
+    slot_now = reads.slot_now
+
+    async def counted() -> Grant | None:
+        asked[0] += 1
+        return await slot_now()
+
+    reads.slot_now = counted  # type: ignore[method-assign]
+    scheduler = Scheduler(reads, SystemClock())  # type: ignore[arg-type]
+    scheduler._room = _Room(4)
+    stepped: list[str] = []
+
+    async def step(pending: PendingConnection, grant: Grant) -> None:
+        stepped.append(pending.session.session_id)
+
+    for i in range(3):
+        scheduler.schedule(_pending(f"s-{i}"), 0.0)
+    scheduler.closing = True
+    async with anyio.create_task_group() as group:
+        group.start_soon(scheduler.run, group, step)
+        with anyio.fail_after(2):
+            await anyio.wait_all_tasks_blocked()
+        assert asked == [0] and stepped == [] and scheduler._room.steps == 0
+        group.cancel_scope.cancel()
+
+
 class _Yielding(_Reads):
     """Reads on a store whose take suspends once (a ``MemoryStore`` subclass may)."""
 

@@ -192,7 +192,8 @@ class Scheduler:
         woken = False  # by the room, whose free places are this scheduler's to take
         while True:
             pending = due.first()  # (one cancelled while it waited is left out)
-            if pending is None:
+            # Closing, no read starts: a slot taken now would spend the budget for nothing.
+            if pending is None or self.closing:
                 woken = False
                 room.wake_one()  # any room left is the next waiter's
                 await self._alarm.sleep_until(math.inf)
