@@ -1,0 +1,501 @@
+"""The scheduler on its own (issue 26), with stand-in reads (a slot at once, or after a budget
+that opens when the test says) and plain steps: who reads next, on which place of a room of
+reads under way shared by managers, and what a closing manager no longer does. The managers on
+a real shared ``aiohttp.ClientSession`` against the simulator: tests/test_shared_room.py."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import types
+from collections.abc import Callable
+from datetime import datetime, timezone
+
+import aiohttp
+import anyio
+import anyio.abc
+import anyio.lowlevel
+import pytest
+
+from instantly_oauth_async import OAuthSession, Provider
+from instantly_oauth_async._limits.clock import SystemClock
+from instantly_oauth_async._limits.limiter import Grant
+from instantly_oauth_async._manager import scheduler as scheduler_module
+from instantly_oauth_async._manager.pending import PendingConnection
+from instantly_oauth_async._manager.scheduler import Scheduler, Step, _pool, _Room
+from instantly_oauth_async._stores.store import StoreError
+
+pytestmark = pytest.mark.anyio
+
+
+class _Reads:
+    """Stand-in reads for two schedulers on one small room: ``at_once`` grants every slot
+    at once (an in-process store with room in its budget); else every slot waits on
+    ``budget`` (a workspace at its status budget)."""
+
+    def __init__(self, at_once: bool) -> None:
+        self.at_once = at_once
+        self.budget = anyio.Event()
+        self.asked = anyio.Event()  # a slot was asked for (and waits, unless at_once)
+        self._client = types.SimpleNamespace(_session=None, _owns_session=True)
+
+    async def slot_now(self) -> Grant | None:
+        return Grant(0.0, None, False) if self.at_once else None
+
+    async def slot(self) -> Grant:
+        self.asked.set()
+        await self.budget.wait()
+        return Grant(0.0, None, False)
+
+
+def _pending(name: str) -> PendingConnection:
+    session = OAuthSession(name, "https://accounts.example/consent",
+                           datetime(2026, 1, 1, tzinfo=timezone.utc), Provider.GOOGLE)
+    return PendingConnection(session, None)
+
+
+async def _run_until(runs: list[tuple[Scheduler, Step]], done: Callable[[], bool],
+                     seconds: float) -> None:
+    """Run each scheduler with its step until ``done()`` (checked at every turn of the loop),
+    failing after ``seconds``; then cancel them all (the managers close)."""
+    async with anyio.create_task_group() as group:
+        for scheduler, step in runs:
+            group.start_soon(scheduler.run, group, step)
+        with anyio.fail_after(seconds):
+            while not done():
+                await anyio.lowlevel.checkpoint()
+        group.cancel_scope.cancel()
+
+
+async def test_a_woken_scheduler_waiting_on_its_budget_passes_the_room_on() -> None:
+    """A scheduler woken for room whose own budget then makes it wait wakes the next one
+    waiting: the other workspace reads meanwhile, on the places left (three: the fourth is
+    kept for the one waiting on its budget), else it waits until a read ends, and here none is
+    left under way."""
+    room = _Room(4)
+    fast, slow = _Reads(at_once=True), _Reads(at_once=False)
+    one, two = Scheduler(fast, SystemClock()), Scheduler(slow, SystemClock())  # type: ignore[arg-type]
+    one._room = two._room = room
+    stepped: list[str] = []
+    batch = [anyio.Event() for _ in range(3)]
+
+    async def step(pending: PendingConnection, grant: Grant) -> None:
+        stepped.append(pending.session.session_id)
+        await batch[min(2, (len(stepped) - 1) // 4)].wait()
+
+    for i in range(12):
+        one.schedule(_pending(f"one-{i}"), 0.0)
+    async with anyio.create_task_group() as group:
+        group.start_soon(one.run, group, step)
+        with anyio.fail_after(5):
+            while len(stepped) < 4 or len(room.waiting) < 1:
+                await anyio.lowlevel.checkpoint()
+            two.schedule(_pending("two-0"), 0.0)
+            group.start_soon(two.run, group, step)
+            while len(room.waiting) < 2:
+                await anyio.lowlevel.checkpoint()
+            batch[0].set()  # the first four end: "one" is woken, takes four more
+            while len(stepped) < 8 or len(room.waiting) < 2:
+                await anyio.lowlevel.checkpoint()
+            batch[1].set()  # they end: "two" is woken, and waits on its budget
+            while len(stepped) < 11:
+                await anyio.lowlevel.checkpoint()
+        assert "two-0" not in stepped and not slow.budget.is_set() and room.steps == room.cap
+        group.cancel_scope.cancel()
+
+
+async def test_a_scheduler_waiting_on_its_budget_keeps_its_place_in_the_room() -> None:
+    """A manager waits for a slot of its budget while another fills the room: the first
+    one's place is kept meanwhile, so once its slot comes the room is at its cap, not over it
+    (before, each manager whose slot had waited made the room one read over its cap, into the
+    tenth of the pool left for other requests)."""
+    room = _Room(2)
+    slow, fast = _Reads(at_once=False), _Reads(at_once=True)
+    one, two = Scheduler(slow, SystemClock()), Scheduler(fast, SystemClock())  # type: ignore[arg-type]
+    one._room = two._room = room
+    stepped: list[str] = []
+    most = [0]
+    forever = anyio.Event()
+
+    async def step(pending: PendingConnection, grant: Grant) -> None:
+        stepped.append(pending.session.session_id)
+        most[0] = max(most[0], room.steps)
+        await forever.wait()
+
+    one.schedule(_pending("one-0"), 0.0)
+    for i in range(3):
+        two.schedule(_pending(f"two-{i}"), 0.0)
+    async with anyio.create_task_group() as group:
+        group.start_soon(one.run, group, step)
+        with anyio.fail_after(5):
+            await slow.asked.wait()
+            group.start_soon(two.run, group, step)
+            while not stepped or not room.waiting:  # "two" read, and waits for room
+                await anyio.lowlevel.checkpoint()
+            slow.budget.set()
+            while "one-0" not in stepped:
+                await anyio.lowlevel.checkpoint()
+        group.cancel_scope.cancel()
+    assert most[0] <= room.cap == 2 and stepped == ["two-0", "one-0"]
+
+
+async def test_a_worker_whose_step_ends_goes_on_with_the_next_session_due() -> None:
+    """One manager, a room of four, twelve sessions due: four steps are handed out, and each
+    worker goes on with the next due as its step ends (the read's objects freed and the next
+    one's made side by side, not in bursts: issue 26's garbage collection)."""
+    room = _Room(4)
+    scheduler = Scheduler(_Reads(at_once=True), SystemClock())  # type: ignore[arg-type]
+    scheduler._room = room
+    stepped: list[str] = []
+    handed: list[str] = []
+    dispatch = scheduler._dispatch
+
+    def counted(group: anyio.abc.TaskGroup, step: Step, pending: PendingConnection,
+                grant: Grant) -> None:
+        handed.append(pending.session.session_id)
+        dispatch(group, step, pending, grant)
+
+    scheduler._dispatch = counted  # type: ignore[method-assign]
+
+    async def step(pending: PendingConnection, grant: Grant) -> None:
+        # In a step (cancel() leaves its ending to the step: a one-time answer is kept), no
+        # longer queued (so it can be scheduled again), however it was handed out.
+        assert pending._in_step and not pending._due
+        stepped.append(pending.session.session_id)
+        await anyio.lowlevel.checkpoint()
+
+    for i in range(12):
+        scheduler.schedule(_pending(f"s-{i}"), 0.0)
+    await _run_until([(scheduler, step)], lambda: len(stepped) >= 12, 5)
+    assert sorted(stepped) == sorted(f"s-{i}" for i in range(12))  # each once
+    assert len(handed) == 4 and room.steps == 0
+
+
+@pytest.mark.parametrize("places", [2, 4])
+async def test_a_manager_over_its_share_gives_the_room_back_as_its_steps_end(places: int) -> None:
+    """Two managers on a room of two or four places: the first takes them all, its sessions
+    always due again; as its steps end it holds more than its share (one, or two), so it does
+    not go on with its own: the second manager, waiting for room, reads at once, long before
+    the first one's turn would have ended (else it would wait a turn, or for ever)."""
+    room = _Room(places)
+    one = Scheduler(_Reads(at_once=True), SystemClock())  # type: ignore[arg-type]
+    two = Scheduler(_Reads(at_once=True), SystemClock())  # type: ignore[arg-type]
+    one._room = two._room = room
+    stepped: list[str] = []
+    started = anyio.Event()
+
+    async def step_one(pending: PendingConnection, grant: Grant) -> None:
+        stepped.append(pending.session.session_id)
+        await started.wait()
+        await anyio.lowlevel.checkpoint()
+        one.schedule(pending, 0.0)  # due again at once
+
+    async def step_two(pending: PendingConnection, grant: Grant) -> None:
+        stepped.append(pending.session.session_id)
+
+    for i in range(8):
+        one.schedule(_pending(f"one-{i}"), 0.0)
+    two.schedule(_pending("two-0"), 0.0)
+    async with anyio.create_task_group() as group:
+        group.start_soon(one.run, group, step_one)
+        with anyio.fail_after(5):
+            while room.steps < places or not room.waiting:
+                await anyio.lowlevel.checkpoint()
+            group.start_soon(two.run, group, step_two)
+            while room.members < 2:
+                await anyio.lowlevel.checkpoint()
+            started.set()
+            while "two-0" not in stepped:
+                await anyio.lowlevel.checkpoint()
+        group.cancel_scope.cancel()
+    assert room.members == 0
+    # the reads of the first manager before: 5 and 10 (those under way, and those of its
+    # workers within its share); a turn's end would be past 64
+    assert stepped.index("two-0") < 16
+
+
+async def test_a_manager_alone_in_its_room_keeps_its_places_past_a_turn(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One manager on a room of two places, more sessions due than places: its scheduler
+    waits in the room's queue, and its own wait is nobody else's: its workers go on past a
+    turn (``_TURN``), no place is ever handed over (two handed out, for 200 reads)."""
+    monkeypatch.setattr(scheduler_module, "_TURN", 4)
+    scheduler = Scheduler(_Reads(at_once=True), SystemClock())  # type: ignore[arg-type]
+    scheduler._room = _Room(2)
+    handed, reads = [0], [0]
+    dispatch = scheduler._dispatch
+
+    def counted(group: anyio.abc.TaskGroup, step: Step, pending: PendingConnection,
+                grant: Grant) -> None:
+        handed[0] += 1
+        dispatch(group, step, pending, grant)
+
+    scheduler._dispatch = counted  # type: ignore[method-assign]
+
+    async def step(pending: PendingConnection, grant: Grant) -> None:
+        reads[0] += 1
+        await anyio.lowlevel.checkpoint()
+        scheduler.schedule(pending, 0.0)  # due again at once
+
+    for i in range(4):
+        scheduler.schedule(_pending(f"s-{i}"), 0.0)
+    await _run_until([(scheduler, step)], lambda: reads[0] >= 200, 5)
+    assert handed == [2]
+
+
+async def test_a_scheduler_whose_slot_waited_leaves_a_free_place_to_the_one_woken() -> None:
+    """A manager woken for a place in the room waits there on its budget (so it wakes the
+    next in the queue, and gives up its right to the room's free places); as its slot comes, a
+    place comes free and the room wakes the other manager, queued: that one takes the place,
+    and the first queues behind it (else it took the place from under the one woken)."""
+    room = _Room(2, follows=False)  # (no worker goes on: every free place goes to the queue)
+    slow, fast = _Reads(at_once=False), _Reads(at_once=True)
+    one, two = Scheduler(slow, SystemClock()), Scheduler(fast, SystemClock())  # type: ignore[arg-type]
+    one._room = two._room = room
+    stepped: list[str] = []
+    gates = {name: anyio.Event() for name in ("b0", "b1", "b2")}
+
+    async def step(pending: PendingConnection, grant: Grant) -> None:
+        name = pending.session.session_id
+        stepped.append(name)
+        if name in gates:
+            await gates[name].wait()
+        if name == "b1":
+            slow.budget.set()  # "one"'s slot comes as this place comes free
+
+    for name in ("b0", "b1"):
+        two.schedule(_pending(name), 0.0)
+    for name in ("a0", "a1"):
+        one.schedule(_pending(name), 0.0)
+    async with anyio.create_task_group() as group:
+        group.start_soon(two.run, group, step)
+        with anyio.fail_after(5):
+            while len(stepped) < 2:  # b0 and b1 fill the room
+                await anyio.lowlevel.checkpoint()
+            group.start_soon(one.run, group, step)
+            while len(room.waiting) < 1:  # "one" queued for a0
+                await anyio.lowlevel.checkpoint()
+            two.schedule(_pending("b2"), 0.0)
+            while len(room.waiting) < 2:  # "two" queued behind it for b2
+                await anyio.lowlevel.checkpoint()
+            gates["b0"].set()  # "one" is woken, takes a0's place, waits on its budget
+            await slow.asked.wait()
+            gates["b1"].set()  # its slot comes, and "two" is woken for b1's place
+            while "a1" not in stepped or "b2" not in stepped:
+                await anyio.lowlevel.checkpoint()
+        group.cancel_scope.cancel()
+    assert stepped.index("b2") < stepped.index("a1"), stepped
+
+
+async def test_managers_beyond_the_rooms_places_get_theirs_in_turn(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Three managers on a room of two places, their sessions always due again: each worker
+    goes on with its own manager's reads (most reads are not handed out by a scheduler), and
+    hands its place to the manager waiting after a turn of ``_TURN`` reads: all three read,
+    each about a third of the reads."""
+    monkeypatch.setattr(scheduler_module, "_TURN", 4)
+    room = _Room(2)
+    schedulers = [Scheduler(_Reads(at_once=True), SystemClock())  # type: ignore[arg-type]
+                  for _ in range(3)]
+    reads = [0, 0, 0]
+    handed = [0]
+    runs: list[tuple[Scheduler, Step]] = []
+    for index, scheduler in enumerate(schedulers):
+        scheduler._room = room
+        dispatch = scheduler._dispatch
+
+        def counted(group: anyio.abc.TaskGroup, step: Step, pending: PendingConnection,
+                    grant: Grant, dispatch: Callable[..., None] = dispatch) -> None:
+            handed[0] += 1
+            dispatch(group, step, pending, grant)
+
+        scheduler._dispatch = counted  # type: ignore[method-assign]
+
+        async def step(pending: PendingConnection, grant: Grant, index: int = index,
+                       scheduler: Scheduler = scheduler) -> None:
+            reads[index] += 1
+            await anyio.lowlevel.checkpoint()
+            scheduler.schedule(pending, 0.0)  # due again at once
+
+        scheduler.schedule(_pending(f"{index}-a"), 0.0)
+        scheduler.schedule(_pending(f"{index}-b"), 0.0)
+        runs.append((scheduler, step))
+    await _run_until(runs, lambda: sum(reads) >= 600, 5)
+    assert all(150 < n < 250 for n in reads), reads
+    assert handed[0] < sum(reads) / 3  # a hand-over a turn, not a read
+
+
+async def test_a_scheduler_behind_only_a_closed_managers_wait_takes_the_free_place() -> None:
+    """The room's queue holds only the wait of a manager that closed while it waited (its
+    future cancelled): a scheduler with a session due and the room empty queues behind it, and
+    is woken at once, not left waiting for a read to end (none is under way)."""
+    room = _Room(2)
+    gone = asyncio.get_running_loop().create_future()
+    gone.cancel()
+    room.waiting.append(gone)
+    scheduler = Scheduler(_Reads(at_once=True), SystemClock())  # type: ignore[arg-type]
+    scheduler._room = room
+    stepped = anyio.Event()
+
+    async def step(pending: PendingConnection, grant: Grant) -> None:
+        stepped.set()
+
+    scheduler.schedule(_pending("s"), 0.0)
+    await _run_until([(scheduler, step)], stepped.is_set, 2)
+
+
+async def test_a_step_that_outlives_its_closed_scheduler_starts_no_other_read() -> None:
+    """The manager closes while a step is under way (its answer is stored before it ends,
+    shielded): when it ends, its worker goes on to no other read, though another session is
+    due, and gives its place back."""
+    room = _Room(4)
+    scheduler = Scheduler(_Reads(at_once=True), SystemClock())  # type: ignore[arg-type]
+    scheduler._room = room
+    stepped: list[str] = []
+    answer = anyio.Event()
+
+    async def step(pending: PendingConnection, grant: Grant) -> None:
+        stepped.append(pending.session.session_id)
+        with anyio.CancelScope(shield=True):
+            await answer.wait()
+
+    scheduler.schedule(_pending("first"), 0.0)
+    async with anyio.create_task_group() as group:
+        group.start_soon(scheduler.run, group, step)
+        with anyio.fail_after(2):
+            while not stepped:
+                await anyio.lowlevel.checkpoint()
+            scheduler.schedule(_pending("second"), 0.0)  # due, its place taken by "first"
+            room.steps = room.cap  # (so the scheduler leaves it to the worker)
+            group.cancel_scope.cancel()  # the manager closes
+            with anyio.CancelScope(shield=True):
+                while not scheduler.closing:
+                    await anyio.lowlevel.checkpoint()
+            answer.set()
+    assert stepped == ["first"] and room.members == 0
+
+
+async def test_a_closing_managers_scheduler_takes_no_slot() -> None:
+    """The manager closes (no read starts from then on, each step handed out releases its
+    slot unused) with sessions due: its scheduler takes no more slots, each of which would
+    have spent the workspace's budget for a window on nothing (a deploy's SIGTERM, while the
+    new processes need that budget)."""
+    reads = _Reads(at_once=True)
+    asked = [0]
+    slot_now = reads.slot_now
+
+    async def counted() -> Grant | None:
+        asked[0] += 1
+        return await slot_now()
+
+    reads.slot_now = counted  # type: ignore[method-assign]
+    scheduler = Scheduler(reads, SystemClock())  # type: ignore[arg-type]
+    scheduler._room = _Room(4)
+    stepped: list[str] = []
+
+    async def step(pending: PendingConnection, grant: Grant) -> None:
+        stepped.append(pending.session.session_id)
+
+    for i in range(3):
+        scheduler.schedule(_pending(f"s-{i}"), 0.0)
+    scheduler.closing = True
+    async with anyio.create_task_group() as group:
+        group.start_soon(scheduler.run, group, step)
+        with anyio.fail_after(2):
+            await anyio.wait_all_tasks_blocked()
+        assert asked == [0] and stepped == [] and scheduler._room.steps == 0
+        group.cancel_scope.cancel()
+
+
+class _Refusing(_Reads):
+    """Reads on a store that refuses every slot (``StoreError``: an ACL, a wrong password)."""
+
+    async def slot_now(self) -> Grant | None:
+        raise StoreError("NOPERM this user has no permissions", code="NOPERM")
+
+
+async def test_a_store_refusing_a_slot_ends_each_session_with_its_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A store that refuses slots (waiting won't cure it) ends each due session with its
+    ``StoreError``, says so once a session, reads nothing, and leaves the room as it was."""
+    scheduler = Scheduler(_Refusing(at_once=True), SystemClock())  # type: ignore[arg-type]
+    scheduler._room = room = _Room(2)
+    first, second = _pending("first"), _pending("second")
+    stepped: list[str] = []
+
+    async def step(pending: PendingConnection, grant: Grant) -> None:
+        stepped.append(pending.session.session_id)
+
+    scheduler.schedule(first, 0.0)
+    scheduler.schedule(second, 0.0)
+    with caplog.at_level(logging.WARNING, logger="instantly_oauth_async"):
+        await _run_until([(scheduler, step)], lambda: first.done() and second.done(), 2)
+    for pending in (first, second):
+        with pytest.raises(StoreError):
+            await pending
+        assert not pending._due  # (so a session resumed again is queued again)
+    assert stepped == [] and room.steps == 0
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == 2 and all(m.startswith("no slot for session ") and
+                                    m.endswith(": StoreError") for m in warned), warned
+
+
+class _Yielding(_Reads):
+    """Reads on a store whose take suspends once (a ``MemoryStore`` subclass may)."""
+
+    async def slot_now(self) -> Grant | None:
+        await anyio.lowlevel.checkpoint()
+        return Grant(0.0, None, False)
+
+    async def release(self, grant: Grant) -> None:
+        self.released += 1
+
+    released = 0
+
+
+async def test_a_worker_whose_slot_took_a_while_reads_no_session_cancelled_meanwhile() -> None:
+    """A worker going on with the next due session (y) asks for a slot; the store suspends,
+    and y is cancelled meanwhile: the worker reads neither y, ended, nor z, now first, which
+    would leave z out of the queue yet marked queued (never read again): it gives the slot
+    back, and the scheduler reads z."""
+    reads = _Yielding(at_once=True)
+    scheduler = Scheduler(reads, SystemClock())  # type: ignore[arg-type]
+    scheduler._room = _Room(1)
+    x, y, z = _pending("x"), _pending("y"), _pending("z")
+    stepped: list[tuple[str, bool]] = []
+
+    async def step(pending: PendingConnection, grant: Grant) -> None:
+        stepped.append((pending.session.session_id, pending.done()))
+        if pending is x:
+            scheduler.schedule(y, 0.0)
+            scheduler.schedule(z, 0.0)
+            asyncio.get_running_loop().call_soon(y.cancel)  # as the worker waits for a slot
+
+    scheduler.schedule(x, 0.0)
+    await _run_until([(scheduler, step)], lambda: len(stepped) >= 2, 2)
+    assert stepped == [("x", False), ("z", False)] and reads.released == 1
+
+
+@pytest.mark.parametrize(("limit", "per_host", "pool"),
+                         [(100, 0, 100), (20, 0, 20), (0, 5, 5), (20, 5, 5), (5, 20, 5), (0, 0, 0)])
+async def test_the_pool_is_the_connectors_tighter_limit(limit: int, per_host: int,
+                                                        pool: int) -> None:
+    """An ``aiohttp.TCPConnector`` opens at most ``limit`` connections, and ``limit_per_host``
+    to one host (the API's): the pool the room is cut from is the tighter (0: no limit)."""
+    connector = aiohttp.TCPConnector(limit=limit, limit_per_host=per_host)
+    try:
+        assert _pool(connector) == pool
+    finally:
+        await connector.close()
+
+
+def test_a_connector_without_limits_has_a_pool_without_limit() -> None:
+    """A session without a connector, or a connector of another kind, has either limit or
+    neither: what it has counts, what it lacks limits nothing."""
+    assert _pool(None) == 0
+    assert _pool(types.SimpleNamespace(limit_per_host=7)) == 7
+    assert _pool(types.SimpleNamespace(limit=7)) == 7
+    assert _pool(types.SimpleNamespace(limit="7", limit_per_host=-1)) == 0
