@@ -24,6 +24,7 @@ from instantly_oauth_async._manager import scheduler as scheduler_module
 from instantly_oauth_async._manager.pending import PendingConnection
 from instantly_oauth_async._manager.scheduler import Scheduler, Step, _pool, _Room
 from instantly_oauth_async._stores.store import StoreError
+from instantly_oauth_async.testing import FakeClock
 
 pytestmark = pytest.mark.anyio
 
@@ -139,12 +140,16 @@ async def test_a_scheduler_waiting_on_its_budget_keeps_its_place_in_the_room() -
     assert most[0] <= room.cap == 2 and stepped == ["two-0", "one-0"]
 
 
-async def test_a_worker_whose_step_ends_goes_on_with_the_next_session_due() -> None:
+@pytest.mark.parametrize("clock", [SystemClock(), FakeClock(100.0)], ids=["system", "still"])
+async def test_a_worker_whose_step_ends_goes_on_with_the_next_session_due(
+    clock: SystemClock | FakeClock,
+) -> None:
     """One manager, a room of four, twelve sessions due: four steps are handed out, and each
     worker goes on with the next due as its step ends (the read's objects freed and the next
-    one's made side by side, not in bursts: issue 26's garbage collection)."""
+    one's made side by side, not in bursts: issue 26's garbage collection). Due at this very
+    instant (a clock standing still) is due."""
     room = _Room(4)
-    scheduler = Scheduler(_Reads(at_once=True), SystemClock())  # type: ignore[arg-type]
+    scheduler = Scheduler(_Reads(at_once=True), clock)  # type: ignore[arg-type]
     scheduler._room = room
     stepped: list[str] = []
     handed: list[str] = []
@@ -165,7 +170,7 @@ async def test_a_worker_whose_step_ends_goes_on_with_the_next_session_due() -> N
         await anyio.lowlevel.checkpoint()
 
     for i in range(12):
-        scheduler.schedule(_pending(f"s-{i}"), 0.0)
+        scheduler.schedule(_pending(f"s-{i}"), clock.monotonic())  # due now
     await _run_until([(scheduler, step)], lambda: len(stepped) >= 12, 5)
     assert sorted(stepped) == sorted(f"s-{i}" for i in range(12))  # each once
     assert len(handed) == 4 and room.steps == 0
@@ -212,6 +217,57 @@ async def test_a_manager_over_its_share_gives_the_room_back_as_its_steps_end(pla
     # the reads of the first manager before: 5 and 10 (those under way, and those of its
     # workers within its share); a turn's end would be past 64
     assert stepped.index("two-0") < 16
+
+
+async def test_turns_on_a_place_are_turn_reads_long(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two managers on a room of one place, their sessions always due again: once both wait,
+    the place goes from one to the other after each turn of exactly ``_TURN`` reads."""
+    monkeypatch.setattr(scheduler_module, "_TURN", 4)
+    room = _Room(1)
+    stepped: list[str] = []
+    runs: list[tuple[Scheduler, Step]] = []
+    for name in ("a", "b"):
+        scheduler = Scheduler(_Reads(at_once=True), SystemClock())  # type: ignore[arg-type]
+        scheduler._room = room
+
+        async def step(pending: PendingConnection, grant: Grant,
+                       scheduler: Scheduler = scheduler) -> None:
+            stepped.append(pending.session.session_id[0])
+            await anyio.lowlevel.checkpoint()
+            scheduler.schedule(pending, 0.0)  # due again at once
+
+        for i in range(2):
+            scheduler.schedule(_pending(f"{name}-{i}"), 0.0)
+        runs.append((scheduler, step))
+    await _run_until(runs, lambda: len(stepped) >= 60, 5)
+    turns = "".join(stepped).replace("ab", "a b").replace("ba", "b a").split()
+    # (the first is longer: "b" was not waiting yet; the last is cut)
+    assert len(turns) > 6 and all(len(turn) == 4 for turn in turns[1:-1]), turns
+
+
+async def test_a_worker_out_of_steps_waits_for_the_next_one_and_is_woken_for_it() -> None:
+    """Steps handed out one after another (no worker goes on) go to the workers that wait
+    idle, not to a new task each: 200 reads on a room of two places take two workers."""
+    scheduler = Scheduler(_Reads(at_once=True), SystemClock())  # type: ignore[arg-type]
+    scheduler._room = _Room(2, follows=False)
+    workers, reads = [0], [0]
+    worker = scheduler._worker
+
+    async def counted(step: Step) -> None:
+        workers[0] += 1
+        await worker(step)
+
+    scheduler._worker = counted  # type: ignore[method-assign]
+
+    async def step(pending: PendingConnection, grant: Grant) -> None:
+        reads[0] += 1
+        await anyio.lowlevel.checkpoint()
+        scheduler.schedule(pending, 0.0)  # due again at once
+
+    for i in range(3):
+        scheduler.schedule(_pending(f"s-{i}"), 0.0)
+    await _run_until([(scheduler, step)], lambda: reads[0] >= 200, 5)
+    assert workers == [2]
 
 
 async def test_a_manager_alone_in_its_room_keeps_its_places_past_a_turn(
@@ -446,14 +502,18 @@ async def test_a_store_refusing_a_slot_ends_each_session_with_its_error(
 class _Yielding(_Reads):
     """Reads on a store whose take suspends once (a ``MemoryStore`` subclass may)."""
 
+    def __init__(self, at_once: bool) -> None:
+        super().__init__(at_once)
+        self.granted: list[Grant] = []
+        self.released: list[Grant] = []
+
     async def slot_now(self) -> Grant | None:
         await anyio.lowlevel.checkpoint()
-        return Grant(0.0, None, False)
+        self.granted.append(Grant(0.0, f"lease-{len(self.granted)}", False))
+        return self.granted[-1]
 
     async def release(self, grant: Grant) -> None:
-        self.released += 1
-
-    released = 0
+        self.released.append(grant)
 
 
 async def test_a_worker_whose_slot_took_a_while_reads_no_session_cancelled_meanwhile() -> None:
@@ -476,7 +536,8 @@ async def test_a_worker_whose_slot_took_a_while_reads_no_session_cancelled_meanw
 
     scheduler.schedule(x, 0.0)
     await _run_until([(scheduler, step)], lambda: len(stepped) >= 2, 2)
-    assert stepped == [("x", False), ("z", False)] and reads.released == 1
+    assert stepped == [("x", False), ("z", False)]
+    assert reads.released == [reads.granted[1]]  # the worker's slot (x's was the first)
 
 
 @pytest.mark.parametrize(("limit", "per_host", "pool"),

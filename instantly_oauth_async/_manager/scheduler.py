@@ -158,7 +158,7 @@ class Scheduler:
         self._idle: list[asyncio.Future[None]] = []  # bare futures: cheaper than an Event
         self._room = _room_of(reads)  # steps handed out and not ended, on this session
         self._mine = 0  # those of them this scheduler handed out
-        self._queued = False  # in the room's queue
+        self._wake: asyncio.Future[None] | None = None  # its last wait in the room's queue
         #: The manager closes (or this scheduler has stopped): no worker goes on to a read.
         self.closing = False
 
@@ -235,8 +235,7 @@ class Scheduler:
                 pending = later
                 due.pop()
             pending._due = False
-            if pending.done():
-                room.wake_one()  # its place is free
+            if pending.done():  # (its place is free: the loop wakes the next, or takes it)
                 await self._reads.release(grant)  # nobody to spend it on
             else:
                 pending._in_step = True  # from here cancel() leaves the ending to the step
@@ -268,12 +267,17 @@ class Scheduler:
         wake = asyncio.get_running_loop().create_future()
         room.waiting.append(wake)
         room.wake_one()  # a place free and nobody woken: the first waiting's (a closed
-        self._queued = True  # manager's wait left in the queue wakes nobody)
+        self._wake = wake  # manager's wait left in the queue wakes nobody)
         try:
             await wake
         finally:
-            self._queued = False
             room.resumed(wake)
+
+    def _others_wait(self) -> bool:
+        """Whether a scheduler other than this one waits in the room's queue (its own wait
+        there is its own workers' to serve)."""
+        mine = self._wake
+        return any(wake is not mine for wake in self._room.waiting)
 
     def _dispatch(self, group: anyio.abc.TaskGroup, step: Step, pending: PendingConnection,
                   grant: Grant) -> None:
@@ -297,7 +301,7 @@ class Scheduler:
         no slot is free at once (the scheduler then waits for it, in turn with account reads)."""
         room = self._room
         if self.closing or not room.follows or self._mine > max(1, room.cap // room.members) or (
-                turn >= _TURN and len(room.waiting) > self._queued):  # others wait
+                turn >= _TURN and self._others_wait()):
             return None
         pending = self._due.first()
         if pending is None or pending._next_at > self._clock.monotonic():
