@@ -22,8 +22,9 @@ from instantly_oauth_async._limits.clock import SystemClock
 from instantly_oauth_async._limits.limiter import Grant
 from instantly_oauth_async._manager import scheduler as scheduler_module
 from instantly_oauth_async._manager.pending import PendingConnection
-from instantly_oauth_async._manager.scheduler import Scheduler, Step, _pool, _Room
+from instantly_oauth_async._manager.scheduler import Scheduler, Step, _pool, _Room, _room
 from instantly_oauth_async._stores.store import StoreError
+from instantly_oauth_async._wire.exceptions import session_key
 from instantly_oauth_async.testing import FakeClock
 
 pytestmark = pytest.mark.anyio
@@ -495,8 +496,8 @@ async def test_a_store_refusing_a_slot_ends_each_session_with_its_error(
         assert not pending._due  # (so a session resumed again is queued again)
     assert stepped == [] and room.steps == 0
     warned = [r.getMessage() for r in caplog.records]
-    assert len(warned) == 2 and all(m.startswith("no slot for session ") and
-                                    m.endswith(": StoreError") for m in warned), warned
+    assert warned == [f"no slot for session {session_key(name)}: StoreError"
+                      for name in ("first", "second")], warned
 
 
 class _Yielding(_Reads):
@@ -560,3 +561,42 @@ def test_a_connector_without_limits_has_a_pool_without_limit() -> None:
     assert _pool(types.SimpleNamespace(limit_per_host=7)) == 7
     assert _pool(types.SimpleNamespace(limit=7)) == 7
     assert _pool(types.SimpleNamespace(limit="7", limit_per_host=-1)) == 0
+
+
+@pytest.mark.parametrize(("pool", "cap", "follows"), [
+    (0, 100, True), (1, 1, False), (2, 1, True), (10, 9, True), (15, 14, True), (19, 18, True),
+    (20, 18, True), (100, 90, True), (250, 225, True)])
+def test_status_reads_take_nine_tenths_of_the_pool_and_leave_at_least_one(
+        pool: int, cap: int, follows: bool) -> None:
+    """A pool of N connections: N less a tenth (at least one) for status reads, the rest for
+    the session's other requests, and a worker goes on with its next read only where one is
+    left; a pool of one is all theirs (nothing would be left to read with), and a pool with
+    no limit (0) shares 100 reads under way (its other requests open connections of their own)."""
+    room = _room(pool)
+    assert (room.cap, room.follows) == (cap, follows)
+
+
+async def test_workers_out_of_steps_wait_idle_up_to_the_bound_and_the_rest_end(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Three steps end and nothing else is due: ``_MAX_IDLE`` of their workers (here one) wait
+    for the next step, the others end (a burst of reads leaves no crowd of idle tasks)."""
+    monkeypatch.setattr(scheduler_module, "_MAX_IDLE", 1)
+    scheduler = Scheduler(_Reads(at_once=True), SystemClock())  # type: ignore[arg-type]
+    scheduler._room = _Room(3, follows=False)
+    stepped: list[str] = []
+
+    async def step(pending: PendingConnection, grant: Grant) -> None:
+        stepped.append(pending.session.session_id)
+        await anyio.lowlevel.checkpoint()
+
+    for i in range(3):
+        scheduler.schedule(_pending(f"s-{i}"), 0.0)
+    async with anyio.create_task_group() as group:
+        group.start_soon(scheduler.run, group, step)
+        with anyio.fail_after(2):
+            while len(stepped) < 3:
+                await anyio.lowlevel.checkpoint()
+            await anyio.wait_all_tasks_blocked()
+        assert len(scheduler._idle) == 1 and scheduler._room.steps == 0
+        group.cancel_scope.cancel()

@@ -248,18 +248,20 @@ class Scheduler:
         """A slot for ``pending`` (out of the queue, its place in the room kept), and whether
         it was waited for; ``None`` when the store refuses (``StoreError``: waiting won't cure
         it), ``pending`` ended with the error."""
+        waited = False
         try:
             grant = await self._reads.slot_now()
-            if grant is not None:
-                return grant, False
-            self._room.wake_one()  # the slot may take a while: any room left is the next's
-            return await self._reads.slot(), True
+            if grant is None:
+                waited = True
+                self._room.wake_one()  # the slot may take a while: any room left is the next's
+                grant = await self._reads.slot()
         except InstantlyError as exc:
             logger.warning("no slot for session %s: %s",
                            session_key(pending.session.session_id), type(exc).__name__)
             pending._due = False
             pending._finish(error=exc)
-            return None, True
+            return None, waited
+        return grant, waited
 
     async def _wait_for_room(self) -> None:
         """In the room's queue until woken for a place."""
