@@ -600,3 +600,28 @@ async def test_workers_out_of_steps_wait_idle_up_to_the_bound_and_the_rest_end(
             await anyio.wait_all_tasks_blocked()
         assert len(scheduler._idle) == 1 and scheduler._room.steps == 0
         group.cancel_scope.cancel()
+
+
+async def test_a_session_scheduled_again_while_queued_keeps_its_place_and_is_read_once() -> None:
+    """A session already queued and scheduled again (an adoption, a registry notice) stays
+    queued once, at its first time: one read, never two at once."""
+    scheduler = Scheduler(_Reads(at_once=True), SystemClock())  # type: ignore[arg-type]
+    scheduler._room = _Room(4)
+    pending = _pending("s")
+    stepped: list[str] = []
+
+    async def step(pending: PendingConnection, grant: Grant) -> None:
+        stepped.append(pending.session.session_id)
+        await anyio.lowlevel.checkpoint()
+
+    scheduler.schedule(pending, 0.0)
+    scheduler.schedule(pending, 0.0)
+    scheduler.schedule(pending, 10**9)  # (later: its first time stands)
+    async with anyio.create_task_group() as group:
+        group.start_soon(scheduler.run, group, step)
+        with anyio.fail_after(2):
+            while not stepped:
+                await anyio.lowlevel.checkpoint()
+            await anyio.wait_all_tasks_blocked()
+        assert stepped == ["s"] and pending._next_at == 0.0
+        group.cancel_scope.cancel()
