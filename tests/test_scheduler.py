@@ -40,14 +40,23 @@ class _Reads:
         self.budget = anyio.Event()
         self.asked = anyio.Event()  # a slot was asked for (and waits, unless at_once)
         self._client = types.SimpleNamespace(_session=None, _owns_session=True)
+        self.granted: list[Grant] = []  # each grant a lease of its own, as a store's are
+        self.released: list[Grant] = []
+
+    def _grant(self) -> Grant:
+        self.granted.append(Grant(0.0, f"lease-{len(self.granted)}", False))
+        return self.granted[-1]
 
     async def slot_now(self) -> Grant | None:
-        return Grant(0.0, None, False) if self.at_once else None
+        return self._grant() if self.at_once else None
 
     async def slot(self) -> Grant:
         self.asked.set()
         await self.budget.wait()
-        return Grant(0.0, None, False)
+        return self._grant()
+
+    async def release(self, grant: Grant) -> None:
+        self.released.append(grant)
 
 
 def _pending(name: str) -> PendingConnection:
@@ -150,7 +159,8 @@ async def test_a_worker_whose_step_ends_goes_on_with_the_next_session_due(
     one's made side by side, not in bursts: issue 26's garbage collection). Due at this very
     instant (a clock standing still) is due."""
     room = _Room(4)
-    scheduler = Scheduler(_Reads(at_once=True), clock)  # type: ignore[arg-type]
+    reads = _Reads(at_once=True)
+    scheduler = Scheduler(reads, clock)  # type: ignore[arg-type]
     scheduler._room = room
     stepped: list[str] = []
     handed: list[str] = []
@@ -167,6 +177,7 @@ async def test_a_worker_whose_step_ends_goes_on_with_the_next_session_due(
         # In a step (cancel() leaves its ending to the step: a one-time answer is kept), no
         # longer queued (so it can be scheduled again), however it was handed out.
         assert pending._in_step and not pending._due
+        assert grant is reads.granted[len(stepped)]  # its own slot, however it was handed out
         stepped.append(pending.session.session_id)
         await anyio.lowlevel.checkpoint()
 
@@ -503,18 +514,9 @@ async def test_a_store_refusing_a_slot_ends_each_session_with_its_error(
 class _Yielding(_Reads):
     """Reads on a store whose take suspends once (a ``MemoryStore`` subclass may)."""
 
-    def __init__(self, at_once: bool) -> None:
-        super().__init__(at_once)
-        self.granted: list[Grant] = []
-        self.released: list[Grant] = []
-
     async def slot_now(self) -> Grant | None:
         await anyio.lowlevel.checkpoint()
-        self.granted.append(Grant(0.0, f"lease-{len(self.granted)}", False))
-        return self.granted[-1]
-
-    async def release(self, grant: Grant) -> None:
-        self.released.append(grant)
+        return self._grant()
 
 
 async def test_a_worker_whose_slot_took_a_while_reads_no_session_cancelled_meanwhile() -> None:
@@ -542,7 +544,8 @@ async def test_a_worker_whose_slot_took_a_while_reads_no_session_cancelled_meanw
 
 
 @pytest.mark.parametrize(("limit", "per_host", "pool"),
-                         [(100, 0, 100), (20, 0, 20), (0, 5, 5), (20, 5, 5), (5, 20, 5), (0, 0, 0)])
+                         [(100, 0, 100), (20, 0, 20), (0, 5, 5), (20, 5, 5), (5, 20, 5), (0, 0, 0),
+                          (1, 0, 1)])
 async def test_the_pool_is_the_connectors_tighter_limit(limit: int, per_host: int,
                                                         pool: int) -> None:
     """An ``aiohttp.TCPConnector`` opens at most ``limit`` connections, and ``limit_per_host``
@@ -625,3 +628,120 @@ async def test_a_session_scheduled_again_while_queued_keeps_its_place_and_is_rea
             await anyio.wait_all_tasks_blocked()
         assert stepped == ["s"] and pending._next_at == 0.0
         group.cancel_scope.cancel()
+
+
+async def test_a_scheduler_reads_on_the_room_of_its_clients_session() -> None:
+    """A client that opens its own session reads on a room of its own (nine tenths of its
+    pool of ``OWN_POOL``); managers whose clients were given one ``aiohttp.ClientSession``
+    share its room, cut from its connector's pool; another session has another room."""
+    own = _Reads(at_once=True)
+    assert Scheduler(own, SystemClock())._room.cap == 90  # type: ignore[arg-type]
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=20)) as shared, \
+            aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=10)) as other:
+        rooms = []
+        for session in (shared, shared, other):
+            reads = _Reads(at_once=True)
+            reads._client = types.SimpleNamespace(_session=session, _owns_session=False)
+            rooms.append(Scheduler(reads, SystemClock())._room)  # type: ignore[arg-type]
+    assert rooms[0] is rooms[1] and rooms[0].cap == 18 and rooms[2].cap == 9
+    assert Scheduler(own, SystemClock())._room is not rooms[0]  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("next_due", [True, False], ids=["next-due", "none-due"])
+async def test_a_session_cancelled_while_its_slot_was_waited_for_is_not_read(
+        next_due: bool) -> None:
+    """The scheduler waits on the budget for x's slot; x is cancelled meanwhile: x is not
+    read; the slot goes to the next session due (y), or, none due, back to the store."""
+    reads = _Reads(at_once=False)
+    clock = FakeClock(100.0)  # (y due at this very instant is due)
+    scheduler = Scheduler(reads, clock)  # type: ignore[arg-type]
+    scheduler._room = room = _Room(4)
+    x, y = _pending("x"), _pending("y")
+    stepped: list[tuple[str, Grant]] = []
+
+    async def step(pending: PendingConnection, grant: Grant) -> None:
+        stepped.append((pending.session.session_id, grant))
+        pending._in_step = False
+
+    scheduler.schedule(x, 100.0)
+    async with anyio.create_task_group() as group:
+        group.start_soon(scheduler.run, group, step)
+        with anyio.fail_after(2):
+            await reads.asked.wait()
+            x.cancel()
+            scheduler.schedule(y, 100.0 if next_due else 101.0)
+            reads.budget.set()
+            while not (stepped or reads.released):
+                await anyio.lowlevel.checkpoint()
+            await anyio.wait_all_tasks_blocked()
+        if next_due:
+            assert stepped == [("y", reads.granted[0])] and reads.released == []
+        else:
+            assert stepped == [] and reads.released == reads.granted == [reads.granted[0]]
+            assert y._due and scheduler._due.first() is y  # still queued for its time
+        assert not x._due and room.steps == 0  # (the step ended; no place kept for x)
+        group.cancel_scope.cancel()
+
+
+async def test_a_scheduler_waits_in_turn_behind_one_the_room_has_woken(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A place is free, and another manager waits for one (woken for it, not yet run): a
+    scheduler that starts, or wakes from its alarm as its session comes due, queues behind
+    it instead of taking the place from under it."""
+    clock = FakeClock(100.0)
+    for due_at in (100.0, 101.0):  # due as it starts; due once the clock moves
+        room = _Room(1)
+        other = asyncio.get_running_loop().create_future()  # the other manager's wait
+        scheduler = Scheduler(_Reads(at_once=True), clock)  # type: ignore[arg-type]
+        scheduler._room = room
+        stepped: list[str] = []
+
+        async def step(pending: PendingConnection, grant: Grant,
+                       stepped: list[str] = stepped) -> None:
+            stepped.append(pending.session.session_id)
+
+        scheduler.schedule(_pending("s"), due_at)
+        async with anyio.create_task_group() as group:
+            if due_at > clock.monotonic():
+                group.start_soon(scheduler.run, group, step)
+                await anyio.wait_all_tasks_blocked()  # asleep until s is due
+                room.waiting.append(other)
+                clock.advance(due_at - clock.monotonic())
+            else:
+                room.waiting.append(other)
+                group.start_soon(scheduler.run, group, step)
+            with anyio.fail_after(2):
+                await anyio.wait_all_tasks_blocked()
+            assert stepped == [] and other.done() and room.woken is other
+            assert len(room.waiting) == 1  # the scheduler, queued behind the other
+            room.resumed(other)
+            room.wake_one()  # the other ran and took nothing: the scheduler's turn
+            with anyio.fail_after(2):
+                while not stepped:
+                    await anyio.lowlevel.checkpoint()
+            group.cancel_scope.cancel()
+
+
+async def test_a_store_that_never_waits_lets_the_steps_run_every_64_handed_out() -> None:
+    """On a store that grants at once and a room with space, the scheduler hands out steps
+    without suspending; every 64 it lets them run (else none began until all were out)."""
+    scheduler = Scheduler(_Reads(at_once=True), SystemClock())  # type: ignore[arg-type]
+    scheduler._room = _Room(500, follows=False)
+    handed, seen = [0], []
+    dispatch = scheduler._dispatch
+
+    def counted(group: anyio.abc.TaskGroup, step: Step, pending: PendingConnection,
+                grant: Grant) -> None:
+        handed[0] += 1
+        dispatch(group, step, pending, grant)
+
+    scheduler._dispatch = counted  # type: ignore[method-assign]
+
+    async def step(pending: PendingConnection, grant: Grant) -> None:
+        seen.append(handed[0])
+
+    for i in range(200):
+        scheduler.schedule(_pending(f"s-{i}"), 0.0)
+    await _run_until([(scheduler, step)], lambda: len(seen) >= 200, 5)
+    assert seen[0] == 64 and seen[64] == 128

@@ -182,7 +182,6 @@ class Scheduler:
             self.closing = True
             self._room.members -= 1
             left = len(self._work)
-            self._mine -= left
             self._work.clear()
             self._room.ended(left)
 
