@@ -182,12 +182,9 @@ def test_status_timeout_must_fit_in_the_lease() -> None:
         OAuthManager("key", session_lease=10, status_timeout=5)
 
 
-async def test_a_lost_verdict_of_a_session_another_manager_holds_is_not_stored_nor_given() -> None:
-    """A manager still counting a fence of a session another manager has since adopted finds
-    no read possible and calls it lost: its write is fenced out, and "no answer could be had"
-    is not its to give (the holder is reading it and stores the real outcome; the chaos soak
-    saw the two differ): ``write`` says so (``HOLDERS_OUTCOME``: wait for the holder's outcome
-    on the registry). An answer it read itself still stands alone (it may be the one-time one)."""
+async def _fenced_out() -> tuple[MemoryRegistry, str, Fleet, Fleet, OAuthSession, int]:
+    """Session "s", registered by the manager "was", which let it go and has not learnt it
+    (it still counts its fence), and adopted since by "holder"."""
     registry = MemoryRegistry(SystemClock())
     ns = f"test-{uuid.uuid4().hex}"
     was = Fleet(registry, ns, "was", lease=30, retention=600, read_margin=1)
@@ -199,6 +196,16 @@ async def test_a_lost_verdict_of_a_session_another_manager_holds_is_not_stored_n
     await registry.release(ns, "was", {"s": fence})
     was.fences["s"] = fence  # (it has not learnt that it let go)
     assert [e.session_id for e in await holder.adopt()] == ["s"]
+    return registry, ns, was, holder, session, fence
+
+
+async def test_a_lost_verdict_of_a_session_another_manager_holds_is_not_stored_nor_given() -> None:
+    """A manager still counting a fence of a session another manager has since adopted finds
+    no read possible and calls it lost: its write is fenced out, and "no answer could be had"
+    is not its to give (the holder is reading it and stores the real outcome; the chaos soak
+    saw the two differ): ``write`` says so (``HOLDERS_OUTCOME``: wait for the holder's outcome
+    on the registry). An answer it read itself still stands alone (it may be the one-time one)."""
+    registry, ns, was, _, session, fence = await _fenced_out()
     lost = OutcomeLostError("s", "no status read could be made")
     assert await was.write("s", None, lost) is HOLDERS_OUTCOME
     entry = await registry.get(ns, "s")
@@ -212,17 +219,7 @@ async def test_a_handle_whose_lost_verdict_is_fenced_out_gets_the_holders_outcom
     """The same fenced-out manager concludes its handle lost: the handle does not end then
     (nothing is given that the holder may contradict), and it ends with what the holder
     stores, from the registry (the hand-off in ``FleetSide.conclude``)."""
-    registry = MemoryRegistry(SystemClock())
-    ns = f"test-{uuid.uuid4().hex}"
-    was = Fleet(registry, ns, "was", lease=30, retention=600, read_margin=1)
-    holder = Fleet(registry, ns, "holder", lease=30, retention=600, read_margin=1)
-    session = OAuthSession("s", "https://accounts.example/consent",
-                           datetime(2026, 1, 1, tzinfo=timezone.utc), Provider.GOOGLE)
-    await was.register(session, None)
-    fence = was.fences["s"]
-    await registry.release(ns, "was", {"s": fence})
-    was.fences["s"] = fence  # (it has not learnt that it let go)
-    assert [e.session_id for e in await holder.adopt()] == ["s"]
+    _, _, was, holder, session, _ = await _fenced_out()
     pending = PendingConnection(session, None)
     deadlines = Deadlines(SystemClock(), was, poll_interval=0.05, expiry_grace=1.0)
     side = FleetSide(was, SystemClock(), None, deadlines,  # type: ignore[arg-type]

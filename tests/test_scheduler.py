@@ -78,6 +78,31 @@ async def _run_until(runs: list[tuple[Scheduler, Step]], done: Callable[[], bool
         group.cancel_scope.cancel()
 
 
+def _count_handed(scheduler: Scheduler) -> list[str]:
+    """The sessions ``scheduler`` hands out to workers (not those a worker goes on with)."""
+    handed: list[str] = []
+    dispatch = scheduler._dispatch
+
+    def counted(group: anyio.abc.TaskGroup, step: Step, pending: PendingConnection,
+                grant: Grant) -> None:
+        handed.append(pending.session.session_id)
+        dispatch(group, step, pending, grant)
+
+    scheduler._dispatch = counted  # type: ignore[method-assign]
+    return handed
+
+
+def _again(scheduler: Scheduler, reads: list[int]) -> Step:
+    """A step that counts its read in ``reads[0]`` and has its session due again at once."""
+
+    async def step(pending: PendingConnection, grant: Grant) -> None:
+        reads[0] += 1
+        await anyio.lowlevel.checkpoint()
+        scheduler.schedule(pending, 0.0)
+
+    return step
+
+
 async def test_a_woken_scheduler_waiting_on_its_budget_passes_the_room_on() -> None:
     """A scheduler woken for room whose own budget then makes it wait wakes the next one
     waiting: the other workspace reads meanwhile, on the places left (three: the fourth is
@@ -163,15 +188,7 @@ async def test_a_worker_whose_step_ends_goes_on_with_the_next_session_due(
     scheduler = Scheduler(reads, clock)  # type: ignore[arg-type]
     scheduler._room = room
     stepped: list[str] = []
-    handed: list[str] = []
-    dispatch = scheduler._dispatch
-
-    def counted(group: anyio.abc.TaskGroup, step: Step, pending: PendingConnection,
-                grant: Grant) -> None:
-        handed.append(pending.session.session_id)
-        dispatch(group, step, pending, grant)
-
-    scheduler._dispatch = counted  # type: ignore[method-assign]
+    handed = _count_handed(scheduler)
 
     async def step(pending: PendingConnection, grant: Grant) -> None:
         # In a step (cancel() leaves its ending to the step: a one-time answer is kept), no
@@ -270,15 +287,9 @@ async def test_a_worker_out_of_steps_waits_for_the_next_one_and_is_woken_for_it(
         await worker(step)
 
     scheduler._worker = counted  # type: ignore[method-assign]
-
-    async def step(pending: PendingConnection, grant: Grant) -> None:
-        reads[0] += 1
-        await anyio.lowlevel.checkpoint()
-        scheduler.schedule(pending, 0.0)  # due again at once
-
     for i in range(3):
         scheduler.schedule(_pending(f"s-{i}"), 0.0)
-    await _run_until([(scheduler, step)], lambda: reads[0] >= 200, 5)
+    await _run_until([(scheduler, _again(scheduler, reads))], lambda: reads[0] >= 200, 5)
     assert workers == [2]
 
 
@@ -291,25 +302,11 @@ async def test_a_manager_alone_in_its_room_keeps_its_places_past_a_turn(
     monkeypatch.setattr(scheduler_module, "_TURN", 4)
     scheduler = Scheduler(_Reads(at_once=True), SystemClock())  # type: ignore[arg-type]
     scheduler._room = _Room(2)
-    handed, reads = [0], [0]
-    dispatch = scheduler._dispatch
-
-    def counted(group: anyio.abc.TaskGroup, step: Step, pending: PendingConnection,
-                grant: Grant) -> None:
-        handed[0] += 1
-        dispatch(group, step, pending, grant)
-
-    scheduler._dispatch = counted  # type: ignore[method-assign]
-
-    async def step(pending: PendingConnection, grant: Grant) -> None:
-        reads[0] += 1
-        await anyio.lowlevel.checkpoint()
-        scheduler.schedule(pending, 0.0)  # due again at once
-
+    handed, reads = _count_handed(scheduler), [0]
     for i in range(4):
         scheduler.schedule(_pending(f"s-{i}"), 0.0)
-    await _run_until([(scheduler, step)], lambda: reads[0] >= 200, 5)
-    assert handed == [2]
+    await _run_until([(scheduler, _again(scheduler, reads))], lambda: reads[0] >= 200, 5)
+    assert len(handed) == 2
 
 
 async def test_a_scheduler_whose_slot_waited_leaves_a_free_place_to_the_one_woken() -> None:
@@ -367,32 +364,20 @@ async def test_managers_beyond_the_rooms_places_get_theirs_in_turn(
     room = _Room(2)
     schedulers = [Scheduler(_Reads(at_once=True), SystemClock())  # type: ignore[arg-type]
                   for _ in range(3)]
-    reads = [0, 0, 0]
-    handed = [0]
+    counts: list[list[int]] = []
+    handed: list[list[str]] = []
     runs: list[tuple[Scheduler, Step]] = []
     for index, scheduler in enumerate(schedulers):
         scheduler._room = room
-        dispatch = scheduler._dispatch
-
-        def counted(group: anyio.abc.TaskGroup, step: Step, pending: PendingConnection,
-                    grant: Grant, dispatch: Callable[..., None] = dispatch) -> None:
-            handed[0] += 1
-            dispatch(group, step, pending, grant)
-
-        scheduler._dispatch = counted  # type: ignore[method-assign]
-
-        async def step(pending: PendingConnection, grant: Grant, index: int = index,
-                       scheduler: Scheduler = scheduler) -> None:
-            reads[index] += 1
-            await anyio.lowlevel.checkpoint()
-            scheduler.schedule(pending, 0.0)  # due again at once
-
+        handed.append(_count_handed(scheduler))
+        counts.append([0])
         scheduler.schedule(_pending(f"{index}-a"), 0.0)
         scheduler.schedule(_pending(f"{index}-b"), 0.0)
-        runs.append((scheduler, step))
-    await _run_until(runs, lambda: sum(reads) >= 600, 5)
+        runs.append((scheduler, _again(scheduler, counts[-1])))
+    await _run_until(runs, lambda: sum(count[0] for count in counts) >= 600, 5)
+    reads = [count[0] for count in counts]
     assert all(150 < n < 250 for n in reads), reads
-    assert handed[0] < sum(reads) / 3  # a hand-over a turn, not a read
+    assert sum(map(len, handed)) < sum(reads) / 3  # a hand-over a turn, not a read
 
 
 async def test_a_scheduler_behind_only_a_closed_managers_wait_takes_the_free_place() -> None:
@@ -728,18 +713,10 @@ async def test_a_store_that_never_waits_lets_the_steps_run_every_64_handed_out()
     without suspending; every 64 it lets them run (else none began until all were out)."""
     scheduler = Scheduler(_Reads(at_once=True), SystemClock())  # type: ignore[arg-type]
     scheduler._room = _Room(500, follows=False)
-    handed, seen = [0], []
-    dispatch = scheduler._dispatch
-
-    def counted(group: anyio.abc.TaskGroup, step: Step, pending: PendingConnection,
-                grant: Grant) -> None:
-        handed[0] += 1
-        dispatch(group, step, pending, grant)
-
-    scheduler._dispatch = counted  # type: ignore[method-assign]
+    handed, seen = _count_handed(scheduler), []
 
     async def step(pending: PendingConnection, grant: Grant) -> None:
-        seen.append(handed[0])
+        seen.append(len(handed))
 
     for i in range(200):
         scheduler.schedule(_pending(f"s-{i}"), 0.0)
