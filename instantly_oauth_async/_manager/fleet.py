@@ -11,6 +11,7 @@ What is durable and what can still be lost: docs/FLEET.md.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import random
@@ -158,7 +159,18 @@ class Fleet(Leases):
         it is ours again; else it is dropped (decided, or another manager holds it). One whose
         outcome was decided while the store was away (its write failed as this renew was on
         its way) is stored anew with that outcome, never held again undecided: its poller is
-        done with it, so a lease held on it would keep every other manager from deciding it."""
+        done with it, so a lease held on it would keep every other manager from deciding it.
+        Not one whose outcome is being written: that write drops it, or stores it anew."""
+        if session_id in self._concluding:
+            return False
+        done = self._registering[session_id] = asyncio.Event()
+        try:
+            return await self._register_anew(session_id)
+        finally:
+            del self._registering[session_id]
+            done.set()
+
+    async def _register_anew(self, session_id: str) -> bool:
         data = self.data_of(session_id)
         unwritten = self._unwritten.get(session_id)
         if unwritten is not None and data is not None:

@@ -6,6 +6,7 @@ What is durable and what can still be lost: docs/FLEET.md.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 from .._limits.clock import Clock, SystemClock
@@ -60,6 +61,14 @@ class Leases:
         # that reaches it; their leases are kept meanwhile, so nobody adopts and reads again.
         self._unwritten: dict[str, tuple[str, int]] = {}
         self._held: dict[str, int] = {}  # closing: leases kept until their reads ended
+        # A session's outcome being written ahead, and a lost session being registered again
+        # (set when done), so that neither runs inside the other for one session: a renew on
+        # its way registered again a session whose outcome had just been given (found gone
+        # from a wiped registry, its lease lapsed in a pause): a lease nobody read on, which
+        # another manager adopted once it lapsed, and read again after the one-time answer
+        # (the chaos soak, seed 2 on Redis).
+        self._concluding: set[str] = set()
+        self._registering: dict[str, asyncio.Event] = {}
 
     @property
     def read_margin(self) -> float:

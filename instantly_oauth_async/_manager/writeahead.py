@@ -45,11 +45,23 @@ class WriteAhead:
                     error: BaseException | None) -> Written:
         """Store the outcome ahead of any future; what to resolve with (the stored winner),
         or ``HOLDERS_OUTCOME``."""
-        leases = self._leases
         encoded = encode_outcome(result, error)
-        fence = leases.fences.get(session_id, leases._held.get(session_id))
         if encoded is None:
             return result, error  # no outcome: the poller hands the session over
+        leases = self._leases
+        # A renew registering it again: written with the lease that gives (see _concluding).
+        while (registering := leases._registering.get(session_id)) is not None:
+            await registering.wait()
+        leases._concluding.add(session_id)
+        try:
+            return await self._write(session_id, result, error, encoded)
+        finally:
+            leases._concluding.discard(session_id)
+
+    async def _write(self, session_id: str, result: ConnectResult | None,
+                     error: BaseException | None, encoded: tuple[str, int]) -> Written:
+        leases = self._leases
+        fence = leases.fences.get(session_id, leases._held.get(session_id))
         try:
             entry = await leases.registry.decide(leases.ns, session_id, *encoded, fence=fence,
                                                  retention=leases.retention)
