@@ -3,24 +3,20 @@ set; a deadline moved earlier by more than a second is watched anew, the old ite
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-
 import anyio
 import pytest
 
-from instantly_oauth_async import OAuthSession, Provider
 from instantly_oauth_async._manager.deadlines import Deadlines
 from instantly_oauth_async._manager.outcome import ConnectResult
 from instantly_oauth_async._manager.pending import PendingConnection
 from instantly_oauth_async.testing import FakeClock
+from tests._sessions import session_named
 
 pytestmark = pytest.mark.anyio
 
 
 def _pending(name: str, clock: FakeClock) -> PendingConnection:
-    session = OAuthSession(name, "https://accounts.example/consent",
-                           datetime(2026, 1, 1, tzinfo=timezone.utc), Provider.GOOGLE)
-    return PendingConnection(session, None, clock=clock)
+    return PendingConnection(session_named(name), None, clock=clock)
 
 
 async def test_each_session_ends_at_its_own_deadline_in_whatever_order_they_were_set() -> None:

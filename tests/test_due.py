@@ -4,20 +4,17 @@ wherever in the calendar they were queued; ended sessions are left out."""
 from __future__ import annotations
 
 import math
-from datetime import datetime, timezone
 
-from instantly_oauth_async import OAuthSession, Provider
 from instantly_oauth_async._manager.due import DueQueue
 from instantly_oauth_async._manager.pending import PendingConnection
 from instantly_oauth_async.testing import FakeClock
+from tests._sessions import session_named
 
 _CLOCK = FakeClock(0.0)
 
 
 def _at(name: str, at: float) -> PendingConnection:
-    session = OAuthSession(name, "https://accounts.example/consent",
-                           datetime(2026, 1, 1, tzinfo=timezone.utc), Provider.GOOGLE)
-    pending = PendingConnection(session, None, clock=_CLOCK)
+    pending = PendingConnection(session_named(name), None, clock=_CLOCK)
     pending._next_at = at
     return pending
 

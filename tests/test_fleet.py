@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Callable
-from datetime import datetime, timezone
 from typing import Any
 
 import anyio
@@ -20,7 +19,6 @@ from instantly_oauth_async import (
     OAuthManager,
     OAuthSession,
     OutcomeLostError,
-    Provider,
     SessionStatus,
     Store,
 )
@@ -30,10 +28,11 @@ from instantly_oauth_async._manager.fleet import Fleet, UnknownSessionError
 from instantly_oauth_async._manager.fleetside import FleetSide
 from instantly_oauth_async._manager.pending import PendingConnection
 from instantly_oauth_async._manager.writeahead import HOLDERS_OUTCOME
-from instantly_oauth_async._stores.registry import Data, Entry, MemoryRegistry, Registry
+from instantly_oauth_async._stores.registry import MemoryRegistry, Registry
 from instantly_oauth_async.redis import RedisStore
 from instantly_oauth_async.testing import Network, Simulator, SimulatorLimits
 from tests._reads import overlapping_reads
+from tests._sessions import session_named
 
 pytestmark = pytest.mark.anyio
 
@@ -189,8 +188,7 @@ async def _fenced_out() -> tuple[MemoryRegistry, str, Fleet, Fleet, OAuthSession
     ns = f"test-{uuid.uuid4().hex}"
     was = Fleet(registry, ns, "was", lease=30, retention=600, read_margin=1)
     holder = Fleet(registry, ns, "holder", lease=30, retention=600, read_margin=1)
-    session = OAuthSession("s", "https://accounts.example/consent",
-                           datetime(2026, 1, 1, tzinfo=timezone.utc), Provider.GOOGLE)
+    session = session_named("s")
     await was.register(session, None)
     fence = was.fences["s"]
     await registry.release(ns, "was", {"s": fence})
@@ -213,55 +211,6 @@ async def test_a_lost_verdict_of_a_session_another_manager_holds_is_not_stored_n
     was.fences["s"] = fence
     answer = ConnectResult(session, SessionStatus.SUCCESS, "ann@acme.io")
     assert await was.write("s", answer, None) == (answer, None)
-
-
-class _RestartedEmpty(MemoryRegistry):
-    """A registry come back empty (a Redis restarted without persistence) whose
-    registrations wait at ``gate`` once they have ``entered``."""
-
-    def __init__(self) -> None:
-        super().__init__(SystemClock())
-        self.entered = anyio.Event()
-        self.gate = anyio.Event()
-
-    async def register(self, ns: str, session_id: str, data: Data, *, owner: str, lease: float,
-                       retention: float) -> Entry:
-        self.entered.set()
-        await self.gate.wait()
-        return await super().register(ns, session_id, data, owner=owner, lease=lease,
-                                      retention=retention)
-
-
-async def test_an_outcome_written_as_a_renew_registers_the_wiped_session_again_is_stored() -> None:
-    """The registry came back empty; the owner's renew finds its session gone and registers it
-    again, and as that registration is on its way the session's outcome is written: the write
-    waits for it and stores the outcome on the lease it gives (before, the write found nothing
-    and let the outcome stand alone, and the registration then left an undecided entry held by
-    nobody reading it, which another manager adopted and read again after the one-time answer:
-    the chaos soak, seed 2 on Redis)."""
-    ns = f"test-{uuid.uuid4().hex}"
-    owner = Fleet(MemoryRegistry(SystemClock()), ns, "owner", lease=30, retention=600,
-                  read_margin=1)
-    owner._lazy = False  # (keeps its own copy of the session, as on Redis, to register again)
-    session = OAuthSession("s", "https://accounts.example/consent",
-                           datetime(2026, 1, 1, tzinfo=timezone.utc), Provider.GOOGLE)
-    await owner.register(session, None)
-    owner.registry = empty = _RestartedEmpty()
-    answer = ConnectResult(session, SessionStatus.SUCCESS, "ann@acme.io")
-    written: list[object] = []
-
-    async def write() -> None:
-        written.append(await owner.write("s", answer, None))
-
-    async with anyio.create_task_group() as group:
-        group.start_soon(owner.renew)
-        with anyio.fail_after(5):
-            await empty.entered.wait()  # the renew registers it again, on its way
-            group.start_soon(write)
-            await anyio.wait_all_tasks_blocked()
-            empty.gate.set()
-    entry = await empty.get(ns, "s")
-    assert entry is not None and entry.outcome is not None and written == [(answer, None)]
 
 
 async def test_a_handle_whose_lost_verdict_is_fenced_out_gets_the_holders_outcome() -> None:

@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 
 from instantly_oauth_async import (
     ClientStateError,
+    ConnectResult,
     MemoryStore,
     OAuthManager,
     OAuthSession,
@@ -29,6 +30,7 @@ from instantly_oauth_async._stores.registry import MemoryRegistry, RegistryUnava
 from instantly_oauth_async.redis import RedisStore
 from instantly_oauth_async.testing import FakeClock, Faults, Network, Simulator, SimulatorLimits
 from tests._reads import overlapping_reads, status_reads
+from tests._sessions import session_named
 from tests._split_store import SplitStore
 from tests.chaos._proxy import LatencyProxy
 
@@ -650,6 +652,64 @@ async def test_an_outcome_whose_write_failed_under_a_renew_that_found_the_store_
     assert isinstance(stored, OutcomeLostError) and "no status read" in str(stored)
     assert "s1" not in fleet.fences and "s1" not in fleet._unwritten  # nothing held on it
     assert await registry.orphans("ws") == []  # nothing for another manager to adopt
+
+
+class _SlowToRegisterAgain:
+    """A registry that comes back empty under a live owner (:meth:`wipe`: a Redis restarted
+    without persistence), where registrations from then on wait at ``gate`` once they have
+    ``entered``."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.inner = MemoryRegistry(clock)
+        self._clock = clock
+        self.entered, self.gate = anyio.Event(), anyio.Event()
+        self.gate.set()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def wipe(self) -> None:
+        self.inner = MemoryRegistry(self._clock)
+        self.gate = anyio.Event()
+
+    async def register(self, *args: Any, **kwargs: Any) -> Any:
+        self.entered.set()
+        await self.gate.wait()
+        return await self.inner.register(*args, **kwargs)
+
+
+async def test_an_outcome_written_as_a_renew_registers_the_wiped_session_again_is_stored(
+) -> None:
+    """Seed 2 (redis, fresh-clone CI run of stop 36): the registry came back empty; the
+    owner's renew finds its session gone and registers it again, and as that registration is
+    on its way the session's outcome is written: the write waits for it and stores the outcome
+    on the lease it gives. Before, the write found nothing and let the outcome stand alone,
+    and the registration then left an undecided entry nobody read on, which another manager
+    adopted once it lapsed and read again after the one-time answer (a 404)."""
+    from instantly_oauth_async._manager.fleet import Fleet  # noqa: PLC0415
+
+    clock = FakeClock()
+    registry = _SlowToRegisterAgain(clock)
+    fleet = Fleet(registry, "ws", "owner", lease=3.0, retention=60.0,
+                  read_margin=1.0, clock=clock)
+    session = session_named("s1")
+    await fleet.register(session, None)
+    registry.wipe()
+    answer = ConnectResult(session, SessionStatus.SUCCESS, "ann@acme.io")
+    written: list[object] = []
+
+    async def write() -> None:
+        written.append(await fleet.write("s1", answer, None))
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(fleet.renew)
+        with anyio.fail_after(5):
+            await registry.entered.wait()  # the renew registers it again, on its way
+            group.start_soon(write)
+            await anyio.wait_all_tasks_blocked()
+            registry.gate.set()
+    entry = await registry.get("ws", "s1")
+    assert entry is not None and entry.outcome is not None and written == [(answer, None)]
 
 
 class _Stopped:

@@ -9,7 +9,6 @@ import asyncio
 import logging
 import types
 from collections.abc import Callable
-from datetime import datetime, timezone
 
 import aiohttp
 import anyio
@@ -17,7 +16,6 @@ import anyio.abc
 import anyio.lowlevel
 import pytest
 
-from instantly_oauth_async import OAuthSession, Provider
 from instantly_oauth_async._limits.clock import SystemClock
 from instantly_oauth_async._limits.limiter import Grant
 from instantly_oauth_async._manager import scheduler as scheduler_module
@@ -26,6 +24,7 @@ from instantly_oauth_async._manager.scheduler import Scheduler, Step, _pool, _Ro
 from instantly_oauth_async._stores.store import StoreError
 from instantly_oauth_async._wire.exceptions import session_key
 from instantly_oauth_async.testing import FakeClock
+from tests._sessions import session_named
 
 pytestmark = pytest.mark.anyio
 
@@ -60,9 +59,7 @@ class _Reads:
 
 
 def _pending(name: str) -> PendingConnection:
-    session = OAuthSession(name, "https://accounts.example/consent",
-                           datetime(2026, 1, 1, tzinfo=timezone.utc), Provider.GOOGLE)
-    return PendingConnection(session, None)
+    return PendingConnection(session_named(name), None)
 
 
 async def _run_until(runs: list[tuple[Scheduler, Step]], done: Callable[[], bool],
